@@ -1,0 +1,95 @@
+//! Fetches ONNX Runtime's shared library from PyPI's `onnxruntime` wheel, once, into
+//! `target/onnxruntime/`, and tells the crate where it is (`GAUNTLET_BUNDLED_ONNXRUNTIME`).
+//!
+//! Why here: the `ort` crate's own download comes from a CDN that build machines often cannot reach,
+//! while PyPI usually is; a fresh clone then needs no manual step for `cargo run` or `cargo test`.
+//! Failure is not fatal: the gateway then serves with tract and says how to get ONNX Runtime.
+//! Opt out with `GAUNTLET_BUILD_FETCH_ONNXRUNTIME=0` (e.g. when `ORT_DYLIB_PATH` points at a system copy).
+
+use std::env;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ORT_VERSION: &str = "1.32.0";
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=GAUNTLET_BUILD_FETCH_ONNXRUNTIME");
+    let library = target_dir().join("onnxruntime").join(format!("libonnxruntime.so.{ORT_VERSION}"));
+    println!("cargo:rustc-env=GAUNTLET_BUNDLED_ONNXRUNTIME={}", library.display());
+    println!("cargo:rustc-env=GAUNTLET_ONNXRUNTIME_VERSION={ORT_VERSION}");
+    if library.exists() || env::var("GAUNTLET_BUILD_FETCH_ONNXRUNTIME").as_deref() == Ok("0") {
+        return;
+    }
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        println!("cargo:warning=ONNX Runtime is fetched automatically on Linux only; set ORT_DYLIB_PATH");
+        return;
+    }
+    if let Err(error) = fetch(&library) {
+        println!(
+            "cargo:warning=could not fetch ONNX Runtime {ORT_VERSION} from PyPI ({error}); the gateway \
+             will fall back to tract. Run scripts/fetch-onnxruntime.sh or set ORT_DYLIB_PATH."
+        );
+    }
+}
+
+/// `target/` (or `CARGO_TARGET_DIR`): OUT_DIR is `<target>/<profile>/build/<pkg>-<hash>/out`.
+fn target_dir() -> PathBuf {
+    if let Ok(dir) = env::var("CARGO_TARGET_DIR") {
+        return PathBuf::from(dir);
+    }
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    out.ancestors().nth(4).map(Path::to_path_buf).unwrap_or(out)
+}
+
+fn fetch(library: &Path) -> Result<(), String> {
+    let dir = library.parent().ok_or("library path has no parent")?;
+    let download = dir.join("wheel");
+    fs::create_dir_all(&download).map_err(|e| format!("create {}: {e}", download.display()))?;
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let status = Command::new(&python)
+        .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"])
+        .arg(format!("onnxruntime=={ORT_VERSION}"))
+        .arg("-d")
+        .arg(&download)
+        .status()
+        .map_err(|e| format!("run {python} -m pip: {e}"))?;
+    if !status.success() {
+        return Err(format!("pip download exited with {status}"));
+    }
+    let wheel = fs::read_dir(&download)
+        .map_err(|e| e.to_string())?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|p| p.extension().is_some_and(|ext| ext == "whl"))
+        .ok_or("pip downloaded no wheel")?;
+    let bytes = extract_member(&wheel, &format!("onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}"))?;
+    // Write then rename, so a concurrent or interrupted build never sees half a library.
+    let partial = library.with_extension("partial");
+    fs::write(&partial, bytes).map_err(|e| format!("write {}: {e}", partial.display()))?;
+    fs::rename(&partial, library).map_err(|e| format!("rename: {e}"))?;
+    let _ = fs::remove_dir_all(&download);
+    Ok(())
+}
+
+/// Reads one member of the wheel (a zip) with Python's zipfile, which pip guarantees is present.
+fn extract_member(wheel: &Path, member: &str) -> Result<Vec<u8>, String> {
+    let python = env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let script = "import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))";
+    let mut child = Command::new(python)
+        .args(["-c", script])
+        .arg(wheel)
+        .arg(member)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("run python zipfile: {e}"))?;
+    let mut bytes = Vec::new();
+    child.stdout.take().ok_or("no stdout")?.read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() || bytes.is_empty() {
+        return Err(format!("{member} not found in {}", wheel.display()));
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,379 @@
+//! Typed configuration, layered: the TOML file, then `GAUNTLET_*` environment variables, then flags.
+//!
+//! Every key can be set at every layer: `max_request_bytes` in the file, `GAUNTLET_MAX_REQUEST_BYTES`
+//! in the environment, `--set max_request_bytes=...` on the command line (the common keys also have
+//! their own flags). Nested keys join with `__` in the environment and `.` in `--set`:
+//! `GAUNTLET_MODELS__BREAST_CANCER__CHAMPION=2`, `--set models.breast-cancer.champion=2`.
+//! Invalid configuration fails at start with the path of the key at fault.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::model::BackendChoice;
+use crate::repository::VersionId;
+
+const ENV_PREFIX: &str = "GAUNTLET_";
+/// Variables with the prefix that are not configuration keys.
+const ENV_NOT_KEYS: [&str; 2] = ["GAUNTLET_CONFIG", "GAUNTLET_BUILD_"];
+
+/// Flags of `gauntlet serve`.
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, short, env = "GAUNTLET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Model repository directory (key `models_dir`).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8000 (key `listen`).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Backend for every model without its own: auto, ort or tract (key `backend`).
+    #[arg(long)]
+    pub backend: Option<String>,
+    /// Log format: text or json (key `log_format`).
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Any key, as KEY=VALUE with dotted keys (`models.diabetes.champion=2`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// The model repository: `<models_dir>/<model>/<version>/{model.onnx,manifest.json}`.
+    #[serde(default = "defaults::models_dir")]
+    pub models_dir: PathBuf,
+    /// Backend for models that do not name their own.
+    #[serde(default)]
+    pub backend: BackendChoice,
+    /// ONNX Runtime shared library; unset: `ORT_DYLIB_PATH`, then the copy fetched at build time.
+    #[serde(default)]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Largest request body accepted; larger ones get 413.
+    #[serde(default = "defaults::max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// A request still unanswered after this gets 503.
+    #[serde(default = "defaults::request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Inference requests in flight at once; the next one gets 503 with Retry-After at once.
+    #[serde(default = "defaults::max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Threads of the inference pool that runs models too slow to run inline. 0: one per core.
+    #[serde(default)]
+    pub inference_threads: usize,
+    /// Jobs waiting for the inference pool; beyond that, 503.
+    #[serde(default = "defaults::inference_queue")]
+    pub inference_queue: usize,
+    /// A model whose warm-up p99 is at most this runs inline on the async worker (no thread hop);
+    /// slower ones run on the inference pool. 0 sends every model to the pool.
+    #[serde(default = "defaults::inline_max_us")]
+    pub inline_max_us: u64,
+    /// Warm-up runs on the reference rows after validation, before a version serves.
+    #[serde(default = "defaults::warmup_runs")]
+    pub warmup_runs: usize,
+    /// How long graceful shutdown waits for in-flight requests.
+    #[serde(default = "defaults::shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// tracing-subscriber filter, e.g. `info` or `gauntlet=debug,info`. `RUST_LOG` wins when set.
+    #[serde(default = "defaults::log_level")]
+    pub log_level: String,
+    /// Served models by name. Empty: every model in the repository, its highest version champion.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The version that answers unversioned requests.
+    pub champion: VersionId,
+    /// Versions to load (champion included); unset: every version in the repository.
+    #[serde(default)]
+    pub versions: Option<Vec<VersionId>>,
+    /// This model's backend; unset: the top-level `backend`.
+    #[serde(default)]
+    pub backend: Option<BackendChoice>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+mod defaults {
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8000))
+    }
+    pub fn models_dir() -> PathBuf {
+        PathBuf::from("models")
+    }
+    pub fn max_request_bytes() -> usize {
+        4 << 20
+    }
+    pub fn request_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn max_concurrent_requests() -> usize {
+        512
+    }
+    pub fn inference_queue() -> usize {
+        256
+    }
+    pub fn inline_max_us() -> u64 {
+        250
+    }
+    pub fn warmup_runs() -> usize {
+        20
+    }
+    pub fn shutdown_grace_ms() -> u64 {
+        10_000
+    }
+    pub fn log_level() -> String {
+        "info".to_owned()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::from_table(toml::Table::new()).expect("the defaults are a valid config")
+    }
+}
+
+impl Config {
+    /// File, then environment, then flags.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(args, &vars)
+    }
+
+    /// As `load`, with the environment given (tests pass their own).
+    pub fn load_from(args: &ServeArgs, env: &[(String, String)]) -> Result<Self, ConfigError> {
+        let mut table = match &args.config {
+            Some(path) => {
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.clone(), source: e })?;
+                toml::from_str::<toml::Table>(&text)
+                    .map_err(|e| ConfigError::Parse { path: path.clone(), message: e.to_string() })?
+            }
+            None => toml::Table::new(),
+        };
+        for (name, raw) in env {
+            let Some(key) = name.strip_prefix(ENV_PREFIX) else { continue };
+            if ENV_NOT_KEYS.iter().any(|skip| name.starts_with(skip)) || key.is_empty() {
+                continue;
+            }
+            let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
+            set_path(&mut table, &path, raw, name)?;
+        }
+        let flags = [
+            ("models_dir", args.models.as_ref().map(|p| p.display().to_string())),
+            ("listen", args.listen.clone()),
+            ("backend", args.backend.clone()),
+            ("log_format", args.log_format.clone()),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value {
+                table.insert(key.to_owned(), toml::Value::String(value));
+            }
+        }
+        for assignment in &args.set {
+            let (key, raw) = assignment.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                key: assignment.clone(),
+                message: "--set takes KEY=VALUE".into(),
+            })?;
+            let path: Vec<String> = key.split('.').map(str::to_owned).collect();
+            set_path(&mut table, &path, raw, key)?;
+        }
+        Self::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Invalid { key, message: e.into_inner().to_string() }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_request_bytes", self.max_request_bytes as u64),
+            ("request_timeout_ms", self.request_timeout_ms),
+            ("max_concurrent_requests", self.max_concurrent_requests as u64),
+            ("inference_queue", self.inference_queue as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid { key: key.into(), message: "must be greater than 0".into() });
+            }
+        }
+        for (name, model) in &self.models {
+            if let Some(versions) = &model.versions
+                && !versions.contains(&model.champion)
+            {
+                return Err(ConfigError::Invalid {
+                    key: format!("models.{name}.champion"),
+                    message: format!("champion {} is not among versions {versions:?}", model.champion),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+
+    pub fn inline_max(&self) -> Duration {
+        Duration::from_micros(self.inline_max_us)
+    }
+
+    pub fn inference_threads(&self) -> usize {
+        match self.inference_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
+/// Sets `path` in `table` to `raw`, read as a TOML value when it is one (`8`, `true`, `["1", "2"]`)
+/// and as a string otherwise (`127.0.0.1:8000`). Keys match existing ones ignoring case and `-`/`_`,
+/// so `BREAST_CANCER` finds `breast-cancer`.
+fn set_path(table: &mut toml::Table, path: &[String], raw: &str, origin: &str) -> Result<(), ConfigError> {
+    let normalize = |k: &str| k.to_lowercase().replace('-', "_");
+    let (last, parents) =
+        path.split_last().ok_or_else(|| ConfigError::Invalid { key: origin.into(), message: "empty key".into() })?;
+    let mut current = table;
+    for segment in parents {
+        let key =
+            current.keys().find(|k| normalize(k) == normalize(segment)).cloned().unwrap_or_else(|| segment.clone());
+        current = current
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::Invalid {
+            key: origin.into(),
+            message: format!("'{key}' is not a table"),
+        })?;
+    }
+    let key = current.keys().find(|k| normalize(k) == normalize(last)).cloned().unwrap_or_else(|| last.clone());
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    current.insert(key, value);
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {} is not valid TOML: {message}", path.display())]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, env: &[(&str, &str)], set: &[&str]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gauntlet.toml");
+        std::fs::write(&path, file).unwrap();
+        let args =
+            ServeArgs { config: Some(path), set: set.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_from(&args, &env)
+    }
+
+    const FILE: &str = r#"
+        listen = "127.0.0.1:9000"
+        [models.breast-cancer]
+        champion = "1"
+    "#;
+
+    #[test]
+    fn layers_file_then_env_then_flags() {
+        let c = load(FILE, &[], &[]).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.models["breast-cancer"].champion, VersionId::new("1"));
+
+        let c = load(
+            FILE,
+            &[("GAUNTLET_LISTEN", "127.0.0.1:9001"), ("GAUNTLET_MODELS__BREAST_CANCER__CHAMPION", "2")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.models["breast-cancer"].champion, VersionId::new("2"));
+
+        let c =
+            load(FILE, &[("GAUNTLET_LISTEN", "127.0.0.1:9001")], &["listen=127.0.0.1:9002", "max_request_bytes=100"])
+                .unwrap();
+        assert_eq!(c.listen.port(), 9002);
+        assert_eq!(c.max_request_bytes, 100);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = load(FILE, &[("GAUNTLET_MAX_REQUEST_BYTES", "lots")], &[]).unwrap_err().to_string();
+        assert!(err.contains("`max_request_bytes`"), "{err}");
+        let err = load("listen = \"nowhere\"", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("`listen`"), "{err}");
+        let err = load("[models.x]\nchampion = \"1\"\nbakend = \"ort\"", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("models.x") && err.contains("bakend"), "{err}");
+        let err = load(FILE, &[], &["max_concurrent_requests=0"]).unwrap_err().to_string();
+        assert!(err.contains("`max_concurrent_requests`"), "{err}");
+        let err = load("[models.x]\nchampion = \"3\"\nversions = [\"1\"]", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("`models.x.champion`"), "{err}");
+    }
+
+    #[test]
+    fn unrelated_environment_is_ignored() {
+        let c = load(
+            FILE,
+            &[("HOME", "/root"), ("GAUNTLET_CONFIG", "x.toml"), ("GAUNTLET_BUILD_FETCH_ONNXRUNTIME", "0")],
+            &[],
+        );
+        assert!(c.is_ok());
+    }
+
+    #[test]
+    fn the_demo_config_is_valid() {
+        let args = ServeArgs {
+            config: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/gauntlet.toml").into()),
+            ..Default::default()
+        };
+        let c = Config::load_from(&args, &[]).unwrap();
+        assert_eq!(c.models["breast-cancer"].champion, VersionId::new("1"));
+    }
+}

@@ -1,0 +1,157 @@
+//! Where inference runs: inline on the async worker for models that take microseconds, or on a
+//! dedicated, bounded thread pool for slower ones, so no model blocks the async workers for long.
+//!
+//! Invariants: the pool's queue is bounded; a full queue is an immediate `Overloaded`, never a wait.
+//! A model that panics fails its own request and nothing else.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+use tokio::sync::oneshot;
+
+use crate::error::{Error, ErrorKind};
+use crate::model::Tensor;
+use crate::registry::{ModelVersion, Placement};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads fed by a bounded queue.
+pub struct InferencePool {
+    sender: Sender<Job>,
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    #[error("the inference queue is full")]
+    Full,
+    #[error("the job panicked")]
+    Panicked,
+    #[error("the inference pool has stopped")]
+    Stopped,
+}
+
+impl InferencePool {
+    pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
+        let (sender, receiver) = bounded::<Job>(queue);
+        for i in 0..threads.max(1) {
+            let receiver = receiver.clone();
+            // The threads end when the last sender (this pool) is dropped.
+            thread::Builder::new().name(format!("inference-{i}")).spawn(move || {
+                for job in receiver {
+                    job();
+                }
+            })?;
+        }
+        Ok(Self { sender })
+    }
+
+    /// Runs `job` on the pool and waits for its result without blocking the async worker.
+    pub async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<R, PoolError> {
+        let (reply, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            // The caller may have gone (timeout); then the result has nowhere to go.
+            let _ = reply.send(catch_unwind(AssertUnwindSafe(job)));
+        });
+        match self.sender.try_send(job) {
+            Ok(()) => crate::metrics::pool_queued(self.sender.len()),
+            Err(TrySendError::Full(_)) => return Err(PoolError::Full),
+            Err(TrySendError::Disconnected(_)) => return Err(PoolError::Stopped),
+        }
+        match result.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_panic)) => Err(PoolError::Panicked),
+            Err(_) => Err(PoolError::Stopped),
+        }
+    }
+}
+
+/// Runs model versions where their placement says.
+pub struct Executor {
+    pool: InferencePool,
+}
+
+impl Executor {
+    pub fn new(pool: InferencePool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn infer(&self, version: &Arc<ModelVersion>, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+        let rows = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
+        let result = match version.placement(rows) {
+            Placement::Inline => {
+                catch_unwind(AssertUnwindSafe(|| version.infer(&inputs))).map_err(|_| PoolError::Panicked)
+            }
+            Placement::Pool => {
+                let version = Arc::clone(version);
+                self.pool.run(move || version.infer(&inputs)).await
+            }
+        };
+        match result {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(error)) => {
+                tracing::warn!(model = %version.name(), version = %version.version(), %error, "inference failed");
+                Err(Error::new(
+                    ErrorKind::ModelFailed,
+                    format!("model {} version {} failed on this request", version.name(), version.version()),
+                ))
+            }
+            Err(PoolError::Full) => {
+                Err(Error::new(ErrorKind::Overloaded, "the inference queue is full; retry shortly"))
+            }
+            Err(PoolError::Panicked) => {
+                tracing::error!(model = %version.name(), version = %version.version(), "model panicked");
+                Err(Error::new(
+                    ErrorKind::ModelFailed,
+                    format!("model {} version {} failed on this request", version.name(), version.version()),
+                ))
+            }
+            Err(PoolError::Stopped) => Err(Error::new(ErrorKind::Unavailable, "the gateway is shutting down")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn pool_runs_jobs_and_survives_panics() {
+        let pool = InferencePool::new(1, 4).unwrap();
+        assert_eq!(pool.run(|| 2 + 2).await, Ok(4));
+        assert_eq!(pool.run(|| -> i32 { panic!("boom") }).await, Err(PoolError::Panicked));
+        assert_eq!(pool.run(|| 5).await, Ok(5), "the thread survives a panicking job");
+    }
+
+    #[tokio::test]
+    async fn full_queue_is_refused_at_once() {
+        let pool = Arc::new(InferencePool::new(1, 1).unwrap());
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (started_tx, started_rx) = oneshot::channel();
+        // Occupy the only thread until released.
+        let busy = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move {
+                pool.run(move || {
+                    started_tx.send(()).unwrap();
+                    wait.recv().unwrap();
+                })
+                .await
+            }
+        });
+        started_rx.await.unwrap();
+        // One job fits the queue; the next is refused.
+        let queued = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.run(|| 1).await }
+        });
+        while pool.sender.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(pool.run(|| 2).await, Err(PoolError::Full));
+        release.send(()).unwrap();
+        assert_eq!(busy.await.unwrap(), Ok(()));
+        assert_eq!(queued.await.unwrap(), Ok(1));
+    }
+}

@@ -1,0 +1,648 @@
+//! The Open Inference Protocol's (KServe V2) infer request and response, as JSON and with Triton's
+//! binary tensor data extension: a JSON header of `Inference-Header-Content-Length` bytes, then the
+//! raw little-endian tensors in the order of the inputs (or outputs) that declare `binary_data_size`.
+//!
+//! Decoding checks the request against the answering version's signature once, here: names, datatypes,
+//! shapes, data length, non-finite values. Everything after works on well-formed tensors.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::model::{DataType, Tensor, TensorData, TensorSpec};
+use crate::repository::Manifest;
+
+/// A decoded request: inputs in signature order, each checked against it.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    pub outputs: OutputSelection,
+}
+
+impl InferRequest {
+    pub fn rows(&self) -> usize {
+        self.inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1)
+    }
+}
+
+/// Which outputs to return, and which of them as binary.
+#[derive(Debug, PartialEq)]
+pub enum OutputSelection {
+    /// Every output; binary when the request set `binary_data_output`.
+    All { binary: bool },
+    /// The named outputs, by index into the signature's outputs, each with its binary flag.
+    Listed(Vec<(usize, bool)>),
+}
+
+// === request ===
+
+#[derive(Deserialize)]
+struct RequestJson<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    parameters: Option<RequestParameters>,
+    #[serde(borrow)]
+    inputs: Vec<InputJson<'a>>,
+    #[serde(default, borrow)]
+    outputs: Option<Vec<OutputJson<'a>>>,
+}
+
+#[derive(Deserialize, Default)]
+struct RequestParameters {
+    #[serde(default)]
+    binary_data_output: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputJson<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    shape: Vec<i64>,
+    #[serde(borrow)]
+    datatype: Cow<'a, str>,
+    #[serde(default)]
+    parameters: Option<InputParameters>,
+    #[serde(default)]
+    data: Option<FlatData>,
+}
+
+#[derive(Deserialize, Default)]
+struct InputParameters {
+    #[serde(default)]
+    binary_data_size: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutputJson<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    parameters: Option<OutputParameters>,
+}
+
+#[derive(Deserialize, Default)]
+struct OutputParameters {
+    #[serde(default)]
+    binary_data: bool,
+}
+
+/// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` header: the JSON
+/// is that many bytes and binary tensors follow; without it the whole body is JSON.
+pub fn decode_request(body: &[u8], header_length: Option<usize>, manifest: &Manifest) -> Result<InferRequest, Error> {
+    let (json, mut binary) = match header_length {
+        Some(n) if n > body.len() => {
+            return Err(Error::invalid_input(format!(
+                "Inference-Header-Content-Length is {n} but the body has only {} bytes",
+                body.len()
+            )));
+        }
+        Some(n) => body.split_at(n),
+        None => (body, &[][..]),
+    };
+    let request: RequestJson<'_> =
+        serde_json::from_slice(json).map_err(|e| Error::invalid_input(format!("invalid request JSON: {e}")))?;
+    let specs = &manifest.inputs;
+    let mut inputs: Vec<Option<Tensor>> = vec![None; specs.len()];
+    for input in request.inputs {
+        let index = specs.iter().position(|s| s.name == input.name).ok_or_else(|| {
+            Error::invalid_input(format!("unknown input '{}'; the model expects {}", input.name, names(specs)))
+        })?;
+        if inputs[index].is_some() {
+            return Err(Error::invalid_input(format!("input '{}' is given more than once", input.name)));
+        }
+        let tensor = decode_input(input, &specs[index], &mut binary, header_length.is_some(), manifest)?;
+        inputs[index] = Some(tensor);
+    }
+    if !binary.is_empty() {
+        return Err(Error::invalid_input(format!(
+            "the body has {} bytes of binary data beyond what the inputs' binary_data_size declare",
+            binary.len()
+        )));
+    }
+    let inputs: Vec<Tensor> = inputs
+        .into_iter()
+        .zip(specs)
+        .map(|(t, spec)| {
+            t.ok_or_else(|| {
+                Error::invalid_input(format!("missing input '{}'; the model expects {}", spec.name, names(specs)))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let rows = inputs[0].shape().first();
+    if let Some(other) = inputs.iter().find(|t| t.shape().first() != rows) {
+        return Err(Error::invalid_input(format!(
+            "inputs disagree on the batch size: {:?} and {:?} rows",
+            rows,
+            other.shape().first()
+        )));
+    }
+    let binary_output = request.parameters.unwrap_or_default().binary_data_output;
+    let outputs = match request.outputs {
+        None => OutputSelection::All { binary: binary_output },
+        Some(list) => {
+            let mut selected = Vec::with_capacity(list.len());
+            for output in list {
+                let index = manifest.outputs.iter().position(|s| s.name == output.name).ok_or_else(|| {
+                    Error::invalid_input(format!(
+                        "unknown output '{}'; the model has {}",
+                        output.name,
+                        names(&manifest.outputs)
+                    ))
+                })?;
+                if selected.iter().any(|&(i, _)| i == index) {
+                    return Err(Error::invalid_input(format!("output '{}' is requested more than once", output.name)));
+                }
+                let binary = output.parameters.map_or(binary_output, |p| p.binary_data || binary_output);
+                selected.push((index, binary));
+            }
+            OutputSelection::Listed(selected)
+        }
+    };
+    Ok(InferRequest { id: request.id.map(Cow::into_owned), inputs, outputs })
+}
+
+fn decode_input(
+    input: InputJson<'_>,
+    spec: &TensorSpec,
+    binary: &mut &[u8],
+    has_binary: bool,
+    manifest: &Manifest,
+) -> Result<Tensor, Error> {
+    let name = &spec.name;
+    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
+        Error::invalid_input(format!(
+            "input '{name}' has unsupported datatype '{}'; supported: FP32, FP64, INT64, INT32, BOOL",
+            input.datatype
+        ))
+    })?;
+    if datatype != spec.datatype {
+        return Err(Error::invalid_input(format!(
+            "input '{name}' has datatype {datatype} but the model expects {}",
+            spec.datatype
+        )));
+    }
+    let shape: Vec<usize> =
+        input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
+            Error::invalid_input(format!("input '{name}' has a negative dimension in shape {:?}", input.shape))
+        })?;
+    if !spec.accepts_shape(&shape) {
+        return Err(Error::invalid_input(format!(
+            "input '{name}' has shape {shape:?} but the model expects {:?} (-1: any size)",
+            spec.shape
+        )));
+    }
+    if shape.first() == Some(&0) {
+        return Err(Error::invalid_input(format!("input '{name}' has no rows")));
+    }
+    let binary_size = input.parameters.unwrap_or_default().binary_data_size;
+    let data = match (input.data, binary_size) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid_input(format!("input '{name}' has both data and binary_data_size")));
+        }
+        (None, None) => return Err(Error::invalid_input(format!("input '{name}' has no data"))),
+        (Some(flat), None) => {
+            flat.into_tensor_data(datatype).map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?
+        }
+        (None, Some(size)) => {
+            if !has_binary {
+                return Err(Error::invalid_input(format!(
+                    "input '{name}' declares binary_data_size but the request has no Inference-Header-Content-Length header"
+                )));
+            }
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if size > binary.len() {
+                return Err(Error::invalid_input(format!(
+                    "input '{name}' declares binary_data_size {size} but only {} bytes of binary data remain",
+                    binary.len()
+                )));
+            }
+            let (bytes, rest) = binary.split_at(size);
+            *binary = rest;
+            TensorData::from_le_bytes(datatype, bytes)
+                .map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?
+        }
+    };
+    let tensor = Tensor::new(shape, data).map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?;
+    if !manifest.allow_non_finite.iter().any(|n| n == name)
+        && let Some(at) = tensor.data().first_non_finite()
+    {
+        let per_row = tensor.data().len() / tensor.shape()[0].max(1);
+        return Err(Error::invalid_input(format!(
+            "input '{name}' has NaN or infinity at element {at} (row {}); this model does not accept non-finite values",
+            at / per_row.max(1)
+        )));
+    }
+    Ok(tensor)
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    format!("[{}]", names.join(", "))
+}
+
+/// JSON `data`: a flat or nested array of numbers or booleans, flattened in row-major order. The
+/// datatype may come after `data` in the object, so values are kept as parsed and converted after.
+#[derive(Debug, Default)]
+struct FlatData(Vec<Scalar>);
+
+#[derive(Clone, Copy, Debug)]
+enum Scalar {
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Int(v) => write!(f, "{v}"),
+            Scalar::UInt(v) => write!(f, "{v}"),
+            Scalar::Float(v) => write!(f, "{v}"),
+            Scalar::Bool(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+impl FlatData {
+    fn into_tensor_data(self, datatype: DataType) -> Result<TensorData, String> {
+        let wrong = |v: &Scalar| format!("{datatype} data cannot hold {v}");
+        let values = self.0;
+        Ok(match datatype {
+            DataType::Fp32 => TensorData::Fp32(
+                values
+                    .iter()
+                    .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| wrong(v)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataType::Fp64 => {
+                TensorData::Fp64(values.iter().map(|v| v.as_f64().ok_or_else(|| wrong(v))).collect::<Result<_, _>>()?)
+            }
+            DataType::Int64 => {
+                TensorData::Int64(values.iter().map(|v| v.as_i64().ok_or_else(|| wrong(v))).collect::<Result<_, _>>()?)
+            }
+            DataType::Int32 => TensorData::Int32(
+                values
+                    .iter()
+                    .map(|v| v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| wrong(v)))
+                    .collect::<Result<_, _>>()?,
+            ),
+            DataType::Bool => TensorData::Bool(
+                values
+                    .iter()
+                    .map(|v| if let Scalar::Bool(b) = v { Ok(*b) } else { Err(wrong(v)) })
+                    .collect::<Result<_, _>>()?,
+            ),
+        })
+    }
+}
+
+impl Scalar {
+    fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Scalar::Int(v) => Some(v as f64),
+            Scalar::UInt(v) => Some(v as f64),
+            Scalar::Float(v) => Some(v),
+            Scalar::Bool(_) => None,
+        }
+    }
+
+    /// Integers, and floats with no fractional part within range (`2.0`).
+    fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Scalar::Int(v) => Some(v),
+            Scalar::UInt(v) => i64::try_from(v).ok(),
+            Scalar::Float(v) if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 => Some(v as i64),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FlatData {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut values = Vec::new();
+        Flatten(&mut values).deserialize(deserializer)?;
+        Ok(FlatData(values))
+    }
+}
+
+/// Appends every scalar under one JSON value (recursing into arrays) to the vector.
+struct Flatten<'v>(&'v mut Vec<Scalar>);
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("numbers or booleans, in flat or nested arrays")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.0.push(Scalar::Bool(v));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.push(Scalar::Int(v));
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.push(Scalar::UInt(v));
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.0.push(Scalar::Float(v));
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if let Some(hint) = seq.size_hint() {
+            self.0.reserve(hint);
+        }
+        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
+        Ok(())
+    }
+}
+
+// === response ===
+
+#[derive(Serialize)]
+struct ResponseJson<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputTensorJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputTensorJson<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<DataJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum DataJson<'a> {
+    Fp32(&'a [f32]),
+    Fp64(&'a [f64]),
+    Int64(&'a [i64]),
+    Int32(&'a [i32]),
+    Bool(&'a [bool]),
+}
+
+impl<'a> From<&'a TensorData> for DataJson<'a> {
+    fn from(data: &'a TensorData) -> Self {
+        match data {
+            TensorData::Fp32(v) => Self::Fp32(v),
+            TensorData::Fp64(v) => Self::Fp64(v),
+            TensorData::Int64(v) => Self::Int64(v),
+            TensorData::Int32(v) => Self::Int32(v),
+            TensorData::Bool(v) => Self::Bool(v),
+        }
+    }
+}
+
+/// The identity of the answering version and the request, for the response.
+pub struct ResponseHead<'a> {
+    pub model_name: &'a str,
+    pub model_version: &'a str,
+    pub id: Option<&'a str>,
+}
+
+/// An encoded response body, and the JSON header's length when binary tensors follow it.
+pub struct EncodedResponse {
+    pub body: Vec<u8>,
+    pub header_length: Option<usize>,
+}
+
+pub fn encode_response(
+    head: ResponseHead<'_>,
+    specs: &[TensorSpec],
+    outputs: &[Tensor],
+    selection: &OutputSelection,
+) -> EncodedResponse {
+    let selected: Vec<(usize, bool)> = match selection {
+        OutputSelection::All { binary } => (0..outputs.len()).map(|i| (i, *binary)).collect(),
+        OutputSelection::Listed(list) => list.clone(),
+    };
+    let json_outputs = selected
+        .iter()
+        .map(|&(i, binary)| {
+            let tensor = &outputs[i];
+            OutputTensorJson {
+                name: &specs[i].name,
+                datatype: tensor.datatype().as_str(),
+                shape: tensor.shape(),
+                parameters: binary
+                    .then(|| BinarySize { binary_data_size: tensor.data().len() * tensor.datatype().size_of() }),
+                data: (!binary).then(|| tensor.data().into()),
+            }
+        })
+        .collect();
+    let response = ResponseJson {
+        model_name: head.model_name,
+        model_version: head.model_version,
+        id: head.id,
+        outputs: json_outputs,
+    };
+    let mut body = Vec::with_capacity(256);
+    serde_json::to_writer(&mut body, &response).expect("serializing to a Vec cannot fail");
+    if !selected.iter().any(|&(_, binary)| binary) {
+        return EncodedResponse { body, header_length: None };
+    }
+    let header_length = body.len();
+    for &(i, binary) in &selected {
+        if binary {
+            outputs[i].data().write_le_bytes(&mut body);
+        }
+    }
+    EncodedResponse { body, header_length: Some(header_length) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::{Reference, Task, Tolerance, VersionId};
+
+    fn manifest() -> Manifest {
+        let spec =
+            |name: &str, datatype, shape: &[i64]| TensorSpec { name: name.into(), datatype, shape: shape.to_vec() };
+        Manifest {
+            name: "m".into(),
+            version: VersionId::new("1"),
+            description: String::new(),
+            task: Task::Regression { prediction_output: "y".into() },
+            model_file: "model.onnx".into(),
+            sha256: String::new(),
+            inputs: vec![spec("x", DataType::Fp32, &[-1, 3])],
+            outputs: vec![spec("label", DataType::Int64, &[-1]), spec("p", DataType::Fp32, &[-1, 2])],
+            allow_non_finite: vec![],
+            training: serde_json::Value::Null,
+            holdout_metrics: Default::default(),
+            reference: Reference {
+                tolerance: Tolerance { absolute: 0.0, relative: 0.0 },
+                inputs: Default::default(),
+                outputs: Default::default(),
+            },
+        }
+    }
+
+    fn decode(json: &str) -> Result<InferRequest, Error> {
+        decode_request(json.as_bytes(), None, &manifest())
+    }
+
+    #[test]
+    fn decodes_flat_and_nested_json() {
+        let flat =
+            decode(r#"{"id":"a","inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3,4,5,6.5]}]}"#)
+                .unwrap();
+        let nested =
+            decode(r#"{"id":"a","inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[[1,2,3],[4,5,6.5]]}]}"#)
+                .unwrap();
+        assert_eq!(flat.inputs, nested.inputs);
+        assert_eq!(flat.inputs[0].data(), &TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.5]));
+        assert_eq!(flat.id.as_deref(), Some("a"));
+        assert_eq!(flat.outputs, OutputSelection::All { binary: false });
+        assert_eq!(flat.rows(), 2);
+    }
+
+    #[track_caller]
+    fn rejects(json: &str, needle: &str) {
+        let err = decode(json).unwrap_err();
+        assert!(err.message().contains(needle), "{:?} does not mention {needle:?}", err.message());
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_input_with_a_message_that_names_it() {
+        rejects("{", "invalid request JSON");
+        rejects(r#"{"inputs":[]}"#, "missing input 'x'");
+        rejects(r#"{"inputs":[{"name":"y","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#, "unknown input 'y'");
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]},{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+            "more than once",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP64","data":[1,2,3]}]}"#,
+            "datatype FP64 but the model expects FP32",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP16","data":[1,2,3]}]}"#,
+            "unsupported datatype 'FP16'",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP32","data":[1,2,3,4]}]}"#,
+            "shape [1, 4] but the model expects [-1, 3]",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+            "holds 6 elements but the data has 3",
+        );
+        rejects(r#"{"inputs":[{"name":"x","shape":[1,-3],"datatype":"FP32","data":[1,2,3]}]}"#, "negative dimension");
+        rejects(r#"{"inputs":[{"name":"x","shape":[0,3],"datatype":"FP32","data":[]}]}"#, "no rows");
+        rejects(r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32"}]}"#, "has no data");
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,true,3]}]}"#,
+            "FP32 data cannot hold true",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":["a",2,3]}]}"#,
+            "invalid request JSON",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3],"colour":1}]}"#,
+            "unknown field `colour`",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"nope"}]}"#,
+            "unknown output 'nope'",
+        );
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12}}]}"#,
+            "no Inference-Header-Content-Length",
+        );
+    }
+
+    #[test]
+    fn rejects_non_finite_values_unless_allowed() {
+        let json = r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","parameters":{"binary_data_size":24}}]}"#;
+        let mut body = json.as_bytes().to_vec();
+        TensorData::Fp32(vec![1.0, 2.0, 3.0, 4.0, f32::NAN, 6.0]).write_le_bytes(&mut body);
+        let err = decode_request(&body, Some(json.len()), &manifest()).unwrap_err();
+        assert!(err.message().contains("NaN or infinity at element 4 (row 1)"), "{}", err.message());
+        let mut allowing = manifest();
+        allowing.allow_non_finite = vec!["x".into()];
+        assert!(decode_request(&body, Some(json.len()), &allowing).is_ok());
+    }
+
+    #[test]
+    fn binary_inputs_and_lying_lengths() {
+        let json = r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","parameters":{"binary_data_size":12}}],"parameters":{"binary_data_output":true}}"#;
+        let mut body = json.as_bytes().to_vec();
+        TensorData::Fp32(vec![1.0, 2.0, 3.0]).write_le_bytes(&mut body);
+        let ok = decode_request(&body, Some(json.len()), &manifest()).unwrap();
+        assert_eq!(ok.inputs[0].data(), &TensorData::Fp32(vec![1.0, 2.0, 3.0]));
+        assert_eq!(ok.outputs, OutputSelection::All { binary: true });
+
+        let message = |body: &[u8], header: usize| {
+            decode_request(body, Some(header), &manifest()).unwrap_err().message().to_owned()
+        };
+        assert!(
+            message(&body, body.len() + 1).contains("larger than") || message(&body, body.len() + 1).contains("only")
+        );
+        assert!(message(&body[..body.len() - 4], json.len()).contains("only 8 bytes of binary data remain"));
+        let mut extra = body.clone();
+        extra.extend_from_slice(&[0; 4]);
+        assert!(message(&extra, json.len()).contains("4 bytes of binary data beyond"));
+        let short = json.replace("12", "8");
+        let mut body = short.as_bytes().to_vec();
+        TensorData::Fp32(vec![1.0, 2.0]).write_le_bytes(&mut body);
+        assert!(message(&body, short.len()).contains("holds 3 elements but the data has 2"));
+    }
+
+    #[test]
+    fn encodes_json_and_binary_outputs() {
+        let outputs = vec![
+            Tensor::new(vec![1], TensorData::Int64(vec![1])).unwrap(),
+            Tensor::new(vec![1, 2], TensorData::Fp32(vec![0.25, 0.75])).unwrap(),
+        ];
+        let specs = manifest().outputs;
+        let head = || ResponseHead { model_name: "m", model_version: "1", id: Some("r1") };
+        let json = encode_response(head(), &specs, &outputs, &OutputSelection::All { binary: false });
+        assert_eq!(json.header_length, None);
+        let value: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
+        assert_eq!(value["model_version"], "1");
+        assert_eq!(value["id"], "r1");
+        assert_eq!(value["outputs"][1]["data"], serde_json::json!([0.25, 0.75]));
+
+        let mixed = encode_response(head(), &specs, &outputs, &OutputSelection::Listed(vec![(1, true), (0, false)]));
+        let header = mixed.header_length.unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&mixed.body[..header]).unwrap();
+        assert_eq!(value["outputs"][0]["name"], "p");
+        assert_eq!(value["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert_eq!(value["outputs"][1]["data"], serde_json::json!([1]));
+        assert_eq!(
+            TensorData::from_le_bytes(DataType::Fp32, &mixed.body[header..]).unwrap(),
+            TensorData::Fp32(vec![0.25, 0.75])
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! HTTP: the Open Inference Protocol (KServe V2) REST API, health, metrics, and the tower stack.
+//!
+//! Invariant: the only module that sees hyper/axum/tower types and status codes.
+
+pub mod codec;
+mod error;
+mod v2;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tower::{BoxError, ServiceBuilder};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::{DefaultMakeSpan, TraceLayer};
+
+use crate::Gateway;
+use crate::error::{Error, ErrorKind};
+
+pub use self::error::status;
+
+/// The whole HTTP API over one gateway.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    let config = gateway.config();
+    let inference = Router::new()
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route("/v2/models/{name}/versions/{version}/infer", post(v2::infer_version))
+        .route_layer(
+            ServiceBuilder::new()
+                // Turns the two errors below into 503 + Retry-After in the error shape.
+                .layer(HandleErrorLayer::new(refused))
+                // Over the concurrency limit, answer at once rather than queue without bound.
+                .load_shed()
+                .concurrency_limit(config.max_concurrent_requests)
+                // A request that outlives the timeout gives its slot back.
+                .timeout(config.request_timeout()),
+        )
+        // Bodies are read by the handler, which answers 413 in the error shape beyond this.
+        .layer(DefaultBodyLimit::max(config.max_request_bytes));
+
+    // Health, metadata and metrics stay outside the shed/limit layers: probes must answer under load.
+    let control = Router::new()
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
+        .route("/metrics", get(prometheus));
+
+    inference
+        .merge(control)
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            ServiceBuilder::new()
+                // Outermost: a panic anywhere below becomes a 500 in the error shape, not a dropped connection.
+                .layer(CatchPanicLayer::custom(panicked))
+                // One span per request at debug level: free unless enabled.
+                .layer(TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG))),
+        )
+        .with_state(gateway)
+}
+
+async fn refused(error: BoxError) -> Error {
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        crate::metrics::rejected(ErrorKind::Overloaded.label());
+        Error::new(ErrorKind::Overloaded, "too many requests in flight; retry shortly")
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        crate::metrics::rejected(ErrorKind::Timeout.label());
+        Error::new(ErrorKind::Timeout, "the request timed out")
+    } else {
+        tracing::error!(%error, "unexpected error in the inference stack");
+        Error::new(ErrorKind::Internal, error.to_string())
+    }
+}
+
+fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    Error::new(ErrorKind::Internal, "handler panicked").into_response()
+}
+
+async fn no_route(method: Method, uri: Uri) -> Error {
+    Error::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let error = serde_json::json!({ "error": format!("{method} is not allowed on {}", uri.path()) });
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(error)).into_response()
+}
+
+async fn prometheus() -> Response {
+    let body = crate::metrics::handle().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+/// How often the Prometheus recorder drains its histograms' buffers when nobody scrapes.
+pub const METRICS_UPKEEP: Duration = Duration::from_secs(5);

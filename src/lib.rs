@@ -1,0 +1,177 @@
+//! gauntlet: a champion-challenger model-serving gateway for ONNX models.
+//!
+//! `run(config, shutdown)` is the whole server; `main.rs` only parses arguments and calls it.
+//! ARCHITECTURE.md maps the modules and their invariants.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod executor;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+pub mod repository;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::executor::{Executor, InferencePool};
+use crate::model::{Loader, OnnxRuntime};
+use crate::registry::Registry;
+use crate::repository::Repository;
+
+/// Everything a request needs: the live models, where inference runs, and the limits.
+pub struct Gateway {
+    config: Config,
+    registry: Registry,
+    executor: Executor,
+    ready: AtomicBool,
+}
+
+impl Gateway {
+    /// Loads ONNX Runtime (if present), then every configured model version (load → validate →
+    /// warm up). Blocking: call it off the async workers.
+    pub fn load(config: Config) -> anyhow::Result<Self> {
+        let onnxruntime = OnnxRuntime::init(config.onnxruntime_library.as_deref());
+        match &onnxruntime {
+            Ok(runtime) => tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded"),
+            Err(reason) => {
+                tracing::warn!(%reason, "ONNX Runtime unavailable; `auto` models use tract. {}", OnnxRuntime::HOW_TO_GET)
+            }
+        }
+        let threads = config.inference_threads();
+        // One ONNX Runtime session per thread that can run a model at once: the pool's threads and
+        // the async workers (inline placement).
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let loader = Loader::new(onnxruntime, threads + workers);
+        let repository = Repository::open(&config.models_dir)?;
+        let registry = Registry::load(&config, &repository, &loader)?;
+        let pool = InferencePool::new(threads, config.inference_queue).context("starting the inference pool")?;
+        Ok(Self { config, registry, executor: Executor::new(pool), ready: AtomicBool::new(true) })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// False once shutdown has begun: readiness probes then fail so traffic moves elsewhere.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// A gateway bound to its listening socket, not yet serving.
+pub struct Server {
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+}
+
+impl Server {
+    /// Loads the models and binds `config.listen` (port 0 picks a free port: see `local_addr`).
+    pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        let listen = config.listen;
+        let gateway = tokio::task::spawn_blocking(move || Gateway::load(config)).await??;
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        Ok(Self { listener, gateway: Arc::new(gateway) })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish (at
+    /// most `shutdown_grace_ms`) and returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, gateway } = self;
+        crate::metrics::handle();
+        let upkeep = tokio::spawn(async {
+            let mut tick = tokio::time::interval(http::METRICS_UPKEEP);
+            loop {
+                tick.tick().await;
+                crate::metrics::handle().run_upkeep();
+            }
+        });
+        let grace = gateway.config.shutdown_grace();
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel();
+        let signal = {
+            let gateway = Arc::clone(&gateway);
+            async move {
+                shutdown.await;
+                gateway.ready.store(false, Ordering::Relaxed);
+                tracing::info!("shutting down: no new connections, finishing in-flight requests");
+                let _ = draining_tx.send(());
+            }
+        };
+        let app = http::router(Arc::clone(&gateway));
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            // Responses are small and written whole: do not let Nagle hold them back.
+            let _ = tcp.set_nodelay(true);
+        });
+        let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(signal).into_future());
+        let result = tokio::select! {
+            finished = &mut server => finished,
+            Ok(()) = draining_rx => match tokio::time::timeout(grace, &mut server).await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests outlived the shutdown grace; closing");
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            },
+        };
+        upkeep.abort();
+        result.context("the server task failed")?.context("serving")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Loads, binds and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let server = Server::bind(config).await?;
+    tracing::info!(address = %server.local_addr()?, "serving the Open Inference Protocol");
+    server.serve(shutdown).await
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Installs the tracing subscriber: `RUST_LOG` if set, else the configured level.
+pub fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match config.log_format {
+        config::LogFormat::Json => builder.json().try_init(),
+        config::LogFormat::Text => builder.try_init(),
+    };
+}

@@ -1,0 +1,122 @@
+//! Metric names, buckets and the Prometheus recorder, in one place.
+//!
+//! Labels are small fixed sets: model and version (from configuration, never from the request), the
+//! backend, and an outcome from `ErrorKind::label`. Gateway time (`request_duration`) and model time
+//! (`model_duration`) are separate histograms, so overhead is their difference.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "gauntlet_inference_requests_total";
+pub const REQUEST_DURATION: &str = "gauntlet_inference_request_duration_seconds";
+pub const MODEL_DURATION: &str = "gauntlet_model_inference_duration_seconds";
+pub const REJECTED: &str = "gauntlet_requests_rejected_total";
+pub const MODEL_LOADED: &str = "gauntlet_model_version_loaded";
+pub const MODEL_LOAD_FAILURES: &str = "gauntlet_model_version_load_failures_total";
+pub const POOL_QUEUE: &str = "gauntlet_inference_pool_queued";
+pub const BUILD_INFO: &str = "gauntlet_build_info";
+
+/// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
+const BUCKETS: [f64; 18] = [
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// The process-wide Prometheus recorder, installed on first use (several gateways in one test
+/// process share it).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+            .expect("BUCKETS is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first, and then that one records.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+        handle
+    })
+}
+
+fn describe() {
+    describe_counter!(REQUESTS, "Inference requests by model, version and outcome.");
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Inference request time inside the gateway: decode, model, encode."
+    );
+    describe_histogram!(MODEL_DURATION, metrics::Unit::Seconds, "Time in the model's backend alone.");
+    describe_counter!(
+        REJECTED,
+        "Requests refused before reaching a model, by kind (overloaded, invalid_input, not_found, ...)."
+    );
+    describe_gauge!(MODEL_LOADED, "1 for each loaded model version, by role and backend.");
+    describe_counter!(MODEL_LOAD_FAILURES, "Model versions refused at load, by step.");
+    describe_gauge!(POOL_QUEUE, "Jobs waiting for the inference pool.");
+    describe_gauge!(BUILD_INFO, "Always 1; the gateway's version as a label.");
+}
+
+/// Pre-registered handles for one model version's successful requests: the hot path touches no
+/// registry lookup or label allocation.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    model: String,
+    version: String,
+    ok: Counter,
+    ok_duration: Histogram,
+    model_duration: Histogram,
+}
+
+impl VersionMetrics {
+    pub fn new(model: &str, version: &str, backend: &str) -> Self {
+        let labels = |outcome: &'static str| {
+            [("model", model.to_owned()), ("version", version.to_owned()), ("outcome", outcome.to_owned())]
+        };
+        Self {
+            model: model.to_owned(),
+            version: version.to_owned(),
+            ok: counter!(REQUESTS, &labels("ok")),
+            ok_duration: histogram!(REQUEST_DURATION, &labels("ok")),
+            model_duration: histogram!(MODEL_DURATION, "model" => model.to_owned(), "version" => version.to_owned(), "backend" => backend.to_owned()),
+        }
+    }
+
+    pub fn model_time(&self, elapsed: Duration) {
+        self.model_duration.record(elapsed);
+    }
+
+    pub fn request_ok(&self, elapsed: Duration) {
+        self.ok.increment(1);
+        self.ok_duration.record(elapsed);
+    }
+
+    /// A request to this version that failed (rare: the labels are built here).
+    pub fn request_failed(&self, outcome: &'static str, elapsed: Duration) {
+        let labels =
+            [("model", self.model.clone()), ("version", self.version.clone()), ("outcome", outcome.to_owned())];
+        counter!(REQUESTS, &labels).increment(1);
+        histogram!(REQUEST_DURATION, &labels).record(elapsed);
+    }
+
+    pub fn loaded(&self, backend: &str, role: &'static str) {
+        gauge!(MODEL_LOADED, "model" => self.model.clone(), "version" => self.version.clone(), "backend" => backend.to_owned(), "role" => role).set(1.0);
+    }
+}
+
+/// A request refused before a model version was chosen (unknown model, overload, bad body).
+pub fn rejected(kind: &'static str) {
+    counter!(REJECTED, "kind" => kind).increment(1);
+}
+
+pub fn load_failed(model: &str, step: &'static str) {
+    counter!(MODEL_LOAD_FAILURES, "model" => model.to_owned(), "step" => step).increment(1);
+}
+
+pub fn pool_queued(jobs: usize) {
+    gauge!(POOL_QUEUE).set(jobs as f64);
+}

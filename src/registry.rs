@@ -1,0 +1,383 @@
+//! The live models. Per served name, one `Deployment` behind an `ArcSwap`: its champion and every
+//! loaded version, swapped whole so a request sees one consistent set.
+//!
+//! Every version reaches service through one path, `load_version`: read and verify from the
+//! repository → load with its backend (signature checked) → validate on the manifest's reference
+//! rows → warm up (and time, to decide where it runs). A failed step leaves what serves unchanged
+//! and names the step.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::metrics::VersionMetrics;
+use crate::model::{Backend, BackendChoice, DataType, Loader, Model, ModelError, Tensor, TensorData};
+use crate::repository::{Manifest, Repository, RepositoryError, Tolerance, VersionId};
+
+/// All served models, by name.
+pub struct Registry {
+    models: BTreeMap<String, ServedModel>,
+}
+
+/// One served model name and its current deployment.
+pub struct ServedModel {
+    name: String,
+    deployment: ArcSwap<Deployment>,
+}
+
+/// The versions of one model that serve together.
+pub struct Deployment {
+    champion: Arc<ModelVersion>,
+    versions: BTreeMap<VersionId, Arc<ModelVersion>>,
+    /// Versions on disk that were refused, and why: shown in metadata, never served.
+    refused: BTreeMap<VersionId, String>,
+}
+
+/// How a version is loaded: its backend, and the warm-up that times it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadSettings {
+    pub backend: BackendChoice,
+    pub warmup_runs: usize,
+    pub inline_max: Duration,
+}
+
+/// Where a request's inference runs (see `executor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Inline,
+    Pool,
+}
+
+/// One loaded, validated, warmed-up model version.
+pub struct ModelVersion {
+    name: String,
+    version: VersionId,
+    manifest: Manifest,
+    model: Box<dyn Model>,
+    /// Median one-row time at warm-up.
+    one_row: Duration,
+    inline_max: Duration,
+    metrics: VersionMetrics,
+}
+
+// === impl Registry ===
+
+impl Registry {
+    /// Loads every configured model (or, with none configured, every model in the repository with
+    /// its highest version as champion). A version that fails is refused and logged; a champion that
+    /// fails stops startup.
+    pub fn load(config: &Config, repository: &Repository, loader: &Loader) -> Result<Self, RegistryError> {
+        let configured: Vec<(String, VersionId, Option<Vec<VersionId>>, BackendChoice)> = if config.models.is_empty() {
+            let mut all = Vec::new();
+            for name in repository.models()? {
+                let versions = repository.versions(&name)?;
+                let champion = versions.last().cloned().ok_or_else(|| RepositoryError::NoModel(name.clone()))?;
+                all.push((name, champion, None, config.backend));
+            }
+            all
+        } else {
+            config
+                .models
+                .iter()
+                .map(|(name, m)| {
+                    (name.clone(), m.champion.clone(), m.versions.clone(), m.backend.unwrap_or(config.backend))
+                })
+                .collect()
+        };
+        let mut models = BTreeMap::new();
+        for (name, champion, versions, backend) in configured {
+            let settings = LoadSettings { backend, warmup_runs: config.warmup_runs, inline_max: config.inline_max() };
+            let versions = match versions {
+                Some(v) => v,
+                None => repository.versions(&name)?,
+            };
+            let deployment = Deployment::load(repository, loader, &name, &champion, &versions, settings)?;
+            models.insert(name.clone(), ServedModel { name, deployment: ArcSwap::from_pointee(deployment) });
+        }
+        Ok(Self { models })
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ServedModel> {
+        self.models.get(name)
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &ServedModel> {
+        self.models.values()
+    }
+}
+
+// === impl ServedModel ===
+
+impl ServedModel {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The current deployment: one atomic load, cheap enough for every request.
+    pub fn deployment(&self) -> arc_swap::Guard<Arc<Deployment>> {
+        self.deployment.load()
+    }
+}
+
+// === impl Deployment ===
+
+impl Deployment {
+    fn load(
+        repository: &Repository,
+        loader: &Loader,
+        name: &str,
+        champion: &VersionId,
+        versions: &[VersionId],
+        settings: LoadSettings,
+    ) -> Result<Self, RegistryError> {
+        let mut loaded = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        for version in versions {
+            match load_version(repository, loader, name, version, settings) {
+                Ok(v) => {
+                    tracing::info!(
+                        model = name, version = %version, backend = %v.backend(), placement = ?v.placement(1),
+                        one_row_us = v.one_row.as_secs_f64() * 1e6, "version loaded"
+                    );
+                    loaded.insert(version.clone(), Arc::new(v));
+                }
+                Err(error) if version == champion => return Err(RegistryError::Champion(error)),
+                Err(error) => {
+                    tracing::warn!(model = name, version = %version, %error, "version refused");
+                    refused.insert(version.clone(), error.to_string());
+                }
+            }
+        }
+        let champion = loaded.get(champion).cloned().ok_or_else(|| {
+            RegistryError::Champion(LoadError {
+                model: name.to_owned(),
+                version: champion.clone(),
+                step: LoadStep::Repository,
+                message: "the champion is not among the versions to load".to_owned(),
+            })
+        })?;
+        for version in loaded.values() {
+            let role = if Arc::ptr_eq(version, &champion) { "champion" } else { "available" };
+            version.metrics.loaded(version.backend().as_str(), role);
+        }
+        Ok(Self { champion, versions: loaded, refused })
+    }
+
+    pub fn champion(&self) -> &Arc<ModelVersion> {
+        &self.champion
+    }
+
+    pub fn version(&self, id: &str) -> Option<&Arc<ModelVersion>> {
+        self.versions.get(&VersionId::new(id))
+    }
+
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<ModelVersion>> {
+        self.versions.values()
+    }
+
+    pub fn refused(&self) -> &BTreeMap<VersionId, String> {
+        &self.refused
+    }
+}
+
+// === impl ModelVersion ===
+
+impl ModelVersion {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> &VersionId {
+        &self.version
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.model.backend()
+    }
+
+    pub fn metrics(&self) -> &VersionMetrics {
+        &self.metrics
+    }
+
+    /// Inline when `rows` rows should take at most `inline_max` at the warm-up's one-row speed.
+    pub fn placement(&self, rows: usize) -> Placement {
+        if self.one_row.saturating_mul(rows.max(1) as u32) <= self.inline_max {
+            Placement::Inline
+        } else {
+            Placement::Pool
+        }
+    }
+
+    /// Runs the model (synchronously) and records its time.
+    pub fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        let start = Instant::now();
+        let result = self.model.infer(inputs);
+        self.metrics.model_time(start.elapsed());
+        result
+    }
+}
+
+/// The one path from disk to a servable version.
+pub fn load_version(
+    repository: &Repository,
+    loader: &Loader,
+    name: &str,
+    version: &VersionId,
+    settings: LoadSettings,
+) -> Result<ModelVersion, LoadError> {
+    let fail = |step: LoadStep, message: String| {
+        crate::metrics::load_failed(name, step.label());
+        LoadError { model: name.to_owned(), version: version.clone(), step, message }
+    };
+    let entry = repository.version(name, version).map_err(|e| fail(LoadStep::Repository, e.to_string()))?;
+    let manifest = entry.manifest;
+    let model = loader
+        .load(&entry.model_path, &manifest.signature(), settings.backend)
+        .map_err(|e| fail(LoadStep::Backend, e.to_string()))?;
+    let reference =
+        manifest.reference.input_tensors(&manifest.inputs).map_err(|e| fail(LoadStep::Validation, e.to_string()))?;
+    validate(model.as_ref(), &manifest, &reference).map_err(|message| fail(LoadStep::Validation, message))?;
+    let one_row =
+        warm_up(model.as_ref(), &reference, settings.warmup_runs).map_err(|e| fail(LoadStep::WarmUp, e.to_string()))?;
+    let metrics = VersionMetrics::new(name, version.as_str(), model.backend().as_str());
+    Ok(ModelVersion {
+        name: name.to_owned(),
+        version: version.clone(),
+        manifest,
+        model,
+        one_row,
+        inline_max: settings.inline_max,
+        metrics,
+    })
+}
+
+/// Runs the reference rows and compares every output with the manifest's: integer outputs (class
+/// labels) exactly, floating ones within the manifest's tolerance.
+pub fn validate(model: &dyn Model, manifest: &Manifest, reference: &[Tensor]) -> Result<(), String> {
+    let expected = manifest.reference.output_tensors(&manifest.outputs).map_err(|e| e.to_string())?;
+    let actual = model.infer(reference).map_err(|e| format!("the reference rows fail: {e}"))?;
+    let tolerance = manifest.reference.tolerance;
+    for ((spec, want), got) in manifest.outputs.iter().zip(&expected).zip(&actual) {
+        compare_output(&spec.name, want, got, tolerance)?;
+    }
+    Ok(())
+}
+
+fn compare_output(name: &str, want: &Tensor, got: &Tensor, tolerance: Tolerance) -> Result<(), String> {
+    // A [n] label vector and an [n, 1] column are the same values; compare element counts and rows.
+    if want.data().len() != got.data().len() || want.shape().first() != got.shape().first() {
+        return Err(format!("output '{name}' has shape {:?}, the manifest expects {:?}", got.shape(), want.shape()));
+    }
+    let exact = matches!(want.datatype(), DataType::Int64 | DataType::Int32 | DataType::Bool);
+    let per_row = want.data().len() / want.shape().first().copied().unwrap_or(1).max(1);
+    let (w, g) = (want.data().to_f64(), got.data().to_f64());
+    let mismatches: Vec<usize> = (0..w.len())
+        .filter(|&i| if exact { w[i] != g[i] } else { !tolerance.accepts(w[i], g[i]) || g[i].is_nan() })
+        .collect();
+    if let Some(&first) = mismatches.first() {
+        return Err(format!(
+            "output '{name}' differs from the manifest on {} of {} values; first at row {}: expected {}, got {}{}",
+            mismatches.len(),
+            w.len(),
+            first / per_row.max(1),
+            w[first],
+            g[first],
+            if exact { " (labels must match exactly)".to_owned() } else { format!(" (tolerance {tolerance:?})") }
+        ));
+    }
+    if let TensorData::Fp32(_) | TensorData::Fp64(_) = got.data()
+        && got.data().first_non_finite().is_some()
+    {
+        return Err(format!("output '{name}' contains NaN or infinity"));
+    }
+    Ok(())
+}
+
+/// Runs the first reference row `runs` times; returns the median time.
+fn warm_up(model: &dyn Model, reference: &[Tensor], runs: usize) -> Result<Duration, ModelError> {
+    let one_row: Vec<Tensor> = reference.iter().map(first_row).collect::<Result<_, _>>()?;
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        model.infer(&one_row)?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn first_row(tensor: &Tensor) -> Result<Tensor, ModelError> {
+    let rows = tensor.shape().first().copied().unwrap_or(1).max(1);
+    let per_row = tensor.data().len() / rows;
+    let data = match tensor.data() {
+        TensorData::Fp32(v) => TensorData::Fp32(v[..per_row].to_vec()),
+        TensorData::Fp64(v) => TensorData::Fp64(v[..per_row].to_vec()),
+        TensorData::Int64(v) => TensorData::Int64(v[..per_row].to_vec()),
+        TensorData::Int32(v) => TensorData::Int32(v[..per_row].to_vec()),
+        TensorData::Bool(v) => TensorData::Bool(v[..per_row].to_vec()),
+    };
+    let mut shape = tensor.shape().to_vec();
+    if let Some(first) = shape.first_mut() {
+        *first = 1;
+    }
+    Ok(Tensor::new(shape, data)?)
+}
+
+/// The step of `load_version` that refused a version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoadStep {
+    /// Manifest missing or invalid, model file missing or corrupt (sha256).
+    Repository,
+    /// The backend cannot load the file, or its signature is not the manifest's.
+    Backend,
+    /// The reference rows give other outputs than the manifest's.
+    Validation,
+    WarmUp,
+}
+
+impl LoadStep {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Repository => "repository",
+            Self::Backend => "backend",
+            Self::Validation => "validation",
+            Self::WarmUp => "warm_up",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{model}/{version} refused at {}: {message}", step.label())]
+pub struct LoadError {
+    pub model: String,
+    pub version: VersionId,
+    pub step: LoadStep,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("a champion cannot serve: {0}")]
+    Champion(#[source] LoadError),
+    #[error(transparent)]
+    Repository(#[from] RepositoryError),
+}
+
+impl fmt::Debug for ModelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelVersion")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("backend", &self.backend())
+            .field("one_row", &self.one_row)
+            .finish()
+    }
+}
