@@ -1,5 +1,5 @@
 //! Fetches ONNX Runtime's shared library from PyPI's `onnxruntime` wheel, once, into
-//! `target/onnxruntime/`, and tells the crate where it is (`GAUNTLET_BUNDLED_ONNXRUNTIME`).
+//! `target/onnxruntime/`, and tells the crate where it is (`GAUNTLET_BUILD_ONNXRUNTIME`).
 //!
 //! Why here: the `ort` crate's own download comes from a CDN that build machines often cannot reach,
 //! while PyPI usually is; a fresh clone then needs no manual step for `cargo run` or `cargo test`.
@@ -18,8 +18,8 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=GAUNTLET_BUILD_FETCH_ONNXRUNTIME");
     let library = target_dir().join("onnxruntime").join(format!("libonnxruntime.so.{ORT_VERSION}"));
-    println!("cargo:rustc-env=GAUNTLET_BUNDLED_ONNXRUNTIME={}", library.display());
-    println!("cargo:rustc-env=GAUNTLET_ONNXRUNTIME_VERSION={ORT_VERSION}");
+    println!("cargo:rustc-env=GAUNTLET_BUILD_ONNXRUNTIME={}", library.display());
+    println!("cargo:rustc-env=GAUNTLET_BUILD_ONNXRUNTIME_VERSION={ORT_VERSION}");
     if library.exists() || env::var("GAUNTLET_BUILD_FETCH_ONNXRUNTIME").as_deref() == Ok("0") {
         return;
     }

@@ -60,14 +60,14 @@ fn tract_runs_what_it_supports_and_each_refusal_names_its_step() {
     }
     // Operators tract does not implement: refused when the backend loads the file.
     for (model, version) in [("breast-cancer", "1"), ("breast-cancer", "2"), ("diabetes", "2")] {
-        let error = load(&loader, model, version, BackendChoice::Tract).err().expect("tract cannot run this");
+        let error = load(&loader, model, version, BackendChoice::Tract).expect_err("tract cannot run this");
         assert_eq!(error.step, LoadStep::Backend, "{model}/{version}: {error}");
     }
 }
 
 #[test]
 fn tract_wrong_random_forest_labels_are_refused_at_validation() {
-    let error = load(&with_onnxruntime(), "breast-cancer", "4", BackendChoice::Tract).err().expect("must be refused");
+    let error = load(&with_onnxruntime(), "breast-cancer", "4", BackendChoice::Tract).expect_err("must be refused");
     assert_eq!(error.step, LoadStep::Validation, "{error}");
     assert!(error.message.contains("output 'label'") && error.message.contains("labels must match exactly"), "{error}");
 }

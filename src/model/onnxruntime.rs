@@ -71,7 +71,7 @@ impl OnnxRuntime {
                 Err(format!("ORT_DYLIB_PATH {} does not exist", path.display()))
             };
         }
-        let bundled = PathBuf::from(env!("GAUNTLET_BUNDLED_ONNXRUNTIME"));
+        let bundled = PathBuf::from(env!("GAUNTLET_BUILD_ONNXRUNTIME"));
         let beside_executable =
             std::env::current_exe().ok().and_then(|exe| exe.parent().map(|dir| dir.join("../lib/libonnxruntime.so")));
         [Some(bundled.clone()), beside_executable]

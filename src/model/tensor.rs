@@ -122,7 +122,7 @@ impl TensorData {
     /// Reads little-endian bytes; `bytes.len()` must be a multiple of the element size.
     pub fn from_le_bytes(datatype: DataType, bytes: &[u8]) -> Result<Self, TensorError> {
         let size = datatype.size_of();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(TensorError::BinaryLength { datatype, bytes: bytes.len() });
         }
         fn chunks<const N: usize, T>(bytes: &[u8], f: impl Fn([u8; N]) -> T) -> Vec<T> {

@@ -1,0 +1,110 @@
+//! A real gateway on 127.0.0.1:0 over the checked-in demo models, for integration tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gauntlet::config::{Config, ServeArgs};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn models_dir() -> PathBuf {
+    root().join("models")
+}
+
+/// The demo configuration with `overrides` (`key=value`, as `--set` takes them), on a free port.
+pub fn config(overrides: &[&str]) -> Config {
+    let mut set = vec!["listen=127.0.0.1:0".to_owned(), format!("models_dir={}", models_dir().display())];
+    set.extend(overrides.iter().map(|s| s.to_string()));
+    let args = ServeArgs { config: Some(root().join("gauntlet.toml")), set, ..Default::default() };
+    Config::load_from(&args, &[]).expect("test config is valid")
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(overrides: &[&str]) -> Self {
+        Self::start_with(config(overrides)).await
+    }
+
+    pub async fn start_with(config: Config) -> Self {
+        let server = gauntlet::Server::bind(config).await.expect("gateway starts");
+        let addr = server.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.serve(async move {
+            let _ = rx.await;
+        }));
+        Self { addr, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Starts graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down gracefully and returns what `serve` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.begin_shutdown();
+        self.task.take().unwrap().await?
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The manifest of a demo version, as JSON.
+pub fn manifest(model: &str, version: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(models_dir().join(model).join(version).join("manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// An OIP JSON request for `rows` (each a feature vector) against the demo's single FP32 input.
+pub fn infer_body(rows: &[Vec<f64>]) -> serde_json::Value {
+    let features = rows.first().map_or(0, Vec::len);
+    let data: Vec<f64> = rows.iter().flatten().copied().collect();
+    serde_json::json!({
+        "inputs": [{ "name": "input", "shape": [rows.len(), features], "datatype": "FP32", "data": data }]
+    })
+}
+
+/// The manifest's reference rows.
+pub fn reference_rows(model: &str, version: &str) -> Vec<Vec<f64>> {
+    serde_json::from_value(manifest(model, version)["reference"]["inputs"]["input"].clone()).unwrap()
+}
+
+/// Asserts two JSON number arrays (flattened) agree within `tolerance`.
+#[track_caller]
+pub fn assert_close(actual: &serde_json::Value, expected: &serde_json::Value, tolerance: f64) {
+    fn flat(v: &serde_json::Value, out: &mut Vec<f64>) {
+        match v {
+            serde_json::Value::Array(items) => items.iter().for_each(|i| flat(i, out)),
+            other => out.push(other.as_f64().unwrap_or_else(|| panic!("not a number: {other}"))),
+        }
+    }
+    let (mut a, mut e) = (Vec::new(), Vec::new());
+    flat(actual, &mut a);
+    flat(expected, &mut e);
+    assert_eq!(a.len(), e.len(), "lengths differ: {actual} vs {expected}");
+    for (i, (x, y)) in a.iter().zip(&e).enumerate() {
+        assert!((x - y).abs() <= tolerance, "element {i}: {x} vs {y} (tolerance {tolerance})");
+    }
+}
