@@ -197,7 +197,8 @@ def write_holdout(name: str, feature_names: list[str], x: np.ndarray, y: np.ndar
         w = csv.writer(f)
         w.writerow([*feature_names, target])
         for row, truth in zip(x, y):
-            w.writerow([repr(float(v)) for v in row] + [truth.item()])
+            # The shortest text that reads back as the same float32: exact and readable.
+            w.writerow([np.format_float_positional(v, unique=True, trim="-") for v in row] + [truth.item()])
 
 
 def breast_cancer() -> None:

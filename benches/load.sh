@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Load baseline: the bare hyper floor vs the gateway's champion, same client, same body, one run.
+#
+#   benches/load.sh [rounds=3] [seconds=10] [connections=16]
+#
+# Builds once (release), starts both servers on loopback, alternates wrk runs between them so
+# machine noise hits both alike, and prints the median req/s, p50 and p99 of each with the gateway's
+# ratio to the floor. Needs wrk (`apt-get install wrk`). Traffic goes to 127.0.0.1 only.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+rounds="${1:-3}" seconds="${2:-10}" connections="${3:-16}"
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+cd "$root"
+cargo build --release --quiet --bin gauntlet --example http_floor
+
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+floor_port=19100 gateway_port=19101
+target/release/examples/http_floor "127.0.0.1:$floor_port" 2>"$work/floor.log" & pids+=($!)
+target/release/gauntlet serve --config gauntlet.toml --listen "127.0.0.1:$gateway_port" --set log_level=warn \
+  2>"$work/gateway.log" & pids+=($!)
+for port in $floor_port $gateway_port; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break; \
+    (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+done
+
+# One holdout row of breast-cancer, as a JSON OIP request (the common client shape).
+python3 - "$work/body.json" <<'PY'
+import csv, json, sys
+row = next(r for i, r in enumerate(csv.reader(open("models/breast-cancer/holdout.csv"))) if i == 1)
+body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [float(v) for v in row[:-1]]}]}
+open(sys.argv[1], "w").write(json.dumps(body))
+PY
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+local f = io.open("$work/body.json", "r"); wrk.body = f:read("*a"); f:close()
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT %.1f %.1f %.1f %d\n", summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+
+run() { # name url
+  wrk -t2 -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$2" | awk -v n="$1" '/^RESULT/ {print n, $2, $3, $4, $5}'
+}
+: >"$work/results"
+wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$gateway_port/v2/models/breast-cancer/infer" >/dev/null # warm
+for r in $(seq "$rounds"); do
+  run floor "http://127.0.0.1:$floor_port/v2/models/breast-cancer/infer" >>"$work/results"
+  run champion "http://127.0.0.1:$gateway_port/v2/models/breast-cancer/infer" >>"$work/results"
+done
+
+python3 - "$work/results" "$rounds" "$seconds" "$connections" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1])]
+by = {}
+for name, rps, p50, p99, errors in rows:
+    by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors)))
+med = {n: [statistics.median(x[i] for x in v) for i in range(3)] + [sum(x[3] for x in v)] for n, v in by.items()}
+print(f"wrk -t2 -c{sys.argv[4]}, {sys.argv[3]}s x {sys.argv[2]} rounds alternating; medians (latency in ms)")
+print(f"{'server':<10} {'req/s':>10} {'p50':>8} {'p99':>8} {'errors':>7} {'req/s vs floor':>15}")
+floor = med["floor"][0]
+for name, (rps, p50, p99, errors) in med.items():
+    print(f"{name:<10} {rps:>10.0f} {p50/1000:>8.3f} {p99/1000:>8.3f} {errors:>7} {rps/floor:>14.0%}")
+PY
