@@ -42,7 +42,8 @@ fn one_row(c: &mut Criterion) {
         let input = first_row(model, version);
         for (backend, label) in [(BackendChoice::Ort, "ort"), (BackendChoice::Tract, "tract")] {
             // Versions a backend refuses (tract: Scaler, gradient boosting, wrong forest labels) are skipped.
-            let Ok(loaded) = load_version(&repository(), &loader, model, &VersionId::new(version), settings(backend)) else {
+            let Ok(loaded) = load_version(&repository(), &loader, model, &VersionId::new(version), settings(backend))
+            else {
                 continue;
             };
             group.bench_function(format!("{label}/{model}-{version}-{kind}"), |b| {
@@ -85,10 +86,14 @@ fn codec(c: &mut Criterion) {
         b.iter(|| decode_request(black_box(&binary), Some(header.len()), &manifest).unwrap())
     });
     group.bench_function("encode_json", |b| {
-        b.iter(|| encode_response(head(), &manifest.outputs, black_box(&outputs), &OutputSelection::All { binary: false }))
+        b.iter(|| {
+            encode_response(head(), &manifest.outputs, black_box(&outputs), &OutputSelection::All { binary: false })
+        })
     });
     group.bench_function("encode_binary", |b| {
-        b.iter(|| encode_response(head(), &manifest.outputs, black_box(&outputs), &OutputSelection::All { binary: true }))
+        b.iter(|| {
+            encode_response(head(), &manifest.outputs, black_box(&outputs), &OutputSelection::All { binary: true })
+        })
     });
     group.finish();
 }

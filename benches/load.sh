@@ -11,7 +11,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}" connections="${3:-16}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cd "$root"
-cargo build --release --quiet --bin gauntlet --example http_floor
+# GAUNTLET_BIN / FLOOR_BIN: measure prebuilt binaries instead of building.
+gauntlet="${GAUNTLET_BIN:-target/release/gauntlet}" floor="${FLOOR_BIN:-target/release/examples/http_floor}"
+[ -n "${GAUNTLET_BIN:-}" ] || cargo build --release --quiet --bin gauntlet --example http_floor
 
 work="$(mktemp -d)"
 pids=()
@@ -19,8 +21,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 floor_port=19100 gateway_port=19101
-target/release/examples/http_floor "127.0.0.1:$floor_port" 2>"$work/floor.log" & pids+=($!)
-target/release/gauntlet serve --config gauntlet.toml --listen "127.0.0.1:$gateway_port" --set log_level=warn \
+"$floor" "127.0.0.1:$floor_port" 2>"$work/floor.log" & pids+=($!)
+"$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$gateway_port" --set log_level=warn \
   2>"$work/gateway.log" & pids+=($!)
 for port in $floor_port $gateway_port; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break; \

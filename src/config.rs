@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::model::BackendChoice;
+use crate::outcomes::{LogInputs, WriterSettings};
 use crate::repository::VersionId;
 
 const ENV_PREFIX: &str = "GAUNTLET_";
@@ -88,9 +89,58 @@ pub struct Config {
     /// tracing-subscriber filter, e.g. `info` or `gauntlet=debug,info`. `RUST_LOG` wins when set.
     #[serde(default = "defaults::log_level")]
     pub log_level: String,
+    /// Threads that run shadow (challenger) inference, at background OS priority.
+    #[serde(default = "defaults::shadow_threads")]
+    pub shadow_threads: usize,
+    /// Shadow jobs waiting for those threads; beyond this they are shed (and counted).
+    #[serde(default = "defaults::shadow_queue")]
+    pub shadow_queue: usize,
+    /// A challenger not finished this long after its request was answered is recorded as `timeout`.
+    #[serde(default = "defaults::shadow_deadline_ms")]
+    pub shadow_deadline_ms: u64,
+    #[serde(default)]
+    pub outcomes: OutcomesConfig,
     /// Served models by name. Empty: every model in the repository, its highest version champion.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// The outcome log: one JSON line per shadowed request.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutcomesConfig {
+    #[serde(default = "defaults::outcomes_dir")]
+    pub dir: PathBuf,
+    /// `none`, `hash` (sha256 of the input bytes) or `full` (the tensors, so the log can be replayed).
+    #[serde(default)]
+    pub log_inputs: LogInputs,
+    /// Records waiting for the writer; beyond this they are dropped (and counted).
+    #[serde(default = "defaults::outcomes_queue")]
+    pub queue: usize,
+    #[serde(default = "defaults::flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    #[serde(default = "defaults::rotate_bytes")]
+    pub rotate_bytes: u64,
+    #[serde(default = "defaults::rotate_age_s")]
+    pub rotate_age_s: u64,
+}
+
+impl Default for OutcomesConfig {
+    fn default() -> Self {
+        toml::Value::Table(toml::Table::new()).try_into().expect("the defaults are valid")
+    }
+}
+
+impl OutcomesConfig {
+    pub fn writer_settings(&self) -> WriterSettings {
+        WriterSettings {
+            dir: self.dir.clone(),
+            capacity: self.queue,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            rotate_bytes: self.rotate_bytes,
+            rotate_age: Duration::from_secs(self.rotate_age_s),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -104,6 +154,28 @@ pub struct ModelConfig {
     /// This model's backend; unset: the top-level `backend`.
     #[serde(default)]
     pub backend: Option<BackendChoice>,
+    /// Versions that shadow the champion on sampled requests.
+    #[serde(default)]
+    pub challengers: Vec<VersionId>,
+    /// Share of requests, in [0, 1], the challengers shadow (decided by a hash of the request id).
+    #[serde(default = "defaults::shadow_sample_rate")]
+    pub shadow_sample_rate: f64,
+    /// A challenger that answers a share of requests itself.
+    #[serde(default)]
+    pub canary: Option<CanaryConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// One of the challengers.
+    pub version: VersionId,
+    /// Share of requests, in [0, 1], it answers.
+    pub share: f64,
+    /// A request header (e.g. `x-user-id`) whose value decides, so a client stays on one version;
+    /// unset or absent: the request id decides.
+    #[serde(default)]
+    pub key_header: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -147,6 +219,33 @@ mod defaults {
     }
     pub fn log_level() -> String {
         "info".to_owned()
+    }
+    pub fn shadow_threads() -> usize {
+        1
+    }
+    pub fn shadow_queue() -> usize {
+        1024
+    }
+    pub fn shadow_deadline_ms() -> u64 {
+        250
+    }
+    pub fn shadow_sample_rate() -> f64 {
+        1.0
+    }
+    pub fn outcomes_dir() -> PathBuf {
+        PathBuf::from("outcomes")
+    }
+    pub fn outcomes_queue() -> usize {
+        16_384
+    }
+    pub fn flush_interval_ms() -> u64 {
+        1000
+    }
+    pub fn rotate_bytes() -> u64 {
+        64 << 20
+    }
+    pub fn rotate_age_s() -> u64 {
+        3600
     }
 }
 
@@ -225,14 +324,48 @@ impl Config {
                 return Err(ConfigError::Invalid { key: key.into(), message: "must be greater than 0".into() });
             }
         }
+        for (key, value) in [
+            ("shadow_queue", self.shadow_queue as u64),
+            ("outcomes.queue", self.outcomes.queue as u64),
+            ("outcomes.rotate_bytes", self.outcomes.rotate_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid { key: key.into(), message: "must be greater than 0".into() });
+            }
+        }
         for (name, model) in &self.models {
-            if let Some(versions) = &model.versions
-                && !versions.contains(&model.champion)
-            {
-                return Err(ConfigError::Invalid {
-                    key: format!("models.{name}.champion"),
-                    message: format!("champion {} is not among versions {versions:?}", model.champion),
-                });
+            let invalid =
+                |key: &str, message: String| Err(ConfigError::Invalid { key: format!("models.{name}.{key}"), message });
+            if let Some(versions) = &model.versions {
+                if !versions.contains(&model.champion) {
+                    return invalid(
+                        "champion",
+                        format!("champion {} is not among versions {versions:?}", model.champion),
+                    );
+                }
+                if let Some(c) = model.challengers.iter().find(|c| !versions.contains(c)) {
+                    return invalid("challengers", format!("challenger {c} is not among versions {versions:?}"));
+                }
+            }
+            if model.challengers.contains(&model.champion) {
+                return invalid(
+                    "challengers",
+                    format!("{} is the champion; it cannot also be a challenger", model.champion),
+                );
+            }
+            if !(0.0..=1.0).contains(&model.shadow_sample_rate) {
+                return invalid("shadow_sample_rate", "must be between 0 and 1".into());
+            }
+            if let Some(canary) = &model.canary {
+                if !model.challengers.contains(&canary.version) {
+                    return invalid(
+                        "canary.version",
+                        format!("canary {} must be one of the challengers {:?}", canary.version, model.challengers),
+                    );
+                }
+                if !(0.0..=1.0).contains(&canary.share) {
+                    return invalid("canary.share", "must be between 0 and 1".into());
+                }
             }
         }
         Ok(())
@@ -248,6 +381,10 @@ impl Config {
 
     pub fn inline_max(&self) -> Duration {
         Duration::from_micros(self.inline_max_us)
+    }
+
+    pub fn shadow_deadline(&self) -> Duration {
+        Duration::from_millis(self.shadow_deadline_ms)
     }
 
     pub fn inference_threads(&self) -> usize {
@@ -355,6 +492,20 @@ mod tests {
         assert!(err.contains("`max_concurrent_requests`"), "{err}");
         let err = load("[models.x]\nchampion = \"3\"\nversions = [\"1\"]", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("`models.x.champion`"), "{err}");
+        let err = load("[models.x]\nchampion = \"1\"\nchallengers = [\"2\"]\nshadow_sample_rate = 1.5", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`models.x.shadow_sample_rate`"), "{err}");
+        let err = load(
+            "[models.x]\nchampion = \"1\"\nchallengers = [\"2\"]\ncanary = { version = \"3\", share = 0.1 }",
+            &[],
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`models.x.canary.version`"), "{err}");
+        let err = load("[outcomes]\nlog_inputs = \"some\"", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("`outcomes.log_inputs`"), "{err}");
     }
 
     #[test]

@@ -22,6 +22,17 @@ pub struct InferencePool {
     sender: Sender<Job>,
 }
 
+/// The OS scheduling priority of a pool's threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Normal,
+    /// Runs only when nothing else wants the CPU (Linux `SCHED_IDLE`): shadow work yields to answers.
+    Background,
+}
+
+/// A job's result, once a pool thread has run it; `Err` if it panicked.
+pub type Pending<R> = oneshot::Receiver<thread::Result<R>>;
+
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PoolError {
     #[error("the inference queue is full")]
@@ -33,12 +44,15 @@ pub enum PoolError {
 }
 
 impl InferencePool {
-    pub fn new(threads: usize, queue: usize) -> std::io::Result<Self> {
+    pub fn new(name: &str, threads: usize, queue: usize, priority: Priority) -> std::io::Result<Self> {
         let (sender, receiver) = bounded::<Job>(queue);
         for i in 0..threads.max(1) {
             let receiver = receiver.clone();
             // The threads end when the last sender (this pool) is dropped.
-            thread::Builder::new().name(format!("inference-{i}")).spawn(move || {
+            thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+                if priority == Priority::Background {
+                    lower_priority();
+                }
                 for job in receiver {
                     job();
                 }
@@ -47,23 +61,39 @@ impl InferencePool {
         Ok(Self { sender })
     }
 
-    /// Runs `job` on the pool and waits for its result without blocking the async worker.
-    pub async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<R, PoolError> {
+    /// Queues `job` without waiting; `Full` at once if the queue is.
+    pub fn submit<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<Pending<R>, PoolError> {
         let (reply, result) = oneshot::channel();
         let job: Job = Box::new(move || {
             // The caller may have gone (timeout); then the result has nowhere to go.
             let _ = reply.send(catch_unwind(AssertUnwindSafe(job)));
         });
         match self.sender.try_send(job) {
-            Ok(()) => crate::metrics::pool_queued(self.sender.len()),
-            Err(TrySendError::Full(_)) => return Err(PoolError::Full),
-            Err(TrySendError::Disconnected(_)) => return Err(PoolError::Stopped),
+            Ok(()) => Ok(result),
+            Err(TrySendError::Full(_)) => Err(PoolError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(PoolError::Stopped),
         }
+    }
+
+    /// Runs `job` on the pool and waits for its result without blocking the async worker.
+    pub async fn run<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<R, PoolError> {
+        let result = self.submit(job)?;
         match result.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_panic)) => Err(PoolError::Panicked),
             Err(_) => Err(PoolError::Stopped),
         }
+    }
+}
+
+fn lower_priority() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+    };
+    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, policy)
+    {
+        tracing::warn!(?error, "could not lower a background thread's priority; it runs at normal priority");
     }
 }
 
@@ -77,14 +107,14 @@ impl Executor {
         Self { pool }
     }
 
-    pub async fn infer(&self, version: &Arc<ModelVersion>, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, Error> {
+    pub async fn infer(&self, version: &Arc<ModelVersion>, inputs: &Arc<Vec<Tensor>>) -> Result<Vec<Tensor>, Error> {
         let rows = inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1);
         let result = match version.placement(rows) {
             Placement::Inline => {
-                catch_unwind(AssertUnwindSafe(|| version.infer(&inputs))).map_err(|_| PoolError::Panicked)
+                catch_unwind(AssertUnwindSafe(|| version.infer(inputs))).map_err(|_| PoolError::Panicked)
             }
             Placement::Pool => {
-                let version = Arc::clone(version);
+                let (version, inputs) = (Arc::clone(version), Arc::clone(inputs));
                 self.pool.run(move || version.infer(&inputs)).await
             }
         };
@@ -118,7 +148,7 @@ mod tests {
 
     #[tokio::test]
     async fn pool_runs_jobs_and_survives_panics() {
-        let pool = InferencePool::new(1, 4).unwrap();
+        let pool = InferencePool::new("test", 1, 4, Priority::Normal).unwrap();
         assert_eq!(pool.run(|| 2 + 2).await, Ok(4));
         assert_eq!(pool.run(|| -> i32 { panic!("boom") }).await, Err(PoolError::Panicked));
         assert_eq!(pool.run(|| 5).await, Ok(5), "the thread survives a panicking job");
@@ -126,7 +156,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_is_refused_at_once() {
-        let pool = Arc::new(InferencePool::new(1, 1).unwrap());
+        let pool = Arc::new(InferencePool::new("test", 1, 1, Priority::Background).unwrap());
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel();
         // Occupy the only thread until released.

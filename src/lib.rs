@@ -11,8 +11,11 @@ pub mod executor;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod outcomes;
 pub mod registry;
 pub mod repository;
+pub mod shadow;
+pub mod traffic;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,23 +26,33 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::executor::{Executor, InferencePool};
+use crate::executor::{Executor, InferencePool, Priority};
 use crate::model::{Loader, OnnxRuntime};
-use crate::registry::Registry;
+use crate::outcomes::OutcomeWriter;
+use crate::registry::{ModelHook, Registry};
 use crate::repository::Repository;
+use crate::shadow::Shadow;
 
-/// Everything a request needs: the live models, where inference runs, and the limits.
+/// Everything a request needs: the live models, where inference runs, the shadow, and the limits.
 pub struct Gateway {
     config: Config,
     registry: Registry,
     executor: Executor,
+    shadow: Shadow,
     ready: AtomicBool,
+}
+
+/// What a program embedding the gateway (or a test) can add to its configuration.
+#[derive(Clone, Default)]
+pub struct ServerOptions {
+    /// Wraps every model after validation (see `registry::ModelHook`).
+    pub model_hook: Option<ModelHook>,
 }
 
 impl Gateway {
     /// Loads ONNX Runtime (if present), then every configured model version (load → validate →
     /// warm up). Blocking: call it off the async workers.
-    pub fn load(config: Config) -> anyhow::Result<Self> {
+    pub fn load(config: Config, options: ServerOptions) -> anyhow::Result<Self> {
         let onnxruntime = OnnxRuntime::init(config.onnxruntime_library.as_deref());
         match &onnxruntime {
             Ok(runtime) => tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded"),
@@ -53,9 +66,16 @@ impl Gateway {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let loader = Loader::new(onnxruntime, threads + workers);
         let repository = Repository::open(&config.models_dir)?;
-        let registry = Registry::load(&config, &repository, &loader)?;
-        let pool = InferencePool::new(threads, config.inference_queue).context("starting the inference pool")?;
-        Ok(Self { config, registry, executor: Executor::new(pool), ready: AtomicBool::new(true) })
+        let registry = Registry::load(&config, &repository, &loader, options.model_hook.as_ref())?;
+        let pool = InferencePool::new("inference", threads, config.inference_queue, Priority::Normal)
+            .context("starting the inference pool")?;
+        let writer = OutcomeWriter::start(config.outcomes.writer_settings())
+            .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?;
+        let shadow_pool =
+            InferencePool::new("shadow", config.shadow_threads, config.shadow_queue, Priority::Background)
+                .context("starting the shadow pool")?;
+        let shadow = Shadow::new(shadow_pool, config.shadow_deadline(), config.outcomes.log_inputs, writer);
+        Ok(Self { config, registry, executor: Executor::new(pool), shadow, ready: AtomicBool::new(true) })
     }
 
     pub fn config(&self) -> &Config {
@@ -68,6 +88,10 @@ impl Gateway {
 
     pub fn executor(&self) -> &Executor {
         &self.executor
+    }
+
+    pub fn shadow(&self) -> &Shadow {
+        &self.shadow
     }
 
     /// False once shutdown has begun: readiness probes then fail so traffic moves elsewhere.
@@ -85,8 +109,12 @@ pub struct Server {
 impl Server {
     /// Loads the models and binds `config.listen` (port 0 picks a free port: see `local_addr`).
     pub async fn bind(config: Config) -> anyhow::Result<Self> {
+        Self::bind_with(config, ServerOptions::default()).await
+    }
+
+    pub async fn bind_with(config: Config, options: ServerOptions) -> anyhow::Result<Self> {
         let listen = config.listen;
-        let gateway = tokio::task::spawn_blocking(move || Gateway::load(config)).await??;
+        let gateway = tokio::task::spawn_blocking(move || Gateway::load(config, options)).await??;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         Ok(Self { listener, gateway: Arc::new(gateway) })
     }
@@ -136,6 +164,8 @@ impl Server {
             },
         };
         upkeep.abort();
+        // No request can start shadow work any more: let what started finish and reach the log.
+        gateway.shadow.close().await;
         result.context("the server task failed")?.context("serving")?;
         tracing::info!("stopped");
         Ok(())

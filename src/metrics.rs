@@ -16,7 +16,12 @@ pub const MODEL_DURATION: &str = "gauntlet_model_inference_duration_seconds";
 pub const REJECTED: &str = "gauntlet_requests_rejected_total";
 pub const MODEL_LOADED: &str = "gauntlet_model_version_loaded";
 pub const MODEL_LOAD_FAILURES: &str = "gauntlet_model_version_load_failures_total";
-pub const POOL_QUEUE: &str = "gauntlet_inference_pool_queued";
+pub const SHADOW_RESULTS: &str = "gauntlet_shadow_results_total";
+pub const SHADOW_RECORDS: &str = "gauntlet_shadow_records_total";
+pub const SHADOW_COVERAGE: &str = "gauntlet_shadow_coverage_ratio";
+pub const OUTCOME_RECORDS: &str = "gauntlet_outcome_records_total";
+pub const OUTCOME_WRITE_ERRORS: &str = "gauntlet_outcome_write_errors_total";
+pub const OUTCOME_FILES_REPAIRED: &str = "gauntlet_outcome_files_repaired_total";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -57,7 +62,15 @@ fn describe() {
     );
     describe_gauge!(MODEL_LOADED, "1 for each loaded model version, by role and backend.");
     describe_counter!(MODEL_LOAD_FAILURES, "Model versions refused at load, by step.");
-    describe_gauge!(POOL_QUEUE, "Jobs waiting for the inference pool.");
+    describe_counter!(
+        SHADOW_RESULTS,
+        "Shadow scorings by model, version and status (ok, error, panic, timeout, shed)."
+    );
+    describe_counter!(SHADOW_RECORDS, "Paired records by model; complete=true when every version finished.");
+    describe_gauge!(SHADOW_COVERAGE, "Share of shadowed requests, since start, in which every version finished.");
+    describe_counter!(OUTCOME_RECORDS, "Outcome records by result: written, dropped (queue full), lost (disk error).");
+    describe_counter!(OUTCOME_WRITE_ERRORS, "Disk errors of the outcome log; serving goes on.");
+    describe_counter!(OUTCOME_FILES_REPAIRED, "Outcome files whose torn last line was cut at start.");
     describe_gauge!(BUILD_INFO, "Always 1; the gateway's version as a label.");
 }
 
@@ -117,6 +130,25 @@ pub fn load_failed(model: &str, step: &'static str) {
     counter!(MODEL_LOAD_FAILURES, "model" => model.to_owned(), "step" => step).increment(1);
 }
 
-pub fn pool_queued(jobs: usize) {
-    gauge!(POOL_QUEUE).set(jobs as f64);
+pub fn shadow_result(model: &str, version: &str, status: &'static str) {
+    counter!(SHADOW_RESULTS, "model" => model.to_owned(), "version" => version.to_owned(), "status" => status)
+        .increment(1);
+}
+
+pub fn shadow_coverage(model: &str, complete: bool, coverage: f64) {
+    let complete = if complete { "true" } else { "false" };
+    counter!(SHADOW_RECORDS, "model" => model.to_owned(), "complete" => complete).increment(1);
+    gauge!(SHADOW_COVERAGE, "model" => model.to_owned()).set(coverage);
+}
+
+pub fn outcome_records(result: &'static str, n: u64) {
+    counter!(OUTCOME_RECORDS, "result" => result).increment(n);
+}
+
+pub fn outcome_write_error() {
+    counter!(OUTCOME_WRITE_ERRORS).increment(1);
+}
+
+pub fn outcome_files_repaired(n: usize) {
+    counter!(OUTCOME_FILES_REPAIRED).increment(n as u64);
 }

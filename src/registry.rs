@@ -16,7 +16,9 @@ use arc_swap::ArcSwap;
 use crate::config::Config;
 use crate::metrics::VersionMetrics;
 use crate::model::{Backend, BackendChoice, DataType, Loader, Model, ModelError, Tensor, TensorData};
+use crate::outcomes::Role;
 use crate::repository::{Manifest, Repository, RepositoryError, Tolerance, VersionId};
+use crate::traffic::{Canary, TrafficPlan};
 
 /// All served models, by name.
 pub struct Registry {
@@ -29,13 +31,35 @@ pub struct ServedModel {
     deployment: ArcSwap<Deployment>,
 }
 
-/// The versions of one model that serve together.
+/// The versions of one model that serve together: the champion answers, the challengers shadow it,
+/// every loaded version can be called directly.
 pub struct Deployment {
     champion: Arc<ModelVersion>,
+    challengers: Vec<Arc<ModelVersion>>,
     versions: BTreeMap<VersionId, Arc<ModelVersion>>,
     /// Versions on disk that were refused, and why: shown in metadata, never served.
     refused: BTreeMap<VersionId, String>,
+    plan: TrafficPlan,
+    /// Header whose value picks the canary (lower case), if configured.
+    canary_key_header: Option<String>,
 }
+
+/// What a deployment is made of, from configuration.
+#[derive(Clone, Debug)]
+pub struct DeploymentSpec {
+    pub name: String,
+    pub champion: VersionId,
+    pub challengers: Vec<VersionId>,
+    /// Versions to load; `None`: every version in the repository.
+    pub versions: Option<Vec<VersionId>>,
+    pub settings: LoadSettings,
+    pub plan: TrafficPlan,
+    pub canary_key_header: Option<String>,
+}
+
+/// Wraps each model after it passed validation: how tests inject faults (errors, panics, slowness)
+/// into a real model. Not reachable from configuration.
+pub type ModelHook = Arc<dyn Fn(&str, &VersionId, Box<dyn Model>) -> Box<dyn Model> + Send + Sync>;
 
 /// How a version is loaded: its backend, and the warm-up that times it.
 #[derive(Clone, Copy, Debug)]
@@ -70,32 +94,16 @@ impl Registry {
     /// Loads every configured model (or, with none configured, every model in the repository with
     /// its highest version as champion). A version that fails is refused and logged; a champion that
     /// fails stops startup.
-    pub fn load(config: &Config, repository: &Repository, loader: &Loader) -> Result<Self, RegistryError> {
-        let configured: Vec<(String, VersionId, Option<Vec<VersionId>>, BackendChoice)> = if config.models.is_empty() {
-            let mut all = Vec::new();
-            for name in repository.models()? {
-                let versions = repository.versions(&name)?;
-                let champion = versions.last().cloned().ok_or_else(|| RepositoryError::NoModel(name.clone()))?;
-                all.push((name, champion, None, config.backend));
-            }
-            all
-        } else {
-            config
-                .models
-                .iter()
-                .map(|(name, m)| {
-                    (name.clone(), m.champion.clone(), m.versions.clone(), m.backend.unwrap_or(config.backend))
-                })
-                .collect()
-        };
+    pub fn load(
+        config: &Config,
+        repository: &Repository,
+        loader: &Loader,
+        hook: Option<&ModelHook>,
+    ) -> Result<Self, RegistryError> {
         let mut models = BTreeMap::new();
-        for (name, champion, versions, backend) in configured {
-            let settings = LoadSettings { backend, warmup_runs: config.warmup_runs, inline_max: config.inline_max() };
-            let versions = match versions {
-                Some(v) => v,
-                None => repository.versions(&name)?,
-            };
-            let deployment = Deployment::load(repository, loader, &name, &champion, &versions, settings)?;
+        for spec in specs(config, repository)? {
+            let deployment = Deployment::load(repository, loader, &spec, hook)?;
+            let name = spec.name;
             models.insert(name.clone(), ServedModel { name, deployment: ArcSwap::from_pointee(deployment) });
         }
         Ok(Self { models })
@@ -110,6 +118,49 @@ impl Registry {
     }
 }
 
+/// The deployments configuration asks for; with none configured, every model in the repository
+/// with its highest version as champion and no challengers.
+fn specs(config: &Config, repository: &Repository) -> Result<Vec<DeploymentSpec>, RegistryError> {
+    let settings = |backend: Option<BackendChoice>| LoadSettings {
+        backend: backend.unwrap_or(config.backend),
+        warmup_runs: config.warmup_runs,
+        inline_max: config.inline_max(),
+    };
+    if config.models.is_empty() {
+        let mut all = Vec::new();
+        for name in repository.models()? {
+            let champion =
+                repository.versions(&name)?.last().cloned().ok_or_else(|| RepositoryError::NoModel(name.clone()))?;
+            all.push(DeploymentSpec {
+                name,
+                champion,
+                challengers: Vec::new(),
+                versions: None,
+                settings: settings(None),
+                plan: TrafficPlan::default(),
+                canary_key_header: None,
+            });
+        }
+        return Ok(all);
+    }
+    Ok(config
+        .models
+        .iter()
+        .map(|(name, m)| DeploymentSpec {
+            name: name.clone(),
+            champion: m.champion.clone(),
+            challengers: m.challengers.clone(),
+            versions: m.versions.clone(),
+            settings: settings(m.backend),
+            plan: TrafficPlan {
+                shadow_sample_rate: m.shadow_sample_rate,
+                canary: m.canary.as_ref().map(|c| Canary { version: c.version.clone(), share: c.share }),
+            },
+            canary_key_header: m.canary.as_ref().and_then(|c| c.key_header.as_ref()).map(|h| h.to_ascii_lowercase()),
+        })
+        .collect())
+}
+
 // === impl ServedModel ===
 
 impl ServedModel {
@@ -118,8 +169,8 @@ impl ServedModel {
     }
 
     /// The current deployment: one atomic load, cheap enough for every request.
-    pub fn deployment(&self) -> arc_swap::Guard<Arc<Deployment>> {
-        self.deployment.load()
+    pub fn deployment(&self) -> Arc<Deployment> {
+        self.deployment.load_full()
     }
 }
 
@@ -129,16 +180,22 @@ impl Deployment {
     fn load(
         repository: &Repository,
         loader: &Loader,
-        name: &str,
-        champion: &VersionId,
-        versions: &[VersionId],
-        settings: LoadSettings,
+        spec: &DeploymentSpec,
+        hook: Option<&ModelHook>,
     ) -> Result<Self, RegistryError> {
+        let (name, champion) = (spec.name.as_str(), &spec.champion);
+        let versions = match &spec.versions {
+            Some(v) => v.clone(),
+            None => repository.versions(name)?,
+        };
         let mut loaded = BTreeMap::new();
         let mut refused = BTreeMap::new();
-        for version in versions {
-            match load_version(repository, loader, name, version, settings) {
-                Ok(v) => {
+        for version in &versions {
+            match load_version(repository, loader, name, version, spec.settings) {
+                Ok(mut v) => {
+                    if let Some(hook) = hook {
+                        v.model = hook(name, version, v.model);
+                    }
                     tracing::info!(
                         model = name, version = %version, backend = %v.backend(), placement = ?v.placement(1),
                         one_row_us = v.one_row.as_secs_f64() * 1e6, "version loaded"
@@ -160,11 +217,66 @@ impl Deployment {
                 message: "the champion is not among the versions to load".to_owned(),
             })
         })?;
-        for version in loaded.values() {
-            let role = if Arc::ptr_eq(version, &champion) { "champion" } else { "available" };
-            version.metrics.loaded(version.backend().as_str(), role);
+        let mut challengers = Vec::new();
+        for id in &spec.challengers {
+            let Some(version) = loaded.get(id) else {
+                tracing::warn!(model = name, version = %id, "challenger not loaded; the deployment goes on without it");
+                continue;
+            };
+            match compatible(champion.manifest(), version.manifest()) {
+                Ok(()) => challengers.push(Arc::clone(version)),
+                Err(reason) => {
+                    tracing::warn!(model = name, version = %id, %reason, "challenger refused");
+                    loaded.remove(id);
+                    refused.insert(id.clone(), format!("{name}/{id} cannot challenge {}: {reason}", champion.version));
+                }
+            }
         }
-        Ok(Self { champion, versions: loaded, refused })
+        let mut plan = spec.plan.clone();
+        if let Some(canary) = &plan.canary
+            && !challengers.iter().any(|c| c.version == canary.version)
+        {
+            tracing::warn!(model = name, version = %canary.version, "canary version is not a serving challenger; no canary");
+            plan.canary = None;
+        }
+        let deployment = Self {
+            champion,
+            challengers,
+            versions: loaded,
+            refused,
+            plan,
+            canary_key_header: spec.canary_key_header.clone(),
+        };
+        for (version, role) in deployment.members() {
+            version.metrics.loaded(version.backend().as_str(), role.label());
+        }
+        Ok(deployment)
+    }
+
+    /// The champion, then the challengers in configured order.
+    pub fn members(&self) -> impl Iterator<Item = (&Arc<ModelVersion>, Role)> {
+        std::iter::once((&self.champion, Role::Champion)).chain(self.challengers.iter().map(|c| (c, Role::Challenger)))
+    }
+
+    pub fn challengers(&self) -> &[Arc<ModelVersion>] {
+        &self.challengers
+    }
+
+    pub fn role_of(&self, version: &Arc<ModelVersion>) -> Role {
+        if Arc::ptr_eq(version, &self.champion) { Role::Champion } else { Role::Challenger }
+    }
+
+    /// Position among `members()`; versions outside the deployment sort last.
+    pub fn member_index(&self, version: &Arc<ModelVersion>) -> usize {
+        self.members().position(|(v, _)| Arc::ptr_eq(v, version)).unwrap_or(usize::MAX)
+    }
+
+    pub fn plan(&self) -> &TrafficPlan {
+        &self.plan
+    }
+
+    pub fn canary_key_header(&self) -> Option<&str> {
+        self.canary_key_header.as_deref()
     }
 
     pub fn champion(&self) -> &Arc<ModelVersion> {
@@ -257,6 +369,18 @@ pub fn load_version(
         inline_max: settings.inline_max,
         metrics,
     })
+}
+
+/// A challenger scores the champion's decoded input and its outputs are compared with the
+/// champion's: both signatures must be the same.
+fn compatible(champion: &Manifest, challenger: &Manifest) -> Result<(), String> {
+    if champion.inputs != challenger.inputs {
+        return Err(format!("inputs {:?} differ from the champion's {:?}", challenger.inputs, champion.inputs));
+    }
+    if champion.outputs != challenger.outputs {
+        return Err(format!("outputs {:?} differ from the champion's {:?}", challenger.outputs, champion.outputs));
+    }
+    Ok(())
 }
 
 /// Runs the reference rows and compares every output with the manifest's: integer outputs (class

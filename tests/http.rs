@@ -400,7 +400,9 @@ async fn metrics_count_requests_by_model_version_and_outcome() {
 
 #[tokio::test]
 async fn tract_serves_what_it_can_and_names_why_the_rest_is_refused() {
-    let server = TestServer::start(&["backend=tract", "models.breast-cancer.champion=3"]).await;
+    let server =
+        TestServer::start(&["backend=tract", "models.breast-cancer.champion=3", "models.breast-cancer.challengers=[]"])
+            .await;
     let (status, body) = get(&server, "/v2/models/breast-cancer").await;
     assert_eq!(status, 200);
     assert_eq!(body["platform"], "tract_onnx");
@@ -425,7 +427,7 @@ async fn tract_serves_what_it_can_and_names_why_the_rest_is_refused() {
 
 #[tokio::test]
 async fn a_champion_that_cannot_serve_stops_startup() {
-    let config = common::config(&["backend=tract"]);
+    let config = common::config(&["backend=tract", "models.breast-cancer.challengers=[]"]);
     let error = gauntlet::Server::bind(config).await.err().expect("breast-cancer/1 needs ONNX Runtime");
     let message = format!("{error:#}");
     assert!(message.contains("breast-cancer/1 refused at backend"), "{message}");

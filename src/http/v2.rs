@@ -1,7 +1,7 @@
 //! Handlers of the Open Inference Protocol's REST endpoints.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -15,6 +15,7 @@ use super::codec::{self, ResponseHead};
 use crate::Gateway;
 use crate::error::{Error, ErrorKind};
 use crate::registry::{Deployment, ModelVersion, ServedModel};
+use crate::shadow::ShadowRequest;
 
 const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -47,67 +48,87 @@ async fn infer_on(
     let start = Instant::now();
     let header_id =
         headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|id| !id.is_empty() && id.len() <= 256);
-    let answering = served(gateway, name).and_then(|model| {
+    // One snapshot for the whole request: the champion, challengers and plan it sees stay together.
+    let target = served(gateway, name).and_then(|model| {
         let deployment = model.deployment();
-        match version {
-            None => Ok(Arc::clone(deployment.champion())),
-            Some(v) => version_of(&deployment, name, v).cloned(),
-        }
+        let direct = version.map(|v| version_of(&deployment, name, v).cloned()).transpose()?;
+        Ok((deployment, direct))
     });
-    let answering = match answering {
-        Ok(v) => v,
+    let (deployment, direct) = match target {
+        Ok(target) => target,
         Err(error) => {
             crate::metrics::rejected(error.kind().label());
             return with_request_id(error.into_response(), header_id.map(str::to_owned));
         }
     };
-    let (result, id) = run(gateway, &answering, headers, header_id, body).await;
+    let mut answering = direct.clone().unwrap_or_else(|| Arc::clone(deployment.champion()));
+    let result = async {
+        let body = body.map_err(|rejection| body_error(&rejection, gateway.config().max_request_bytes))?;
+        check_encoding(headers)?;
+        // Challengers and a canary share the champion's signature (checked at load), so one decode serves all.
+        let request = codec::decode_request(&body, header_length(headers)?, answering.manifest())?;
+        drop(body);
+        let id = request
+            .id
+            .clone()
+            .or_else(|| header_id.map(str::to_owned))
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        // Direct calls to a version are neither shadowed nor redirected to a canary.
+        let decision = direct.is_none().then(|| {
+            let key = deployment.canary_key_header().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
+            deployment.plan().decide(&id, key)
+        });
+        if let Some(canary) = decision.as_ref().and_then(|d| d.canary.as_ref())
+            && let Some(version) = deployment.version(canary.as_str())
+        {
+            answering = Arc::clone(version);
+        }
+        let inputs = Arc::new(request.inputs);
+        let model_start = Instant::now();
+        let outputs = gateway.executor().infer(&answering, &inputs).await.map_err(|e| (e, Some(id.clone())))?;
+        let latency = model_start.elapsed();
+        let response = respond(&answering, &id, &outputs, &request.outputs);
+        if decision.is_some_and(|d| d.shadow) {
+            gateway.shadow().submit(ShadowRequest {
+                deployment: Arc::clone(&deployment),
+                request_id: id.clone(),
+                timestamp: SystemTime::now(),
+                inputs,
+                answered: Arc::clone(&answering),
+                outputs,
+                latency,
+            });
+        }
+        Ok::<_, (Error, Option<String>)>((response, id))
+    }
+    .await;
     let elapsed = start.elapsed();
-    let response = match result {
-        Ok(response) => {
+    match result {
+        Ok((response, id)) => {
             answering.metrics().request_ok(elapsed);
-            response
+            with_request_id(response, Some(id))
         }
-        Err(error) => {
+        Err((error, id)) => {
             answering.metrics().request_failed(error.kind().label(), elapsed);
-            error.into_response()
+            with_request_id(error.into_response(), id.or_else(|| header_id.map(str::to_owned)))
         }
-    };
-    with_request_id(response, id)
+    }
 }
 
-/// Decode → infer → encode for one version. Returns the request id it settled on (the body's `id`,
-/// else `X-Request-Id`, else a new one) for the response header.
-async fn run(
-    gateway: &Gateway,
-    version: &Arc<ModelVersion>,
-    headers: &HeaderMap,
-    header_id: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
-) -> (Result<Response, Error>, Option<String>) {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return (Err(body_error(&rejection, gateway.config().max_request_bytes)), header_id.map(str::to_owned));
-        }
-    };
-    let decoded = check_encoding(headers)
-        .and_then(|()| header_length(headers))
-        .and_then(|length| codec::decode_request(&body, length, version.manifest()));
-    let request = match decoded {
-        Ok(request) => request,
-        Err(error) => return (Err(error), header_id.map(str::to_owned)),
-    };
-    drop(body);
-    let id =
-        request.id.clone().or_else(|| header_id.map(str::to_owned)).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let outputs = match gateway.executor().infer(version, request.inputs).await {
-        Ok(outputs) => outputs,
-        Err(error) => return (Err(error), Some(id)),
-    };
-    let manifest = version.manifest();
-    let head = ResponseHead { model_name: version.name(), model_version: version.version().as_str(), id: Some(&id) };
-    let encoded = codec::encode_response(head, &manifest.outputs, &outputs, &request.outputs);
+impl From<Error> for (Error, Option<String>) {
+    fn from(error: Error) -> Self {
+        (error, None)
+    }
+}
+
+fn respond(
+    version: &ModelVersion,
+    id: &str,
+    outputs: &[crate::model::Tensor],
+    selection: &codec::OutputSelection,
+) -> Response {
+    let head = ResponseHead { model_name: version.name(), model_version: version.version().as_str(), id: Some(id) };
+    let encoded = codec::encode_response(head, &version.manifest().outputs, outputs, selection);
     let mut response = Response::new(Body::from(encoded.body));
     let headers = response.headers_mut();
     match encoded.header_length {
@@ -119,7 +140,7 @@ async fn run(
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
     }
-    (Ok(response), Some(id))
+    response
 }
 
 fn with_request_id(mut response: Response, id: Option<String>) -> Response {

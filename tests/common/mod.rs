@@ -26,23 +26,47 @@ pub fn config(overrides: &[&str]) -> Config {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The outcome log's directory, removed with the server.
+    pub outcomes: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
+    /// The demo configuration with `overrides`, logging outcomes to a fresh temporary directory.
     pub async fn start(overrides: &[&str]) -> Self {
-        Self::start_with(config(overrides)).await
+        Self::start_with_options(overrides, gauntlet::ServerOptions::default()).await
     }
 
-    pub async fn start_with(config: Config) -> Self {
-        let server = gauntlet::Server::bind(config).await.expect("gateway starts");
+    pub async fn start_with_options(overrides: &[&str], options: gauntlet::ServerOptions) -> Self {
+        let outcomes = tempfile::tempdir().unwrap();
+        let mut overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        overrides.push(format!("outcomes.dir={}", outcomes.path().display()));
+        let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+        let server = gauntlet::Server::bind_with(config(&overrides), options).await.expect("gateway starts");
         let addr = server.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
         }));
-        Self { addr, shutdown: Some(tx), task: Some(task) }
+        Self { addr, outcomes, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// Every outcome record written so far, in file (time) order.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(self.outcomes.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {

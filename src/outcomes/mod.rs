@@ -1,0 +1,217 @@
+//! Paired outcome records: for one sampled request, what every model of the deployment said.
+//!
+//! A record is one JSON line in an append-only log (`writer`), readable as it is by DuckDB
+//! (`read_json_auto('outcomes/*.jsonl')`) and pandas (`read_json(lines=True)`).
+//!
+//! Invariants: every channel is bounded and what overflows is counted; nothing accepted is lost on a
+//! graceful shutdown.
+
+mod writer;
+
+use std::time::{Duration, SystemTime};
+
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use sha2::{Digest, Sha256};
+
+use crate::model::{Tensor, TensorData, TensorSpec};
+
+pub use self::writer::{OutcomeWriter, WriterSettings, repair_torn_lines};
+
+/// What to keep of a request's inputs in its record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogInputs {
+    /// Nothing.
+    None,
+    /// sha256 of the inputs' little-endian bytes: joins and duplicates without the data.
+    Hash,
+    /// The tensors themselves (nested by shape), so the log can be replayed.
+    #[default]
+    Full,
+}
+
+/// One sampled request and every model's result on it.
+#[derive(Debug, Serialize)]
+pub struct OutcomeRecord {
+    pub request_id: String,
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    pub model: String,
+    /// The version whose answer the client got.
+    pub answered_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<NamedTensors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inputs_sha256: Option<String>,
+    pub results: Vec<ModelResult>,
+}
+
+/// One model version's part of a record.
+#[derive(Debug, Serialize)]
+pub struct ModelResult {
+    pub version: String,
+    pub role: Role,
+    pub sha256: String,
+    pub status: Status,
+    /// Time in the model alone; absent when it never ran (shed) or was abandoned (timeout).
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "milliseconds")]
+    pub latency_ms: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<NamedTensors>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Champion,
+    Challenger,
+}
+
+impl Role {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Champion => "champion",
+            Self::Challenger => "challenger",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    /// The model returned an error.
+    Error,
+    /// The model panicked.
+    Panic,
+    /// It did not finish within the shadow deadline.
+    Timeout,
+    /// Shadow capacity was full: it never ran.
+    Shed,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+            Self::Panic => "panic",
+            Self::Timeout => "timeout",
+            Self::Shed => "shed",
+        }
+    }
+}
+
+/// Tensors by name, serialised as `{"name": nested arrays by shape}`.
+#[derive(Debug)]
+pub struct NamedTensors(pub Vec<(String, Tensor)>);
+
+impl NamedTensors {
+    pub fn new(specs: &[TensorSpec], tensors: &[Tensor]) -> Self {
+        Self(specs.iter().map(|s| s.name.clone()).zip(tensors.iter().cloned()).collect())
+    }
+}
+
+impl Serialize for NamedTensors {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, tensor) in &self.0 {
+            map.serialize_entry(name, &Nested { shape: tensor.shape(), data: tensor.data(), offset: 0 })?;
+        }
+        map.end()
+    }
+}
+
+/// A row-major buffer seen as nested arrays: `shape [2, 3]` gives `[[a, b, c], [d, e, f]]`.
+struct Nested<'a> {
+    shape: &'a [usize],
+    data: &'a TensorData,
+    offset: usize,
+}
+
+impl Serialize for Nested<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Some((&len, inner)) = self.shape.split_first() else {
+            return match self.data {
+                TensorData::Fp32(v) => serializer.serialize_f32(v[self.offset]),
+                TensorData::Fp64(v) => serializer.serialize_f64(v[self.offset]),
+                TensorData::Int64(v) => serializer.serialize_i64(v[self.offset]),
+                TensorData::Int32(v) => serializer.serialize_i32(v[self.offset]),
+                TensorData::Bool(v) => serializer.serialize_bool(v[self.offset]),
+            };
+        };
+        let stride: usize = inner.iter().product();
+        let mut seq = serializer.serialize_seq(Some(len))?;
+        for i in 0..len {
+            seq.serialize_element(&Nested { shape: inner, data: self.data, offset: self.offset + i * stride })?;
+        }
+        seq.end()
+    }
+}
+
+/// sha256 over the tensors' little-endian bytes, in signature order.
+pub fn inputs_sha256(tensors: &[Tensor]) -> String {
+    let mut hasher = Sha256::new();
+    let mut bytes = Vec::new();
+    for tensor in tensors {
+        bytes.clear();
+        tensor.data().write_le_bytes(&mut bytes);
+        hasher.update(&bytes);
+    }
+    hex::encode(hasher.finalize())
+}
+
+fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+fn milliseconds<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    match duration {
+        Some(d) => serializer.serialize_f64((d.as_secs_f64() * 1e3 * 1e3).round() / 1e3),
+        None => serializer.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensors_nest_by_shape() {
+        let t = Tensor::new(vec![2, 3], TensorData::Int64(vec![1, 2, 3, 4, 5, 6])).unwrap();
+        let named = NamedTensors(vec![
+            ("x".into(), t),
+            ("v".into(), Tensor::new(vec![2], TensorData::Bool(vec![true, false])).unwrap()),
+        ]);
+        assert_eq!(serde_json::to_string(&named).unwrap(), r#"{"x":[[1,2,3],[4,5,6]],"v":[true,false]}"#);
+    }
+
+    #[test]
+    fn a_record_is_one_line_of_json() {
+        let record = OutcomeRecord {
+            request_id: "r1".into(),
+            timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            model: "m".into(),
+            answered_by: "1".into(),
+            inputs: None,
+            inputs_sha256: Some("ab".into()),
+            results: vec![ModelResult {
+                version: "2".into(),
+                role: Role::Challenger,
+                sha256: "cd".into(),
+                status: Status::Shed,
+                latency_ms: None,
+                outputs: None,
+                error: None,
+            }],
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            line,
+            r#"{"request_id":"r1","timestamp":"2023-11-14T22:13:20.123Z","model":"m","answered_by":"1","inputs_sha256":"ab","results":[{"version":"2","role":"challenger","sha256":"cd","status":"shed"}]}"#
+        );
+    }
+}

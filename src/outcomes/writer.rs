@@ -1,0 +1,379 @@
+//! The outcome log writer: a bounded channel into one thread that batches records into JSON Lines
+//! files, flushes them on an interval, and rotates by size and age.
+//!
+//! - A full channel drops the record and counts it: a request is never slowed by the log.
+//! - `close` writes everything accepted before it, flushes and fsyncs: a graceful shutdown loses nothing.
+//! - After a SIGKILL at most the last flush interval is lost, and the last line may be torn; at
+//!   start `repair_torn_lines` cuts such a line so every file is valid JSON Lines again.
+//! - A disk error is logged and counted, the file is dropped, and the next record opens a new one.
+//!
+//! Files are `outcomes-<UTC time>-<pid>-<seq>.jsonl`, so a glob lists them in time order.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use parking_lot::Mutex;
+
+use super::OutcomeRecord;
+
+#[derive(Clone, Debug)]
+pub struct WriterSettings {
+    pub dir: PathBuf,
+    /// Records waiting for the writer thread; beyond this they are dropped and counted.
+    pub capacity: usize,
+    pub flush_interval: Duration,
+    pub rotate_bytes: u64,
+    pub rotate_age: Duration,
+}
+
+enum Message {
+    Record(Box<OutcomeRecord>),
+    Close,
+}
+
+pub struct OutcomeWriter {
+    sender: Sender<Message>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl OutcomeWriter {
+    /// Creates the directory, repairs torn last lines, and starts the writer thread.
+    pub fn start(settings: WriterSettings) -> io::Result<Self> {
+        fs::create_dir_all(&settings.dir)?;
+        let repaired = repair_torn_lines(&settings.dir)?;
+        if repaired > 0 {
+            tracing::warn!(files = repaired, dir = %settings.dir.display(), "cut torn last lines left by an abrupt stop");
+            crate::metrics::outcome_files_repaired(repaired);
+        }
+        let (sender, receiver) = bounded(settings.capacity.max(1));
+        let thread =
+            thread::Builder::new().name("outcome-writer".into()).spawn(move || Log::new(settings).run(receiver))?;
+        Ok(Self { sender, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Queues a record without waiting; a full queue drops it (counted). Returns whether it was accepted.
+    pub fn try_write(&self, record: OutcomeRecord) -> bool {
+        match self.sender.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                crate::metrics::outcome_records("dropped", 1);
+                false
+            }
+        }
+    }
+
+    /// Writes every record accepted so far, syncs the file and stops the thread. Blocking.
+    pub fn close(&self) {
+        let Some(thread) = self.thread.lock().take() else { return };
+        // A blocking send: the queue drains while we wait, and Close lands after every accepted record.
+        let _ = self.sender.send(Message::Close);
+        if thread.join().is_err() {
+            tracing::error!("the outcome writer thread panicked");
+        }
+    }
+}
+
+impl Drop for OutcomeWriter {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The writer thread's state: the open file, if any.
+struct Log {
+    settings: WriterSettings,
+    file: Option<OpenFile>,
+    line: Vec<u8>,
+}
+
+struct OpenFile {
+    path: PathBuf,
+    out: BufWriter<File>,
+    opened: Instant,
+    bytes: u64,
+    /// Records written into `out` since its last successful flush: lost if the flush fails.
+    unflushed: u64,
+}
+
+static FILE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+impl Log {
+    fn new(settings: WriterSettings) -> Self {
+        Self { settings, file: None, line: Vec::with_capacity(1024) }
+    }
+
+    fn run(mut self, receiver: Receiver<Message>) {
+        let mut last_flush = Instant::now();
+        loop {
+            let wait = self.settings.flush_interval.saturating_sub(last_flush.elapsed());
+            match receiver.recv_timeout(wait) {
+                Ok(Message::Record(record)) => self.write(&record),
+                Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => {
+                    // Close is sent after every record it must cover; drain what raced in beside it.
+                    while let Ok(Message::Record(record)) = receiver.try_recv() {
+                        self.write(&record);
+                    }
+                    self.close_file(true);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if last_flush.elapsed() >= self.settings.flush_interval {
+                self.flush();
+                if self.file.as_ref().is_some_and(|f| f.opened.elapsed() >= self.settings.rotate_age) {
+                    self.close_file(false);
+                }
+                last_flush = Instant::now();
+            }
+        }
+    }
+
+    fn write(&mut self, record: &OutcomeRecord) {
+        self.line.clear();
+        if let Err(error) = serde_json::to_writer(&mut self.line, record) {
+            tracing::error!(%error, "an outcome record did not serialise");
+            crate::metrics::outcome_records("lost", 1);
+            return;
+        }
+        self.line.push(b'\n');
+        let line = std::mem::take(&mut self.line);
+        self.write_line(&line);
+        self.line = line;
+    }
+
+    fn write_line(&mut self, line: &[u8]) {
+        let file = match self.file.as_mut() {
+            Some(file) => file,
+            None => match self.open() {
+                Ok(file) => file,
+                Err(error) => {
+                    disk_error("opening an outcome file", &error);
+                    crate::metrics::outcome_records("lost", 1);
+                    return;
+                }
+            },
+        };
+        match file.out.write_all(line) {
+            Ok(()) => {
+                file.bytes += line.len() as u64;
+                file.unflushed += 1;
+                crate::metrics::outcome_records("written", 1);
+            }
+            Err(error) => {
+                disk_error("writing an outcome record", &error);
+                let lost = file.unflushed + 1;
+                self.file = None;
+                crate::metrics::outcome_records("lost", lost);
+                return;
+            }
+        }
+        if file.bytes >= self.settings.rotate_bytes {
+            self.close_file(false);
+        }
+    }
+
+    fn open(&mut self) -> io::Result<&mut OpenFile> {
+        let stamp: String = humantime::format_rfc3339_millis(SystemTime::now())
+            .to_string()
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':'))
+            .collect();
+        let sequence = FILE_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let path = self.settings.dir.join(format!("outcomes-{stamp}-{}-{sequence:04}.jsonl", std::process::id()));
+        let file = OpenOptions::new().create_new(true).append(true).open(&path)?;
+        tracing::debug!(path = %path.display(), "outcome file opened");
+        Ok(self.file.insert(OpenFile {
+            path,
+            out: BufWriter::with_capacity(256 << 10, file),
+            opened: Instant::now(),
+            bytes: 0,
+            unflushed: 0,
+        }))
+    }
+
+    fn flush(&mut self) {
+        let Some(file) = self.file.as_mut() else { return };
+        match file.out.flush() {
+            Ok(()) => file.unflushed = 0,
+            Err(error) => {
+                disk_error("flushing the outcome log", &error);
+                crate::metrics::outcome_records("lost", file.unflushed);
+                self.file = None;
+            }
+        }
+    }
+
+    /// Flushes and closes the current file; `sync` also fsyncs it (at shutdown).
+    fn close_file(&mut self, sync: bool) {
+        self.flush();
+        if let Some(file) = self.file.take()
+            && sync
+            && let Err(error) = file.out.get_ref().sync_all()
+        {
+            disk_error(&format!("syncing {}", file.path.display()), &error);
+        }
+    }
+}
+
+fn disk_error(what: &str, error: &io::Error) {
+    tracing::error!(%error, "{what} failed; serving goes on");
+    crate::metrics::outcome_write_error();
+}
+
+/// Cuts a torn last line (no final newline) from every `*.jsonl` file in `dir`. Returns how many
+/// files it changed.
+pub fn repair_torn_lines(dir: &Path) -> io::Result<usize> {
+    let mut repaired = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "jsonl") && repair_file(&path)? {
+            repaired += 1;
+        }
+    }
+    Ok(repaired)
+}
+
+fn repair_file(path: &Path) -> io::Result<bool> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1))?;
+    file.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(false);
+    }
+    // Scan back for the last newline; everything after it is the torn line.
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 << 10];
+    let keep = loop {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        if start == 0 {
+            break 0;
+        }
+        end = start;
+    };
+    file.set_len(keep)?;
+    file.sync_all()?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcomes::{ModelResult, Role, Status};
+
+    fn record(i: usize) -> OutcomeRecord {
+        OutcomeRecord {
+            request_id: format!("r{i}"),
+            timestamp: SystemTime::now(),
+            model: "m".into(),
+            answered_by: "1".into(),
+            inputs: None,
+            inputs_sha256: None,
+            results: vec![ModelResult {
+                version: "1".into(),
+                role: Role::Champion,
+                sha256: "x".into(),
+                status: Status::Ok,
+                latency_ms: Some(Duration::from_micros(12)),
+                outputs: None,
+                error: None,
+            }],
+        }
+    }
+
+    fn settings(dir: &Path, rotate_bytes: u64) -> WriterSettings {
+        WriterSettings {
+            dir: dir.to_owned(),
+            capacity: 10_000,
+            flush_interval: Duration::from_millis(50),
+            rotate_bytes,
+            rotate_age: Duration::from_secs(3600),
+        }
+    }
+
+    fn lines(dir: &Path) -> Vec<String> {
+        let mut files: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+            .iter()
+            .flat_map(|f| fs::read_to_string(f).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    }
+
+    #[test]
+    fn close_writes_every_accepted_record_in_order_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = OutcomeWriter::start(settings(dir.path(), 4096)).unwrap();
+        for i in 0..2000 {
+            assert!(writer.try_write(record(i)));
+        }
+        writer.close();
+        let lines = lines(dir.path());
+        assert_eq!(lines.len(), 2000);
+        for (i, line) in lines.iter().enumerate() {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["request_id"], format!("r{i}"), "glob order is write order");
+        }
+        let files = fs::read_dir(dir.path()).unwrap().count();
+        assert!(files > 10, "rotated by size into {files} files");
+    }
+
+    #[test]
+    fn a_full_queue_drops_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = settings(dir.path(), u64::MAX);
+        s.capacity = 1;
+        let writer = OutcomeWriter::start(s).unwrap();
+        let accepted = (0..10_000).filter(|&i| writer.try_write(record(i))).count();
+        writer.close();
+        assert!(accepted < 10_000, "some were dropped");
+        assert_eq!(lines(dir.path()).len(), accepted, "every accepted record was written");
+    }
+
+    #[test]
+    fn torn_last_lines_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let torn = dir.path().join("outcomes-a.jsonl");
+        fs::write(&torn, "{\"a\":1}\n{\"b\":2}\n{\"c\":").unwrap();
+        let whole = dir.path().join("outcomes-b.jsonl");
+        fs::write(&whole, "{\"a\":1}\n").unwrap();
+        let only_torn = dir.path().join("outcomes-c.jsonl");
+        fs::write(&only_torn, "{\"c\":".repeat(50_000)).unwrap();
+        assert_eq!(repair_torn_lines(dir.path()).unwrap(), 2);
+        assert_eq!(fs::read_to_string(&torn).unwrap(), "{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(fs::read_to_string(&whole).unwrap(), "{\"a\":1}\n");
+        assert_eq!(fs::read_to_string(&only_torn).unwrap(), "");
+        assert_eq!(repair_torn_lines(dir.path()).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_disk_error_loses_records_but_not_the_writer() {
+        // Driven synchronously (no thread) so the failure lands exactly where the test puts it.
+        let dir = tempfile::tempdir().unwrap();
+        let log_dir = dir.path().join("log");
+        let mut log = Log::new(settings(&log_dir, u64::MAX));
+        log.write(&record(0)); // the directory does not exist: lost, counted, logged
+        assert!(log.file.is_none());
+        fs::create_dir_all(&log_dir).unwrap();
+        log.write(&record(1)); // the next record opens a new file
+        log.close_file(true);
+        let lines = lines(&log_dir);
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("\"r1\""));
+    }
+}
