@@ -69,3 +69,84 @@ fn serves_then_exits_zero_on_sigterm() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
+
+/// Starts `gauntlet serve` on a free port with `env`; returns the child and its address.
+fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (std::process::Child, String) {
+    let mut child = gauntlet()
+        .args(["serve", "--config", "gauntlet.toml", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(address) = entry["fields"]["address"].as_str()
+            {
+                let _ = tx.send(address.to_owned());
+                sent = true;
+            }
+        }
+    });
+    let address = rx.recv_timeout(Duration::from_secs(60)).expect("the gateway logs its address");
+    (child, address)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_accepted_record() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let outcomes = tempfile::tempdir().unwrap();
+    let (mut child, address) = spawn_serving(&[("GAUNTLET_OUTCOMES__DIR", outcomes.path())]);
+    let body = serde_json::json!({
+        "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": common::reference_rows("breast-cancer", "1")[0] }]
+    })
+    .to_string();
+    let ok = Arc::new(AtomicUsize::new(0));
+    let client = reqwest::Client::new();
+    let url = format!("http://{address}/v2/models/breast-cancer/infer");
+    // Eight clients send until the gateway stops taking connections; the loop is bounded either way.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (client, url, body, ok) = (client.clone(), url.clone(), body.clone(), Arc::clone(&ok));
+            tokio::spawn(async move {
+                for _ in 0..100_000 {
+                    let Ok(response) = client.post(&url).body(body.clone()).send().await else { break };
+                    let status = response.status();
+                    if response.bytes().await.is_err() {
+                        break;
+                    }
+                    assert!(status == 200 || status == 503, "{status}");
+                    if status == 200 {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    while ok.load(Ordering::Relaxed) < 3000 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    for c in clients {
+        c.await.unwrap();
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert_eq!(exit.code(), Some(0));
+
+    let answered = ok.load(Ordering::Relaxed);
+    let mut records = 0;
+    for file in std::fs::read_dir(outcomes.path()).unwrap() {
+        let text = std::fs::read_to_string(file.unwrap().path()).unwrap();
+        assert!(text.is_empty() || text.ends_with('\n'), "no torn line after a graceful stop");
+        records += text.lines().count();
+    }
+    eprintln!("{answered} answered, {records} records");
+    assert_eq!(records, answered, "every answered request was shadowed (rate 1) and its record written");
+}

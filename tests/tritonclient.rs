@@ -5,28 +5,14 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 
 use common::TestServer;
 
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("GAUNTLET_TEST_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let output = std::process::Command::new("bash")
-        .arg(common::root().join("scripts/python-env.sh"))
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("bash runs scripts/python-env.sh");
-    assert!(output.status.success(), "scripts/python-env.sh failed: the tritonclient test needs python3, pip and PyPI");
-    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
-}
-
 #[tokio::test]
 async fn tritonclient_with_default_settings() {
-    let python = tokio::task::spawn_blocking(python).await.unwrap();
-    let server = TestServer::start(&[]).await;
+    let python = tokio::task::spawn_blocking(common::python).await.unwrap();
+    let mut server = TestServer::start(&[]).await;
     let output = tokio::process::Command::new(python)
         .arg(common::root().join("tests/python/check_tritonclient.py"))
         .arg("--url")

@@ -80,10 +80,11 @@ impl TestServer {
         }
     }
 
-    /// Shuts down gracefully and returns what `serve` returned.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    /// Shuts down gracefully (the outcome log is flushed and closed) and returns what `serve`
+    /// returned. The outcome directory stays until the server is dropped.
+    pub async fn stop(&mut self) -> anyhow::Result<()> {
         self.begin_shutdown();
-        self.task.take().unwrap().await?
+        self.task.take().expect("stopped once").await?
     }
 }
 
@@ -131,4 +132,19 @@ pub fn assert_close(actual: &serde_json::Value, expected: &serde_json::Value, to
     for (i, (x, y)) in a.iter().zip(&e).enumerate() {
         assert!((x - y).abs() <= tolerance, "element {i}: {x} vs {y} (tolerance {tolerance})");
     }
+}
+
+/// The Python interpreter of `scripts/python-env.sh`'s environment (made on first use: it needs
+/// python3, pip and PyPI), or the one `GAUNTLET_TEST_PYTHON` names.
+pub fn python() -> PathBuf {
+    if let Some(path) = std::env::var_os("GAUNTLET_TEST_PYTHON") {
+        return PathBuf::from(path);
+    }
+    let output = std::process::Command::new("bash")
+        .arg(root().join("scripts/python-env.sh"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("bash runs scripts/python-env.sh");
+    assert!(output.status.success(), "scripts/python-env.sh failed: Python tests need python3, pip and PyPI");
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }

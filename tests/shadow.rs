@@ -1,0 +1,335 @@
+//! Shadow scoring and the outcome log on a real server: the champion's answers are untouched by
+//! challengers (also faulty ones), every sampled request leaves one paired record equal to calling
+//! each version directly, canaries answer their share, and shutdown loses no accepted record.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestServer, infer_body};
+use gauntlet::model::{Backend, Model, ModelError, Tensor};
+use gauntlet::registry::ModelHook;
+use gauntlet::repository::VersionId;
+use gauntlet::traffic::TrafficPlan;
+use serde_json::{Value, json};
+
+/// The breast-cancer holdout rows (features only).
+fn holdout_rows(model: &str) -> Vec<Vec<f64>> {
+    let text = std::fs::read_to_string(common::models_dir().join(model).join("holdout.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<f64> = line.split(',').map(|f| f.parse().unwrap()).collect();
+            fields[..fields.len() - 1].to_vec()
+        })
+        .collect()
+}
+
+async fn infer(server: &TestServer, path: &str, body: &Value) -> (u16, String) {
+    let response = reqwest::Client::new().post(server.url(path)).body(body.to_string()).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn with_id(rows: &[Vec<f64>], id: &str) -> Value {
+    let mut body = infer_body(rows);
+    body["id"] = json!(id);
+    body
+}
+
+#[tokio::test]
+async fn champion_answers_are_byte_identical_with_and_without_challengers() {
+    let alone = TestServer::start(&["models.breast-cancer.challengers=[]", "models.diabetes.challengers=[]"]).await;
+    let shadowed = TestServer::start(&[]).await;
+    for (model, rows) in [("breast-cancer", holdout_rows("breast-cancer")), ("diabetes", holdout_rows("diabetes"))] {
+        for (i, row) in rows.iter().enumerate().take(40) {
+            let body = with_id(std::slice::from_ref(row), &format!("{model}-{i}"));
+            let path = format!("/v2/models/{model}/infer");
+            let (a, b) = (infer(&alone, &path, &body).await, infer(&shadowed, &path, &body).await);
+            assert_eq!(a.0, 200);
+            assert_eq!(a, b, "{model} row {i}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_sampled_request_leaves_one_record_equal_to_calling_each_version() {
+    let mut server = TestServer::start(&[]).await;
+    let rows = holdout_rows("breast-cancer");
+    let n = 30;
+    for (i, row) in rows.iter().enumerate().take(n) {
+        let (status, _) =
+            infer(&server, "/v2/models/breast-cancer/infer", &with_id(std::slice::from_ref(row), &format!("r{i}")))
+                .await;
+        assert_eq!(status, 200);
+    }
+    // The same rows, each version called directly.
+    let mut direct = Vec::new();
+    for version in ["1", "2", "3"] {
+        let (status, text) =
+            infer(&server, &format!("/v2/models/breast-cancer/versions/{version}/infer"), &infer_body(&rows[..n]))
+                .await;
+        assert_eq!(status, 200);
+        direct.push(serde_json::from_str::<Value>(&text).unwrap());
+    }
+    server.stop().await.unwrap();
+
+    let records = server.records();
+    assert_eq!(records.len(), n, "one record per sampled request, none for direct calls");
+    for record in &records {
+        let i: usize = record["request_id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(record["model"], "breast-cancer");
+        assert_eq!(record["answered_by"], "1");
+        common::assert_close(&record["inputs"]["input"], &json!([rows[i]]), 1e-6);
+        let results = record["results"].as_array().unwrap();
+        let versions: Vec<&str> = results.iter().map(|r| r["version"].as_str().unwrap()).collect();
+        assert_eq!(versions, ["1", "2", "3"], "champion first, then challengers in configured order");
+        assert_eq!(results[0]["role"], "champion");
+        for (result, direct) in results.iter().zip(&direct) {
+            assert_eq!(result["status"], "ok", "{record}");
+            assert_eq!(
+                result["sha256"],
+                common::manifest("breast-cancer", result["version"].as_str().unwrap())["sha256"]
+            );
+            assert!(result["latency_ms"].as_f64().unwrap() > 0.0);
+            assert_eq!(result["outputs"]["label"], json!([direct["outputs"][0]["data"][i]]));
+            let probabilities = &direct["outputs"][1]["data"].as_array().unwrap()[2 * i..2 * i + 2];
+            common::assert_close(&result["outputs"]["probabilities"], &json!([probabilities]), 1e-6);
+        }
+    }
+    // DuckDB and pandas read the files as they are.
+    let python = tokio::task::spawn_blocking(common::python).await.unwrap();
+    let output = std::process::Command::new(python)
+        .arg(common::root().join("tests/python/check_outcomes.py"))
+        .arg(server.outcomes.path())
+        .arg(n.to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["duckdb_rows"], n);
+}
+
+#[tokio::test]
+async fn sampling_follows_the_request_id_hash_exactly() {
+    let mut server = TestServer::start(&["models.diabetes.shadow_sample_rate=0.3", "outcomes.log_inputs=hash"]).await;
+    let rows = holdout_rows("diabetes");
+    let plan = TrafficPlan { shadow_sample_rate: 0.3, canary: None };
+    let ids: Vec<String> = (0..100).map(|i| format!("sample-{i}")).collect();
+    for (id, row) in ids.iter().zip(rows.iter().cycle()) {
+        assert_eq!(infer(&server, "/v2/models/diabetes/infer", &with_id(std::slice::from_ref(row), id)).await.0, 200);
+    }
+    server.stop().await.unwrap();
+    let mut logged: Vec<String> =
+        server.records().iter().map(|r| r["request_id"].as_str().unwrap().to_owned()).collect();
+    let mut expected: Vec<String> = ids.iter().filter(|id| plan.decide(id, None).shadow).cloned().collect();
+    logged.sort();
+    expected.sort();
+    assert!(!expected.is_empty() && expected.len() < 100);
+    assert_eq!(logged, expected);
+    for record in server.records() {
+        assert!(record.get("inputs").is_none());
+        assert_eq!(record["inputs_sha256"].as_str().unwrap().len(), 64);
+    }
+}
+
+/// A real model with a fault added after validation.
+struct Faulty {
+    inner: Box<dyn Model>,
+    fault: Fault,
+}
+
+#[derive(Clone, Copy)]
+enum Fault {
+    Error,
+    Panic,
+    Slow(Duration),
+}
+
+impl Model for Faulty {
+    fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        match self.fault {
+            Fault::Error => {
+                Err(ModelError::Inference { backend: Backend::OnnxRuntime, message: "injected failure".into() })
+            }
+            // A real unwind, without the panic hook (whose backtrace capture is slow and noisy here).
+            Fault::Panic => std::panic::resume_unwind(Box::new("injected panic")),
+            Fault::Slow(delay) => {
+                std::thread::sleep(delay);
+                self.inner.infer(inputs)
+            }
+        }
+    }
+
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+}
+
+fn faults(faults: Vec<(&'static str, &'static str, Fault)>) -> gauntlet::ServerOptions {
+    let hook: ModelHook = Arc::new(move |model: &str, version: &VersionId, inner: Box<dyn Model>| {
+        match faults.iter().find(|(m, v, _)| *m == model && *v == version.as_str()) {
+            Some(&(_, _, fault)) => Box::new(Faulty { inner, fault }) as Box<dyn Model>,
+            None => inner,
+        }
+    });
+    gauntlet::ServerOptions { model_hook: Some(hook) }
+}
+
+#[tokio::test]
+async fn failing_panicking_and_slow_challengers_leave_the_champion_alone() {
+    let options = faults(vec![
+        ("breast-cancer", "2", Fault::Error),
+        ("breast-cancer", "3", Fault::Panic),
+        ("diabetes", "2", Fault::Slow(Duration::from_millis(300))),
+    ]);
+    let mut server = TestServer::start_with_options(&["shadow_deadline_ms=100", "shadow_threads=2"], options).await;
+    let reference = TestServer::start(&["models.breast-cancer.challengers=[]", "models.diabetes.challengers=[]"]).await;
+    for (model, n) in [("breast-cancer", 20), ("diabetes", 8)] {
+        for (i, row) in holdout_rows(model).iter().enumerate().take(n) {
+            let body = with_id(std::slice::from_ref(row), &format!("{model}-{i}"));
+            let path = format!("/v2/models/{model}/infer");
+            let got = infer(&server, &path, &body).await;
+            assert_eq!(got.0, 200, "{}", got.1);
+            assert_eq!(got, infer(&reference, &path, &body).await, "the champion's answer is unchanged");
+        }
+    }
+    server.stop().await.unwrap();
+    // After stop every shadow task has finished; the recorder is process-wide, so read it here.
+    let metrics = gauntlet::metrics::handle().render();
+
+    let records = server.records();
+    assert_eq!(records.len(), 28);
+    for record in records.iter().filter(|r| r["model"] == "breast-cancer") {
+        let results = record["results"].as_array().unwrap();
+        assert_eq!(results[0]["status"], "ok");
+        assert_eq!(results[1]["status"], "error");
+        assert!(results[1]["error"].as_str().unwrap().contains("injected failure"));
+        assert!(results[1].get("outputs").is_none());
+        assert_eq!(results[2]["status"], "panic");
+    }
+    for record in records.iter().filter(|r| r["model"] == "diabetes") {
+        let results = record["results"].as_array().unwrap();
+        assert_eq!(results[0]["status"], "ok");
+        assert!(["timeout", "shed"].contains(&results[1]["status"].as_str().unwrap()), "{record}");
+    }
+    // Metrics are process-wide and other tests run beside this one: only the error and panic counts
+    // are this test's alone.
+    for needle in [
+        r#"gauntlet_shadow_results_total{model="breast-cancer",version="2",status="error"} 20"#,
+        r#"gauntlet_shadow_results_total{model="breast-cancer",version="3",status="panic"} 20"#,
+        r#"gauntlet_shadow_records_total{model="breast-cancer",complete="false"}"#,
+        r#"gauntlet_shadow_coverage_ratio{model="breast-cancer"}"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}");
+    }
+}
+
+#[tokio::test]
+async fn a_full_shadow_queue_sheds_and_counts() {
+    let options = faults(vec![("diabetes", "2", Fault::Slow(Duration::from_millis(30)))]);
+    let mut server =
+        TestServer::start_with_options(&["shadow_threads=1", "shadow_queue=1", "shadow_deadline_ms=5000"], options)
+            .await;
+    let rows = holdout_rows("diabetes");
+    // Concurrent requests: far more challenger jobs than one thread and a queue of one can take.
+    let client = reqwest::Client::new();
+    let requests = (0..24).map(|i| {
+        let (client, url) = (client.clone(), server.url("/v2/models/diabetes/infer"));
+        let body = with_id(std::slice::from_ref(&rows[i]), &format!("shed-{i}")).to_string();
+        async move { client.post(url).body(body).send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_join_all(requests).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    server.stop().await.unwrap();
+    let records = server.records();
+    assert_eq!(records.len(), 24, "shed requests still leave their record");
+    let shed = records.iter().filter(|r| r["results"][1]["status"] == "shed").count();
+    let ok = records.iter().filter(|r| r["results"][1]["status"] == "ok").count();
+    assert!(shed > 0, "some challenger jobs were shed");
+    assert!(ok > 0, "some ran");
+    assert_eq!(shed + ok, 24);
+}
+
+/// Runs futures concurrently on the current runtime.
+async fn futures_join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<T> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_canary_answers_its_share_and_the_champion_shadows_it() {
+    let mut server = TestServer::start(&[
+        "models.breast-cancer.canary.version=2",
+        "models.breast-cancer.canary.share=0.5",
+        "models.breast-cancer.canary.key_header=x-user-id",
+    ])
+    .await;
+    let rows = holdout_rows("breast-cancer");
+    let plan = TrafficPlan {
+        shadow_sample_rate: 1.0,
+        canary: Some(gauntlet::traffic::Canary { version: VersionId::new("2"), share: 0.5 }),
+    };
+    let client = reqwest::Client::new();
+    let mut canaries = 0;
+    for (i, row) in rows.iter().enumerate().take(40) {
+        let id = format!("c{i}");
+        let response = client
+            .post(server.url("/v2/models/breast-cancer/infer"))
+            .body(with_id(std::slice::from_ref(row), &id).to_string())
+            .send()
+            .await
+            .unwrap();
+        let body: Value = response.json().await.unwrap();
+        let expected = if plan.decide(&id, None).canary.is_some() { "2" } else { "1" };
+        assert_eq!(body["model_version"], expected, "{id}");
+        canaries += usize::from(expected == "2");
+    }
+    assert!(canaries > 5 && canaries < 35, "{canaries}");
+    // A client key keeps one user on one version, whatever the request id.
+    let sticky: Vec<Value> = futures_join_all((0..10).map(|i| {
+        let (client, url) = (client.clone(), server.url("/v2/models/breast-cancer/infer"));
+        let body = with_id(&rows[..1], &format!("k{i}")).to_string();
+        async move {
+            client
+                .post(url)
+                .header("x-user-id", "user-42")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    let versions: std::collections::BTreeSet<&str> =
+        sticky.iter().map(|b| b["model_version"].as_str().unwrap()).collect();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    server.stop().await.unwrap();
+
+    for record in server.records().iter().filter(|r| r["answered_by"] == "2") {
+        let results = record["results"].as_array().unwrap();
+        assert_eq!((results[0]["version"].as_str(), results[0]["role"].as_str()), (Some("1"), Some("champion")));
+        assert_eq!(results[0]["status"], "ok", "the champion shadows the canary");
+    }
+}
+
+#[tokio::test]
+async fn a_torn_line_from_a_crash_is_cut_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let torn = dir.path().join("outcomes-20260101T000000.000Z-1-0000.jsonl");
+    std::fs::write(&torn, "{\"request_id\":\"a\"}\n{\"request_id\":\"b\",\"resu").unwrap();
+    let mut config = common::config(&[]);
+    config.outcomes.dir = dir.path().to_owned();
+    let server = gauntlet::Server::bind(config).await.unwrap();
+    drop(server);
+    assert_eq!(std::fs::read_to_string(&torn).unwrap(), "{\"request_id\":\"a\"}\n");
+}
