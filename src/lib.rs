@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod loadtest;
 pub mod metrics;
 pub mod model;
 pub mod outcomes;

@@ -13,15 +13,19 @@ struct Cli {
 enum Command {
     /// Serve the models of a repository over the Open Inference Protocol (KServe V2).
     Serve(gauntlet::config::ServeArgs),
+    /// Send rows (CSV) or logged requests to a gateway; exit 2 when an objective is missed.
+    Loadtest(gauntlet::loadtest::LoadtestArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve(&args),
+        Command::Serve(args) => serve(&args).map(|()| true),
+        Command::Loadtest(args) => loadtest(&args),
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(2),
         Err(error) => {
             eprintln!("gauntlet: {error:#}");
             std::process::ExitCode::FAILURE
@@ -32,6 +36,13 @@ fn main() -> std::process::ExitCode {
 fn serve(args: &gauntlet::config::ServeArgs) -> anyhow::Result<()> {
     let config = gauntlet::config::Config::load(args)?;
     gauntlet::init_tracing(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(gauntlet::run(config, gauntlet::shutdown_signal()))
+    runtime()?.block_on(gauntlet::run(config, gauntlet::shutdown_signal()))
+}
+
+fn loadtest(args: &gauntlet::loadtest::LoadtestArgs) -> anyhow::Result<bool> {
+    runtime()?.block_on(gauntlet::loadtest::run_and_report(args))
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }

@@ -1,0 +1,458 @@
+//! `gauntlet loadtest`: replays labelled rows (CSV) or logged requests (outcome log) against a
+//! gateway, closed-loop at a concurrency or open-loop at a fixed rate, and checks objectives.
+//!
+//! Open-loop latency is measured from each request's *scheduled* send time, so a server that falls
+//! behind cannot hide its queueing (no coordinated omission). Every run is bounded by a duration or
+//! a request count, and sends traffic only to the URL it is given.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoadtestArgs {
+    /// The gateway, e.g. http://127.0.0.1:8000.
+    #[arg(long)]
+    pub url: String,
+    /// The served model to call.
+    #[arg(long)]
+    pub model: String,
+    /// Call this version directly instead of the champion.
+    #[arg(long)]
+    pub version: Option<String>,
+    /// Rows to send: a CSV with a header (columns named label, target or truth are not features),
+    /// or an outcome log (`*.jsonl`, inputs logged `full`).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Closed loop: this many requests in flight, each sent when the last returned.
+    #[arg(long, conflicts_with = "rate")]
+    pub concurrency: Option<usize>,
+    /// Open loop: this many requests a second, on schedule, whatever the server does.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this long (e.g. 30s, 2m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Stop after this many requests.
+    #[arg(long)]
+    pub requests: Option<u64>,
+    /// Rows per request.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// A request unanswered after this counts as an error.
+    #[arg(long, default_value_t = 10_000)]
+    pub timeout_ms: u64,
+    /// Print the summary as JSON on stdout (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Objective: fail if p99 latency exceeds this.
+    #[arg(long)]
+    pub max_p99_ms: Option<f64>,
+    /// Objective: fail if the share of failed requests exceeds this (0.01 = 1%).
+    #[arg(long)]
+    pub max_error_rate: Option<f64>,
+    /// Objective: fail if throughput is below this.
+    #[arg(long)]
+    pub min_rps: Option<f64>,
+}
+
+/// What a run measured.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub mode: String,
+    pub requests: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub latency_ms: Latencies,
+    /// Failed requests by HTTP status, or by `timeout` / `connect` / `client_overload`.
+    pub errors_by_kind: BTreeMap<String, u64>,
+    /// Objectives missed, empty when all are met.
+    pub slo_violations: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Latencies {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+/// Runs the load test; the summary says whether the objectives were met.
+pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
+    ensure!(
+        args.duration.is_some() || args.requests.is_some(),
+        "refusing to run without a bound: give --duration or --requests"
+    );
+    ensure!(args.batch >= 1, "--batch must be at least 1");
+    if let Some(rate) = args.rate {
+        ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
+    }
+    let base = args.url.trim_end_matches('/').to_owned();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(args.timeout_ms))
+        .pool_max_idle_per_host(1024)
+        .build()?;
+    let input = input_of(&client, &base, &args.model).await?;
+    let bodies = Arc::new(bodies(&args.data, &args.model, &input, args.batch)?);
+    ensure!(!bodies.is_empty(), "{} holds no rows for model {}", args.data.display(), args.model);
+    let path = match &args.version {
+        Some(v) => format!("{base}/v2/models/{}/versions/{v}/infer", args.model),
+        None => format!("{base}/v2/models/{}/infer", args.model),
+    };
+    let recorder = Arc::new(Recorder::new());
+    let started = Instant::now();
+    let progress = (!args.quiet).then(|| tokio::spawn(progress(Arc::clone(&recorder), started)));
+    let target = Target { client, path: Arc::from(path), bodies, recorder: Arc::clone(&recorder) };
+    let mode = match args.rate {
+        Some(rate) => {
+            open_loop(&target, rate, args.duration, args.requests, started, args.timeout_ms).await;
+            format!("open loop at {rate} req/s")
+        }
+        None => {
+            let concurrency = args.concurrency.unwrap_or(16).max(1);
+            closed_loop(&target, concurrency, args.duration, args.requests, started).await;
+            format!("closed loop, {concurrency} in flight")
+        }
+    };
+    let elapsed = started.elapsed();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    Ok(recorder.summary(mode, elapsed, args))
+}
+
+#[derive(Clone)]
+struct Target {
+    client: reqwest::Client,
+    path: Arc<str>,
+    bodies: Arc<Vec<bytes::Bytes>>,
+    recorder: Arc<Recorder>,
+}
+
+impl Target {
+    /// Sends request number `i`; its latency counts from `scheduled`.
+    async fn send(&self, i: u64, scheduled: Instant) {
+        let body = self.bodies[(i % self.bodies.len() as u64) as usize].clone();
+        let outcome = match self.client.post(&*self.path).body(body).send().await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                match response.bytes().await {
+                    Ok(_) if status == 200 => Ok(()),
+                    Ok(_) => Err(status.to_string()),
+                    Err(e) if e.is_timeout() => Err("timeout".to_owned()),
+                    Err(_) => Err("read".to_owned()),
+                }
+            }
+            Err(e) if e.is_timeout() => Err("timeout".to_owned()),
+            Err(e) if e.is_connect() => Err("connect".to_owned()),
+            Err(_) => Err("request".to_owned()),
+        };
+        self.recorder.record(scheduled.elapsed(), outcome);
+    }
+}
+
+async fn closed_loop(
+    target: &Target,
+    concurrency: usize,
+    duration: Option<Duration>,
+    requests: Option<u64>,
+    started: Instant,
+) {
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (target, next) = (target.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if requests.is_some_and(|n| i >= n) || duration.is_some_and(|d| started.elapsed() >= d) {
+                        break;
+                    }
+                    target.send(i, Instant::now()).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
+    }
+}
+
+async fn open_loop(
+    target: &Target,
+    rate: f64,
+    duration: Option<Duration>,
+    requests: Option<u64>,
+    started: Instant,
+    timeout_ms: u64,
+) {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // In flight at most what the timeout allows at this rate: beyond that the client itself would
+    // be the bottleneck, which is counted, not hidden.
+    let limit = ((rate * timeout_ms as f64 / 1000.0).ceil() as usize).clamp(64, 100_000);
+    let permits = Arc::new(Semaphore::new(limit));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0u64.. {
+        let scheduled = started + interval.mul_f64(i as f64);
+        if requests.is_some_and(|n| i >= n) || duration.is_some_and(|d| scheduled.duration_since(started) >= d) {
+            break;
+        }
+        tokio::time::sleep_until(scheduled.into()).await;
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            target.recorder.record(scheduled.elapsed(), Err("client_overload".to_owned()));
+            continue;
+        };
+        let target = target.clone();
+        tasks.spawn(async move {
+            target.send(i, scheduled).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// A progress line on stderr each second, until aborted.
+async fn progress(recorder: Arc<Recorder>, started: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut last = 0;
+    loop {
+        tick.tick().await;
+        let (count, errors, p99) = recorder.snapshot();
+        eprint!(
+            "\r[{:>4.0}s] {count} requests, {} req/s, {errors} errors, p99 {:.2} ms   ",
+            started.elapsed().as_secs_f64(),
+            count - last,
+            p99
+        );
+        last = count;
+    }
+}
+
+struct Recorder {
+    state: Mutex<RecorderState>,
+}
+
+struct RecorderState {
+    latency_us: Histogram<u64>,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        let latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+        Self { state: Mutex::new(RecorderState { latency_us, ok: 0, errors: BTreeMap::new() }) }
+    }
+
+    fn record(&self, latency: Duration, outcome: Result<(), String>) {
+        let mut state = self.state.lock();
+        state.latency_us.saturating_record(latency.as_micros().max(1) as u64);
+        match outcome {
+            Ok(()) => state.ok += 1,
+            Err(kind) => *state.errors.entry(kind).or_default() += 1,
+        }
+    }
+
+    fn snapshot(&self) -> (u64, u64, f64) {
+        let state = self.state.lock();
+        let errors: u64 = state.errors.values().sum();
+        (state.ok + errors, errors, state.latency_us.value_at_quantile(0.99) as f64 / 1000.0)
+    }
+
+    fn summary(&self, mode: String, elapsed: Duration, args: &LoadtestArgs) -> Summary {
+        let state = self.state.lock();
+        let h = &state.latency_us;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let errors: u64 = state.errors.values().sum();
+        let requests = state.ok + errors;
+        let seconds = elapsed.as_secs_f64();
+        let mut summary = Summary {
+            mode,
+            requests,
+            ok: state.ok,
+            errors,
+            error_rate: if requests == 0 { 0.0 } else { errors as f64 / requests as f64 },
+            seconds,
+            rps: requests as f64 / seconds.max(1e-9),
+            latency_ms: Latencies {
+                p50: ms(0.5),
+                p90: ms(0.9),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                max: h.max() as f64 / 1000.0,
+                mean: h.mean() / 1000.0,
+            },
+            errors_by_kind: state.errors.clone(),
+            slo_violations: Vec::new(),
+        };
+        if let Some(max) = args.max_p99_ms
+            && summary.latency_ms.p99 > max
+        {
+            summary.slo_violations.push(format!("p99 {:.3} ms > --max-p99-ms {max}", summary.latency_ms.p99));
+        }
+        if let Some(max) = args.max_error_rate
+            && summary.error_rate > max
+        {
+            summary.slo_violations.push(format!("error rate {:.4} > --max-error-rate {max}", summary.error_rate));
+        }
+        if let Some(min) = args.min_rps
+            && summary.rps < min
+        {
+            summary.slo_violations.push(format!("{:.0} req/s < --min-rps {min}", summary.rps));
+        }
+        if requests == 0 {
+            summary.slo_violations.push("no request completed".to_owned());
+        }
+        summary
+    }
+}
+
+impl Summary {
+    /// The table for people.
+    pub fn table(&self) -> String {
+        let l = &self.latency_ms;
+        let mut out = String::new();
+        let _ = writeln!(out, "mode        {}", self.mode);
+        let _ = writeln!(out, "requests    {} in {:.1} s: {:.0} req/s", self.requests, self.seconds, self.rps);
+        let _ = writeln!(out, "errors      {} ({:.2}%)", self.errors, self.error_rate * 100.0);
+        for (kind, n) in &self.errors_by_kind {
+            let _ = writeln!(out, "  {kind:<10} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        if self.slo_violations.is_empty() {
+            let _ = writeln!(out, "objectives  met");
+        } else {
+            for v in &self.slo_violations {
+                let _ = writeln!(out, "objective missed: {v}");
+            }
+        }
+        out
+    }
+}
+
+/// The model's single input: name, datatype and feature count, from its metadata.
+struct InputSpec {
+    name: String,
+    datatype: String,
+    features: usize,
+}
+
+async fn input_of(client: &reqwest::Client, base: &str, model: &str) -> anyhow::Result<InputSpec> {
+    let url = format!("{base}/v2/models/{model}");
+    let response = client.get(&url).send().await.with_context(|| format!("GET {url}"))?;
+    let status = response.status();
+    let metadata: Value = response.json().await.with_context(|| format!("GET {url}: not JSON"))?;
+    ensure!(status.is_success(), "GET {url}: {status} {metadata}");
+    let inputs = metadata["inputs"].as_array().context("metadata has no inputs")?;
+    ensure!(inputs.len() == 1, "loadtest sends models with one input; {model} has {}", inputs.len());
+    let shape = inputs[0]["shape"].as_array().context("input has no shape")?;
+    ensure!(shape.len() == 2, "loadtest sends [rows, features] inputs; {model}'s is {shape:?}");
+    Ok(InputSpec {
+        name: inputs[0]["name"].as_str().context("input has no name")?.to_owned(),
+        datatype: inputs[0]["datatype"].as_str().context("input has no datatype")?.to_owned(),
+        features: shape[1].as_u64().context("feature count is not fixed")? as usize,
+    })
+}
+
+/// Request bodies, each `batch` rows, serialised once before the run.
+fn bodies(data: &Path, model: &str, input: &InputSpec, batch: usize) -> anyhow::Result<Vec<bytes::Bytes>> {
+    let rows = if data.extension().is_some_and(|e| e == "jsonl") {
+        log_rows(data, model, &input.name)?
+    } else {
+        csv_rows(data)?
+    };
+    if let Some(bad) = rows.iter().find(|r| r.len() != input.features) {
+        bail!("{} has rows of {} features; {model} takes {}", data.display(), bad.len(), input.features);
+    }
+    Ok(rows
+        .chunks(batch)
+        .filter(|c| c.len() == batch)
+        .map(|chunk| {
+            let body = json!({
+                "inputs": [{ "name": input.name, "shape": [chunk.len(), input.features], "datatype": input.datatype, "data": chunk }]
+            });
+            bytes::Bytes::from(body.to_string())
+        })
+        .collect())
+}
+
+pub(crate) fn csv_rows(path: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').collect();
+    let features: Vec<usize> =
+        (0..header.len()).filter(|&i| !matches!(header[i].trim(), "label" | "target" | "truth")).collect();
+    lines
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(n, line)| {
+            let fields: Vec<&str> = line.split(',').collect();
+            features
+                .iter()
+                .map(|&i| {
+                    let field = fields.get(i).with_context(|| format!("line {}: too few fields", n + 2))?;
+                    field.trim().parse::<f64>().with_context(|| format!("line {}: '{field}' is not a number", n + 2))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Rows from an outcome log's `inputs` (logged `full`), one per row of each record of `model`.
+fn log_rows(path: &Path, model: &str, input: &str) -> anyhow::Result<Vec<Vec<f64>>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let record: Value = serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), n + 1))?;
+        if record["model"] != model {
+            continue;
+        }
+        let logged = record["inputs"][input].as_array().with_context(|| {
+            format!("{} line {}: no inputs (the log must be written with log_inputs = \"full\")", path.display(), n + 1)
+        })?;
+        for row in logged {
+            rows.push(
+                serde_json::from_value(row.clone())
+                    .with_context(|| format!("line {}: input rows must be numbers", n + 1))?,
+            );
+        }
+    }
+    Ok(rows)
+}
+
+/// Runs, prints the summary (table, or JSON with `--json`) and returns whether every objective held.
+pub async fn run_and_report(args: &LoadtestArgs) -> anyhow::Result<bool> {
+    let summary = run(args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.table());
+    }
+    Ok(summary.slo_violations.is_empty())
+}
