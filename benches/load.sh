@@ -11,9 +11,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}" connections="${3:-16}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cd "$root"
-# GAUNTLET_BIN / FLOOR_BIN: measure prebuilt binaries instead of building.
-gauntlet="${GAUNTLET_BIN:-target/release/gauntlet}" floor="${FLOOR_BIN:-target/release/examples/http_floor}"
-[ -n "${GAUNTLET_BIN:-}" ] || cargo build --release --quiet --bin gauntlet --example http_floor
+# BENCH_GAUNTLET / BENCH_FLOOR: measure prebuilt binaries instead of building.
+gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}" floor="${BENCH_FLOOR:-target/release/examples/http_floor}"
+[ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet --example http_floor
 
 work="$(mktemp -d)"
 pids=()

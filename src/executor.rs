@@ -15,11 +15,16 @@ use crate::error::{Error, ErrorKind};
 use crate::model::Tensor;
 use crate::registry::{ModelVersion, Placement};
 
-type Job = Box<dyn FnOnce() + Send>;
+enum Job {
+    Run(Box<dyn FnOnce() + Send>),
+    /// Sent once per thread by `close`, after every job queued before it.
+    Stop,
+}
 
 /// A fixed set of threads fed by a bounded queue.
 pub struct InferencePool {
     sender: Sender<Job>,
+    threads: parking_lot::Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
 /// The OS scheduling priority of a pool's threads.
@@ -46,28 +51,54 @@ pub enum PoolError {
 impl InferencePool {
     pub fn new(name: &str, threads: usize, queue: usize, priority: Priority) -> std::io::Result<Self> {
         let (sender, receiver) = bounded::<Job>(queue);
+        let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let receiver = receiver.clone();
-            // The threads end when the last sender (this pool) is dropped.
-            thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
+            // A thread ends on Stop, or when the pool (the only sender) is dropped.
+            handles.push(thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
                 if priority == Priority::Background {
                     lower_priority();
                 }
                 for job in receiver {
-                    job();
+                    match job {
+                        // A panic is the job's own affair (jobs catch what they must report).
+                        Job::Run(job) => drop(catch_unwind(AssertUnwindSafe(job))),
+                        Job::Stop => return,
+                    }
                 }
-            })?;
+            })?);
         }
-        Ok(Self { sender })
+        Ok(Self { sender, threads: parking_lot::Mutex::new(handles) })
+    }
+
+    /// Queues `job` without waiting and without a reply; `Full` at once if the queue is.
+    pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> Result<(), PoolError> {
+        match self.sender.try_send(Job::Run(Box::new(job))) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(PoolError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(PoolError::Stopped),
+        }
+    }
+
+    /// Runs every job queued so far, then stops the threads and waits for them. Blocking.
+    pub fn close(&self) {
+        let handles = std::mem::take(&mut *self.threads.lock());
+        for _ in &handles {
+            // A blocking send: the queue drains while we wait, and Stop lands after every queued job.
+            let _ = self.sender.send(Job::Stop);
+        }
+        for handle in handles {
+            let _ = handle.join();
+        }
     }
 
     /// Queues `job` without waiting; `Full` at once if the queue is.
     pub fn submit<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<Pending<R>, PoolError> {
         let (reply, result) = oneshot::channel();
-        let job: Job = Box::new(move || {
+        let job = Job::Run(Box::new(move || {
             // The caller may have gone (timeout); then the result has nowhere to go.
             let _ = reply.send(catch_unwind(AssertUnwindSafe(job)));
-        });
+        }));
         match self.sender.try_send(job) {
             Ok(()) => Ok(result),
             Err(TrySendError::Full(_)) => Err(PoolError::Full),
@@ -86,7 +117,8 @@ impl InferencePool {
     }
 }
 
-fn lower_priority() {
+/// Lowers the calling thread to background priority (Linux `SCHED_IDLE`), or logs why not.
+pub(crate) fn lower_priority() {
     use thread_priority::unix::{
         NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
     };

@@ -39,7 +39,7 @@ pub struct Gateway {
     config: Config,
     registry: Registry,
     executor: Executor,
-    shadow: Shadow,
+    shadow: Arc<Shadow>,
     ready: AtomicBool,
 }
 
@@ -75,7 +75,7 @@ impl Gateway {
         let shadow_pool =
             InferencePool::new("shadow", config.shadow_threads, config.shadow_queue, Priority::Background)
                 .context("starting the shadow pool")?;
-        let shadow = Shadow::new(shadow_pool, config.shadow_deadline(), config.outcomes.log_inputs, writer);
+        let shadow = Arc::new(Shadow::new(shadow_pool, config.shadow_deadline(), config.outcomes.log_inputs, writer));
         Ok(Self { config, registry, executor: Executor::new(pool), shadow, ready: AtomicBool::new(true) })
     }
 

@@ -17,7 +17,6 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadtestArgs {
@@ -40,6 +39,9 @@ pub struct LoadtestArgs {
     /// Open loop: this many requests a second, on schedule, whatever the server does.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Open loop: connections that carry the scheduled requests.
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
     /// Stop after this long (e.g. 30s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -80,7 +82,7 @@ pub struct Summary {
     pub seconds: f64,
     pub rps: f64,
     pub latency_ms: Latencies,
-    /// Failed requests by HTTP status, or by `timeout` / `connect` / `client_overload`.
+    /// Failed requests by HTTP status, or by `timeout` / `connect` / `read` / `request`.
     pub errors_by_kind: BTreeMap<String, u64>,
     /// Objectives missed, empty when all are met.
     pub slo_violations: Vec<String>,
@@ -124,8 +126,9 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     let target = Target { client, path: Arc::from(path), bodies, recorder: Arc::clone(&recorder) };
     let mode = match args.rate {
         Some(rate) => {
-            open_loop(&target, rate, args.duration, args.requests, started, args.timeout_ms).await;
-            format!("open loop at {rate} req/s")
+            let connections = args.connections.max(1);
+            open_loop(&target, rate, connections, args.duration, args.requests, started).await;
+            format!("open loop at {rate} req/s over {connections} connections")
         }
         None => {
             let concurrency = args.concurrency.unwrap_or(16).max(1);
@@ -198,38 +201,46 @@ async fn closed_loop(
     }
 }
 
+/// Open loop, as wrk2 does it: `connections` workers take request slots on a fixed schedule. A slot
+/// that comes while its worker is idle is timed from its actual send, so the client's own timer
+/// lateness is not charged to the server; a slot that passed while every worker was busy waiting on
+/// the server is timed from its scheduled time, so the server's queueing is not hidden.
 async fn open_loop(
     target: &Target,
     rate: f64,
+    connections: usize,
     duration: Option<Duration>,
     requests: Option<u64>,
     started: Instant,
-    timeout_ms: u64,
 ) {
     let interval = Duration::from_secs_f64(1.0 / rate);
-    // In flight at most what the timeout allows at this rate: beyond that the client itself would
-    // be the bottleneck, which is counted, not hidden.
-    let limit = ((rate * timeout_ms as f64 / 1000.0).ceil() as usize).clamp(64, 100_000);
-    let permits = Arc::new(Semaphore::new(limit));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0u64.. {
-        let scheduled = started + interval.mul_f64(i as f64);
-        if requests.is_some_and(|n| i >= n) || duration.is_some_and(|d| scheduled.duration_since(started) >= d) {
-            break;
-        }
-        tokio::time::sleep_until(scheduled.into()).await;
-        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            target.recorder.record(scheduled.elapsed(), Err("client_overload".to_owned()));
-            continue;
-        };
-        let target = target.clone();
-        tasks.spawn(async move {
-            target.send(i, scheduled).await;
-            drop(permit);
-        });
-        while tasks.try_join_next().is_some() {}
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..connections)
+        .map(|_| {
+            let (target, next) = (target.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let scheduled = started + interval.mul_f64(i as f64);
+                    if requests.is_some_and(|n| i >= n)
+                        || duration.is_some_and(|d| scheduled.duration_since(started) >= d)
+                    {
+                        break;
+                    }
+                    let from = if scheduled > Instant::now() {
+                        tokio::time::sleep_until(scheduled.into()).await;
+                        Instant::now()
+                    } else {
+                        scheduled
+                    };
+                    target.send(i, from).await;
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        let _ = worker.await;
     }
-    while tasks.join_next().await.is_some() {}
 }
 
 /// A progress line on stderr each second, until aborted.

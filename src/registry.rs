@@ -198,7 +198,7 @@ impl Deployment {
                     }
                     tracing::info!(
                         model = name, version = %version, backend = %v.backend(), placement = ?v.placement(1),
-                        one_row_us = v.one_row.as_secs_f64() * 1e6, "version loaded"
+                        one_row_us = %format!("{:.1}", v.one_row.as_secs_f64() * 1e6), "version loaded"
                     );
                     loaded.insert(version.clone(), Arc::new(v));
                 }
@@ -247,8 +247,12 @@ impl Deployment {
             plan,
             canary_key_header: spec.canary_key_header.clone(),
         };
-        for (version, role) in deployment.members() {
-            version.metrics.loaded(version.backend().as_str(), role.label());
+        for version in deployment.versions.values() {
+            let role = match deployment.member_index(version) {
+                usize::MAX => "available",
+                _ => deployment.role_of(version).label(),
+            };
+            version.metrics.loaded(version.backend().as_str(), role);
         }
         Ok(deployment)
     }

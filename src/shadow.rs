@@ -3,22 +3,24 @@
 //!
 //! Invariants:
 //! - Never delays or changes the answer: the response is complete before `submit` is called, and
-//!   `submit` only queues (no waiting, no locks shared with the request path).
-//! - Bounded: shadow jobs run on their own pool (low OS priority, bounded queue). A job the queue
-//!   cannot take is `shed`; one not finished by the deadline is `timeout` (and skipped if it had
-//!   not started by then). Each is counted per version.
+//!   `submit` only queues one job per challenger (`try_send`, no waiting, no task, no lock shared
+//!   with the request path).
+//! - Everything after runs on the shadow pool at background OS priority: each challenger's
+//!   inference, and, in whichever job finishes last, assembling and serialising the record.
+//! - Bounded: a job the queue cannot take is `shed`; one that could not start before the deadline
+//!   is skipped and, like one that finished after it, recorded as `timeout`. Each is counted.
 //! - A challenger's error or panic is recorded in its result and reaches no client.
 
 use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
-use tokio::sync::oneshot;
-use tokio_util::task::TaskTracker;
 
-use crate::executor::{InferencePool, PoolError};
-use crate::model::{ModelError, Tensor};
+use crate::executor::InferencePool;
+use crate::model::Tensor;
 use crate::outcomes::{
     LogInputs, ModelResult, NamedTensors, OutcomeRecord, OutcomeWriter, Role, Status, inputs_sha256,
 };
@@ -28,15 +30,7 @@ pub struct Shadow {
     pool: InferencePool,
     deadline: Duration,
     log_inputs: LogInputs,
-    tasks: TaskTracker,
     sink: Arc<RecordSink>,
-}
-
-/// Where finished records go: the outcome log, and the counters of what they hold.
-struct RecordSink {
-    writer: OutcomeWriter,
-    /// Per model: (records, records in which every version finished), for the coverage gauge.
-    coverage: Mutex<HashMap<String, (u64, u64)>>,
 }
 
 /// The answered request, handed over after its response is complete.
@@ -50,125 +44,119 @@ pub struct ShadowRequest {
     pub latency: Duration,
 }
 
-type JobResult = (Result<Vec<Tensor>, ModelError>, Duration);
+/// One member's result: outputs and model time, or why there are none.
+type Scored = Result<(Vec<Tensor>, Duration), (Status, Option<String>)>;
 
-/// A shadow job's state while the record waits for it.
-enum Pending {
-    Running(oneshot::Receiver<std::thread::Result<Option<JobResult>>>),
-    Shed,
+/// A record waiting for its challengers; the last to report assembles it.
+struct PendingRecord {
+    request: ShadowRequest,
+    /// The members that shadow, in deployment order, and their results as they arrive.
+    slots: Mutex<Vec<(Arc<ModelVersion>, Role, Option<Scored>)>>,
+    remaining: AtomicUsize,
+    deadline: Instant,
+    log_inputs: LogInputs,
+    sink: Arc<RecordSink>,
 }
 
 impl Shadow {
     pub fn new(pool: InferencePool, deadline: Duration, log_inputs: LogInputs, writer: OutcomeWriter) -> Self {
-        let sink = Arc::new(RecordSink { writer, coverage: Mutex::default() });
-        Self { pool, deadline, log_inputs, tasks: TaskTracker::new(), sink }
+        Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, coverage: Mutex::default() }) }
     }
 
-    /// Queues every other member of the deployment on `request`'s input and returns at once; a task
-    /// collects their results (up to the deadline) and writes the record.
+    /// Queues one job per member that did not answer, and returns at once.
     pub fn submit(&self, request: ShadowRequest) {
-        let deadline = Instant::now() + self.deadline;
-        let others: Vec<(Arc<ModelVersion>, Role, Pending)> = request
+        let slots: Vec<_> = request
             .deployment
             .members()
             .filter(|(version, _)| !Arc::ptr_eq(version, &request.answered))
-            .map(|(version, role)| {
-                let job_version = Arc::clone(version);
-                let inputs = Arc::clone(&request.inputs);
-                let submitted = self.pool.submit(move || {
-                    // Work that could no longer make its deadline is not worth the CPU.
-                    if Instant::now() >= deadline {
-                        return None;
-                    }
-                    let start = Instant::now();
-                    let result = job_version.infer(&inputs);
-                    Some((result, start.elapsed()))
-                });
-                let pending = match submitted {
-                    Ok(receiver) => Pending::Running(receiver),
-                    Err(PoolError::Full | PoolError::Stopped | PoolError::Panicked) => Pending::Shed,
-                };
-                (Arc::clone(version), role, pending)
-            })
+            .map(|(version, role)| (Arc::clone(version), role, None))
             .collect();
-        if others.is_empty() {
+        if slots.is_empty() {
             return;
         }
-        let context = RecordContext { log_inputs: self.log_inputs };
-        let sink = Arc::clone(&self.sink);
-        self.tasks.spawn(async move {
-            let mut results = Vec::with_capacity(others.len() + 1);
-            for (version, role, pending) in others {
-                let status = match pending {
-                    Pending::Shed => Err((Status::Shed, None)),
-                    Pending::Running(receiver) => match tokio::time::timeout_at(deadline.into(), receiver).await {
-                        Ok(Ok(Ok(Some((Ok(outputs), latency))))) => Ok((outputs, latency)),
-                        Ok(Ok(Ok(Some((Err(error), _))))) => Err((Status::Error, Some(error.to_string()))),
-                        Ok(Ok(Ok(None))) | Err(_) => Err((Status::Timeout, None)),
-                        Ok(Ok(Err(_panic))) => Err((Status::Panic, Some("the model panicked".to_owned()))),
-                        Ok(Err(_closed)) => Err((Status::Shed, None)),
-                    },
-                };
-                results.push((version, role, status));
-            }
-            sink.write(context.record(request, results));
+        let versions: Vec<Arc<ModelVersion>> = slots.iter().map(|(v, _, _)| Arc::clone(v)).collect();
+        let pending = Arc::new(PendingRecord {
+            remaining: AtomicUsize::new(slots.len()),
+            slots: Mutex::new(slots),
+            request,
+            deadline: Instant::now() + self.deadline,
+            log_inputs: self.log_inputs,
+            sink: Arc::clone(&self.sink),
         });
-    }
-
-    /// Waits for every shadow task, then flushes and closes the outcome log.
-    pub async fn close(&self) {
-        self.tasks.close();
-        self.tasks.wait().await;
-        let sink = Arc::clone(&self.sink);
-        let _ = tokio::task::spawn_blocking(move || sink.writer.close()).await;
-    }
-}
-
-impl RecordSink {
-    fn write(&self, record: OutcomeRecord) {
-        let complete = record.results.iter().all(|r| r.status == Status::Ok);
-        for result in &record.results {
-            if result.version != record.answered_by {
-                crate::metrics::shadow_result(&record.model, &result.version, result.status.label());
+        for (slot, version) in versions.into_iter().enumerate() {
+            let job = Arc::clone(&pending);
+            if self.pool.spawn(move || job.score(slot, &version)).is_err() {
+                pending.report(slot, Err((Status::Shed, None)));
             }
         }
-        {
-            let mut coverage = self.coverage.lock();
-            let entry = coverage.entry(record.model.clone()).or_default();
-            entry.0 += 1;
-            entry.1 += u64::from(complete);
-            crate::metrics::shadow_coverage(&record.model, complete, entry.1 as f64 / entry.0 as f64);
-        }
-        self.writer.try_write(record);
+    }
+
+    /// Runs every queued shadow job (so every pending record is written), then flushes and
+    /// closes the outcome log. Call after the server stopped taking requests.
+    pub async fn close(self: &Arc<Self>) {
+        let shadow = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            shadow.pool.close();
+            shadow.sink.writer.close();
+        })
+        .await;
     }
 }
 
-#[derive(Clone, Copy)]
-struct RecordContext {
-    log_inputs: LogInputs,
-}
+impl PendingRecord {
+    /// Runs one member on the shared input (on a shadow thread) and reports its result.
+    fn score(self: &Arc<Self>, slot: usize, version: &ModelVersion) {
+        // Work that can no longer make its deadline is not worth the CPU.
+        if Instant::now() >= self.deadline {
+            return self.report(slot, Err((Status::Timeout, None)));
+        }
+        let start = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| version.infer(&self.request.inputs)));
+        let latency = start.elapsed();
+        let scored = match result {
+            Ok(Ok(_)) if Instant::now() > self.deadline => Err((
+                Status::Timeout,
+                Some(format!("finished after the deadline, in {:.1} ms", latency.as_secs_f64() * 1e3)),
+            )),
+            Ok(Ok(outputs)) => Ok((outputs, latency)),
+            Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
+            Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
+        };
+        self.report(slot, scored);
+    }
 
-type Scored = (Arc<ModelVersion>, Role, Result<(Vec<Tensor>, Duration), (Status, Option<String>)>);
+    fn report(self: &Arc<Self>, slot: usize, scored: Scored) {
+        self.slots.lock()[slot].2 = Some(scored);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sink.write(self.assemble());
+        }
+    }
 
-impl RecordContext {
-    fn record(self, request: ShadowRequest, others: Vec<Scored>) -> OutcomeRecord {
-        let ShadowRequest { deployment, request_id, timestamp, inputs, answered, outputs, latency } = request;
-        let answered_role = deployment.role_of(&answered);
-        let mut scored = others;
-        scored.push((Arc::clone(&answered), answered_role, Ok((outputs, latency))));
-        // Champion first, then challengers in configured order: the same column order in every record.
-        scored.sort_by_key(|(version, _, _)| deployment.member_index(version));
-        let signature = answered.manifest();
-        let (logged_inputs, hashed) = match self.log_inputs {
-            LogInputs::Full => (Some(NamedTensors::new(&signature.inputs, &inputs)), None),
-            LogInputs::Hash => (None, Some(inputs_sha256(&inputs))),
+    fn assemble(&self) -> OutcomeRecord {
+        let request = &self.request;
+        let answered = &request.answered;
+        let mut scored: Vec<(Arc<ModelVersion>, Role, Scored)> = std::mem::take(&mut *self.slots.lock())
+            .into_iter()
+            .map(|(version, role, result)| (version, role, result.unwrap_or(Err((Status::Shed, None)))))
+            .collect();
+        scored.push((
+            Arc::clone(answered),
+            request.deployment.role_of(answered),
+            Ok((request.outputs.clone(), request.latency)),
+        ));
+        // Champion first, then challengers in configured order: the same order in every record.
+        scored.sort_by_key(|(version, _, _)| request.deployment.member_index(version));
+        let manifest = answered.manifest();
+        let (inputs, inputs_sha) = match self.log_inputs {
+            LogInputs::Full => (Some(NamedTensors::new(&manifest.inputs, &request.inputs)), None),
+            LogInputs::Hash => (None, Some(inputs_sha256(&request.inputs))),
             LogInputs::None => (None, None),
         };
         let results = scored
             .into_iter()
-            .map(|(version, role, outcome)| {
+            .map(|(version, role, scored)| {
                 let manifest = version.manifest();
-                let (status, latency_ms, outputs, error) = match outcome {
+                let (status, latency_ms, outputs, error) = match scored {
                     Ok((outputs, latency)) => {
                         (Status::Ok, Some(latency), Some(NamedTensors::new(&manifest.outputs, &outputs)), None)
                     }
@@ -186,13 +174,37 @@ impl RecordContext {
             })
             .collect();
         OutcomeRecord {
-            request_id,
-            timestamp,
+            request_id: request.request_id.clone(),
+            timestamp: request.timestamp,
             model: answered.name().to_owned(),
             answered_by: answered.version().to_string(),
-            inputs: logged_inputs,
-            inputs_sha256: hashed,
+            inputs,
+            inputs_sha256: inputs_sha,
             results,
         }
+    }
+}
+
+/// Where finished records go: counted, serialised, and handed to the outcome log.
+struct RecordSink {
+    writer: OutcomeWriter,
+    /// Per model: (records, records in which every version finished), for the coverage gauge.
+    coverage: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+impl RecordSink {
+    fn write(&self, record: OutcomeRecord) {
+        let complete = record.results.iter().all(|r| r.status == Status::Ok);
+        for result in record.results.iter().filter(|r| r.version != record.answered_by) {
+            crate::metrics::shadow_result(&record.model, &result.version, result.status.label());
+        }
+        {
+            let mut coverage = self.coverage.lock();
+            let entry = coverage.entry(record.model.clone()).or_default();
+            entry.0 += 1;
+            entry.1 += u64::from(complete);
+            crate::metrics::shadow_coverage(&record.model, complete, entry.1 as f64 / entry.0 as f64);
+        }
+        self.writer.try_write(&record);
     }
 }

@@ -151,6 +151,16 @@ fn binary_request(rows: &[Vec<f64>], outputs: Option<Value>) -> (Vec<u8>, usize)
     (body, length)
 }
 
+async fn post_binary(server: &TestServer, body: Vec<u8>, header_length: usize) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(server.url("/v2/models/breast-cancer/infer"))
+        .header("Inference-Header-Content-Length", header_length)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn binary_tensors_both_ways() {
     let server = TestServer::start(&[]).await;
@@ -159,13 +169,7 @@ async fn binary_tensors_both_ways() {
 
     // All outputs binary (tritonclient's default).
     let (body, length) = binary_request(&rows, None);
-    let response = reqwest::Client::new()
-        .post(server.url("/v2/models/breast-cancer/infer"))
-        .header("Inference-Header-Content-Length", length)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_binary(&server, body, length).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "application/octet-stream");
     let header_length: usize = response.headers()["inference-header-content-length"].to_str().unwrap().parse().unwrap();
@@ -188,13 +192,7 @@ async fn binary_tensors_both_ways() {
     // Binary in, one output out as JSON.
     let (body, length) =
         binary_request(&rows[..2], Some(json!([{ "name": "probabilities", "parameters": { "binary_data": false } }])));
-    let response = reqwest::Client::new()
-        .post(server.url("/v2/models/breast-cancer/infer"))
-        .header("Inference-Header-Content-Length", length)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response = post_binary(&server, body, length).await;
     assert_eq!(response.status(), 200);
     assert!(response.headers().get("inference-header-content-length").is_none());
     let value: Value = response.json().await.unwrap();

@@ -16,6 +16,7 @@ fn args(server: &TestServer, model: &str, data: PathBuf) -> LoadtestArgs {
         data,
         concurrency: None,
         rate: None,
+        connections: 16,
         duration: None,
         requests: Some(200),
         batch: 1,

@@ -85,7 +85,11 @@ async fn infer_on(
         }
         let inputs = Arc::new(request.inputs);
         let model_start = Instant::now();
-        let outputs = gateway.executor().infer(&answering, &inputs).await.map_err(|e| (e, Some(id.clone())))?;
+        let outputs = gateway
+            .executor()
+            .infer(&answering, &inputs)
+            .await
+            .map_err(|error| Failure { error, id: Some(id.clone()) })?;
         let latency = model_start.elapsed();
         let response = respond(&answering, &id, &outputs, &request.outputs);
         if decision.is_some_and(|d| d.shadow) {
@@ -99,7 +103,7 @@ async fn infer_on(
                 latency,
             });
         }
-        Ok::<_, (Error, Option<String>)>((response, id))
+        Ok::<_, Failure>((response, id))
     }
     .await;
     let elapsed = start.elapsed();
@@ -108,16 +112,22 @@ async fn infer_on(
             answering.metrics().request_ok(elapsed);
             with_request_id(response, Some(id))
         }
-        Err((error, id)) => {
+        Err(Failure { error, id }) => {
             answering.metrics().request_failed(error.kind().label(), elapsed);
             with_request_id(error.into_response(), id.or_else(|| header_id.map(str::to_owned)))
         }
     }
 }
 
-impl From<Error> for (Error, Option<String>) {
+/// A failed request, with its id once the body has given one.
+struct Failure {
+    error: Error,
+    id: Option<String>,
+}
+
+impl From<Error> for Failure {
     fn from(error: Error) -> Self {
-        (error, None)
+        Self { error, id: None }
     }
 }
 

@@ -32,7 +32,8 @@ pub struct WriterSettings {
 }
 
 enum Message {
-    Record(Box<OutcomeRecord>),
+    /// One serialised record, newline included.
+    Line(Vec<u8>),
     Close,
 }
 
@@ -51,14 +52,25 @@ impl OutcomeWriter {
             crate::metrics::outcome_files_repaired(repaired);
         }
         let (sender, receiver) = bounded(settings.capacity.max(1));
-        let thread =
-            thread::Builder::new().name("outcome-writer".into()).spawn(move || Log::new(settings).run(receiver))?;
+        let thread = thread::Builder::new().name("outcome-writer".into()).spawn(move || {
+            // The log is for later; answering is now. Under CPU saturation the queue fills and drops
+            // (counted); a graceful shutdown still writes everything accepted.
+            crate::executor::lower_priority();
+            Log::new(settings).run(receiver)
+        })?;
         Ok(Self { sender, thread: Mutex::new(Some(thread)) })
     }
 
     /// Queues a record without waiting; a full queue drops it (counted). Returns whether it was accepted.
-    pub fn try_write(&self, record: OutcomeRecord) -> bool {
-        match self.sender.try_send(Message::Record(Box::new(record))) {
+    pub fn try_write(&self, record: &OutcomeRecord) -> bool {
+        let mut line = Vec::with_capacity(1024);
+        if let Err(error) = serde_json::to_writer(&mut line, record) {
+            tracing::error!(%error, "an outcome record did not serialise");
+            crate::metrics::outcome_records("lost", 1);
+            return false;
+        }
+        line.push(b'\n');
+        match self.sender.try_send(Message::Line(line)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 crate::metrics::outcome_records("dropped", 1);
@@ -88,7 +100,6 @@ impl Drop for OutcomeWriter {
 struct Log {
     settings: WriterSettings,
     file: Option<OpenFile>,
-    line: Vec<u8>,
 }
 
 struct OpenFile {
@@ -104,7 +115,7 @@ static FILE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 impl Log {
     fn new(settings: WriterSettings) -> Self {
-        Self { settings, file: None, line: Vec::with_capacity(1024) }
+        Self { settings, file: None }
     }
 
     fn run(mut self, receiver: Receiver<Message>) {
@@ -112,11 +123,11 @@ impl Log {
         loop {
             let wait = self.settings.flush_interval.saturating_sub(last_flush.elapsed());
             match receiver.recv_timeout(wait) {
-                Ok(Message::Record(record)) => self.write(&record),
+                Ok(Message::Line(line)) => self.write_line(&line),
                 Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => {
                     // Close is sent after every record it must cover; drain what raced in beside it.
-                    while let Ok(Message::Record(record)) = receiver.try_recv() {
-                        self.write(&record);
+                    while let Ok(Message::Line(line)) = receiver.try_recv() {
+                        self.write_line(&line);
                     }
                     self.close_file(true);
                     return;
@@ -131,19 +142,6 @@ impl Log {
                 last_flush = Instant::now();
             }
         }
-    }
-
-    fn write(&mut self, record: &OutcomeRecord) {
-        self.line.clear();
-        if let Err(error) = serde_json::to_writer(&mut self.line, record) {
-            tracing::error!(%error, "an outcome record did not serialise");
-            crate::metrics::outcome_records("lost", 1);
-            return;
-        }
-        self.line.push(b'\n');
-        let line = std::mem::take(&mut self.line);
-        self.write_line(&line);
-        self.line = line;
     }
 
     fn write_line(&mut self, line: &[u8]) {
@@ -320,7 +318,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = OutcomeWriter::start(settings(dir.path(), 4096)).unwrap();
         for i in 0..2000 {
-            assert!(writer.try_write(record(i)));
+            assert!(writer.try_write(&record(i)));
         }
         writer.close();
         let lines = lines(dir.path());
@@ -339,7 +337,7 @@ mod tests {
         let mut s = settings(dir.path(), u64::MAX);
         s.capacity = 1;
         let writer = OutcomeWriter::start(s).unwrap();
-        let accepted = (0..10_000).filter(|&i| writer.try_write(record(i))).count();
+        let accepted = (0..10_000).filter(|&i| writer.try_write(&record(i))).count();
         writer.close();
         assert!(accepted < 10_000, "some were dropped");
         assert_eq!(lines(dir.path()).len(), accepted, "every accepted record was written");
@@ -367,10 +365,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log_dir = dir.path().join("log");
         let mut log = Log::new(settings(&log_dir, u64::MAX));
-        log.write(&record(0)); // the directory does not exist: lost, counted, logged
+        let line = |i| format!("{}\n", serde_json::to_string(&record(i)).unwrap()).into_bytes();
+        log.write_line(&line(0)); // the directory does not exist: lost, counted, logged
         assert!(log.file.is_none());
         fs::create_dir_all(&log_dir).unwrap();
-        log.write(&record(1)); // the next record opens a new file
+        log.write_line(&line(1)); // the next record opens a new file
         log.close_file(true);
         let lines = lines(&log_dir);
         assert_eq!(lines.len(), 1);

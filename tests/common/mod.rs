@@ -40,7 +40,10 @@ impl TestServer {
 
     pub async fn start_with_options(overrides: &[&str], options: gauntlet::ServerOptions) -> Self {
         let outcomes = tempfile::tempdir().unwrap();
-        let mut overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        // Shadow threads run at background priority and may wait while tests keep the CPU busy: a
+        // long default deadline keeps results about the models, not the machine (tests override it).
+        let mut overrides: Vec<String> =
+            std::iter::once("shadow_deadline_ms=10000").chain(overrides.iter().copied()).map(str::to_owned).collect();
         overrides.push(format!("outcomes.dir={}", outcomes.path().display()));
         let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
         let server = gauntlet::Server::bind_with(config(&overrides), options).await.expect("gateway starts");
