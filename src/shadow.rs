@@ -47,11 +47,18 @@ pub struct ShadowRequest {
 /// One member's result: outputs and model time, or why there are none.
 type Scored = Result<(Vec<Tensor>, Duration), (Status, Option<String>)>;
 
+/// One shadowing member and, once it reported, its result.
+struct Slot {
+    version: Arc<ModelVersion>,
+    role: Role,
+    result: Option<Scored>,
+}
+
 /// A record waiting for its challengers; the last to report assembles it.
 struct PendingRecord {
     request: ShadowRequest,
     /// The members that shadow, in deployment order, and their results as they arrive.
-    slots: Mutex<Vec<(Arc<ModelVersion>, Role, Option<Scored>)>>,
+    slots: Mutex<Vec<Slot>>,
     remaining: AtomicUsize,
     deadline: Instant,
     log_inputs: LogInputs,
@@ -69,12 +76,12 @@ impl Shadow {
             .deployment
             .members()
             .filter(|(version, _)| !Arc::ptr_eq(version, &request.answered))
-            .map(|(version, role)| (Arc::clone(version), role, None))
+            .map(|(version, role)| Slot { version: Arc::clone(version), role, result: None })
             .collect();
         if slots.is_empty() {
             return;
         }
-        let versions: Vec<Arc<ModelVersion>> = slots.iter().map(|(v, _, _)| Arc::clone(v)).collect();
+        let versions: Vec<Arc<ModelVersion>> = slots.iter().map(|slot| Arc::clone(&slot.version)).collect();
         let pending = Arc::new(PendingRecord {
             remaining: AtomicUsize::new(slots.len()),
             slots: Mutex::new(slots),
@@ -126,7 +133,7 @@ impl PendingRecord {
     }
 
     fn report(self: &Arc<Self>, slot: usize, scored: Scored) {
-        self.slots.lock()[slot].2 = Some(scored);
+        self.slots.lock()[slot].result = Some(scored);
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.sink.write(self.assemble());
         }
@@ -137,7 +144,7 @@ impl PendingRecord {
         let answered = &request.answered;
         let mut scored: Vec<(Arc<ModelVersion>, Role, Scored)> = std::mem::take(&mut *self.slots.lock())
             .into_iter()
-            .map(|(version, role, result)| (version, role, result.unwrap_or(Err((Status::Shed, None)))))
+            .map(|slot| (slot.version, slot.role, slot.result.unwrap_or(Err((Status::Shed, None)))))
             .collect();
         scored.push((
             Arc::clone(answered),
