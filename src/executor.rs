@@ -6,25 +6,37 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
 use std::thread;
+use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_queue::ArrayQueue;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorKind};
 use crate::model::Tensor;
 use crate::registry::{ModelVersion, Placement};
 
-enum Job {
-    Run(Box<dyn FnOnce() + Send>),
-    /// Sent once per thread by `close`, after every job queued before it.
-    Stop,
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads fed by a bounded, lock-free queue.
+///
+/// No lock is shared between submitters and pool threads: jobs go through an `ArrayQueue` and
+/// sleeping threads are woken with `unpark` (a futex token). A pool at background priority must
+/// not share a lock with request threads: a preempted background thread holding it would stall
+/// the request until the CPU next went idle (measured: a channel whose wakeup takes a mutex gave a
+/// champion p99 of 88 ms with two shadowing challengers, against 4 ms without).
+pub struct InferencePool {
+    shared: Arc<Shared>,
+    threads: Vec<thread::Thread>,
+    handles: parking_lot::Mutex<Vec<thread::JoinHandle<()>>>,
 }
 
-/// A fixed set of threads fed by a bounded queue.
-pub struct InferencePool {
-    sender: Sender<Job>,
-    threads: parking_lot::Mutex<Vec<thread::JoinHandle<()>>>,
+struct Shared {
+    queue: ArrayQueue<Job>,
+    /// Threads parked or about to park; submitters wake them only when it is not zero.
+    parked: AtomicUsize,
+    closed: AtomicBool,
 }
 
 /// The OS scheduling priority of a pool's threads.
@@ -50,59 +62,55 @@ pub enum PoolError {
 
 impl InferencePool {
     pub fn new(name: &str, threads: usize, queue: usize, priority: Priority) -> std::io::Result<Self> {
-        let (sender, receiver) = bounded::<Job>(queue);
+        let shared = Arc::new(Shared {
+            queue: ArrayQueue::new(queue.max(1)),
+            parked: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+        });
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
-            let receiver = receiver.clone();
-            // A thread ends on Stop, or when the pool (the only sender) is dropped.
+            let shared = Arc::clone(&shared);
             handles.push(thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
                 if priority == Priority::Background {
                     lower_priority();
                 }
-                for job in receiver {
-                    match job {
-                        // A panic is the job's own affair (jobs catch what they must report).
-                        Job::Run(job) => drop(catch_unwind(AssertUnwindSafe(job))),
-                        Job::Stop => return,
-                    }
-                }
+                shared.work();
             })?);
         }
-        Ok(Self { sender, threads: parking_lot::Mutex::new(handles) })
+        let threads = handles.iter().map(|h| h.thread().clone()).collect();
+        Ok(Self { shared, threads, handles: parking_lot::Mutex::new(handles) })
     }
 
     /// Queues `job` without waiting and without a reply; `Full` at once if the queue is.
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) -> Result<(), PoolError> {
-        match self.sender.try_send(Job::Run(Box::new(job))) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(PoolError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(PoolError::Stopped),
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(PoolError::Stopped);
         }
+        self.shared.queue.push(Box::new(job)).map_err(|_| PoolError::Full)?;
+        // Pairs with the fence in `work`: either a parking thread sees the job, or we see it parking.
+        fence(Ordering::SeqCst);
+        if self.shared.parked.load(Ordering::Relaxed) > 0 {
+            self.threads.iter().for_each(thread::Thread::unpark);
+        }
+        Ok(())
+    }
+
+    /// Queues `job` and returns where its result will arrive; `Full` at once if the queue is.
+    pub fn submit<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<Pending<R>, PoolError> {
+        let (reply, result) = oneshot::channel();
+        self.spawn(move || {
+            // The caller may have gone (timeout); then the result has nowhere to go.
+            let _ = reply.send(catch_unwind(AssertUnwindSafe(job)));
+        })?;
+        Ok(result)
     }
 
     /// Runs every job queued so far, then stops the threads and waits for them. Blocking.
     pub fn close(&self) {
-        let handles = std::mem::take(&mut *self.threads.lock());
-        for _ in &handles {
-            // A blocking send: the queue drains while we wait, and Stop lands after every queued job.
-            let _ = self.sender.send(Job::Stop);
-        }
-        for handle in handles {
+        self.shared.closed.store(true, Ordering::Release);
+        self.threads.iter().for_each(thread::Thread::unpark);
+        for handle in std::mem::take(&mut *self.handles.lock()) {
             let _ = handle.join();
-        }
-    }
-
-    /// Queues `job` without waiting; `Full` at once if the queue is.
-    pub fn submit<R: Send + 'static>(&self, job: impl FnOnce() -> R + Send + 'static) -> Result<Pending<R>, PoolError> {
-        let (reply, result) = oneshot::channel();
-        let job = Job::Run(Box::new(move || {
-            // The caller may have gone (timeout); then the result has nowhere to go.
-            let _ = reply.send(catch_unwind(AssertUnwindSafe(job)));
-        }));
-        match self.sender.try_send(job) {
-            Ok(()) => Ok(result),
-            Err(TrySendError::Full(_)) => Err(PoolError::Full),
-            Err(TrySendError::Disconnected(_)) => Err(PoolError::Stopped),
         }
     }
 
@@ -113,6 +121,33 @@ impl InferencePool {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_panic)) => Err(PoolError::Panicked),
             Err(_) => Err(PoolError::Stopped),
+        }
+    }
+}
+
+impl Shared {
+    /// A pool thread: run jobs until the pool is closed and its queue empty.
+    fn work(&self) {
+        loop {
+            if let Some(job) = self.queue.pop() {
+                // A panic is the job's own affair (jobs catch what they must report).
+                drop(catch_unwind(AssertUnwindSafe(job)));
+                continue;
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            self.parked.fetch_add(1, Ordering::Relaxed);
+            // Pairs with the fence in `spawn`: a job pushed before it is seen by the pop below.
+            fence(Ordering::SeqCst);
+            if let Some(job) = self.queue.pop() {
+                self.parked.fetch_sub(1, Ordering::Relaxed);
+                drop(catch_unwind(AssertUnwindSafe(job)));
+                continue;
+            }
+            // The timeout is a safety net only; `spawn` and `close` unpark.
+            thread::park_timeout(Duration::from_millis(100));
+            self.parked.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -186,6 +221,22 @@ mod tests {
         assert_eq!(pool.run(|| 5).await, Ok(5), "the thread survives a panicking job");
     }
 
+    #[test]
+    fn close_runs_every_queued_job_then_refuses() {
+        let pool = InferencePool::new("test", 2, 1000, Priority::Background).unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..500 {
+            let done = Arc::clone(&done);
+            pool.spawn(move || {
+                done.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        }
+        pool.close();
+        assert_eq!(done.load(Ordering::SeqCst), 500);
+        assert_eq!(pool.spawn(|| {}), Err(PoolError::Stopped));
+    }
+
     #[tokio::test]
     async fn full_queue_is_refused_at_once() {
         let pool = Arc::new(InferencePool::new("test", 1, 1, Priority::Background).unwrap());
@@ -208,7 +259,7 @@ mod tests {
             let pool = Arc::clone(&pool);
             async move { pool.run(|| 1).await }
         });
-        while pool.sender.is_empty() {
+        while pool.shared.queue.is_empty() {
             tokio::task::yield_now().await;
         }
         assert_eq!(pool.run(|| 2).await, Err(PoolError::Full));
