@@ -75,7 +75,9 @@ impl Gateway {
         let shadow_pool =
             InferencePool::new("shadow", config.shadow_threads, config.shadow_queue, Priority::Background)
                 .context("starting the shadow pool")?;
-        let shadow = Arc::new(Shadow::new(shadow_pool, config.shadow_deadline(), config.outcomes.log_inputs, writer));
+        let models: Vec<&str> = registry.models().map(|m| m.name()).collect();
+        let shadow =
+            Arc::new(Shadow::new(shadow_pool, config.shadow_deadline(), config.outcomes.log_inputs, writer, &models));
         Ok(Self { config, registry, executor: Executor::new(pool), shadow, ready: AtomicBool::new(true) })
     }
 

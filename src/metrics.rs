@@ -83,7 +83,12 @@ pub struct VersionMetrics {
     ok: Counter,
     ok_duration: Histogram,
     model_duration: Histogram,
+    /// Shadow results by status, in `SHADOW_STATUSES` order.
+    shadow: Vec<Counter>,
 }
+
+/// The statuses of a shadow result, in the order `VersionMetrics::shadow` indexes them.
+pub const SHADOW_STATUSES: [&str; 5] = ["ok", "error", "panic", "timeout", "shed"];
 
 impl VersionMetrics {
     pub fn new(model: &str, version: &str, backend: &str) -> Self {
@@ -96,6 +101,10 @@ impl VersionMetrics {
             ok: counter!(REQUESTS, &labels("ok")),
             ok_duration: histogram!(REQUEST_DURATION, &labels("ok")),
             model_duration: histogram!(MODEL_DURATION, "model" => model.to_owned(), "version" => version.to_owned(), "backend" => backend.to_owned()),
+            shadow: SHADOW_STATUSES
+                .iter()
+                .map(|&status| counter!(SHADOW_RESULTS, "model" => model.to_owned(), "version" => version.to_owned(), "status" => status))
+                .collect(),
         }
     }
 
@@ -116,6 +125,11 @@ impl VersionMetrics {
         histogram!(REQUEST_DURATION, &labels).record(elapsed);
     }
 
+    /// This version's shadow result counter for `status` (pre-registered: see `ShadowCounters`).
+    pub fn shadow(&self, status: usize) -> &Counter {
+        &self.shadow[status]
+    }
+
     pub fn loaded(&self, backend: &str, role: &'static str) {
         gauge!(MODEL_LOADED, "model" => self.model.clone(), "version" => self.version.clone(), "backend" => backend.to_owned(), "role" => role).set(1.0);
     }
@@ -130,15 +144,35 @@ pub fn load_failed(model: &str, step: &'static str) {
     counter!(MODEL_LOAD_FAILURES, "model" => model.to_owned(), "step" => step).increment(1);
 }
 
-pub fn shadow_result(model: &str, version: &str, status: &'static str) {
-    counter!(SHADOW_RESULTS, "model" => model.to_owned(), "version" => version.to_owned(), "status" => status)
-        .increment(1);
+/// One model's shadow coverage: shadowed requests, and those in which every version finished.
+/// Atomics and pre-registered handles only: request threads update it too.
+pub struct ShadowCoverage {
+    shadowed: std::sync::atomic::AtomicU64,
+    complete: std::sync::atomic::AtomicU64,
+    complete_counter: Counter,
+    incomplete_counter: Counter,
+    ratio: metrics::Gauge,
 }
 
-pub fn shadow_coverage(model: &str, complete: bool, coverage: f64) {
-    let complete = if complete { "true" } else { "false" };
-    counter!(SHADOW_RECORDS, "model" => model.to_owned(), "complete" => complete).increment(1);
-    gauge!(SHADOW_COVERAGE, "model" => model.to_owned()).set(coverage);
+impl ShadowCoverage {
+    pub fn new(model: &str) -> Self {
+        Self {
+            shadowed: Default::default(),
+            complete: Default::default(),
+            complete_counter: counter!(SHADOW_RECORDS, "model" => model.to_owned(), "complete" => "true"),
+            incomplete_counter: counter!(SHADOW_RECORDS, "model" => model.to_owned(), "complete" => "false"),
+            ratio: gauge!(SHADOW_COVERAGE, "model" => model.to_owned()),
+        }
+    }
+
+    pub fn record(&self, complete: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let shadowed = self.shadowed.fetch_add(1, Relaxed) + 1;
+        let complete_total =
+            if complete { self.complete.fetch_add(1, Relaxed) + 1 } else { self.complete.load(Relaxed) };
+        if complete { &self.complete_counter } else { &self.incomplete_counter }.increment(1);
+        self.ratio.set(complete_total as f64 / shadowed as f64);
+    }
 }
 
 pub fn outcome_records(result: &'static str, n: u64) {

@@ -3,23 +3,25 @@
 //!
 //! Invariants:
 //! - Never delays or changes the answer: the response is complete before `submit` is called, and
-//!   `submit` only queues one job per challenger (`try_send`, no waiting, no task, no lock shared
-//!   with the request path).
-//! - Everything after runs on the shadow pool at background OS priority: each challenger's
-//!   inference, and, in whichever job finishes last, assembling and serialising the record.
+//!   `submit` only queues one job per challenger on a lock-free queue. The request thread shares no
+//!   lock with the shadow threads (they run at background priority; a lock held by one of them,
+//!   preempted, would stall the request) and never assembles or serialises a record.
+//! - Everything after runs on the shadow pool: each challenger's inference, and, in whichever job
+//!   finishes last, assembling, counting and serialising the record.
+//! - When no challenger can be queued at all, no record is written (there is nothing to pair); the
+//!   request still counts, as `shed` per challenger and as an incomplete one in coverage.
 //! - Bounded: a job the queue cannot take is `shed`; one that could not start before the deadline
 //!   is skipped and, like one that finished after it, recorded as `timeout`. Each is counted.
 //! - A challenger's error or panic is recorded in its result and reaches no client.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use parking_lot::Mutex;
-
 use crate::executor::InferencePool;
+use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
 use crate::outcomes::{
     LogInputs, ModelResult, NamedTensors, OutcomeRecord, OutcomeWriter, Role, Status, inputs_sha256,
@@ -47,18 +49,19 @@ pub struct ShadowRequest {
 /// One member's result: outputs and model time, or why there are none.
 type Scored = Result<(Vec<Tensor>, Duration), (Status, Option<String>)>;
 
-/// One shadowing member and, once it reported, its result.
+/// One shadowing member and, once it reported, its result (set once, without a lock).
 struct Slot {
     version: Arc<ModelVersion>,
     role: Role,
-    result: Option<Scored>,
+    result: OnceLock<Scored>,
 }
 
-/// A record waiting for its challengers; the last to report assembles it.
+/// A record waiting for its challengers; whoever reports last assembles it, on the pool.
 struct PendingRecord {
     request: ShadowRequest,
-    /// The members that shadow, in deployment order, and their results as they arrive.
-    slots: Mutex<Vec<Slot>>,
+    /// The members that shadow, in deployment order.
+    slots: Vec<Slot>,
+    /// Reports still due: one per queued job, plus the submitter's (which covers shed slots).
     remaining: AtomicUsize,
     deadline: Instant,
     log_inputs: LogInputs,
@@ -66,34 +69,60 @@ struct PendingRecord {
 }
 
 impl Shadow {
-    pub fn new(pool: InferencePool, deadline: Duration, log_inputs: LogInputs, writer: OutcomeWriter) -> Self {
-        Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, coverage: Mutex::default() }) }
+    /// `models`: the served model names (coverage is counted per model).
+    pub fn new(
+        pool: InferencePool,
+        deadline: Duration,
+        log_inputs: LogInputs,
+        writer: OutcomeWriter,
+        models: &[&str],
+    ) -> Self {
+        let coverage = models.iter().map(|&m| (m.to_owned(), ShadowCoverage::new(m))).collect();
+        Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, coverage }) }
     }
 
     /// Queues one job per member that did not answer, and returns at once.
     pub fn submit(&self, request: ShadowRequest) {
-        let slots: Vec<_> = request
+        let slots: Vec<Slot> = request
             .deployment
             .members()
             .filter(|(version, _)| !Arc::ptr_eq(version, &request.answered))
-            .map(|(version, role)| Slot { version: Arc::clone(version), role, result: None })
+            .map(|(version, role)| Slot { version: Arc::clone(version), role, result: OnceLock::new() })
             .collect();
         if slots.is_empty() {
             return;
         }
-        let versions: Vec<Arc<ModelVersion>> = slots.iter().map(|slot| Arc::clone(&slot.version)).collect();
+        let members = slots.len();
         let pending = Arc::new(PendingRecord {
-            remaining: AtomicUsize::new(slots.len()),
-            slots: Mutex::new(slots),
+            remaining: AtomicUsize::new(members + 1),
+            slots,
             request,
             deadline: Instant::now() + self.deadline,
             log_inputs: self.log_inputs,
             sink: Arc::clone(&self.sink),
         });
-        for (slot, version) in versions.into_iter().enumerate() {
+        let mut shed = 0;
+        for slot in 0..members {
             let job = Arc::clone(&pending);
-            if self.pool.spawn(move || job.score(slot, &version)).is_err() {
-                pending.report(slot, Err((Status::Shed, None)));
+            if self.pool.spawn(move || job.score(slot)).is_err() {
+                let _ = pending.slots[slot].result.set(Err((Status::Shed, None)));
+                shed += 1;
+            }
+        }
+        if shed == members {
+            // Nothing could run: count it with atomics and write no record (there is no pair).
+            for slot in &pending.slots {
+                slot.version.metrics().shadow(Status::Shed.index()).increment(1);
+            }
+            self.sink.coverage(pending.request.answered.name(), false);
+            return;
+        }
+        // Release the submitter's report. If every queued job already reported, the record is
+        // assembled on the pool all the same; if even that cannot be queued, it is dropped (counted).
+        if pending.remaining.fetch_sub(1 + shed, Ordering::AcqRel) == 1 + shed {
+            let job = Arc::clone(&pending);
+            if self.pool.spawn(move || job.finish()).is_err() {
+                crate::metrics::outcome_records("dropped", 1);
             }
         }
     }
@@ -112,45 +141,56 @@ impl Shadow {
 
 impl PendingRecord {
     /// Runs one member on the shared input (on a shadow thread) and reports its result.
-    fn score(self: &Arc<Self>, slot: usize, version: &ModelVersion) {
-        // Work that can no longer make its deadline is not worth the CPU.
-        if Instant::now() >= self.deadline {
-            return self.report(slot, Err((Status::Timeout, None)));
-        }
-        let start = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| version.infer(&self.request.inputs)));
-        let latency = start.elapsed();
-        let scored = match result {
-            Ok(Ok(_)) if Instant::now() > self.deadline => Err((
-                Status::Timeout,
-                Some(format!("finished after the deadline, in {:.1} ms", latency.as_secs_f64() * 1e3)),
-            )),
-            Ok(Ok(outputs)) => Ok((outputs, latency)),
-            Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
-            Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
+    fn score(&self, slot: usize) {
+        let scored = if Instant::now() >= self.deadline {
+            // Work that can no longer make its deadline is not worth the CPU.
+            Err((Status::Timeout, None))
+        } else {
+            let start = Instant::now();
+            let result = catch_unwind(AssertUnwindSafe(|| self.slots[slot].version.infer(&self.request.inputs)));
+            let latency = start.elapsed();
+            match result {
+                Ok(Ok(_)) if Instant::now() > self.deadline => Err((
+                    Status::Timeout,
+                    Some(format!("finished after the deadline, in {:.1} ms", latency.as_secs_f64() * 1e3)),
+                )),
+                Ok(Ok(outputs)) => Ok((outputs, latency)),
+                Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
+                Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
+            }
         };
-        self.report(slot, scored);
+        let _ = self.slots[slot].result.set(scored);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish();
+        }
     }
 
-    fn report(self: &Arc<Self>, slot: usize, scored: Scored) {
-        self.slots.lock()[slot].result = Some(scored);
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.sink.write(self.assemble());
+    /// Counts, assembles and writes the record (on a shadow thread).
+    fn finish(&self) {
+        let mut complete = true;
+        for slot in &self.slots {
+            let status = match slot.result.get() {
+                Some(Ok(_)) => Status::Ok,
+                Some(Err((status, _))) => *status,
+                None => Status::Shed,
+            };
+            complete &= status == Status::Ok;
+            slot.version.metrics().shadow(status.index()).increment(1);
         }
+        self.sink.coverage(self.request.answered.name(), complete);
+        self.sink.writer.try_write(&self.assemble());
     }
 
     fn assemble(&self) -> OutcomeRecord {
         let request = &self.request;
         let answered = &request.answered;
-        let mut scored: Vec<(Arc<ModelVersion>, Role, Scored)> = std::mem::take(&mut *self.slots.lock())
-            .into_iter()
-            .map(|slot| (slot.version, slot.role, slot.result.unwrap_or(Err((Status::Shed, None)))))
+        let answer: Scored = Ok((request.outputs.clone(), request.latency));
+        let mut scored: Vec<(&Arc<ModelVersion>, Role, &Scored)> = self
+            .slots
+            .iter()
+            .map(|slot| (&slot.version, slot.role, slot.result.get().unwrap_or(&Err((Status::Shed, None)))))
             .collect();
-        scored.push((
-            Arc::clone(answered),
-            request.deployment.role_of(answered),
-            Ok((request.outputs.clone(), request.latency)),
-        ));
+        scored.push((answered, request.deployment.role_of(answered), &answer));
         // Champion first, then challengers in configured order: the same order in every record.
         scored.sort_by_key(|(version, _, _)| request.deployment.member_index(version));
         let manifest = answered.manifest();
@@ -165,9 +205,9 @@ impl PendingRecord {
                 let manifest = version.manifest();
                 let (status, latency_ms, outputs, error) = match scored {
                     Ok((outputs, latency)) => {
-                        (Status::Ok, Some(latency), Some(NamedTensors::new(&manifest.outputs, &outputs)), None)
+                        (Status::Ok, Some(*latency), Some(NamedTensors::new(&manifest.outputs, outputs)), None)
                     }
-                    Err((status, error)) => (status, None, None, error),
+                    Err((status, error)) => (*status, None, None, error.clone()),
                 };
                 ModelResult {
                     version: version.version().to_string(),
@@ -192,26 +232,17 @@ impl PendingRecord {
     }
 }
 
-/// Where finished records go: counted, serialised, and handed to the outcome log.
+/// Where finished records go, and the per-model coverage counts.
 struct RecordSink {
     writer: OutcomeWriter,
-    /// Per model: (records, records in which every version finished), for the coverage gauge.
-    coverage: Mutex<HashMap<String, (u64, u64)>>,
+    /// Built once at start and never changed: read without a lock.
+    coverage: HashMap<String, ShadowCoverage>,
 }
 
 impl RecordSink {
-    fn write(&self, record: OutcomeRecord) {
-        let complete = record.results.iter().all(|r| r.status == Status::Ok);
-        for result in record.results.iter().filter(|r| r.version != record.answered_by) {
-            crate::metrics::shadow_result(&record.model, &result.version, result.status.label());
+    fn coverage(&self, model: &str, complete: bool) {
+        if let Some(coverage) = self.coverage.get(model) {
+            coverage.record(complete);
         }
-        {
-            let mut coverage = self.coverage.lock();
-            let entry = coverage.entry(record.model.clone()).or_default();
-            entry.0 += 1;
-            entry.1 += u64::from(complete);
-            crate::metrics::shadow_coverage(&record.model, complete, entry.1 as f64 / entry.0 as f64);
-        }
-        self.writer.try_write(&record);
     }
 }

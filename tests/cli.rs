@@ -103,7 +103,11 @@ async fn sigterm_under_load_loses_no_accepted_record() {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     let outcomes = tempfile::tempdir().unwrap();
-    let (mut child, address) = spawn_serving(&[("GAUNTLET_OUTCOMES__DIR", outcomes.path())]);
+    // A shadow queue no run can fill: every answered request is then accepted for shadowing, and
+    // each accepted one must reach the log by exit (those starved past the deadline as `timeout`).
+    let queue = std::path::Path::new("200000");
+    let (mut child, address) =
+        spawn_serving(&[("GAUNTLET_OUTCOMES__DIR", outcomes.path()), ("GAUNTLET_SHADOW_QUEUE", queue)]);
     let body = serde_json::json!({
         "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": common::reference_rows("breast-cancer", "1")[0] }]
     })

@@ -243,13 +243,17 @@ async fn a_full_shadow_queue_sheds_and_counts() {
     let statuses = futures_join_all(requests).await;
     assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     server.stop().await.unwrap();
+    // A request whose only challenger was shed has nothing to pair: no record, but it is counted.
     let records = server.records();
-    assert_eq!(records.len(), 24, "shed requests still leave their record");
-    let shed = records.iter().filter(|r| r["results"][1]["status"] == "shed").count();
-    let ok = records.iter().filter(|r| r["results"][1]["status"] == "ok").count();
-    assert!(shed > 0, "some challenger jobs were shed");
-    assert!(ok > 0, "some ran");
-    assert_eq!(shed + ok, 24);
+    assert!(!records.is_empty() && records.len() < 24, "{} records", records.len());
+    assert!(records.iter().all(|r| r["results"][1]["status"] == "ok"), "what ran finished");
+    let metrics = gauntlet::metrics::handle().render();
+    let shed: usize = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"gauntlet_shadow_results_total{model="diabetes",version="2",status="shed"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("shed challenger jobs are counted");
+    assert!(shed >= 24 - records.len(), "{shed} shed, {} records", records.len());
 }
 
 /// Runs futures concurrently on the current runtime.

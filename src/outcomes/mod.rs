@@ -94,6 +94,11 @@ pub enum Status {
 }
 
 impl Status {
+    /// Position in `metrics::SHADOW_STATUSES`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Ok => "ok",
@@ -178,6 +183,13 @@ fn milliseconds<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_indexes_match_the_metric_labels() {
+        for status in [Status::Ok, Status::Error, Status::Panic, Status::Timeout, Status::Shed] {
+            assert_eq!(crate::metrics::SHADOW_STATUSES[status.index()], status.label());
+        }
+    }
 
     #[test]
     fn tensors_nest_by_shape() {
