@@ -54,6 +54,8 @@ impl Gateway {
     /// Loads ONNX Runtime (if present), then every configured model version (load → validate →
     /// warm up). Blocking: call it off the async workers.
     pub fn load(config: Config, options: ServerOptions) -> anyhow::Result<Self> {
+        // First: handles registered before the recorder exists are no-ops for good.
+        crate::metrics::handle();
         let onnxruntime = OnnxRuntime::init(config.onnxruntime_library.as_deref());
         match &onnxruntime {
             Ok(runtime) => tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded"),

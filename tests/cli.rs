@@ -6,6 +6,35 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// A spawned gateway that is killed if the test ends early (a failed assertion must not leave it
+/// running, holding the harness).
+struct Gateway(Option<std::process::Child>);
+
+impl Gateway {
+    fn sigterm(&self) {
+        let pid = self.0.as_ref().expect("running").id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    }
+
+    fn wait(mut self) -> std::process::ExitStatus {
+        self.0.take().expect("running").wait().unwrap()
+    }
+
+    fn terminate(self) -> std::process::ExitStatus {
+        self.sigterm();
+        self.wait()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 fn gauntlet() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gauntlet"));
     // Outcome logs go to a directory of their own, not the checkout's.
@@ -46,6 +75,7 @@ fn serves_then_exits_zero_on_sigterm() {
         .unwrap();
     // The address it bound is in its log.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let gateway = Gateway(Some(child));
     let address = lines
         .by_ref()
         .map_while(Result::ok)
@@ -62,16 +92,41 @@ fn serves_then_exits_zero_on_sigterm() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = child.wait().unwrap();
+    // In a fresh process the per-version metrics must be live (they were once registered before
+    // the recorder existed, and silently dropped).
+    let body = serde_json::json!({
+        "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": common::reference_rows("breast-cancer", "1")[0] }]
+    })
+    .to_string();
+    let exchange = |request: String| {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let answer = exchange(format!(
+        "POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let metrics = exchange("GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_owned());
+    for needle in [
+        r#"gauntlet_inference_requests_total{model="breast-cancer",version="1",outcome="ok"} 1"#,
+        r#"gauntlet_model_version_loaded{model="breast-cancer",version="1",backend="ort",role="champion"} 1"#,
+    ] {
+        assert!(metrics.contains(needle), "missing {needle}");
+    }
+
+    let exit = gateway.terminate();
     assert_eq!(exit.code(), Some(0), "graceful shutdown exits 0");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
 }
 
 /// Starts `gauntlet serve` on a free port with `env`; returns the child and its address.
-fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (std::process::Child, String) {
+fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (Gateway, String) {
     let mut child = gauntlet()
         .args(["serve", "--config", "gauntlet.toml", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .envs(env.iter().map(|(k, v)| (*k, *v)))
@@ -93,8 +148,9 @@ fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (std::process::Child, Stri
             }
         }
     });
+    let gateway = Gateway(Some(child));
     let address = rx.recv_timeout(Duration::from_secs(60)).expect("the gateway logs its address");
-    (child, address)
+    (gateway, address)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,7 +162,7 @@ async fn sigterm_under_load_loses_no_accepted_record() {
     // A shadow queue no run can fill: every answered request is then accepted for shadowing, and
     // each accepted one must reach the log by exit (those starved past the deadline as `timeout`).
     let queue = std::path::Path::new("200000");
-    let (mut child, address) =
+    let (gateway, address) =
         spawn_serving(&[("GAUNTLET_OUTCOMES__DIR", outcomes.path()), ("GAUNTLET_SHADOW_QUEUE", queue)]);
     let body = serde_json::json!({
         "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": common::reference_rows("breast-cancer", "1")[0] }]
@@ -137,11 +193,11 @@ async fn sigterm_under_load_loses_no_accepted_record() {
     while ok.load(Ordering::Relaxed) < 3000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    gateway.sigterm();
     for c in clients {
         c.await.unwrap();
     }
-    let exit = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let exit = tokio::task::spawn_blocking(move || gateway.wait()).await.unwrap();
     assert_eq!(exit.code(), Some(0));
 
     let answered = ok.load(Ordering::Relaxed);

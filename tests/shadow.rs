@@ -252,7 +252,12 @@ async fn a_full_shadow_queue_sheds_and_counts() {
         .lines()
         .find(|l| l.starts_with(r#"gauntlet_shadow_results_total{model="diabetes",version="2",status="shed"}"#))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .expect("shed challenger jobs are counted");
+        .unwrap_or_else(|| {
+            panic!(
+                "shed challenger jobs are counted: {}",
+                metrics.lines().filter(|l| l.contains("shadow_results")).collect::<Vec<_>>().join("\n")
+            )
+        });
     assert!(shed >= 24 - records.len(), "{shed} shed, {} records", records.len());
 }
 
