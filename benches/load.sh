@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Load baseline: the bare hyper floor vs the gateway's champion, same client, same body, one run.
+# Load baseline: the bare hyper floor vs the gateway, same client, same body, one run:
+#   floor     a bare hyper server answering a fixed body of the same size
+#   champion  the gateway, breast-cancer champion only
+#   shadowed  the gateway with the demo's two challengers scoring every request
 #
 #   benches/load.sh [rounds=3] [seconds=10] [connections=16]
 #
@@ -20,11 +23,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-floor_port=19100 gateway_port=19101
+floor_port=19100 gateway_port=19101 shadowed_port=19102
 "$floor" "127.0.0.1:$floor_port" 2>"$work/floor.log" & pids+=($!)
 "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$gateway_port" --set log_level=warn \
-  2>"$work/gateway.log" & pids+=($!)
-for port in $floor_port $gateway_port; do
+  --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" 2>"$work/gateway.log" & pids+=($!)
+"$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$shadowed_port" --set log_level=warn \
+  --set "outcomes.dir=$work/outcomes-shadowed" 2>"$work/shadowed.log" & pids+=($!)
+for port in $floor_port $gateway_port $shadowed_port; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break; \
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
@@ -53,6 +58,7 @@ wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$gateway_por
 for r in $(seq "$rounds"); do
   run floor "http://127.0.0.1:$floor_port/v2/models/breast-cancer/infer" >>"$work/results"
   run champion "http://127.0.0.1:$gateway_port/v2/models/breast-cancer/infer" >>"$work/results"
+  run shadowed "http://127.0.0.1:$shadowed_port/v2/models/breast-cancer/infer" >>"$work/results"
 done
 
 python3 - "$work/results" "$rounds" "$seconds" "$connections" <<'PY'
