@@ -34,6 +34,7 @@ pub struct InferencePool {
 
 struct Shared {
     queue: ArrayQueue<Job>,
+    priority: Priority,
     /// Threads parked or about to park; submitters wake them only when it is not zero.
     parked: AtomicUsize,
     closed: AtomicBool,
@@ -64,6 +65,7 @@ impl InferencePool {
     pub fn new(name: &str, threads: usize, queue: usize, priority: Priority) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(queue.max(1)),
+            priority,
             parked: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
@@ -87,6 +89,11 @@ impl InferencePool {
             return Err(PoolError::Stopped);
         }
         self.shared.queue.push(Box::new(job)).map_err(|_| PoolError::Full)?;
+        if self.shared.priority == Priority::Background {
+            // Background threads poll (see `work`): waking one would cost this (request) thread a
+            // futex call and the CPU an interrupt, for work that can wait a millisecond.
+            return Ok(());
+        }
         // Pairs with the fence in `work`: either a parking thread sees the job, or we see it parking.
         fence(Ordering::SeqCst);
         if self.shared.parked.load(Ordering::Relaxed) > 0 {
@@ -145,8 +152,12 @@ impl Shared {
                 drop(catch_unwind(AssertUnwindSafe(job)));
                 continue;
             }
-            // The timeout is a safety net only; `spawn` and `close` unpark.
-            thread::park_timeout(Duration::from_millis(100));
+            // Normal pools are unparked by `spawn` (the timeout is a safety net); background pools poll.
+            let poll = match self.priority {
+                Priority::Normal => Duration::from_millis(100),
+                Priority::Background => Duration::from_millis(1),
+            };
+            thread::park_timeout(poll);
             self.parked.fetch_sub(1, Ordering::Relaxed);
         }
     }
