@@ -66,11 +66,11 @@ async fn infer_on(
         let body = body.map_err(|rejection| body_error(&rejection, gateway.config().max_request_bytes))?;
         check_encoding(headers)?;
         // Challengers and a canary share the champion's signature (checked at load), so one decode serves all.
-        let request = codec::decode_request(&body, header_length(headers)?, answering.manifest())?;
+        let mut request = codec::decode_request(&body, header_length(headers)?, answering.manifest())?;
         drop(body);
         let id = request
             .id
-            .clone()
+            .take()
             .or_else(|| header_id.map(str::to_owned))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         // Direct calls to a version are neither shadowed nor redirected to a canary.
