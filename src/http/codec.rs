@@ -583,6 +583,54 @@ mod tests {
     }
 
     #[test]
+    fn decodes_every_datatype_from_json_and_binary() {
+        let cases = [
+            ("FP32", "[1.5, -2, 3]", TensorData::Fp32(vec![1.5, -2.0, 3.0])),
+            ("FP64", "[1e-300, 2, 3.25]", TensorData::Fp64(vec![1e-300, 2.0, 3.25])),
+            ("INT64", "[-9007199254740993, 0, 2.0]", TensorData::Int64(vec![-9_007_199_254_740_993, 0, 2])),
+            ("INT32", "[-7, 7, 2147483647]", TensorData::Int32(vec![-7, 7, i32::MAX])),
+            ("BOOL", "[true, false, true]", TensorData::Bool(vec![true, false, true])),
+        ];
+        for (datatype, json_data, expected) in cases {
+            let mut m = manifest();
+            m.inputs[0].datatype = DataType::parse(datatype).unwrap();
+            let json =
+                format!(r#"{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"{datatype}","data":{json_data}}}]}}"#);
+            let decoded = decode_request(json.as_bytes(), None, &m).unwrap_or_else(|e| panic!("{datatype}: {e}"));
+            assert_eq!(decoded.inputs[0].data(), &expected, "{datatype} from JSON");
+
+            let size = expected.len() * expected.datatype().size_of();
+            let header = format!(
+                r#"{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"{datatype}","parameters":{{"binary_data_size":{size}}}}}]}}"#
+            );
+            let mut body = header.clone().into_bytes();
+            expected.write_le_bytes(&mut body);
+            let decoded = decode_request(&body, Some(header.len()), &m).unwrap();
+            assert_eq!(decoded.inputs[0].data(), &expected, "{datatype} from binary");
+        }
+        // Values that do not fit their datatype are refused, not truncated.
+        let mut m = manifest();
+        m.inputs[0].datatype = DataType::Int32;
+        let err = decode_request(
+            br#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"INT32","data":[1,2,3000000000]}]}"#,
+            None,
+            &m,
+        )
+        .unwrap_err();
+        assert!(err.message().contains("INT32 data cannot hold 3000000000"), "{}", err.message());
+        m.inputs[0].datatype = DataType::Int64;
+        let err =
+            decode_request(br#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"INT64","data":[1,2,2.5]}]}"#, None, &m)
+                .unwrap_err();
+        assert!(err.message().contains("INT64 data cannot hold 2.5"), "{}", err.message());
+        m.inputs[0].datatype = DataType::Bool;
+        let err =
+            decode_request(br#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"BOOL","data":[1,0,1]}]}"#, None, &m)
+                .unwrap_err();
+        assert!(err.message().contains("BOOL data cannot hold 1"), "{}", err.message());
+    }
+
+    #[test]
     fn rejects_non_finite_values_unless_allowed() {
         let json = r#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","parameters":{"binary_data_size":24}}]}"#;
         let mut body = json.as_bytes().to_vec();
