@@ -40,6 +40,8 @@ pub struct Deployment {
     /// Versions on disk that were refused, and why: shown in metadata, never served.
     refused: BTreeMap<VersionId, String>,
     plan: TrafficPlan,
+    /// The challenger that answers the plan's canary share, resolved once here.
+    canary: Option<Arc<ModelVersion>>,
     /// Header whose value picks the canary (lower case), if configured.
     canary_key_header: Option<String>,
 }
@@ -233,10 +235,11 @@ impl Deployment {
             }
         }
         let mut plan = spec.plan.clone();
-        if let Some(canary) = &plan.canary
-            && !challengers.iter().any(|c| c.version == canary.version)
+        let canary = plan.canary.as_ref().and_then(|c| challengers.iter().find(|v| v.version == c.version).cloned());
+        if let Some(wanted) = &plan.canary
+            && canary.is_none()
         {
-            tracing::warn!(model = name, version = %canary.version, "canary version is not a serving challenger; no canary");
+            tracing::warn!(model = name, version = %wanted.version, "canary version is not a serving challenger; no canary");
             plan.canary = None;
         }
         let deployment = Self {
@@ -245,6 +248,7 @@ impl Deployment {
             versions: loaded,
             refused,
             plan,
+            canary,
             canary_key_header: spec.canary_key_header.clone(),
         };
         for version in deployment.versions.values() {
@@ -262,10 +266,6 @@ impl Deployment {
         std::iter::once((&self.champion, Role::Champion)).chain(self.challengers.iter().map(|c| (c, Role::Challenger)))
     }
 
-    pub fn challengers(&self) -> &[Arc<ModelVersion>] {
-        &self.challengers
-    }
-
     pub fn role_of(&self, version: &Arc<ModelVersion>) -> Role {
         if Arc::ptr_eq(version, &self.champion) { Role::Champion } else { Role::Challenger }
     }
@@ -277,6 +277,11 @@ impl Deployment {
 
     pub fn plan(&self) -> &TrafficPlan {
         &self.plan
+    }
+
+    /// The version that answers when the plan decides for the canary.
+    pub fn canary(&self) -> Option<&Arc<ModelVersion>> {
+        self.canary.as_ref()
     }
 
     pub fn canary_key_header(&self) -> Option<&str> {

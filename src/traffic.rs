@@ -24,10 +24,10 @@ pub struct Canary {
 }
 
 /// Who answers one request, and whether the others shadow it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// `None`: the champion answers. `Some(v)`: the canary version `v` answers.
-    pub canary: Option<VersionId>,
+    /// The canary answers instead of the champion (the deployment knows which version that is).
+    pub canary: bool,
     pub shadow: bool,
 }
 
@@ -41,8 +41,7 @@ impl TrafficPlan {
         let canary = self
             .canary
             .as_ref()
-            .filter(|c| unit_interval(CANARY_SALT, canary_key.unwrap_or(request_id)) < c.share)
-            .map(|c| c.version.clone());
+            .is_some_and(|c| unit_interval(CANARY_SALT, canary_key.unwrap_or(request_id)) < c.share);
         let shadow = unit_interval(SHADOW_SALT, request_id) < self.shadow_sample_rate;
         Decision { canary, shadow }
     }
@@ -95,8 +94,8 @@ mod tests {
             let id = format!("r{i}");
             assert!(!plan(0.0, Some(0.0)).decide(&id, None).shadow);
             assert!(plan(1.0, None).decide(&id, None).shadow);
-            assert_eq!(plan(0.0, Some(1.0)).decide(&id, None).canary, Some(VersionId::new("2")));
-            assert_eq!(plan(0.0, Some(0.0)).decide(&id, None).canary, None);
+            assert!(plan(0.0, Some(1.0)).decide(&id, None).canary);
+            assert!(!plan(0.0, Some(0.0)).decide(&id, None).canary);
         }
     }
 
@@ -110,7 +109,7 @@ mod tests {
             for i in 0..n {
                 let d = p.decide(&format!("req-{i}"), None);
                 shadowed += usize::from(d.shadow);
-                canaries += usize::from(d.canary.is_some());
+                canaries += usize::from(d.canary);
             }
             let margin = 5.0 * (rate * (1.0 - rate) / n as f64).sqrt();
             for share in [shadowed, canaries] {
@@ -124,11 +123,8 @@ mod tests {
     fn sampling_and_canary_are_independent() {
         let p = plan(0.5, Some(0.5));
         let n = 40_000;
-        let both = (0..n)
-            .filter(|i| {
-                p.decide(&format!("id{i}"), None) == Decision { canary: Some(VersionId::new("2")), shadow: true }
-            })
-            .count();
+        let both =
+            (0..n).filter(|i| p.decide(&format!("id{i}"), None) == Decision { canary: true, shadow: true }).count();
         let observed = both as f64 / n as f64;
         assert!((observed - 0.25).abs() < 5.0 * (0.25f64 * 0.75 / n as f64).sqrt(), "{observed}");
     }

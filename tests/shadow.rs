@@ -297,7 +297,7 @@ async fn a_canary_answers_its_share_and_the_champion_shadows_it() {
             .await
             .unwrap();
         let body: Value = response.json().await.unwrap();
-        let expected = if plan.decide(&id, None).canary.is_some() { "2" } else { "1" };
+        let expected = if plan.decide(&id, None).canary { "2" } else { "1" };
         assert_eq!(body["model_version"], expected, "{id}");
         canaries += usize::from(expected == "2");
     }

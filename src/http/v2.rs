@@ -61,7 +61,8 @@ async fn infer_on(
             return with_request_id(error.into_response(), header_id.map(str::to_owned));
         }
     };
-    let mut answering = direct.clone().unwrap_or_else(|| Arc::clone(deployment.champion()));
+    let is_direct = direct.is_some();
+    let mut answering = direct.unwrap_or_else(|| Arc::clone(deployment.champion()));
     let result = async {
         let body = body.map_err(|rejection| body_error(&rejection, gateway.config().max_request_bytes))?;
         check_encoding(headers)?;
@@ -74,14 +75,14 @@ async fn infer_on(
             .or_else(|| header_id.map(str::to_owned))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         // Direct calls to a version are neither shadowed nor redirected to a canary.
-        let decision = direct.is_none().then(|| {
+        let decision = (!is_direct).then(|| {
             let key = deployment.canary_key_header().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
             deployment.plan().decide(&id, key)
         });
-        if let Some(canary) = decision.as_ref().and_then(|d| d.canary.as_ref())
-            && let Some(version) = deployment.version(canary.as_str())
+        if decision.is_some_and(|d| d.canary)
+            && let Some(canary) = deployment.canary()
         {
-            answering = Arc::clone(version);
+            answering = Arc::clone(canary);
         }
         let inputs = Arc::new(request.inputs);
         let model_start = Instant::now();
