@@ -127,12 +127,13 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     let mode = match args.rate {
         Some(rate) => {
             let connections = args.connections.max(1);
-            open_loop(&target, rate, connections, args.duration, args.requests, started).await;
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            drive(&target, connections, Some(interval), args.duration, args.requests, started).await;
             format!("open loop at {rate} req/s over {connections} connections")
         }
         None => {
             let concurrency = args.concurrency.unwrap_or(16).max(1);
-            closed_loop(&target, concurrency, args.duration, args.requests, started).await;
+            drive(&target, concurrency, None, args.duration, args.requests, started).await;
             format!("closed loop, {concurrency} in flight")
         }
     };
@@ -174,64 +175,37 @@ impl Target {
     }
 }
 
-async fn closed_loop(
+/// Runs `workers` connections, each taking the next request slot until the run's bound.
+///
+/// Closed loop (`interval` is `None`): a slot is sent as soon as a worker is free. Open loop, as wrk2
+/// does it: slot `i` is due at `started + i * interval`. A slot that comes due while its worker is
+/// idle is timed from its actual send, so the client's own timer lateness is not charged to the
+/// server; one that passed while every worker was busy waiting on the server is timed from when it
+/// was due, so the server's queueing is not hidden.
+async fn drive(
     target: &Target,
-    concurrency: usize,
+    workers: usize,
+    interval: Option<Duration>,
     duration: Option<Duration>,
     requests: Option<u64>,
     started: Instant,
 ) {
     let next = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..concurrency)
+    let workers: Vec<_> = (0..workers)
         .map(|_| {
             let (target, next) = (target.clone(), Arc::clone(&next));
             tokio::spawn(async move {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if requests.is_some_and(|n| i >= n) || duration.is_some_and(|d| started.elapsed() >= d) {
+                    let due = interval.map_or_else(Instant::now, |interval| started + interval.mul_f64(i as f64));
+                    if requests.is_some_and(|n| i >= n) || duration.is_some_and(|d| due.duration_since(started) >= d) {
                         break;
                     }
-                    target.send(i, Instant::now()).await;
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        let _ = worker.await;
-    }
-}
-
-/// Open loop, as wrk2 does it: `connections` workers take request slots on a fixed schedule. A slot
-/// that comes while its worker is idle is timed from its actual send, so the client's own timer
-/// lateness is not charged to the server; a slot that passed while every worker was busy waiting on
-/// the server is timed from its scheduled time, so the server's queueing is not hidden.
-async fn open_loop(
-    target: &Target,
-    rate: f64,
-    connections: usize,
-    duration: Option<Duration>,
-    requests: Option<u64>,
-    started: Instant,
-) {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let next = Arc::new(AtomicU64::new(0));
-    let workers: Vec<_> = (0..connections)
-        .map(|_| {
-            let (target, next) = (target.clone(), Arc::clone(&next));
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let scheduled = started + interval.mul_f64(i as f64);
-                    if requests.is_some_and(|n| i >= n)
-                        || duration.is_some_and(|d| scheduled.duration_since(started) >= d)
-                    {
-                        break;
-                    }
-                    let from = if scheduled > Instant::now() {
-                        tokio::time::sleep_until(scheduled.into()).await;
+                    let from = if due > Instant::now() {
+                        tokio::time::sleep_until(due.into()).await;
                         Instant::now()
                     } else {
-                        scheduled
+                        due
                     };
                     target.send(i, from).await;
                 }
