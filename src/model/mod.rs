@@ -114,10 +114,6 @@ impl Loader {
         Self { onnxruntime, concurrency: concurrency.max(1) }
     }
 
-    pub fn onnxruntime(&self) -> Result<&OnnxRuntime, &str> {
-        self.onnxruntime.as_ref().map_err(String::as_str)
-    }
-
     /// Loads `path` with the chosen backend and checks it against `signature` (names, types, ranks,
     /// fixed dimensions): a manifest that describes another model is refused here.
     pub fn load(
