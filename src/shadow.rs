@@ -49,6 +49,16 @@ pub struct ShadowRequest {
 /// One member's result: outputs and model time, or why there are none.
 type Scored = Result<(Vec<Tensor>, Duration), (Status, Option<String>)>;
 
+/// A result's outputs borrowed, for the record.
+type ScoredView<'a> = Result<(&'a [Tensor], Duration), (Status, Option<String>)>;
+
+fn view(scored: &Scored) -> ScoredView<'_> {
+    match scored {
+        Ok((outputs, latency)) => Ok((outputs.as_slice(), *latency)),
+        Err((status, error)) => Err((*status, error.clone())),
+    }
+}
+
 /// One shadowing member and, once it reported, its result (set once, without a lock).
 struct Slot {
     version: Arc<ModelVersion>,
@@ -181,16 +191,20 @@ impl PendingRecord {
         self.sink.writer.try_write(&self.assemble());
     }
 
-    fn assemble(&self) -> OutcomeRecord {
+    /// The record, borrowing every tensor from the request and the slots.
+    fn assemble(&self) -> OutcomeRecord<'_> {
         let request = &self.request;
         let answered = &request.answered;
-        let answer: Scored = Ok((request.outputs.clone(), request.latency));
-        let mut scored: Vec<(&Arc<ModelVersion>, Role, &Scored)> = self
+        let mut scored: Vec<(&Arc<ModelVersion>, Role, ScoredView<'_>)> = self
             .slots
             .iter()
-            .map(|slot| (&slot.version, slot.role, slot.result.get().unwrap_or(&Err((Status::Shed, None)))))
+            .map(|slot| (&slot.version, slot.role, slot.result.get().map_or(Err((Status::Shed, None)), view)))
             .collect();
-        scored.push((answered, request.deployment.role_of(answered), &answer));
+        scored.push((
+            answered,
+            request.deployment.role_of(answered),
+            Ok((request.outputs.as_slice(), request.latency)),
+        ));
         // Champion first, then challengers in configured order: the same order in every record.
         scored.sort_by_key(|(version, _, _)| request.deployment.member_index(version));
         let manifest = answered.manifest();
@@ -205,9 +219,9 @@ impl PendingRecord {
                 let manifest = version.manifest();
                 let (status, latency_ms, outputs, error) = match scored {
                     Ok((outputs, latency)) => {
-                        (Status::Ok, Some(*latency), Some(NamedTensors::new(&manifest.outputs, outputs)), None)
+                        (Status::Ok, Some(latency), Some(NamedTensors::new(&manifest.outputs, outputs)), None)
                     }
-                    Err((status, error)) => (*status, None, None, error.clone()),
+                    Err((status, error)) => (status, None, None, error),
                 };
                 ModelResult {
                     version: version.version().to_string(),

@@ -33,7 +33,7 @@ pub enum LogInputs {
 
 /// One sampled request and every model's result on it.
 #[derive(Debug, Serialize)]
-pub struct OutcomeRecord {
+pub struct OutcomeRecord<'a> {
     pub request_id: String,
     #[serde(serialize_with = "rfc3339")]
     pub timestamp: SystemTime,
@@ -41,15 +41,15 @@ pub struct OutcomeRecord {
     /// The version whose answer the client got.
     pub answered_by: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<NamedTensors>,
+    pub inputs: Option<NamedTensors<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inputs_sha256: Option<String>,
-    pub results: Vec<ModelResult>,
+    pub results: Vec<ModelResult<'a>>,
 }
 
 /// One model version's part of a record.
 #[derive(Debug, Serialize)]
-pub struct ModelResult {
+pub struct ModelResult<'a> {
     pub version: String,
     pub role: Role,
     pub sha256: String,
@@ -58,7 +58,7 @@ pub struct ModelResult {
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "milliseconds")]
     pub latency_ms: Option<Duration>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub outputs: Option<NamedTensors>,
+    pub outputs: Option<NamedTensors<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -110,21 +110,25 @@ impl Status {
     }
 }
 
-/// Tensors by name, serialised as `{"name": nested arrays by shape}`.
+/// Tensors named by their signature, serialised as `{"name": nested arrays by shape}`: a view of
+/// the request's and models' tensors, nothing copied.
 #[derive(Debug)]
-pub struct NamedTensors(pub Vec<(String, Tensor)>);
+pub struct NamedTensors<'a> {
+    specs: &'a [TensorSpec],
+    tensors: &'a [Tensor],
+}
 
-impl NamedTensors {
-    pub fn new(specs: &[TensorSpec], tensors: &[Tensor]) -> Self {
-        Self(specs.iter().map(|s| s.name.clone()).zip(tensors.iter().cloned()).collect())
+impl<'a> NamedTensors<'a> {
+    pub fn new(specs: &'a [TensorSpec], tensors: &'a [Tensor]) -> Self {
+        Self { specs, tensors }
     }
 }
 
-impl Serialize for NamedTensors {
+impl Serialize for NamedTensors<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (name, tensor) in &self.0 {
-            map.serialize_entry(name, &Nested { shape: tensor.shape(), data: tensor.data(), offset: 0 })?;
+        let mut map = serializer.serialize_map(Some(self.tensors.len()))?;
+        for (spec, tensor) in self.specs.iter().zip(self.tensors) {
+            map.serialize_entry(&spec.name, &Nested { shape: tensor.shape(), data: tensor.data(), offset: 0 })?;
         }
         map.end()
     }
@@ -193,11 +197,13 @@ mod tests {
 
     #[test]
     fn tensors_nest_by_shape() {
-        let t = Tensor::new(vec![2, 3], TensorData::Int64(vec![1, 2, 3, 4, 5, 6])).unwrap();
-        let named = NamedTensors(vec![
-            ("x".into(), t),
-            ("v".into(), Tensor::new(vec![2], TensorData::Bool(vec![true, false])).unwrap()),
-        ]);
+        let tensors = [
+            Tensor::new(vec![2, 3], TensorData::Int64(vec![1, 2, 3, 4, 5, 6])).unwrap(),
+            Tensor::new(vec![2], TensorData::Bool(vec![true, false])).unwrap(),
+        ];
+        let spec = |name: &str, datatype| TensorSpec { name: name.into(), datatype, shape: vec![] };
+        let specs = [spec("x", crate::model::DataType::Int64), spec("v", crate::model::DataType::Bool)];
+        let named = NamedTensors::new(&specs, &tensors);
         assert_eq!(serde_json::to_string(&named).unwrap(), r#"{"x":[[1,2,3],[4,5,6]],"v":[true,false]}"#);
     }
 

@@ -274,7 +274,7 @@ mod tests {
     use super::*;
     use crate::outcomes::{ModelResult, Role, Status};
 
-    fn record(i: usize) -> OutcomeRecord {
+    fn record(i: usize) -> OutcomeRecord<'static> {
         OutcomeRecord {
             request_id: format!("r{i}"),
             timestamp: SystemTime::now(),
