@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod compare;
 pub mod config;
 pub mod error;
 pub mod executor;

@@ -1,0 +1,3 @@
+//! Comparison of champion and challengers over paired outcomes.
+
+pub mod stats;
