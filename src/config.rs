@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::compare::CompareSettings;
 use crate::model::BackendChoice;
+use crate::outcomes::feedback::FeedbackSettings;
 use crate::outcomes::{LogInputs, WriterSettings};
 use crate::repository::VersionId;
 
@@ -100,9 +102,36 @@ pub struct Config {
     pub shadow_deadline_ms: u64,
     #[serde(default)]
     pub outcomes: OutcomesConfig,
+    /// Token the admin API requires as `Authorization: Bearer <token>` (set it from the environment:
+    /// GAUNTLET_ADMIN_TOKEN). Unset: the admin API answers loopback clients only.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
+    /// Bounds of the join of ground-truth labels with paired records.
+    #[serde(default)]
+    pub feedback: FeedbackSettings,
+    /// Significance, power and tolerances of the champion–challenger comparison.
+    #[serde(default)]
+    pub comparison: CompareSettings,
     /// Served models by name. Empty: every model in the repository, its highest version champion.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+}
+
+/// A value kept out of logs and `Debug` output.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
 }
 
 /// The outcome log: one JSON line per shadowed request.

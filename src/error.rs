@@ -12,6 +12,14 @@ pub enum ErrorKind {
     NotFound,
     /// The body is larger than `max_request_bytes`.
     PayloadTooLarge,
+    /// The request conflicts with what is already there (a second label for one request).
+    Conflict,
+    /// What the request refers to existed but is gone (a label whose record was evicted).
+    Gone,
+    /// No or a wrong admin token.
+    Unauthorized,
+    /// The admin API without a configured token answers loopback clients only.
+    Forbidden,
     /// A content encoding or type the gateway does not read.
     UnsupportedMediaType,
     /// Concurrency or queue limits are reached: try again shortly.
@@ -33,6 +41,10 @@ impl ErrorKind {
             Self::InvalidInput => "invalid_input",
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::Conflict => "conflict",
+            Self::Gone => "gone",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::Overloaded => "overloaded",
             Self::Timeout => "timeout",

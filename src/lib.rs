@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod compare;
 pub mod config;
 pub mod error;
@@ -31,6 +32,7 @@ use crate::config::Config;
 use crate::executor::{Executor, InferencePool, Priority};
 use crate::model::{Loader, OnnxRuntime};
 use crate::outcomes::OutcomeWriter;
+use crate::outcomes::feedback::Feedback;
 use crate::registry::{ModelHook, Registry};
 use crate::repository::Repository;
 use crate::shadow::Shadow;
@@ -41,6 +43,8 @@ pub struct Gateway {
     registry: Registry,
     executor: Executor,
     shadow: Arc<Shadow>,
+    writer: Arc<OutcomeWriter>,
+    feedback: Arc<Feedback>,
     ready: AtomicBool,
 }
 
@@ -73,15 +77,36 @@ impl Gateway {
         let registry = Registry::load(&config, &repository, &loader, options.model_hook.as_ref())?;
         let pool = InferencePool::new("inference", threads, config.inference_queue, Priority::Normal)
             .context("starting the inference pool")?;
-        let writer = OutcomeWriter::start(config.outcomes.writer_settings())
-            .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?;
+        let writer = Arc::new(
+            OutcomeWriter::start(config.outcomes.writer_settings())
+                .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?,
+        );
+        let tasks = registry.models().map(|m| (m.name().to_owned(), m.deployment().champion().manifest().task.clone()));
+        let feedback = Arc::new(
+            Feedback::start(tasks.collect(), config.comparison, config.feedback)
+                .context("starting the feedback join")?,
+        );
         let shadow_pool =
             InferencePool::new("shadow", config.shadow_threads, config.shadow_queue, Priority::Background)
                 .context("starting the shadow pool")?;
         let models: Vec<&str> = registry.models().map(|m| m.name()).collect();
-        let shadow =
-            Arc::new(Shadow::new(shadow_pool, config.shadow_deadline(), config.outcomes.log_inputs, writer, &models));
-        Ok(Self { config, registry, executor: Executor::new(pool), shadow, ready: AtomicBool::new(true) })
+        let shadow = Arc::new(Shadow::new(
+            shadow_pool,
+            config.shadow_deadline(),
+            config.outcomes.log_inputs,
+            Arc::clone(&writer),
+            Arc::clone(&feedback),
+            &models,
+        ));
+        Ok(Self {
+            config,
+            registry,
+            executor: Executor::new(pool),
+            shadow,
+            writer,
+            feedback,
+            ready: AtomicBool::new(true),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -98,6 +123,16 @@ impl Gateway {
 
     pub fn shadow(&self) -> &Shadow {
         &self.shadow
+    }
+
+    /// The outcome log (feedback lines go there too).
+    pub fn outcome_log(&self) -> &OutcomeWriter {
+        &self.writer
+    }
+
+    /// The live join of labels with records, and the comparison.
+    pub fn feedback(&self) -> &Feedback {
+        &self.feedback
     }
 
     /// False once shutdown has begun: readiness probes then fail so traffic moves elsewhere.
@@ -157,6 +192,8 @@ impl Server {
             // Responses are small and written whole: do not let Nagle hold them back.
             let _ = tcp.set_nodelay(true);
         });
+        // The peer address lets the admin API tell loopback clients from others.
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(signal).into_future());
         let result = tokio::select! {
             finished = &mut server => finished,

@@ -69,6 +69,13 @@ pub struct LoadtestArgs {
     /// Objective: fail if throughput is below this.
     #[arg(long)]
     pub min_rps: Option<f64>,
+    /// After each answered request, post its rows' truth (the CSV's label/target/truth column) to
+    /// the model's feedback endpoint, so the comparison gets labels. Failed posts miss an objective.
+    #[arg(long)]
+    pub feedback: bool,
+    /// How long after its answer a request's truth is posted.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub feedback_delay: Duration,
 }
 
 /// What a run measured.
@@ -84,8 +91,22 @@ pub struct Summary {
     pub latency_ms: Latencies,
     /// Failed requests by HTTP status, or by `timeout` / `connect` / `read` / `request`.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Labels posted with `--feedback`, and what the gateway did with them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackSummary>,
     /// Objectives missed, empty when all are met.
     pub slo_violations: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct FeedbackSummary {
+    pub posted: u64,
+    pub joined: u64,
+    pub held: u64,
+    pub duplicate: u64,
+    pub expired: u64,
+    /// Labels whose POST failed, or that the client's bounded queue could not take.
+    pub failed: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +136,13 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
         .build()?;
     let input = input_of(&client, &base, &args.model).await?;
     let bodies = Arc::new(bodies(&args.data, &args.model, &input, args.batch)?);
+    if args.feedback {
+        ensure!(
+            bodies.iter().all(|b| b.truth.is_some()),
+            "--feedback needs a CSV with a label, target or truth column; {} has none",
+            args.data.display()
+        );
+    }
     ensure!(!bodies.is_empty(), "{} holds no rows for model {}", args.data.display(), args.model);
     let path = match &args.version {
         Some(v) => format!("{base}/v2/models/{}/versions/{v}/infer", args.model),
@@ -123,7 +151,23 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     let recorder = Arc::new(Recorder::new());
     let started = Instant::now();
     let progress = (!args.quiet).then(|| tokio::spawn(progress(Arc::clone(&recorder), started)));
-    let target = Target { client, path: Arc::from(path), bodies, recorder: Arc::clone(&recorder) };
+    let (labels, poster) = if args.feedback {
+        let (sender, receiver) = tokio::sync::mpsc::channel(FEEDBACK_QUEUE);
+        let url = format!("{base}/v2/models/{}/feedback", args.model);
+        (Some(sender), Some(tokio::spawn(post_feedback(client.clone(), url, receiver))))
+    } else {
+        (None, None)
+    };
+    let id_prefix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let target = Target {
+        client,
+        path: Arc::from(path),
+        bodies,
+        recorder: Arc::clone(&recorder),
+        labels,
+        feedback_delay: args.feedback_delay,
+        id_prefix: Arc::from(id_prefix),
+    };
     let mode = match args.rate {
         Some(rate) => {
             let connections = args.connections.max(1);
@@ -138,26 +182,125 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
         }
     };
     let elapsed = started.elapsed();
+    // The last labels are due `feedback_delay` after the last answer: wait for them.
+    let dropped = target.labels.as_ref().map_or(0, |_| target.recorder.labels_dropped.load(Ordering::Relaxed));
+    drop(target);
+    let feedback = match poster {
+        Some(poster) => {
+            let mut summary = poster.await.context("the feedback poster failed")?;
+            summary.failed += dropped;
+            Some(summary)
+        }
+        None => None,
+    };
     if let Some(p) = progress {
         p.abort();
         eprintln!();
     }
-    Ok(recorder.summary(mode, elapsed, args))
+    let mut summary = recorder.summary(mode, elapsed, args);
+    if let Some(f) = &feedback
+        && f.failed > 0
+    {
+        summary.slo_violations.push(format!(
+            "{} of {} labels were not taken by the gateway",
+            f.failed,
+            f.posted + f.failed
+        ));
+    }
+    summary.feedback = feedback;
+    Ok(summary)
+}
+
+/// Labels waiting to be posted, at most; beyond it they count as failed.
+const FEEDBACK_QUEUE: usize = 100_000;
+/// Labels per feedback POST, at most.
+const FEEDBACK_BATCH: usize = 500;
+
+/// A label to post once `due`.
+struct Label {
+    due: Instant,
+    id: String,
+    truth: Value,
+}
+
+/// Posts labels in batches as they come due, until every sender is gone and the queue is empty.
+async fn post_feedback(
+    client: reqwest::Client,
+    url: String,
+    mut receiver: tokio::sync::mpsc::Receiver<Label>,
+) -> FeedbackSummary {
+    let mut summary = FeedbackSummary::default();
+    let mut pending: Option<Label> = None;
+    loop {
+        let first = match pending.take() {
+            Some(label) => label,
+            None => match receiver.recv().await {
+                Some(label) => label,
+                None => break,
+            },
+        };
+        tokio::time::sleep_until(first.due.into()).await;
+        let mut batch = vec![first];
+        while batch.len() < FEEDBACK_BATCH {
+            match receiver.try_recv() {
+                Ok(label) if label.due <= Instant::now() => batch.push(label),
+                Ok(label) => {
+                    pending = Some(label);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let items: Vec<Value> = batch.iter().map(|l| json!({ "id": l.id, "truth": l.truth })).collect();
+        let answer = client.post(&url).json(&json!({ "feedback": items })).send().await;
+        let counts = match answer {
+            Ok(response) if response.status().is_success() => response.json::<Value>().await.ok(),
+            _ => None,
+        };
+        match counts {
+            Some(counts) => {
+                let n = |key: &str| counts[key].as_u64().unwrap_or(0);
+                summary.posted += batch.len() as u64;
+                summary.joined += n("joined");
+                summary.held += n("held");
+                summary.duplicate += n("duplicate");
+                summary.expired += n("expired");
+            }
+            None => summary.failed += batch.len() as u64,
+        }
+    }
+    summary
 }
 
 #[derive(Clone)]
 struct Target {
     client: reqwest::Client,
     path: Arc<str>,
-    bodies: Arc<Vec<bytes::Bytes>>,
+    bodies: Arc<Vec<Body>>,
     recorder: Arc<Recorder>,
+    /// With `--feedback`: where answered requests' labels go.
+    labels: Option<tokio::sync::mpsc::Sender<Label>>,
+    feedback_delay: Duration,
+    id_prefix: Arc<str>,
+}
+
+/// One request body, serialised once, and its rows' truth when the data has it.
+struct Body {
+    bytes: bytes::Bytes,
+    truth: Option<Value>,
 }
 
 impl Target {
     /// Sends request number `i`; its latency counts from `scheduled`.
     async fn send(&self, i: u64, scheduled: Instant) {
-        let body = self.bodies[(i % self.bodies.len() as u64) as usize].clone();
-        let outcome = match self.client.post(&*self.path).body(body).send().await {
+        let body = &self.bodies[(i % self.bodies.len() as u64) as usize];
+        let mut request = self.client.post(&*self.path).body(body.bytes.clone());
+        let id = self.labels.as_ref().map(|_| format!("{}-{i}", self.id_prefix));
+        if let Some(id) = &id {
+            // The gateway takes the request id from this header when the body has none.
+            request = request.header("x-request-id", id.as_str());
+        }
+        let outcome = match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
                 match response.bytes().await {
@@ -171,7 +314,14 @@ impl Target {
             Err(e) if e.is_connect() => Err("connect".to_owned()),
             Err(_) => Err("request".to_owned()),
         };
+        let ok = outcome.is_ok();
         self.recorder.record(scheduled.elapsed(), outcome);
+        if ok && let (Some(labels), Some(id), Some(truth)) = (&self.labels, id, &body.truth) {
+            let label = Label { due: Instant::now() + self.feedback_delay, id, truth: truth.clone() };
+            if labels.try_send(label).is_err() {
+                self.recorder.labels_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -237,6 +387,7 @@ async fn progress(recorder: Arc<Recorder>, started: Instant) {
 
 struct Recorder {
     state: Mutex<RecorderState>,
+    labels_dropped: AtomicU64,
 }
 
 struct RecorderState {
@@ -248,7 +399,8 @@ struct RecorderState {
 impl Recorder {
     fn new() -> Self {
         let latency_us = Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
-        Self { state: Mutex::new(RecorderState { latency_us, ok: 0, errors: BTreeMap::new() }) }
+        let state = Mutex::new(RecorderState { latency_us, ok: 0, errors: BTreeMap::new() });
+        Self { state, labels_dropped: AtomicU64::new(0) }
     }
 
     fn record(&self, latency: Duration, outcome: Result<(), String>) {
@@ -290,6 +442,7 @@ impl Recorder {
                 mean: h.mean() / 1000.0,
             },
             errors_by_kind: state.errors.clone(),
+            feedback: None,
             slo_violations: Vec::new(),
         };
         if let Some(max) = args.max_p99_ms
@@ -330,6 +483,13 @@ impl Summary {
             "latency ms  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
             l.p50, l.p90, l.p99, l.p999, l.max
         );
+        if let Some(f) = &self.feedback {
+            let _ = writeln!(
+                out,
+                "feedback    {} labels posted: {} joined, {} held, {} duplicate, {} expired; {} failed",
+                f.posted, f.joined, f.held, f.duplicate, f.expired, f.failed
+            );
+        }
         if self.slo_violations.is_empty() {
             let _ = writeln!(out, "objectives  met");
         } else {
@@ -365,10 +525,10 @@ async fn input_of(client: &reqwest::Client, base: &str, model: &str) -> anyhow::
     })
 }
 
-/// Request bodies, each `batch` rows, serialised once before the run.
-fn bodies(data: &Path, model: &str, input: &InputSpec, batch: usize) -> anyhow::Result<Vec<bytes::Bytes>> {
-    let rows = if data.extension().is_some_and(|e| e == "jsonl") {
-        log_rows(data, model, &input.name)?
+/// Request bodies, each `batch` rows, serialised once before the run, with their truth if known.
+fn bodies(data: &Path, model: &str, input: &InputSpec, batch: usize) -> anyhow::Result<Vec<Body>> {
+    let (rows, truths) = if data.extension().is_some_and(|e| e == "jsonl") {
+        (log_rows(data, model, &input.name)?, None)
     } else {
         csv_rows(data)?
     };
@@ -377,36 +537,45 @@ fn bodies(data: &Path, model: &str, input: &InputSpec, batch: usize) -> anyhow::
     }
     Ok(rows
         .chunks(batch)
-        .filter(|c| c.len() == batch)
-        .map(|chunk| {
+        .enumerate()
+        .filter(|(_, c)| c.len() == batch)
+        .map(|(n, chunk)| {
             let body = json!({
                 "inputs": [{ "name": input.name, "shape": [chunk.len(), input.features], "datatype": input.datatype, "data": chunk }]
             });
-            bytes::Bytes::from(body.to_string())
+            let truth = truths.as_ref().map(|t| {
+                let rows = &t[n * batch..(n + 1) * batch];
+                if batch == 1 { json!(rows[0]) } else { json!(rows) }
+            });
+            Body { bytes: bytes::Bytes::from(body.to_string()), truth }
         })
         .collect())
 }
 
-pub(crate) fn csv_rows(path: &Path) -> anyhow::Result<Vec<Vec<f64>>> {
+/// A CSV's feature rows, and its truth column (named label, target or truth) if it has one.
+/// Feature rows, and one truth per row when the data has them.
+type Rows = (Vec<Vec<f64>>, Option<Vec<f64>>);
+
+fn csv_rows(path: &Path) -> anyhow::Result<Rows> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().context("empty CSV")?.split(',').collect();
-    let features: Vec<usize> =
-        (0..header.len()).filter(|&i| !matches!(header[i].trim(), "label" | "target" | "truth")).collect();
-    lines
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(n, line)| {
-            let fields: Vec<&str> = line.split(',').collect();
-            features
-                .iter()
-                .map(|&i| {
-                    let field = fields.get(i).with_context(|| format!("line {}: too few fields", n + 2))?;
-                    field.trim().parse::<f64>().with_context(|| format!("line {}: '{field}' is not a number", n + 2))
-                })
-                .collect()
-        })
-        .collect()
+    let is_truth = |i: usize| matches!(header[i].trim(), "label" | "target" | "truth");
+    let features: Vec<usize> = (0..header.len()).filter(|&i| !is_truth(i)).collect();
+    let truth_column = (0..header.len()).find(|&i| is_truth(i));
+    let (mut rows, mut truths) = (Vec::new(), Vec::new());
+    for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let number = |i: usize| -> anyhow::Result<f64> {
+            let field = fields.get(i).with_context(|| format!("line {}: too few fields", n + 2))?;
+            field.trim().parse::<f64>().with_context(|| format!("line {}: '{field}' is not a number", n + 2))
+        };
+        rows.push(features.iter().map(|&i| number(i)).collect::<anyhow::Result<Vec<f64>>>()?);
+        if let Some(i) = truth_column {
+            truths.push(number(i)?);
+        }
+    }
+    Ok((rows, truth_column.map(|_| truths)))
 }
 
 /// Rows from an outcome log's `inputs` (logged `full`), one per row of each record of `model`.
@@ -415,7 +584,8 @@ fn log_rows(path: &Path, model: &str, input: &str) -> anyhow::Result<Vec<Vec<f64
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let record: Value = serde_json::from_str(line).with_context(|| format!("{} line {}", path.display(), n + 1))?;
-        if record["model"] != model {
+        // Feedback lines share the files: only outcome records carry inputs.
+        if record["model"] != model || record["kind"] == "feedback" {
             continue;
         }
         let logged = record["inputs"][input].as_array().with_context(|| {

@@ -15,6 +15,8 @@ enum Command {
     Serve(gauntlet::config::ServeArgs),
     /// Send rows (CSV) or logged requests to a gateway; exit 2 when an objective is missed.
     Loadtest(gauntlet::loadtest::LoadtestArgs),
+    /// Champion against challengers: live from a gateway, or offline from outcome-log files.
+    Report(gauntlet::client::ReportArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -22,6 +24,9 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(&args).map(|()| true),
         Command::Loadtest(args) => loadtest(&args),
+        Command::Report(args) => {
+            runtime().map_err(Into::into).and_then(|rt| rt.block_on(gauntlet::client::report(&args))).map(|()| true)
+        }
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

@@ -22,6 +22,14 @@ pub const SHADOW_COVERAGE: &str = "gauntlet_shadow_coverage_ratio";
 pub const OUTCOME_RECORDS: &str = "gauntlet_outcome_records_total";
 pub const OUTCOME_WRITE_ERRORS: &str = "gauntlet_outcome_write_errors_total";
 pub const OUTCOME_FILES_REPAIRED: &str = "gauntlet_outcome_files_repaired_total";
+pub const FEEDBACK: &str = "gauntlet_feedback_total";
+pub const COMPARISON_DROPPED: &str = "gauntlet_comparison_records_dropped_total";
+pub const COMPARISON_MODEL: &str = "gauntlet_comparison_model_metric";
+pub const COMPARISON_LABELLED: &str = "gauntlet_comparison_labelled_pairs";
+pub const COMPARISON_AGREEMENT: &str = "gauntlet_comparison_agreement_ratio";
+pub const COMPARISON_IMPROVEMENT: &str = "gauntlet_comparison_improvement";
+pub const COMPARISON_P_VALUE: &str = "gauntlet_comparison_p_value";
+pub const COMPARISON_SEQUENTIAL_P_VALUE: &str = "gauntlet_comparison_sequential_p_value";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -71,6 +79,17 @@ fn describe() {
     describe_counter!(OUTCOME_RECORDS, "Outcome records by result: written, dropped (queue full), lost (disk error).");
     describe_counter!(OUTCOME_WRITE_ERRORS, "Disk errors of the outcome log; serving goes on.");
     describe_counter!(OUTCOME_FILES_REPAIRED, "Outcome files whose torn last line was cut at start.");
+    describe_counter!(
+        FEEDBACK,
+        "Ground-truth labels by model and result: joined, joined_late, held, duplicate, expired, unknown."
+    );
+    describe_counter!(COMPARISON_DROPPED, "Paired records the comparison could not take (its queue was full).");
+    describe_gauge!(COMPARISON_MODEL, "Each version's accuracy (classification) or MAE (regression) on labelled rows.");
+    describe_gauge!(COMPARISON_LABELLED, "Labelled pairs of champion and challenger.");
+    describe_gauge!(COMPARISON_AGREEMENT, "Share of rows on which champion and challenger agree.");
+    describe_gauge!(COMPARISON_IMPROVEMENT, "Challenger's improvement over the champion (accuracy, or MAE saved).");
+    describe_gauge!(COMPARISON_P_VALUE, "Two-sided p-value of the paired test (fixed-sample: read once).");
+    describe_gauge!(COMPARISON_SEQUENTIAL_P_VALUE, "Always-valid p-value (mixture SPRT): safe to watch continuously.");
     describe_gauge!(BUILD_INFO, "Always 1; the gateway's version as a label.");
 }
 
@@ -185,4 +204,40 @@ pub fn outcome_write_error() {
 
 pub fn outcome_files_repaired(n: usize) {
     counter!(OUTCOME_FILES_REPAIRED).increment(n as u64);
+}
+
+pub fn feedback(model: &str, result: &'static str) {
+    counter!(FEEDBACK, "model" => model.to_owned(), "result" => result).increment(1);
+}
+
+pub fn comparison_records_dropped() {
+    counter!(COMPARISON_DROPPED).increment(1);
+}
+
+/// The report's key figures as gauges (set from the join thread every few seconds).
+pub fn comparison_gauges(report: &crate::compare::Report) {
+    let model = report.model.clone();
+    for m in &report.models {
+        let (metric, value) = match (m.accuracy, m.mae) {
+            (Some(a), _) => ("accuracy", a),
+            (None, Some(mae)) => ("mae", mae),
+            _ => continue,
+        };
+        gauge!(COMPARISON_MODEL, "model" => model.clone(), "version" => m.version.clone(), "metric" => metric)
+            .set(value);
+    }
+    for p in &report.pairs {
+        let labels = [("model", model.clone()), ("champion", p.champion.clone()), ("challenger", p.challenger.clone())];
+        gauge!(COMPARISON_LABELLED, &labels).set(p.labelled_pairs as f64);
+        gauge!(COMPARISON_SEQUENTIAL_P_VALUE, &labels).set(p.sequential_p_value);
+        if let Some(a) = p.agreement {
+            gauge!(COMPARISON_AGREEMENT, &labels).set(a);
+        }
+        if let Some(i) = p.improvement {
+            gauge!(COMPARISON_IMPROVEMENT, &labels).set(i);
+        }
+        if let Some(pv) = p.p_value {
+            gauge!(COMPARISON_P_VALUE, &labels).set(pv);
+        }
+    }
 }

@@ -20,9 +20,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::compare::Observation;
 use crate::executor::InferencePool;
 use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
+use crate::outcomes::feedback::Feedback;
 use crate::outcomes::{
     LogInputs, ModelResult, NamedTensors, OutcomeRecord, OutcomeWriter, Role, Status, inputs_sha256,
 };
@@ -84,11 +86,12 @@ impl Shadow {
         pool: InferencePool,
         deadline: Duration,
         log_inputs: LogInputs,
-        writer: OutcomeWriter,
+        writer: Arc<OutcomeWriter>,
+        feedback: Arc<Feedback>,
         models: &[&str],
     ) -> Self {
         let coverage = models.iter().map(|&m| (m.to_owned(), ShadowCoverage::new(m))).collect();
-        Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, coverage }) }
+        Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, feedback, coverage }) }
     }
 
     /// Queues one job per member that did not answer, and returns at once.
@@ -188,7 +191,9 @@ impl PendingRecord {
             slot.version.metrics().shadow(status.index()).increment(1);
         }
         self.sink.coverage(self.request.answered.name(), complete);
-        self.sink.writer.try_write(&self.assemble());
+        let record = self.assemble();
+        self.sink.writer.try_write(&record);
+        self.sink.feedback.record(record.model.clone(), Observation::of(&record));
     }
 
     /// The record, borrowing every tensor from the request and the slots.
@@ -235,6 +240,8 @@ impl PendingRecord {
             })
             .collect();
         OutcomeRecord {
+            kind: "outcome",
+            task: &manifest.task,
             request_id: request.request_id.clone(),
             timestamp: request.timestamp,
             model: answered.name().to_owned(),
@@ -246,9 +253,10 @@ impl PendingRecord {
     }
 }
 
-/// Where finished records go, and the per-model coverage counts.
+/// Where finished records go (the log and the live comparison), and the per-model coverage counts.
 struct RecordSink {
-    writer: OutcomeWriter,
+    writer: Arc<OutcomeWriter>,
+    feedback: Arc<Feedback>,
     /// Built once at start and never changed: read without a lock.
     coverage: HashMap<String, ShadowCoverage>,
 }

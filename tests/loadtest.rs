@@ -26,6 +26,8 @@ fn args(server: &TestServer, model: &str, data: PathBuf) -> LoadtestArgs {
         max_p99_ms: None,
         max_error_rate: Some(0.0),
         min_rps: None,
+        feedback: false,
+        feedback_delay: Duration::from_millis(100),
     }
 }
 

@@ -1,3 +1,471 @@
-//! Comparison of champion and challengers over paired outcomes.
+//! Champion against each challenger over paired outcomes: label-free agreement and divergence at
+//! once, accuracy or error with paired tests once ground truth arrives, latency and failures, and
+//! a verdict.
+//!
+//! Invariant: pure. `Comparison` is fed observations and truths and knows nothing of where they
+//! come from: the live join (`outcomes::feedback`) and the offline report over log files
+//! (`offline`) drive the same code, so they give the same figures.
 
+pub mod offline;
+mod report;
 pub mod stats;
+
+use std::collections::{BTreeMap, VecDeque};
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::outcomes::{OutcomeRecord, Role, Status};
+use crate::repository::{Task, VersionId};
+
+pub use self::report::{ModelReport, PairReport, Report, Verdict};
+
+/// What one model said about one row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Prediction {
+    /// A class, and the probability of each of the task's classes (in its order) when the model gives them.
+    Class {
+        label: i64,
+        probabilities: Option<Vec<f64>>,
+    },
+    Value(f64),
+}
+
+/// One row's predictions, read from a model's outputs with the task's output names. `output`
+/// gives an output's values flattened in row-major order. `None` when an output is missing or
+/// the row counts disagree.
+pub fn predictions(task: &Task, output: impl Fn(&str) -> Option<Vec<f64>>) -> Option<Vec<Prediction>> {
+    match task {
+        Task::Classification { classes, label_output, probabilities_output, .. } => {
+            let labels = output(label_output)?;
+            let probabilities = probabilities_output
+                .as_deref()
+                .and_then(&output)
+                .filter(|p| !classes.is_empty() && p.len() == labels.len() * classes.len());
+            Some(
+                labels
+                    .iter()
+                    .enumerate()
+                    .map(|(row, label)| Prediction::Class {
+                        label: *label as i64,
+                        probabilities: probabilities
+                            .as_ref()
+                            .map(|p| p[row * classes.len()..(row + 1) * classes.len()].to_vec()),
+                    })
+                    .collect(),
+            )
+        }
+        Task::Regression { prediction_output } => {
+            Some(output(prediction_output)?.into_iter().map(Prediction::Value).collect())
+        }
+    }
+}
+
+impl Observation {
+    /// What the comparison needs of a paired record about to be written.
+    pub fn of(record: &OutcomeRecord<'_>) -> Self {
+        let results = record
+            .results
+            .iter()
+            .map(|r| ModelOutcome {
+                version: VersionId::new(r.version.clone()),
+                role: r.role,
+                status: r.status,
+                latency_ms: r.latency_ms.map(|d| d.as_secs_f64() * 1e3),
+                predictions: r
+                    .outputs
+                    .as_ref()
+                    .and_then(|outputs| predictions(record.task, |name| outputs.values(name)))
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Self { request_id: record.request_id.clone(), results }
+    }
+}
+
+/// One model's part of an observation.
+#[derive(Clone, Debug)]
+pub struct ModelOutcome {
+    pub version: VersionId,
+    pub role: Role,
+    pub status: Status,
+    pub latency_ms: Option<f64>,
+    /// One per row when `status` is ok.
+    pub predictions: Vec<Prediction>,
+}
+
+/// One paired record, reduced to what the comparison needs.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub request_id: String,
+    pub results: Vec<ModelOutcome>,
+}
+
+/// Ground truth for a request: one value per row (a class label or a number).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct Truth(pub Vec<f64>);
+
+impl Truth {
+    /// A number, or an array of numbers (one per row), checked against the task.
+    pub fn parse(value: &serde_json::Value, task: &Task) -> Result<Self, String> {
+        let values: Vec<f64> = match value {
+            serde_json::Value::Array(items) => items.iter().map(|v| v.as_f64()).collect::<Option<_>>(),
+            other => other.as_f64().map(|v| vec![v]),
+        }
+        .ok_or_else(|| format!("truth must be a number or an array of numbers, not {value}"))?;
+        if values.is_empty() {
+            return Err("truth is an empty array".into());
+        }
+        for v in &values {
+            match task {
+                Task::Classification { classes, .. } if v.fract() != 0.0 || !classes.contains(&(*v as i64)) => {
+                    return Err(format!("truth {v} is not one of the model's classes {classes:?}"));
+                }
+                _ if !v.is_finite() => return Err(format!("truth {v} is not a finite number")),
+                _ => {}
+            }
+        }
+        Ok(Self(values))
+    }
+}
+
+/// How the comparison judges.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompareSettings {
+    /// Significance level of the paired tests and the sequential test.
+    pub alpha: f64,
+    /// Power used to estimate how many labelled pairs an effect needs.
+    pub power: f64,
+    /// Below this many labelled pairs the verdict is "not enough data".
+    pub min_labelled_pairs: u64,
+    /// Regression: two predictions agree when they differ by at most this share of the larger.
+    pub agreement_tolerance: f64,
+}
+
+impl Default for CompareSettings {
+    fn default() -> Self {
+        Self { alpha: 0.05, power: 0.8, min_labelled_pairs: 30, agreement_tolerance: 0.05 }
+    }
+}
+
+/// Samples kept per pair for rank statistics (Wilcoxon, KS): the most recent ones.
+const SAMPLE_CAPACITY: usize = 100_000;
+
+/// The comparison of one served model's versions.
+pub struct Comparison {
+    model: String,
+    task: Task,
+    settings: CompareSettings,
+    records: u64,
+    labelled_records: u64,
+    /// Truths whose row count did not match the record's.
+    mismatched_truths: u64,
+    models: BTreeMap<VersionId, ModelStats>,
+    /// (champion, challenger) as the records named them.
+    pairs: BTreeMap<(VersionId, VersionId), PairStats>,
+}
+
+struct ModelStats {
+    records: u64,
+    statuses: [u64; 5],
+    latency_us: Histogram<u64>,
+    class_counts: Vec<u64>,
+    labelled_rows: u64,
+    correct: u64,
+    abs_error: f64,
+    squared_error: f64,
+    probability_rows: u64,
+    log_loss: f64,
+    brier: f64,
+}
+
+#[derive(Default)]
+struct PairStats {
+    /// Records in which both appear, and in which both answered.
+    records: u64,
+    complete: u64,
+    rows: u64,
+    agree: u64,
+    correlation: Comoments,
+    champion_classes: Vec<u64>,
+    challenger_classes: Vec<u64>,
+    champion_values: Ring,
+    challenger_values: Ring,
+    labelled: u64,
+    champion_right: u64,
+    challenger_right: u64,
+    /// Discordant pairs: only the champion right, only the challenger right.
+    only_champion: u64,
+    only_challenger: u64,
+    champion_abs_error: f64,
+    challenger_abs_error: f64,
+    champion_squared_error: f64,
+    challenger_squared_error: f64,
+    /// Paired differences, positive when the challenger did better: Σd, Σd² and (regression) recent d.
+    d_sum: f64,
+    d_squares: f64,
+    differences: Ring,
+    /// Largest mixture likelihood ratio seen so far (its inverse is the always-valid p-value).
+    max_ln_ratio: f64,
+}
+
+/// The most recent values, at most `SAMPLE_CAPACITY`.
+#[derive(Default)]
+struct Ring(VecDeque<f64>);
+
+impl Ring {
+    fn push(&mut self, value: f64) {
+        if self.0.len() == SAMPLE_CAPACITY {
+            self.0.pop_front();
+        }
+        self.0.push_back(value);
+    }
+
+    fn values(&self) -> Vec<f64> {
+        self.0.iter().copied().collect()
+    }
+}
+
+/// Running means and co-moments (Welford), for a correlation that does not lose digits.
+#[derive(Default)]
+struct Comoments {
+    n: f64,
+    mean_a: f64,
+    mean_b: f64,
+    m_aa: f64,
+    m_bb: f64,
+    m_ab: f64,
+}
+
+impl Comoments {
+    fn push(&mut self, a: f64, b: f64) {
+        self.n += 1.0;
+        let (da, db) = (a - self.mean_a, b - self.mean_b);
+        self.mean_a += da / self.n;
+        self.mean_b += db / self.n;
+        self.m_aa += da * (a - self.mean_a);
+        self.m_bb += db * (b - self.mean_b);
+        self.m_ab += da * (b - self.mean_b);
+    }
+
+    fn correlation(&self) -> Option<f64> {
+        (self.n >= 2.0 && self.m_aa > 0.0 && self.m_bb > 0.0).then(|| self.m_ab / (self.m_aa * self.m_bb).sqrt())
+    }
+}
+
+impl ModelStats {
+    fn new(classes: usize) -> Self {
+        Self {
+            records: 0,
+            statuses: [0; 5],
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),
+            class_counts: vec![0; classes],
+            labelled_rows: 0,
+            correct: 0,
+            abs_error: 0.0,
+            squared_error: 0.0,
+            probability_rows: 0,
+            log_loss: 0.0,
+            brier: 0.0,
+        }
+    }
+}
+
+impl Comparison {
+    pub fn new(model: impl Into<String>, task: Task, settings: CompareSettings) -> Self {
+        Self {
+            model: model.into(),
+            task,
+            settings,
+            records: 0,
+            labelled_records: 0,
+            mismatched_truths: 0,
+            models: BTreeMap::new(),
+            pairs: BTreeMap::new(),
+        }
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    fn classes(&self) -> &[i64] {
+        match &self.task {
+            Task::Classification { classes, .. } => classes,
+            Task::Regression { .. } => &[],
+        }
+    }
+
+    fn class_index(&self, label: i64) -> Option<usize> {
+        self.classes().iter().position(|c| *c == label)
+    }
+
+    /// The label-free part of an observation: statuses, latency, agreement, prediction shares.
+    pub fn add(&mut self, observation: &Observation) {
+        self.records += 1;
+        let classes = self.classes().len();
+        for result in &observation.results {
+            let stats = self.models.entry(result.version.clone()).or_insert_with(|| ModelStats::new(classes));
+            stats.records += 1;
+            stats.statuses[result.status.index()] += 1;
+            if let Some(ms) = result.latency_ms {
+                let _ = stats.latency_us.record(((ms * 1e3).round() as u64).max(1));
+            }
+        }
+        for result in &observation.results {
+            for prediction in &result.predictions {
+                if let Prediction::Class { label, .. } = prediction
+                    && let Some(i) = self.class_index(*label)
+                    && let Some(stats) = self.models.get_mut(&result.version)
+                {
+                    stats.class_counts[i] += 1;
+                }
+            }
+        }
+        let Some(champion) = observation.results.iter().find(|r| r.role == Role::Champion) else { return };
+        let tolerance = self.settings.agreement_tolerance;
+        let classes_list = self.classes().to_vec();
+        for challenger in observation.results.iter().filter(|r| r.role == Role::Challenger) {
+            let pair = self.pairs.entry((champion.version.clone(), challenger.version.clone())).or_default();
+            pair.records += 1;
+            if champion.status != Status::Ok || challenger.status != Status::Ok {
+                continue;
+            }
+            pair.complete += 1;
+            if pair.champion_classes.len() != classes_list.len() {
+                pair.champion_classes = vec![0; classes_list.len()];
+                pair.challenger_classes = vec![0; classes_list.len()];
+            }
+            for (a, b) in champion.predictions.iter().zip(&challenger.predictions) {
+                pair.rows += 1;
+                match (a, b) {
+                    (Prediction::Class { label: a, .. }, Prediction::Class { label: b, .. }) => {
+                        pair.agree += u64::from(a == b);
+                        if let Some(i) = classes_list.iter().position(|c| c == a) {
+                            pair.champion_classes[i] += 1;
+                        }
+                        if let Some(i) = classes_list.iter().position(|c| c == b) {
+                            pair.challenger_classes[i] += 1;
+                        }
+                    }
+                    (Prediction::Value(a), Prediction::Value(b)) => {
+                        pair.agree += u64::from((a - b).abs() <= tolerance * a.abs().max(b.abs()));
+                        pair.correlation.push(*a, *b);
+                        pair.champion_values.push(*a);
+                        pair.challenger_values.push(*b);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The labelled part: each model's accuracy or error, and the paired differences. Call once
+    /// per request, after `add` of its observation.
+    pub fn add_truth(&mut self, observation: &Observation, truth: &Truth) {
+        let rows = observation.results.iter().find(|r| r.status == Status::Ok).map_or(0, |r| r.predictions.len());
+        if rows != truth.0.len() {
+            self.mismatched_truths += 1;
+            return;
+        }
+        self.labelled_records += 1;
+        let classes = self.classes().to_vec();
+        for result in observation.results.iter().filter(|r| r.status == Status::Ok) {
+            let Some(stats) = self.models.get_mut(&result.version) else { continue };
+            for (prediction, &y) in result.predictions.iter().zip(&truth.0) {
+                stats.labelled_rows += 1;
+                match prediction {
+                    Prediction::Class { label, probabilities } => {
+                        stats.correct += u64::from(*label as f64 == y);
+                        if let Some(p) = probabilities
+                            && let Some(k) = classes.iter().position(|c| *c as f64 == y)
+                        {
+                            stats.probability_rows += 1;
+                            stats.log_loss -= p[k].clamp(1e-15, 1.0).ln();
+                            stats.brier += brier(p, k);
+                        }
+                    }
+                    Prediction::Value(v) => {
+                        stats.abs_error += (v - y).abs();
+                        stats.squared_error += (v - y) * (v - y);
+                    }
+                }
+            }
+        }
+        let Some(champion) = observation.results.iter().find(|r| r.role == Role::Champion && r.status == Status::Ok)
+        else {
+            return;
+        };
+        for challenger in observation.results.iter().filter(|r| r.role == Role::Challenger && r.status == Status::Ok) {
+            let Some(pair) = self.pairs.get_mut(&(champion.version.clone(), challenger.version.clone())) else {
+                continue;
+            };
+            for ((a, b), &y) in champion.predictions.iter().zip(&challenger.predictions).zip(&truth.0) {
+                pair.labelled += 1;
+                match (a, b) {
+                    (Prediction::Class { label: a, .. }, Prediction::Class { label: b, .. }) => {
+                        let (ra, rb) = (*a as f64 == y, *b as f64 == y);
+                        pair.champion_right += u64::from(ra);
+                        pair.challenger_right += u64::from(rb);
+                        pair.only_champion += u64::from(ra && !rb);
+                        pair.only_challenger += u64::from(rb && !ra);
+                        let d = f64::from(u8::from(rb)) - f64::from(u8::from(ra));
+                        pair.d_sum += d;
+                        pair.d_squares += d * d;
+                    }
+                    (Prediction::Value(a), Prediction::Value(b)) => {
+                        let (ea, eb) = ((a - y).abs(), (b - y).abs());
+                        pair.champion_abs_error += ea;
+                        pair.challenger_abs_error += eb;
+                        pair.champion_squared_error += (a - y) * (a - y);
+                        pair.challenger_squared_error += (b - y) * (b - y);
+                        pair.d_sum += ea - eb;
+                        pair.d_squares += (ea - eb) * (ea - eb);
+                        pair.differences.push(ea - eb);
+                    }
+                    _ => {}
+                }
+            }
+            let ln_ratio = pair.ln_ratio(matches!(self.task, Task::Classification { .. }));
+            pair.max_ln_ratio = pair.max_ln_ratio.max(ln_ratio);
+        }
+    }
+}
+
+impl PairStats {
+    /// The mixture SPRT's log likelihood ratio against "no difference", now.
+    fn ln_ratio(&self, classification: bool) -> f64 {
+        if classification {
+            stats::sequential::ln_bernoulli_mixture(self.only_challenger, self.only_champion)
+        } else {
+            let n = self.labelled as f64;
+            if n < 2.0 {
+                return 0.0;
+            }
+            let mean = self.d_sum / n;
+            let variance = (self.d_squares - self.d_sum * mean) / (n - 1.0);
+            // Prior on the mean difference: a tenth of a standard deviation (an effect worth finding).
+            stats::sequential::ln_normal_mixture(self.labelled, mean, variance, 0.01 * variance)
+        }
+    }
+}
+
+/// Brier score of one row: binary tasks use the positive class's probability (as scikit-learn's
+/// `brier_score_loss`); with more classes, the sum over classes.
+fn brier(probabilities: &[f64], truth: usize) -> f64 {
+    if probabilities.len() == 2 {
+        let y = if truth == 1 { 1.0 } else { 0.0 };
+        (probabilities[1] - y).powi(2)
+    } else {
+        probabilities.iter().enumerate().map(|(k, p)| (p - if k == truth { 1.0 } else { 0.0 }).powi(2)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -86,7 +86,13 @@ impl PairedDifference {
         let se = sd / count.sqrt();
         let df = count - 1.0;
         let half = t_quantile(0.5 + confidence / 2.0, df) * se;
-        let t_p = if se > 0.0 { t_two_sided_p(mean / se, df) } else if mean == 0.0 { 1.0 } else { 0.0 };
+        let t_p = if se > 0.0 {
+            t_two_sided_p(mean / se, df)
+        } else if mean == 0.0 {
+            1.0
+        } else {
+            0.0
+        };
         Some(Self { n, mean, sd, ci_low: mean - half, ci_high: mean + half, t_p })
     }
 

@@ -11,6 +11,10 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Gone => StatusCode::GONE,
+        ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
         ErrorKind::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorKind::Overloaded | ErrorKind::Timeout | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::ModelFailed | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -22,6 +26,9 @@ impl IntoResponse for Error {
         let kind = self.kind();
         let message = if kind == ErrorKind::Internal { "internal error" } else { self.message() };
         let mut response = (status(kind), Json(serde_json::json!({ "error": message }))).into_response();
+        if kind == ErrorKind::Unauthorized {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
         if matches!(kind, ErrorKind::Overloaded | ErrorKind::Unavailable | ErrorKind::Timeout) {
             // Overload is brief by construction (bounded queues): tell clients to come back soon.
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -2,8 +2,10 @@
 //!
 //! Invariant: the only module that sees hyper/axum/tower types and status codes.
 
+mod admin;
 pub mod codec;
 mod error;
+mod feedback;
 mod v2;
 
 use std::sync::Arc;
@@ -54,8 +56,19 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
         .route("/metrics", get(prometheus));
 
+    // Labels are small but come in batches: the same body limit as inference, no concurrency limit.
+    let labels = Router::new()
+        .route("/v2/models/{name}/feedback", post(feedback::feedback))
+        .layer(DefaultBodyLimit::max(config.max_request_bytes));
+
+    let admin = Router::new()
+        .route("/admin/models/{name}/comparison", get(admin::comparison))
+        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), admin::authorize));
+
     inference
         .merge(control)
+        .merge(labels)
+        .merge(admin)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(

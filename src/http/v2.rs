@@ -161,7 +161,7 @@ fn with_request_id(mut response: Response, id: Option<String>) -> Response {
     response
 }
 
-fn body_error(rejection: &BytesRejection, limit: usize) -> Error {
+pub(super) fn body_error(rejection: &BytesRejection, limit: usize) -> Error {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"))
     } else {
@@ -192,7 +192,7 @@ fn header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
         .transpose()
 }
 
-fn served<'g>(gateway: &'g Gateway, name: &str) -> Result<&'g ServedModel, Error> {
+pub(super) fn served<'g>(gateway: &'g Gateway, name: &str) -> Result<&'g ServedModel, Error> {
     gateway.registry().model(name).ok_or_else(|| {
         let names: Vec<&str> = gateway.registry().models().map(ServedModel::name).collect();
         Error::not_found(format!("model '{name}' is not served; served models: {names:?}"))

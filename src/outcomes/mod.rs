@@ -6,6 +6,7 @@
 //! Invariants: every channel is bounded and what overflows is counted; nothing accepted is lost on a
 //! graceful shutdown.
 
+pub mod feedback;
 mod writer;
 
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,7 @@ use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::model::{Tensor, TensorData, TensorSpec};
+use crate::repository::Task;
 
 pub use self::writer::{OutcomeWriter, WriterSettings, repair_torn_lines};
 
@@ -34,17 +36,33 @@ pub enum LogInputs {
 /// One sampled request and every model's result on it.
 #[derive(Debug, Serialize)]
 pub struct OutcomeRecord<'a> {
+    /// Always "outcome": tells records from feedback lines in the same files.
+    pub kind: &'static str,
     pub request_id: String,
     #[serde(serialize_with = "rfc3339")]
     pub timestamp: SystemTime,
     pub model: String,
     /// The version whose answer the client got.
     pub answered_by: String,
+    /// Which outputs hold the prediction (from the manifest): the offline report needs nothing else.
+    pub task: &'a Task,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inputs: Option<NamedTensors<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inputs_sha256: Option<String>,
     pub results: Vec<ModelResult<'a>>,
+}
+
+/// A ground-truth label as it arrived, appended to the same log so an offline join sees it.
+#[derive(Debug, Serialize)]
+pub struct FeedbackRecord<'a> {
+    /// Always "feedback".
+    pub kind: &'static str,
+    pub request_id: &'a str,
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    pub model: &'a str,
+    pub truth: &'a serde_json::Value,
 }
 
 /// One model version's part of a record.
@@ -63,7 +81,7 @@ pub struct ModelResult<'a> {
     pub error: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Champion,
@@ -79,7 +97,7 @@ impl Role {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
@@ -122,6 +140,20 @@ impl<'a> NamedTensors<'a> {
     pub fn new(specs: &'a [TensorSpec], tensors: &'a [Tensor]) -> Self {
         Self { specs, tensors }
     }
+
+    /// One tensor's values as numbers, row-major, exactly as the log's JSON reads back: an f32 is
+    /// written as its shortest decimal, which read as f64 is not `f64::from(x)`, and the live
+    /// comparison must give the same figures as the offline one over the files.
+    pub fn values(&self, name: &str) -> Option<Vec<f64>> {
+        let (_, tensor) = self.specs.iter().zip(self.tensors).find(|(spec, _)| spec.name == name)?;
+        Some(match tensor.data() {
+            TensorData::Fp32(v) => v.iter().map(|&x| f32_as_logged(x)).collect(),
+            TensorData::Fp64(v) => v.clone(),
+            TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
+            TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+        })
+    }
 }
 
 impl Serialize for NamedTensors<'_> {
@@ -159,6 +191,14 @@ impl Serialize for Nested<'_> {
         }
         seq.end()
     }
+}
+
+fn f32_as_logged(x: f32) -> f64 {
+    if !x.is_finite() {
+        return f64::from(x);
+    }
+    let mut buffer = ryu::Buffer::new();
+    buffer.format_finite(x).parse().unwrap_or(f64::from(x))
 }
 
 /// sha256 over the tensors' little-endian bytes, in signature order.
@@ -209,11 +249,14 @@ mod tests {
 
     #[test]
     fn a_record_is_one_line_of_json() {
+        let task = Task::Regression { prediction_output: "y".into() };
         let record = OutcomeRecord {
+            kind: "outcome",
             request_id: "r1".into(),
             timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
             model: "m".into(),
             answered_by: "1".into(),
+            task: &task,
             inputs: None,
             inputs_sha256: Some("ab".into()),
             results: vec![ModelResult {
@@ -229,7 +272,7 @@ mod tests {
         let line = serde_json::to_string(&record).unwrap();
         assert_eq!(
             line,
-            r#"{"request_id":"r1","timestamp":"2023-11-14T22:13:20.123Z","model":"m","answered_by":"1","inputs_sha256":"ab","results":[{"version":"2","role":"challenger","sha256":"cd","status":"shed"}]}"#
+            r#"{"kind":"outcome","request_id":"r1","timestamp":"2023-11-14T22:13:20.123Z","model":"m","answered_by":"1","task":{"kind":"regression","prediction_output":"y"},"inputs_sha256":"ab","results":[{"version":"2","role":"challenger","sha256":"cd","status":"shed"}]}"#
         );
     }
 }

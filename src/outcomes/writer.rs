@@ -19,8 +19,6 @@ use std::time::{Duration, Instant, SystemTime};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::Mutex;
 
-use super::OutcomeRecord;
-
 #[derive(Clone, Debug)]
 pub struct WriterSettings {
     pub dir: PathBuf,
@@ -62,7 +60,7 @@ impl OutcomeWriter {
     }
 
     /// Queues a record without waiting; a full queue drops it (counted). Returns whether it was accepted.
-    pub fn try_write(&self, record: &OutcomeRecord) -> bool {
+    pub fn try_write(&self, record: &impl serde::Serialize) -> bool {
         let mut line = Vec::with_capacity(1024);
         if let Err(error) = serde_json::to_writer(&mut line, record) {
             tracing::error!(%error, "an outcome record did not serialise");
@@ -272,10 +270,15 @@ fn repair_file(path: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcomes::{ModelResult, Role, Status};
+    use crate::outcomes::{ModelResult, OutcomeRecord, Role, Status};
+    use crate::repository::Task;
+
+    static TASK: Task = Task::Regression { prediction_output: String::new() };
 
     fn record(i: usize) -> OutcomeRecord<'static> {
         OutcomeRecord {
+            kind: "outcome",
+            task: &TASK,
             request_id: format!("r{i}"),
             timestamp: SystemTime::now(),
             model: "m".into(),

@@ -1,0 +1,171 @@
+//! The comparison from outcome-log files alone: `gauntlet report --log 'outcomes/*.jsonl'`.
+//!
+//! Reads outcome records and feedback lines in file order (file names sort by time), joins labels
+//! to records by model and request id (the first label of a request stands, as in the live join),
+//! and feeds the same `Comparison` the gateway keeps live.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use super::{CompareSettings, Comparison, ModelOutcome, Observation, Truth, predictions};
+use crate::outcomes::{Role, Status};
+use crate::repository::{Task, VersionId};
+
+/// One line of the log: an outcome record or a feedback record (fields it does not need are skipped).
+#[derive(Deserialize)]
+struct Line {
+    #[serde(default)]
+    kind: Option<String>,
+    request_id: String,
+    model: String,
+    #[serde(default)]
+    task: Option<Task>,
+    #[serde(default)]
+    results: Vec<LineResult>,
+    #[serde(default)]
+    truth: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct LineResult {
+    version: VersionId,
+    role: Role,
+    status: Status,
+    #[serde(default)]
+    latency_ms: Option<f64>,
+    #[serde(default)]
+    outputs: Option<HashMap<String, serde_json::Value>>,
+}
+
+/// What reading the files found besides the comparisons.
+#[derive(Debug, Default)]
+pub struct ReadSummary {
+    pub files: usize,
+    pub records: u64,
+    pub feedback: u64,
+    /// Lines that are not records of either kind (a torn last line, another program's output).
+    pub unreadable_lines: u64,
+    /// Labels whose record is not in the files.
+    pub unmatched_feedback: u64,
+    pub duplicate_feedback: u64,
+}
+
+/// Expands shell-style patterns (`outcomes/*.jsonl`) and plain paths into files, in name order.
+pub fn expand(patterns: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for pattern in patterns {
+        let matched: Vec<PathBuf> = glob::glob(pattern)
+            .with_context(|| format!("invalid pattern '{pattern}'"))?
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .collect();
+        anyhow::ensure!(!matched.is_empty(), "no file matches '{pattern}'");
+        files.extend(matched);
+    }
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// Every model's comparison over these files.
+pub fn read(
+    files: &[PathBuf],
+    settings: CompareSettings,
+) -> anyhow::Result<(BTreeMap<String, Comparison>, ReadSummary)> {
+    let mut summary = ReadSummary { files: files.len(), ..ReadSummary::default() };
+    let mut comparisons: BTreeMap<String, Comparison> = BTreeMap::new();
+    let mut observations: HashMap<(String, String), Observation> = HashMap::new();
+    let mut truths: Vec<(String, String, serde_json::Value)> = Vec::new();
+    for file in files {
+        read_file(file, &mut |line: Option<Line>| {
+            let Some(line) = line else {
+                summary.unreadable_lines += 1;
+                return;
+            };
+            if line.kind.as_deref() == Some("feedback") {
+                if let Some(truth) = line.truth {
+                    summary.feedback += 1;
+                    truths.push((line.model, line.request_id, truth));
+                }
+                return;
+            }
+            let Some(task) = line.task else {
+                summary.unreadable_lines += 1;
+                return;
+            };
+            summary.records += 1;
+            let observation = observation(&task, line.request_id, line.results);
+            let comparison = comparisons
+                .entry(line.model.clone())
+                .or_insert_with(|| Comparison::new(line.model.clone(), task, settings));
+            comparison.add(&observation);
+            observations.insert((line.model, observation.request_id.clone()), observation);
+        })?;
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (model, id, value) in truths {
+        if !seen.insert((model.clone(), id.clone())) {
+            summary.duplicate_feedback += 1;
+            continue;
+        }
+        let (Some(comparison), Some(observation)) =
+            (comparisons.get_mut(&model), observations.get(&(model.clone(), id)))
+        else {
+            summary.unmatched_feedback += 1;
+            continue;
+        };
+        match Truth::parse(&value, comparison.task()) {
+            Ok(truth) => comparison.add_truth(observation, &truth),
+            Err(_) => summary.unreadable_lines += 1,
+        }
+    }
+    Ok((comparisons, summary))
+}
+
+/// Calls `each` per non-empty line: the parsed line, or `None` when it is not one of ours.
+fn read_file(path: &Path, each: &mut dyn FnMut(Option<Line>)) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        each(serde_json::from_str::<Line>(&line).ok());
+    }
+    Ok(())
+}
+
+fn observation(task: &Task, request_id: String, results: Vec<LineResult>) -> Observation {
+    let results = results
+        .into_iter()
+        .map(|r| {
+            let outputs = r.outputs.unwrap_or_default();
+            let predictions = if r.status == Status::Ok {
+                predictions(task, |name| outputs.get(name).map(flatten)).unwrap_or_default()
+            } else {
+                vec![]
+            };
+            ModelOutcome { version: r.version, role: r.role, status: r.status, latency_ms: r.latency_ms, predictions }
+        })
+        .collect();
+    Observation { request_id, results }
+}
+
+/// Nested arrays of numbers (or booleans), row-major, as one flat list.
+fn flatten(value: &serde_json::Value) -> Vec<f64> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<f64>) {
+        match value {
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            serde_json::Value::Bool(b) => out.push(f64::from(u8::from(*b))),
+            other => out.extend(other.as_f64()),
+        }
+    }
+    let mut out = Vec::new();
+    walk(value, &mut out);
+    out
+}

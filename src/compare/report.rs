@@ -1,0 +1,311 @@
+//! The comparison as figures: what `GET /admin/models/{name}/comparison`, `gauntlet report` and
+//! the gauges show.
+
+use std::fmt::{self, Write as _};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Comparison, ModelStats, PairStats, stats};
+use crate::repository::Task;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub model: String,
+    /// "classification" or "regression".
+    pub task: String,
+    /// Paired records seen, and how many of them have ground truth.
+    pub records: u64,
+    pub labelled_records: u64,
+    pub mismatched_truths: u64,
+    pub alpha: f64,
+    pub min_labelled_pairs: u64,
+    pub models: Vec<ModelReport>,
+    pub pairs: Vec<PairReport>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ModelReport {
+    pub version: String,
+    pub records: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub panics: u64,
+    pub timeouts: u64,
+    pub shed: u64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    /// Share of its predicted rows per class (classification).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_shares: Vec<f64>,
+    pub labelled_rows: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rmse: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_loss: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brier: Option<f64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Better,
+    Worse,
+    NoSignificantDifference,
+    NotEnoughData,
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Better => "better",
+            Self::Worse => "worse",
+            Self::NoSignificantDifference => "no significant difference",
+            Self::NotEnoughData => "not enough data",
+        })
+    }
+}
+
+/// Champion against one challenger, on the requests both scored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PairReport {
+    pub champion: String,
+    pub challenger: String,
+    /// Share of records with both where both answered (the challenger may be shed, fail, time out).
+    pub coverage: Option<f64>,
+    /// Rows both scored; share of them where they agree (same class, or within the tolerance).
+    pub compared_rows: u64,
+    pub agreement: Option<f64>,
+    /// Regression: Pearson correlation of the two predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<f64>,
+    /// Divergence of the prediction distributions: Jensen–Shannon (bits) of the class shares, or
+    /// the KS statistic of the predicted values.
+    pub divergence: Option<f64>,
+    pub divergence_measure: String,
+    pub labelled_pairs: u64,
+    /// "accuracy" (higher is better) or "mae" (lower is better), on the labelled pairs.
+    pub metric: String,
+    pub champion_metric: Option<f64>,
+    pub challenger_metric: Option<f64>,
+    /// Challenger's improvement (accuracy gained, or absolute error saved per row) with its 95% interval.
+    pub improvement: Option<f64>,
+    pub improvement_ci: Option<[f64; 2]>,
+    /// "mcnemar_exact" or "wilcoxon_signed_rank", and its two-sided p-value.
+    pub test: String,
+    pub p_value: Option<f64>,
+    /// Always-valid p-value of the mixture SPRT: valid however often it is looked at.
+    pub sequential_p_value: f64,
+    pub verdict: Verdict,
+    /// Labelled pairs still needed to detect the current effect (power as configured), if it is not 0.
+    pub more_pairs_needed: Option<u64>,
+}
+
+impl Comparison {
+    pub fn report(&self) -> Report {
+        let classification = matches!(self.task, Task::Classification { .. });
+        Report {
+            model: self.model.clone(),
+            task: if classification { "classification" } else { "regression" }.into(),
+            records: self.records,
+            labelled_records: self.labelled_records,
+            mismatched_truths: self.mismatched_truths,
+            alpha: self.settings.alpha,
+            min_labelled_pairs: self.settings.min_labelled_pairs,
+            models: self.models.iter().map(|(v, s)| model_report(v.as_str(), s)).collect(),
+            pairs: self
+                .pairs
+                .iter()
+                .map(|((a, b), pair)| self.pair_report(a.as_str(), b.as_str(), pair, classification))
+                .collect(),
+        }
+    }
+
+    fn pair_report(&self, champion: &str, challenger: &str, pair: &PairStats, classification: bool) -> PairReport {
+        let settings = &self.settings;
+        let n = pair.labelled;
+        let ratio = |a: u64, b: u64| (b > 0).then(|| a as f64 / b as f64);
+        let difference = stats::PairedDifference::from_sums(n, pair.d_sum, pair.d_squares, 0.95);
+        let (metric, champion_metric, challenger_metric, test, p_value, needed) = if classification {
+            let p = (n > 0).then(|| stats::mcnemar_exact(pair.only_champion, pair.only_challenger));
+            let psi = ratio(pair.only_champion + pair.only_challenger, n);
+            let delta = ratio(pair.only_challenger, n).zip(ratio(pair.only_champion, n)).map(|(c, b)| c - b);
+            let needed = psi
+                .zip(delta)
+                .and_then(|(psi, delta)| stats::mcnemar_sample_size(psi, delta, settings.alpha, settings.power));
+            ("accuracy", ratio(pair.champion_right, n), ratio(pair.challenger_right, n), "mcnemar_exact", p, needed)
+        } else {
+            let p = stats::wilcoxon(&pair.differences.values()).map(|(_, p)| p).or((n > 0).then_some(1.0));
+            let mean = |sum: f64| (n > 0).then(|| sum / n as f64);
+            let needed =
+                difference.and_then(|d| stats::paired_sample_size(d.mean, d.sd, settings.alpha, settings.power));
+            ("mae", mean(pair.champion_abs_error), mean(pair.challenger_abs_error), "wilcoxon_signed_rank", p, needed)
+        };
+        let improvement = (n > 0).then(|| pair.d_sum / n as f64);
+        let more_pairs_needed =
+            needed.map(|needed| (needed.ceil() as u64).max(settings.min_labelled_pairs).saturating_sub(n));
+        let verdict = match (p_value, improvement) {
+            _ if n < settings.min_labelled_pairs => Verdict::NotEnoughData,
+            (Some(p), Some(d)) if p < settings.alpha && d > 0.0 => Verdict::Better,
+            (Some(p), Some(d)) if p < settings.alpha && d < 0.0 => Verdict::Worse,
+            _ if more_pairs_needed.is_some_and(|more| more > 0) => Verdict::NotEnoughData,
+            _ => Verdict::NoSignificantDifference,
+        };
+        let (divergence, divergence_measure) = if classification {
+            (
+                stats::jensen_shannon(&to_f64(&pair.champion_classes), &to_f64(&pair.challenger_classes)),
+                "jensen_shannon_bits",
+            )
+        } else {
+            (stats::ks_statistic(&pair.champion_values.values(), &pair.challenger_values.values()), "ks_statistic")
+        };
+        PairReport {
+            champion: champion.into(),
+            challenger: challenger.into(),
+            coverage: ratio(pair.complete, pair.records),
+            compared_rows: pair.rows,
+            agreement: ratio(pair.agree, pair.rows),
+            correlation: if classification { None } else { pair.correlation.correlation() },
+            divergence,
+            divergence_measure: divergence_measure.into(),
+            labelled_pairs: n,
+            metric: metric.into(),
+            champion_metric,
+            challenger_metric,
+            improvement,
+            improvement_ci: difference.map(|d| [d.ci_low, d.ci_high]),
+            test: test.into(),
+            p_value,
+            sequential_p_value: (-pair.max_ln_ratio).exp().min(1.0),
+            verdict,
+            more_pairs_needed: if matches!(verdict, Verdict::Better | Verdict::Worse) {
+                None
+            } else {
+                more_pairs_needed
+            },
+        }
+    }
+}
+
+fn to_f64(counts: &[u64]) -> Vec<f64> {
+    counts.iter().map(|&c| c as f64).collect()
+}
+
+fn model_report(version: &str, stats: &ModelStats) -> ModelReport {
+    let rows = stats.labelled_rows as f64;
+    let per_row = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
+    let latency = |q: f64| (!stats.latency_us.is_empty()).then(|| stats.latency_us.value_at_quantile(q) as f64 / 1e3);
+    let predicted: u64 = stats.class_counts.iter().sum();
+    let classification = !stats.class_counts.is_empty();
+    ModelReport {
+        version: version.into(),
+        records: stats.records,
+        ok: stats.statuses[0],
+        errors: stats.statuses[1],
+        panics: stats.statuses[2],
+        timeouts: stats.statuses[3],
+        shed: stats.statuses[4],
+        latency_p50_ms: latency(0.5),
+        latency_p99_ms: latency(0.99),
+        class_shares: if predicted > 0 {
+            stats.class_counts.iter().map(|&c| c as f64 / predicted as f64).collect()
+        } else {
+            vec![]
+        },
+        labelled_rows: stats.labelled_rows,
+        accuracy: if classification { per_row(stats.correct as f64, stats.labelled_rows) } else { None },
+        mae: if classification { None } else { per_row(stats.abs_error, stats.labelled_rows) },
+        rmse: if classification { None } else { (rows > 0.0).then(|| (stats.squared_error / rows).sqrt()) },
+        log_loss: per_row(stats.log_loss, stats.probability_rows),
+        brier: per_row(stats.brier, stats.probability_rows),
+    }
+}
+
+impl Report {
+    /// A table for people.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
+        let _ = writeln!(
+            out,
+            "{} ({}): {} paired records, {} with ground truth",
+            self.model, self.task, self.records, self.labelled_records
+        );
+        let _ = writeln!(out);
+        let metric_header =
+            if self.task == "classification" { "accuracy  log_loss  brier" } else { "     mae      rmse" };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>8} {:>7} {:>6} {:>6} {:>8} {:>6} {:>9} {:>9} {:>8}  {}",
+            "version",
+            "records",
+            "ok",
+            "error",
+            "panic",
+            "timeout",
+            "shed",
+            "p50 ms",
+            "p99 ms",
+            "labelled",
+            metric_header
+        );
+        for m in &self.models {
+            let metrics = if self.task == "classification" {
+                format!("{:>8}  {:>8}  {:>5}", opt(m.accuracy, 4), opt(m.log_loss, 4), opt(m.brier, 4))
+            } else {
+                format!("{:>8}  {:>8}", opt(m.mae, 3), opt(m.rmse, 3))
+            };
+            let _ = writeln!(
+                out,
+                "{:<8} {:>8} {:>7} {:>6} {:>6} {:>8} {:>6} {:>9} {:>9} {:>8}  {}",
+                m.version,
+                m.records,
+                m.ok,
+                m.errors,
+                m.panics,
+                m.timeouts,
+                m.shed,
+                opt(m.latency_p50_ms, 3),
+                opt(m.latency_p99_ms, 3),
+                m.labelled_rows,
+                metrics
+            );
+        }
+        for p in &self.pairs {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "champion {} vs challenger {}: {}", p.champion, p.challenger, p.verdict);
+            let _ = writeln!(
+                out,
+                "  coverage {}  agreement {} over {} rows{}  divergence {} ({})",
+                opt(p.coverage, 4),
+                opt(p.agreement, 4),
+                p.compared_rows,
+                p.correlation.map_or(String::new(), |r| format!("  correlation {r:.4}")),
+                opt(p.divergence, 4),
+                p.divergence_measure
+            );
+            let _ = writeln!(
+                out,
+                "  {} labelled pairs: {} {} vs {}, improvement {} (95% CI {}), {} p = {}, sequential p = {:.4}",
+                p.labelled_pairs,
+                p.metric,
+                opt(p.champion_metric, 4),
+                opt(p.challenger_metric, 4),
+                opt(p.improvement, 4),
+                p.improvement_ci.map_or("-".into(), |[lo, hi]| format!("{lo:.4} .. {hi:.4}")),
+                p.test,
+                p.p_value.map_or("-".into(), |p| format!("{p:.4}")),
+                p.sequential_p_value
+            );
+            if let Some(more) = p.more_pairs_needed.filter(|m| *m > 0) {
+                let _ =
+                    writeln!(out, "  about {more} more labelled pairs would show whether the current effect is real");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,155 @@
+use super::*;
+
+fn classification() -> Task {
+    Task::Classification {
+        classes: vec![0, 1],
+        class_names: vec![],
+        label_output: "label".into(),
+        probabilities_output: Some("probabilities".into()),
+    }
+}
+
+fn class(label: i64) -> Prediction {
+    Prediction::Class { label, probabilities: None }
+}
+
+fn outcome(version: &str, role: Role, predictions: Vec<Prediction>) -> ModelOutcome {
+    ModelOutcome { version: VersionId::new(version), role, status: Status::Ok, latency_ms: Some(0.5), predictions }
+}
+
+fn observation(id: usize, champion: Prediction, challenger: Prediction) -> Observation {
+    Observation {
+        request_id: id.to_string(),
+        results: vec![outcome("1", Role::Champion, vec![champion]), outcome("2", Role::Challenger, vec![challenger])],
+    }
+}
+
+/// Rows where (champion right, challenger right) occur `both`, `only_a`, `only_b`, `neither` times.
+fn classified(both: usize, only_a: usize, only_b: usize, neither: usize) -> Comparison {
+    let mut comparison = Comparison::new("m", classification(), CompareSettings::default());
+    let cases = [(both, 1, 1), (only_a, 1, 0), (only_b, 0, 1), (neither, 0, 0)];
+    let mut id = 0;
+    for (count, a, b) in cases {
+        for _ in 0..count {
+            id += 1;
+            let obs = observation(id, class(a), class(b));
+            comparison.add(&obs);
+            comparison.add_truth(&obs, &Truth(vec![1.0]));
+        }
+    }
+    comparison
+}
+
+#[test]
+fn classification_pairs_use_mcnemar_on_the_discordant_pairs() {
+    let report = classified(150, 10, 30, 10).report();
+    let pair = &report.pairs[0];
+    assert_eq!(pair.labelled_pairs, 200);
+    assert_eq!(pair.champion_metric, Some(160.0 / 200.0));
+    assert_eq!(pair.challenger_metric, Some(180.0 / 200.0));
+    assert_eq!(pair.improvement, Some(0.1));
+    assert_eq!(pair.p_value, Some(stats::mcnemar_exact(10, 30)));
+    assert_eq!(pair.verdict, Verdict::Better);
+    let [low, high] = pair.improvement_ci.unwrap();
+    assert!(low > 0.0 && high < 0.2, "{low} {high}");
+    assert_eq!(pair.agreement, Some(160.0 / 200.0));
+    assert_eq!(report.models[0].accuracy, Some(0.8));
+    assert_eq!(report.models[1].accuracy, Some(0.9));
+}
+
+#[test]
+fn verdicts_cover_worse_too_little_data_and_no_difference() {
+    assert_eq!(classified(150, 30, 10, 10).report().pairs[0].verdict, Verdict::Worse);
+    let few = classified(10, 2, 3, 0).report();
+    assert_eq!(few.pairs[0].verdict, Verdict::NotEnoughData);
+    assert!(few.pairs[0].more_pairs_needed.unwrap() >= 15);
+    // A small effect on a few hundred pairs: not significant, and the report says how many more it needs.
+    let small = classified(300, 20, 24, 0).report();
+    assert_eq!(small.pairs[0].verdict, Verdict::NotEnoughData);
+    assert!(small.pairs[0].more_pairs_needed.unwrap() > 1000);
+    let same = classified(300, 20, 20, 0).report();
+    assert_eq!(same.pairs[0].verdict, Verdict::NoSignificantDifference);
+    assert_eq!(same.pairs[0].more_pairs_needed, None);
+}
+
+#[test]
+fn regression_pairs_use_wilcoxon_on_absolute_errors() {
+    let task = Task::Regression { prediction_output: "variable".into() };
+    let mut comparison = Comparison::new("r", task, CompareSettings::default());
+    let (mut differences, mut champions, mut challengers) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..80 {
+        let truth = 100.0 + 5.0 * i as f64;
+        let champion = truth + if i % 2 == 0 { 10.0 } else { -12.0 };
+        let challenger = truth + if i % 3 == 0 { 4.0 } else { -9.5 + (i % 5) as f64 };
+        let obs = observation(i, Prediction::Value(champion), Prediction::Value(challenger));
+        comparison.add(&obs);
+        comparison.add_truth(&obs, &Truth(vec![truth]));
+        champions.push(champion);
+        challengers.push(challenger);
+        differences.push((champion - truth).abs() - (challenger - truth).abs());
+    }
+    let report = comparison.report();
+    let pair = &report.pairs[0];
+    assert_eq!(pair.metric, "mae");
+    assert_eq!(pair.p_value, Some(stats::wilcoxon(&differences).unwrap().1));
+    let expected = stats::PairedDifference::of(&differences, 0.95).unwrap();
+    assert!((pair.improvement.unwrap() - expected.mean).abs() < 1e-12);
+    assert!((pair.improvement_ci.unwrap()[0] - expected.ci_low).abs() < 1e-9);
+    assert_eq!(pair.verdict, Verdict::Better);
+    assert!((pair.correlation.unwrap() - stats::pearson(&champions, &challengers).unwrap()).abs() < 1e-12);
+    assert_eq!(pair.divergence, stats::ks_statistic(&champions, &challengers));
+    let mae = |v: &str| report.models.iter().find(|m| m.version == v).unwrap().mae.unwrap();
+    assert!(mae("2") < mae("1"));
+}
+
+#[test]
+fn log_loss_and_brier_match_scikit_learn() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/stats/reference.json");
+    let reference: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let scores = &reference["scores"];
+    let mut comparison = Comparison::new("m", classification(), CompareSettings::default());
+    for (i, (y, p1)) in scores["y"].as_array().unwrap().iter().zip(scores["p1"].as_array().unwrap()).enumerate() {
+        let p1 = p1.as_f64().unwrap();
+        let prediction = Prediction::Class { label: i64::from(p1 >= 0.5), probabilities: Some(vec![1.0 - p1, p1]) };
+        let obs =
+            Observation { request_id: i.to_string(), results: vec![outcome("1", Role::Champion, vec![prediction])] };
+        comparison.add(&obs);
+        comparison.add_truth(&obs, &Truth(vec![y.as_f64().unwrap()]));
+    }
+    let model = &comparison.report().models[0];
+    assert!((model.log_loss.unwrap() - scores["log_loss"].as_f64().unwrap()).abs() < 1e-12);
+    assert!((model.brier.unwrap() - scores["brier"].as_f64().unwrap()).abs() < 1e-12);
+}
+
+#[test]
+fn a_failed_challenger_counts_against_coverage_not_accuracy() {
+    let mut comparison = Comparison::new("m", classification(), CompareSettings::default());
+    for i in 0..10 {
+        let mut obs = observation(i, class(1), class(1));
+        if i < 4 {
+            obs.results[1].status = Status::Timeout;
+            obs.results[1].predictions.clear();
+            obs.results[1].latency_ms = None;
+        }
+        comparison.add(&obs);
+        comparison.add_truth(&obs, &Truth(vec![1.0]));
+    }
+    let report = comparison.report();
+    assert_eq!(report.pairs[0].coverage, Some(0.6));
+    assert_eq!(report.pairs[0].labelled_pairs, 6);
+    let challenger = report.models.iter().find(|m| m.version == "2").unwrap();
+    assert_eq!((challenger.timeouts, challenger.labelled_rows, challenger.accuracy), (4, 6, Some(1.0)));
+}
+
+#[test]
+fn truth_is_checked_against_the_task() {
+    let task = classification();
+    assert_eq!(Truth::parse(&serde_json::json!(1), &task), Ok(Truth(vec![1.0])));
+    assert_eq!(Truth::parse(&serde_json::json!([0, 1]), &task), Ok(Truth(vec![0.0, 1.0])));
+    assert!(Truth::parse(&serde_json::json!(2), &task).unwrap_err().contains("classes"));
+    assert!(Truth::parse(&serde_json::json!(0.5), &task).is_err());
+    assert!(Truth::parse(&serde_json::json!("benign"), &task).unwrap_err().contains("number"));
+    assert!(Truth::parse(&serde_json::json!([]), &task).is_err());
+    let regression = Task::Regression { prediction_output: "y".into() };
+    assert_eq!(Truth::parse(&serde_json::json!(151.5), &regression), Ok(Truth(vec![151.5])));
+}

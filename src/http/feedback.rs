@@ -1,0 +1,106 @@
+//! `POST /v2/models/{name}/feedback`: ground-truth labels by request id, one or a batch.
+//!
+//! `{"id": "…", "truth": 1}` or `{"feedback": [{"id": "…", "truth": 1}, …]}`; truth is a class label
+//! or a number, or an array of them (one per row of the request). Every valid label is appended to
+//! the outcome log (so an offline join sees it) and joined live. The whole body is checked before
+//! anything is taken: a bad item refuses the request (400, naming the item) and nothing of it is kept.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::Gateway;
+use crate::compare::Truth;
+use crate::error::{Error, ErrorKind};
+use crate::outcomes::FeedbackRecord;
+use crate::outcomes::feedback::Joined;
+
+/// Labels in one request, at most.
+pub const MAX_BATCH: usize = 10_000;
+
+pub async fn feedback(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, Error> {
+    let model = super::v2::served(&gateway, &name)?;
+    let task = model.deployment().champion().manifest().task.clone();
+    let body = body.map_err(|rejection| super::v2::body_error(&rejection, gateway.config().max_request_bytes))?;
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|e| Error::invalid_input(format!("the feedback body is not valid JSON: {e}")))?;
+    let (items, batch) = match value.get("feedback") {
+        Some(Value::Array(items)) => (items.clone(), true),
+        Some(_) => return Err(Error::invalid_input("`feedback` must be an array of {\"id\", \"truth\"} objects")),
+        None => (vec![value], false),
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(Error::invalid_input(format!("send between 1 and {MAX_BATCH} labels, not {}", items.len())));
+    }
+    let mut labels = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = |message: String| if batch { format!("feedback[{i}]: {message}") } else { message };
+        let object = item.as_object().ok_or_else(|| Error::invalid_input(at("expected {\"id\", \"truth\"}".into())))?;
+        if let Some(key) = object.keys().find(|k| !matches!(k.as_str(), "id" | "truth")) {
+            return Err(Error::invalid_input(at(format!("unknown field `{key}`; expected `id` and `truth`"))));
+        }
+        let id = match object.get("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id.clone(),
+            Some(_) => return Err(Error::invalid_input(at("`id` must be a string of 1 to 256 characters".into()))),
+            None => return Err(Error::invalid_input(at("`id` is missing".into()))),
+        };
+        let raw = object.get("truth").ok_or_else(|| Error::invalid_input(at("`truth` is missing".into())))?;
+        let truth = Truth::parse(raw, &task).map_err(|e| Error::invalid_input(at(e)))?;
+        labels.push((id, raw.clone(), truth));
+    }
+    let now = SystemTime::now();
+    for (id, raw, _) in &labels {
+        gateway.outcome_log().try_write(&FeedbackRecord {
+            kind: "feedback",
+            request_id: id,
+            timestamp: now,
+            model: &name,
+            truth: raw,
+        });
+    }
+    let ids: Vec<String> = labels.iter().map(|(id, _, _)| id.clone()).collect();
+    let answers = gateway
+        .feedback()
+        .truths(&name, labels.into_iter().map(|(id, _, truth)| (id, truth)).collect())
+        .await
+        .map_err(|_| Error::new(ErrorKind::Overloaded, "the feedback join is behind; retry shortly"))?;
+    if !batch {
+        let id = &ids[0];
+        return match answers.first().copied().unwrap_or(Joined::Held) {
+            Joined::Joined => Ok((StatusCode::OK, Json(json!({ "id": id, "status": "joined" }))).into_response()),
+            Joined::Held => Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": "held" }))).into_response()),
+            Joined::Duplicate => Err(Error::new(
+                ErrorKind::Conflict,
+                format!("request '{id}' already has a label; the first one stands"),
+            )),
+            Joined::Expired => Err(Error::new(
+                ErrorKind::Gone,
+                format!(
+                    "the record of request '{id}' is older than the join keeps; the label is in the outcome log for offline reports"
+                ),
+            )),
+        };
+    }
+    let count = |kind: Joined| answers.iter().filter(|a| **a == kind).count();
+    let results: Vec<Value> =
+        ids.iter().zip(&answers).map(|(id, answer)| json!({ "id": id, "status": answer.label() })).collect();
+    Ok(Json(json!({
+        "joined": count(Joined::Joined),
+        "held": count(Joined::Held),
+        "duplicate": count(Joined::Duplicate),
+        "expired": count(Joined::Expired),
+        "results": results,
+    }))
+    .into_response())
+}

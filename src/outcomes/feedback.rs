@@ -1,0 +1,318 @@
+//! The live join: ground-truth labels, arriving late by request id, meet the paired records they
+//! belong to, and the comparison (`compare::Comparison`) is kept up to date.
+//!
+//! One thread owns every index and comparison; the shadow threads and the HTTP handlers talk to it
+//! through one bounded channel, so nothing here is behind a lock.
+//!
+//! Invariants: every structure is bounded. Records are indexed per model up to `index_capacity`
+//! and `retention`; an evicted id is remembered (bounded) so its late label is answered `expired`.
+//! A label whose record has not arrived is held (bounded, `hold`) and joined when it lands; one
+//! still unmatched when its hold ends is counted `unknown`. A full channel drops the record
+//! (counted) and answers feedback with 503.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::compare::{CompareSettings, Comparison, Observation, Report, Truth};
+use crate::repository::Task;
+
+/// Bounds of the join.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeedbackSettings {
+    /// Records kept per model, waiting for their label.
+    pub index_capacity: usize,
+    /// How long a record waits for its label.
+    pub retention_s: u64,
+    /// Labels held per model whose record has not arrived yet.
+    pub hold_capacity: usize,
+    /// How long such a label waits for its record before it counts as `unknown`.
+    pub hold_s: u64,
+    /// Messages waiting for the join thread.
+    pub queue: usize,
+}
+
+impl Default for FeedbackSettings {
+    fn default() -> Self {
+        Self { index_capacity: 200_000, retention_s: 7 * 86_400, hold_capacity: 20_000, hold_s: 600, queue: 8_192 }
+    }
+}
+
+/// What became of one label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Joined {
+    /// Matched with its record now.
+    Joined,
+    /// No record yet: held until it lands (or the hold ends).
+    Held,
+    /// The request already has a label; the first one stands.
+    Duplicate,
+    /// The record was evicted before the label came.
+    Expired,
+}
+
+impl Joined {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Joined => "joined",
+            Self::Held => "held",
+            Self::Duplicate => "duplicate",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// The join thread is behind: try again shortly.
+#[derive(Debug)]
+pub struct Busy;
+
+enum Message {
+    Record { model: String, observation: Observation },
+    Truths { model: String, truths: Vec<(String, Truth)>, reply: oneshot::Sender<Vec<Joined>> },
+    Report { model: String, reply: oneshot::Sender<Option<Report>> },
+    Close,
+}
+
+pub struct Feedback {
+    sender: Sender<Message>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Feedback {
+    /// Starts the join thread for these models (name and task).
+    pub fn start(
+        models: Vec<(String, Task)>,
+        compare: CompareSettings,
+        settings: FeedbackSettings,
+    ) -> std::io::Result<Self> {
+        let (sender, receiver) = bounded(settings.queue.max(1));
+        let mut join = Join {
+            settings,
+            models: models
+                .into_iter()
+                .map(|(name, task)| {
+                    let comparison = Comparison::new(name.clone(), task, compare);
+                    (name, ModelIndex::new(comparison))
+                })
+                .collect(),
+            last_gauges: Instant::now(),
+        };
+        let thread = thread::Builder::new().name("feedback-join".into()).spawn(move || join.run(receiver))?;
+        Ok(Self { sender, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Hands over a paired record without waiting; a full channel drops it (counted).
+    pub fn record(&self, model: String, observation: Observation) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.sender.try_send(Message::Record { model, observation })
+        {
+            crate::metrics::comparison_records_dropped();
+        }
+    }
+
+    /// Joins labels of one model; answers once the join thread has taken them.
+    pub async fn truths(&self, model: &str, truths: Vec<(String, Truth)>) -> Result<Vec<Joined>, Busy> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.try_send(Message::Truths { model: model.to_owned(), truths, reply }).map_err(|_| Busy)?;
+        answer.await.map_err(|_| Busy)
+    }
+
+    /// The comparison as it stands; `None` for a model the join does not know.
+    pub async fn report(&self, model: &str) -> Result<Option<Report>, Busy> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.try_send(Message::Report { model: model.to_owned(), reply }).map_err(|_| Busy)?;
+        answer.await.map_err(|_| Busy)
+    }
+
+    /// Takes every message sent so far, then stops the thread. Blocking.
+    pub fn close(&self) {
+        let Some(thread) = self.thread.lock().take() else { return };
+        let _ = self.sender.send(Message::Close);
+        if thread.join().is_err() {
+            tracing::error!("the feedback join thread panicked");
+        }
+    }
+}
+
+impl Drop for Feedback {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct Join {
+    settings: FeedbackSettings,
+    models: BTreeMap<String, ModelIndex>,
+    last_gauges: Instant,
+}
+
+/// One model's records awaiting labels, labels awaiting records, and its comparison.
+struct ModelIndex {
+    comparison: Comparison,
+    records: HashMap<String, Entry>,
+    order: VecDeque<(String, Instant)>,
+    held: HashMap<String, (Truth, Instant)>,
+    held_order: VecDeque<(String, Instant)>,
+    expired: HashSet<String>,
+    expired_order: VecDeque<String>,
+    changed: bool,
+}
+
+struct Entry {
+    observation: Observation,
+    labelled: bool,
+}
+
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+impl Join {
+    fn run(&mut self, receiver: Receiver<Message>) {
+        loop {
+            match receiver.recv_timeout(Duration::from_secs(1)) {
+                Ok(Message::Record { model, observation }) => self.record(&model, observation),
+                Ok(Message::Truths { model, truths, reply }) => {
+                    let answers = self.truths(&model, truths);
+                    let _ = reply.send(answers);
+                }
+                Ok(Message::Report { model, reply }) => {
+                    let _ = reply.send(self.models.get(&*model).map(|m| m.comparison.report()));
+                }
+                Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = Instant::now();
+            for (name, index) in &mut self.models {
+                index.expire(name, now, &self.settings);
+            }
+            if now.duration_since(self.last_gauges) >= GAUGE_INTERVAL {
+                self.last_gauges = now;
+                for index in self.models.values_mut().filter(|m| m.changed) {
+                    index.changed = false;
+                    crate::metrics::comparison_gauges(&index.comparison.report());
+                }
+            }
+        }
+        for index in self.models.values() {
+            crate::metrics::comparison_gauges(&index.comparison.report());
+        }
+    }
+
+    fn record(&mut self, model: &str, observation: Observation) {
+        let Some(index) = self.models.get_mut(model) else { return };
+        let settings = self.settings;
+        index.changed = true;
+        index.comparison.add(&observation);
+        let id = observation.request_id.clone();
+        let mut entry = Entry { observation, labelled: false };
+        if let Some((truth, _)) = index.held.remove(&id) {
+            index.comparison.add_truth(&entry.observation, &truth);
+            entry.labelled = true;
+            crate::metrics::feedback(model, "joined_late");
+        }
+        if index.records.insert(id.clone(), entry).is_none() {
+            index.order.push_back((id, Instant::now()));
+        }
+        while index.records.len() > settings.index_capacity {
+            index.evict_oldest_record(settings.index_capacity);
+        }
+    }
+
+    fn truths(&mut self, model: &str, truths: Vec<(String, Truth)>) -> Vec<Joined> {
+        let Some(index) = self.models.get_mut(model) else { return vec![] };
+        let settings = self.settings;
+        index.changed = true;
+        truths
+            .into_iter()
+            .map(|(id, truth)| {
+                let joined = index.truth(id, truth, &settings);
+                crate::metrics::feedback(model, joined.label());
+                joined
+            })
+            .collect()
+    }
+}
+
+impl ModelIndex {
+    fn new(comparison: Comparison) -> Self {
+        Self {
+            comparison,
+            records: HashMap::new(),
+            order: VecDeque::new(),
+            held: HashMap::new(),
+            held_order: VecDeque::new(),
+            expired: HashSet::new(),
+            expired_order: VecDeque::new(),
+            changed: false,
+        }
+    }
+
+    fn truth(&mut self, id: String, truth: Truth, settings: &FeedbackSettings) -> Joined {
+        if let Some(entry) = self.records.get_mut(&id) {
+            if entry.labelled {
+                return Joined::Duplicate;
+            }
+            entry.labelled = true;
+            self.comparison.add_truth(&entry.observation, &truth);
+            return Joined::Joined;
+        }
+        if self.expired.contains(&id) {
+            return Joined::Expired;
+        }
+        if self.held.contains_key(&id) {
+            return Joined::Duplicate;
+        }
+        let now = Instant::now();
+        self.held.insert(id.clone(), (truth, now));
+        self.held_order.push_back((id, now));
+        while self.held.len() > settings.hold_capacity {
+            let Some((oldest, _)) = self.held_order.pop_front() else { break };
+            if self.held.remove(&oldest).is_some() {
+                crate::metrics::feedback(self.comparison_model(), "unknown");
+            }
+        }
+        Joined::Held
+    }
+
+    fn comparison_model(&self) -> &str {
+        self.comparison.model()
+    }
+
+    fn evict_oldest_record(&mut self, expired_capacity: usize) {
+        let Some((id, _)) = self.order.pop_front() else { return };
+        if self.records.remove(&id).is_some_and(|entry| !entry.labelled) {
+            // Remember it (bounded) so a label that comes now is told `expired`, not held.
+            if self.expired.insert(id.clone()) {
+                self.expired_order.push_back(id);
+            }
+            while self.expired.len() > expired_capacity {
+                let Some(old) = self.expired_order.pop_front() else { break };
+                self.expired.remove(&old);
+            }
+        }
+    }
+
+    /// Ends what outlived its time: records past retention, held labels past their hold.
+    fn expire(&mut self, model: &str, now: Instant, settings: &FeedbackSettings) {
+        let retention = Duration::from_secs(settings.retention_s);
+        while self.order.front().is_some_and(|(_, at)| now.duration_since(*at) > retention) {
+            self.evict_oldest_record(settings.index_capacity);
+        }
+        let hold = Duration::from_secs(settings.hold_s);
+        while let Some((id, at)) = self.held_order.front()
+            && now.duration_since(*at) > hold
+        {
+            if self.held.get(id).is_some_and(|(_, held_at)| held_at == at) {
+                self.held.remove(id);
+                crate::metrics::feedback(model, "unknown");
+            }
+            self.held_order.pop_front();
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Ground truth end to end on a real server: labels posted by request id join the paired records,
+//! the live comparison reproduces each version's holdout figures from its manifest, and the
+//! offline report over the log files gives the same figures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use gauntlet::compare::{CompareSettings, Report, offline};
+use gauntlet::loadtest::{LoadtestArgs, run};
+use serde_json::{Value, json};
+
+fn replay_with_feedback(server: &TestServer, model: &str, rows: u64) -> LoadtestArgs {
+    LoadtestArgs {
+        url: format!("http://{}", server.addr),
+        model: model.into(),
+        version: None,
+        data: common::models_dir().join(model).join("holdout.csv"),
+        concurrency: Some(4),
+        rate: None,
+        connections: 4,
+        duration: None,
+        requests: Some(rows),
+        batch: 1,
+        timeout_ms: 10_000,
+        json: false,
+        quiet: true,
+        max_p99_ms: None,
+        max_error_rate: Some(0.0),
+        min_rps: None,
+        feedback: true,
+        feedback_delay: Duration::from_millis(100),
+    }
+}
+
+fn holdout_rows(model: &str) -> u64 {
+    let text = std::fs::read_to_string(common::models_dir().join(model).join("holdout.csv")).unwrap();
+    text.lines().skip(1).filter(|l| !l.trim().is_empty()).count() as u64
+}
+
+fn manifest_metric(model: &str, version: &str, metric: &str) -> f64 {
+    let path = common::models_dir().join(model).join(version).join("manifest.json");
+    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    manifest["holdout_metrics"][metric].as_f64().unwrap()
+}
+
+async fn comparison(server: &TestServer, model: &str) -> Report {
+    let response = reqwest::get(server.url(&format!("/admin/models/{model}/comparison"))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// Waits until the join has taken every label (the last ones are posted after a delay).
+async fn labelled(server: &TestServer, model: &str, rows: u64) -> Report {
+    for _ in 0..100 {
+        let report = comparison(server, model).await;
+        if report.labelled_records == rows {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the comparison of {model} never saw {rows} labelled records");
+}
+
+#[track_caller]
+fn close(actual: Option<f64>, expected: f64, tolerance: f64) {
+    let actual = actual.expect("a figure");
+    assert!((actual - expected).abs() <= tolerance * expected.abs().max(1.0), "{actual} vs {expected}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holdout_labels_reproduce_the_manifest_figures_live_and_offline() {
+    let mut server = TestServer::start(&[]).await;
+    let mut live = Vec::new();
+    for (model, versions, metric) in
+        [("breast-cancer", ["1", "2", "3"].as_slice(), "accuracy"), ("diabetes", &["1", "2"], "mae")]
+    {
+        let rows = holdout_rows(model);
+        let summary = run(&replay_with_feedback(&server, model, rows)).await.unwrap();
+        assert_eq!(summary.errors, 0);
+        let feedback = summary.feedback.as_ref().unwrap();
+        assert_eq!((feedback.posted, feedback.failed, feedback.duplicate), (rows, 0, 0), "{feedback:?}");
+        let report = labelled(&server, model, rows).await;
+        assert_eq!(report.records, rows);
+        for version in versions {
+            let figures = report.models.iter().find(|m| m.version == *version).unwrap();
+            assert_eq!(figures.labelled_rows, rows, "version {version}");
+            let expected = manifest_metric(model, version, metric);
+            match metric {
+                // Same rows, same labels: the very same fraction.
+                "accuracy" => {
+                    close(figures.accuracy, expected, 1e-12);
+                    close(figures.log_loss, manifest_metric(model, version, "log_loss"), 1e-5);
+                    close(figures.brier, manifest_metric(model, version, "brier"), 1e-5);
+                }
+                // The manifest's figure is computed on the float32 outputs, as served.
+                _ => {
+                    close(figures.mae, expected, 1e-6);
+                    close(figures.rmse, manifest_metric(model, version, "rmse"), 1e-6);
+                }
+            }
+        }
+        assert_eq!(report.pairs.len(), versions.len() - 1);
+        for pair in &report.pairs {
+            assert_eq!((pair.labelled_pairs, pair.coverage), (rows, Some(1.0)));
+            assert!(pair.p_value.is_some() && pair.improvement_ci.is_some());
+        }
+        live.push(report);
+    }
+    server.stop().await.unwrap();
+
+    let files = offline::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
+    let (comparisons, summary) = offline::read(&files, CompareSettings::default()).unwrap();
+    assert_eq!((summary.unmatched_feedback, summary.duplicate_feedback, summary.unreadable_lines), (0, 0, 0));
+    for report in &live {
+        let offline = comparisons[&report.model].report();
+        assert_eq!((offline.records, offline.labelled_records), (report.records, report.labelled_records));
+        // Every pair figure: agreement, divergence, tests, intervals, sequential p, verdict.
+        let pairs = |r: &Report| serde_json::to_value(&r.pairs).unwrap();
+        assert_eq!(pairs(&offline), pairs(report), "{}", report.model);
+        for (a, b) in offline.models.iter().zip(&report.models) {
+            assert_eq!((&a.version, a.accuracy, a.mae, a.log_loss), (&b.version, b.accuracy, b.mae, b.log_loss));
+        }
+    }
+}
+
+async fn post(server: &TestServer, model: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(server.url(&format!("/v2/models/{model}/feedback")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn infer(server: &TestServer, id: &str) {
+    let row = vec![0.0f32; 10];
+    let body = json!({ "id": id, "inputs": [{ "name": "input", "shape": [1, 10], "datatype": "FP32", "data": row }] });
+    let response =
+        reqwest::Client::new().post(server.url("/v2/models/diabetes/infer")).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_are_joined_held_or_refused_with_a_reason() {
+    let mut server = TestServer::start(&[]).await;
+    infer(&server, "known").await;
+    // The record is written once the challenger has scored: wait for the join to hold it.
+    for _ in 0..100 {
+        if comparison(&server, "diabetes").await.records == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        post(&server, "diabetes", json!({ "id": "known", "truth": 150.0 })).await,
+        (200, json!({ "id": "known", "status": "joined" }))
+    );
+    let (status, body) = post(&server, "diabetes", json!({ "id": "known", "truth": 151.0 })).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already has a label"));
+
+    // A label ahead of its record is held, and joins when the record lands.
+    assert_eq!(post(&server, "diabetes", json!({ "id": "early", "truth": 90 })).await.0, 202);
+    infer(&server, "early").await;
+    for _ in 0..100 {
+        if comparison(&server, "diabetes").await.labelled_records == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(comparison(&server, "diabetes").await.labelled_records, 2);
+
+    let (status, body) =
+        post(&server, "diabetes", json!({ "feedback": [{ "id": "a", "truth": 1.5 }, { "id": "known", "truth": 3 }] }))
+            .await;
+    assert_eq!(status, 200);
+    assert_eq!((body["held"].clone(), body["duplicate"].clone()), (json!(1), json!(1)));
+    assert_eq!(body["results"][1], json!({ "id": "known", "status": "duplicate" }));
+
+    for (model, body, status, needle) in [
+        ("nope", json!({ "id": "x", "truth": 1 }), 404, "not served"),
+        ("breast-cancer", json!({ "id": "x", "truth": 7 }), 400, "classes"),
+        ("breast-cancer", json!({ "id": "x" }), 400, "`truth` is missing"),
+        ("breast-cancer", json!({ "id": "", "truth": 1 }), 400, "`id`"),
+        ("breast-cancer", json!({ "id": "x", "truth": 1, "extra": 2 }), 400, "unknown field"),
+        (
+            "breast-cancer",
+            json!({ "feedback": [{ "id": "x", "truth": 1 }, { "id": "y", "truth": "benign" }] }),
+            400,
+            "feedback[1]",
+        ),
+        ("breast-cancer", json!({ "feedback": [] }), 400, "between 1 and"),
+    ] {
+        let (got, answer) = post(&server, model, body.clone()).await;
+        assert_eq!(got, status, "{body} -> {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(needle), "{body} -> {answer}");
+    }
+    let response =
+        reqwest::Client::new().post(server.url("/v2/models/diabetes/feedback")).body("{not json").send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    server.stop().await.unwrap();
+    // Every valid label is in the log for offline joins, refused ones are not.
+    let labels = server.records().into_iter().filter(|r| r["kind"] == "feedback").count();
+    assert_eq!(labels, 5);
+}
