@@ -1,27 +1,182 @@
 //! The commands that talk to a running gateway or read its logs, for data scientists:
-//! `gauntlet report`.
+//! `gauntlet status | promote | rollback | load | unload | report`.
+
+use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
+use serde_json::{Value, json};
 
 use crate::compare::{CompareSettings, Report, offline};
+use crate::http::admin_models::ModelView;
+
+/// Where the gateway is and how to reach its admin API.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Connection {
+    /// The gateway.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Admin token of the gateway.
+    #[arg(long, env = "GAUNTLET_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AdminCommand {
+    /// What a running gateway serves: champion, challengers, every version and its state.
+    Status {
+        /// One model; all when left out.
+        model: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Make a version the champion (loaded first if needed); the old champion keeps shadowing.
+    Promote {
+        model: String,
+        version: String,
+        /// Why: kept in the audit log.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Do not keep the old champion as a challenger.
+        #[arg(long)]
+        drop_previous: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Back to the previous champion.
+    Rollback {
+        model: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Load a version from the repository without a restart (again, if it is loaded).
+    Load {
+        model: String,
+        version: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Unload a version that is not the champion.
+    Unload {
+        model: String,
+        version: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Champion against challengers: live from a gateway, or offline from outcome-log files.
+    Report(ReportArgs),
+}
+
+impl AdminCommand {
+    pub async fn run(&self) -> anyhow::Result<()> {
+        let reason = |r: &Option<String>| json!({ "reason": r });
+        let (connection, method, path, body) = match self {
+            Self::Report(args) => return report(args).await,
+            Self::Status { model: None, connection } => {
+                let models: Vec<ModelView> =
+                    serde_json::from_value(call(connection, "GET", "/admin/models", None).await?)?;
+                return print(connection, &models, models.iter().map(status_table).collect::<Vec<_>>().join("\n"));
+            }
+            Self::Status { model: Some(model), connection } => {
+                (connection, "GET", format!("/admin/models/{model}"), None)
+            }
+            Self::Promote { model, version, reason: why, drop_previous, connection } => (
+                connection,
+                "POST",
+                format!("/admin/models/{model}/promote"),
+                Some(json!({ "version": version, "keep_previous_as_challenger": !drop_previous, "reason": why })),
+            ),
+            Self::Rollback { model, reason: why, connection } => {
+                (connection, "POST", format!("/admin/models/{model}/rollback"), Some(reason(why)))
+            }
+            Self::Load { model, version, reason: why, connection } => {
+                (connection, "POST", format!("/admin/models/{model}/versions/{version}/load"), Some(reason(why)))
+            }
+            Self::Unload { model, version, reason: why, connection } => {
+                (connection, "DELETE", format!("/admin/models/{model}/versions/{version}"), Some(reason(why)))
+            }
+        };
+        let view: ModelView = serde_json::from_value(call(connection, method, &path, body).await?)?;
+        let table = status_table(&view);
+        print(connection, &view, table)
+    }
+}
+
+fn print(connection: &Connection, value: &impl serde::Serialize, table: String) -> anyhow::Result<()> {
+    if connection.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{table}");
+    }
+    Ok(())
+}
+
+fn status_table(model: &ModelView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: champion {}, challengers [{}] at {:.0}% sampling{}{}",
+        model.name,
+        model.champion,
+        model.challengers.join(", "),
+        model.shadow_sample_rate * 100.0,
+        model.canary.as_ref().map_or(String::new(), |c| format!(", canary {} at {:.1}%", c.version, c.share * 100.0)),
+        model.previous.last().map_or(String::new(), |p| format!(", rollback to {p}")),
+    );
+    for v in &model.versions {
+        let _ = writeln!(
+            out,
+            "  {:<6} {:<10} {:<12} {:>9} {}",
+            v.version,
+            v.state,
+            v.backend.as_deref().unwrap_or("-"),
+            v.one_row_us.map_or("-".into(), |us| format!("{us:.1} µs")),
+            v.error.as_deref().or(v.description.as_deref()).unwrap_or("")
+        );
+    }
+    out
+}
+
+/// One admin call; an error answer becomes an error naming the status and the gateway's message.
+async fn call(connection: &Connection, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", connection.url.trim_end_matches('/'));
+    let method = reqwest::Method::from_bytes(method.as_bytes())?;
+    let mut request = reqwest::Client::new().request(method.clone(), &url);
+    if let Some(token) = &connection.token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.with_context(|| format!("{method} {url}"))?;
+    let status = response.status();
+    let text = response.text().await.with_context(|| format!("reading the answer of {url}"))?;
+    let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    if !status.is_success() {
+        let message = value["error"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
+        bail!("{method} {url} answered {status}: {message}");
+    }
+    Ok(value)
+}
 
 #[derive(clap::Args, Debug)]
 pub struct ReportArgs {
     /// The served model. With --log it may be left out: every model in the files.
     pub model: Option<String>,
-    /// The gateway to ask.
-    #[arg(long, default_value = "http://127.0.0.1:8000")]
-    pub url: String,
+    #[command(flatten)]
+    pub connection: Connection,
     /// Report from outcome-log files instead: a path or a quoted pattern such as 'outcomes/*.jsonl'
     /// (repeat the flag for more).
     #[arg(long)]
     pub log: Vec<String>,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-    /// Admin token of the gateway.
-    #[arg(long, env = "GAUNTLET_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
     /// Offline only (a gateway uses its own configuration): significance level.
     #[arg(long, default_value_t = CompareSettings::default().alpha)]
     pub alpha: f64,
@@ -39,7 +194,7 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
         let settings =
             CompareSettings { alpha: args.alpha, min_labelled_pairs: args.min_labelled_pairs, ..Default::default() };
         let (comparisons, summary) = offline::read(&files, settings)?;
-        if !args.json {
+        if !args.connection.json {
             eprintln!(
                 "read {} files: {} records, {} labels ({} without their record, {} duplicates), {} unreadable lines",
                 summary.files,
@@ -62,7 +217,7 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
         }
         reports
     };
-    if args.json {
+    if args.connection.json {
         let json = match (&args.model, reports.as_slice()) {
             (Some(_), [one]) => serde_json::to_string_pretty(one)?,
             _ => serde_json::to_string_pretty(&reports)?,
@@ -76,20 +231,6 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
 }
 
 async fn fetch_report(args: &ReportArgs, model: &str) -> anyhow::Result<Report> {
-    let url = format!("{}/admin/models/{model}/comparison", args.url.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().get(&url);
-    if let Some(token) = &args.token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.with_context(|| format!("asking {url}"))?;
-    let status = response.status();
-    let body = response.text().await.with_context(|| format!("reading the answer of {url}"))?;
-    if !status.is_success() {
-        let message = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_owned))
-            .unwrap_or(body);
-        bail!("{url} answered {status}: {message}");
-    }
-    serde_json::from_str(&body).with_context(|| format!("{url} did not answer with a report"))
+    let value = call(&args.connection, "GET", &format!("/admin/models/{model}/comparison"), None).await?;
+    serde_json::from_value(value).context("the gateway did not answer with a report")
 }

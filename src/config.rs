@@ -102,6 +102,11 @@ pub struct Config {
     pub shadow_deadline_ms: u64,
     #[serde(default)]
     pub outcomes: OutcomesConfig,
+    /// Where the deployments' current state (`deployments.json`) and the audit log of every change
+    /// (`audit.jsonl`) are kept. The saved state takes precedence over this file's champion,
+    /// challengers and sampling for the models it names: delete it to start from the configuration.
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
     /// Token the admin API requires as `Authorization: Bearer <token>` (set it from the environment:
     /// GAUNTLET_ADMIN_TOKEN). Unset: the admin API answers loopback clients only.
     #[serde(default)]
@@ -260,6 +265,9 @@ mod defaults {
     }
     pub fn shadow_sample_rate() -> f64 {
         1.0
+    }
+    pub fn state_dir() -> PathBuf {
+        PathBuf::from("state")
     }
     pub fn outcomes_dir() -> PathBuf {
         PathBuf::from("outcomes")

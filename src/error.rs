@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Conflict,
     /// What the request refers to existed but is gone (a label whose record was evicted).
     Gone,
+    /// Understood but refused: a model version that failed a load step.
+    Unprocessable,
     /// No or a wrong admin token.
     Unauthorized,
     /// The admin API without a configured token answers loopback clients only.
@@ -43,6 +45,7 @@ impl ErrorKind {
             Self::PayloadTooLarge => "payload_too_large",
             Self::Conflict => "conflict",
             Self::Gone => "gone",
+            Self::Unprocessable => "unprocessable",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::UnsupportedMediaType => "unsupported_media_type",

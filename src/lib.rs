@@ -33,14 +33,14 @@ use crate::executor::{Executor, InferencePool, Priority};
 use crate::model::{Loader, OnnxRuntime};
 use crate::outcomes::OutcomeWriter;
 use crate::outcomes::feedback::Feedback;
-use crate::registry::{ModelHook, Registry};
+use crate::registry::{ModelHook, Registry, StateStore};
 use crate::repository::Repository;
 use crate::shadow::Shadow;
 
 /// Everything a request needs: the live models, where inference runs, the shadow, and the limits.
 pub struct Gateway {
     config: Config,
-    registry: Registry,
+    registry: Arc<Registry>,
     executor: Executor,
     shadow: Arc<Shadow>,
     writer: Arc<OutcomeWriter>,
@@ -74,7 +74,9 @@ impl Gateway {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let loader = Loader::new(onnxruntime, threads + workers);
         let repository = Repository::open(&config.models_dir)?;
-        let registry = Registry::load(&config, &repository, &loader, options.model_hook.as_ref())?;
+        let state = StateStore::open(Some(&config.state_dir))
+            .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+        let registry = Arc::new(Registry::load(&config, repository, loader, options.model_hook, state)?);
         let pool = InferencePool::new("inference", threads, config.inference_queue, Priority::Normal)
             .context("starting the inference pool")?;
         let writer = Arc::new(

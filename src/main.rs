@@ -15,8 +15,8 @@ enum Command {
     Serve(gauntlet::config::ServeArgs),
     /// Send rows (CSV) or logged requests to a gateway; exit 2 when an objective is missed.
     Loadtest(gauntlet::loadtest::LoadtestArgs),
-    /// Champion against challengers: live from a gateway, or offline from outcome-log files.
-    Report(gauntlet::client::ReportArgs),
+    #[command(flatten)]
+    Admin(gauntlet::client::AdminCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -24,8 +24,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(&args).map(|()| true),
         Command::Loadtest(args) => loadtest(&args),
-        Command::Report(args) => {
-            runtime().map_err(Into::into).and_then(|rt| rt.block_on(gauntlet::client::report(&args))).map(|()| true)
+        Command::Admin(command) => {
+            runtime().map_err(Into::into).and_then(|rt| rt.block_on(command.run())).map(|()| true)
         }
     };
     match result {

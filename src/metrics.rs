@@ -149,8 +149,12 @@ impl VersionMetrics {
         &self.shadow[status]
     }
 
-    pub fn loaded(&self, backend: &str, role: &'static str) {
-        gauge!(MODEL_LOADED, "model" => self.model.clone(), "version" => self.version.clone(), "backend" => backend.to_owned(), "role" => role).set(1.0);
+    /// 1 for the version's current role (`None`: unloaded), 0 for the others.
+    pub fn loaded(&self, backend: &str, role: Option<&'static str>) {
+        for r in ["champion", "challenger", "available"] {
+            let value = if Some(r) == role { 1.0 } else { 0.0 };
+            gauge!(MODEL_LOADED, "model" => self.model.clone(), "version" => self.version.clone(), "backend" => backend.to_owned(), "role" => r).set(value);
+        }
     }
 }
 

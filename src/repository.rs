@@ -237,6 +237,9 @@ impl Repository {
         let dir = self.root.join(model).join(version.as_str());
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = fs::read_to_string(&manifest_path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound if dir.is_dir() => {
+                RepositoryError::Inconsistent(format!("{} has no {MANIFEST_FILE}", dir.display()))
+            }
             io::ErrorKind::NotFound => RepositoryError::NoVersion { model: model.to_owned(), version: version.clone() },
             _ => RepositoryError::Io { path: manifest_path.clone(), source: e },
         })?;

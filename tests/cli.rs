@@ -39,7 +39,12 @@ fn gauntlet() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gauntlet"));
     // Outcome logs go to a directory of their own, not the checkout's.
     let outcomes = std::env::temp_dir().join(format!("gauntlet-cli-test-{}", std::process::id()));
-    command.current_dir(common::root()).env_remove("RUST_LOG").env("GAUNTLET_OUTCOMES__DIR", outcomes);
+    let state = outcomes.join("state");
+    command
+        .current_dir(common::root())
+        .env_remove("RUST_LOG")
+        .env("GAUNTLET_OUTCOMES__DIR", outcomes)
+        .env("GAUNTLET_STATE_DIR", state);
     command
 }
 

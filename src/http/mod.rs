@@ -3,6 +3,7 @@
 //! Invariant: the only module that sees hyper/axum/tower types and status codes.
 
 mod admin;
+pub mod admin_models;
 pub mod codec;
 mod error;
 mod feedback;
@@ -16,7 +17,7 @@ use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use tower::{BoxError, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
@@ -62,6 +63,13 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .layer(DefaultBodyLimit::max(config.max_request_bytes));
 
     let admin = Router::new()
+        .route("/admin/models", get(admin_models::list))
+        .route("/admin/models/{name}", get(admin_models::show))
+        .route("/admin/models/{name}/promote", post(admin_models::promote))
+        .route("/admin/models/{name}/rollback", post(admin_models::rollback))
+        .route("/admin/models/{name}/challengers", put(admin_models::challengers))
+        .route("/admin/models/{name}/versions/{version}/load", post(admin_models::load))
+        .route("/admin/models/{name}/versions/{version}", delete(admin_models::unload))
         .route("/admin/models/{name}/comparison", get(admin::comparison))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), admin::authorize));
 

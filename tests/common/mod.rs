@@ -28,6 +28,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The outcome log's directory, removed with the server.
     pub outcomes: tempfile::TempDir,
+    /// The state directory (saved deployments, audit log), unless the overrides name one.
+    pub state: tempfile::TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -45,6 +47,10 @@ impl TestServer {
         let mut overrides: Vec<String> =
             std::iter::once("shadow_deadline_ms=10000").chain(overrides.iter().copied()).map(str::to_owned).collect();
         overrides.push(format!("outcomes.dir={}", outcomes.path().display()));
+        let state = tempfile::tempdir().unwrap();
+        if !overrides.iter().any(|o| o.starts_with("state_dir=")) {
+            overrides.push(format!("state_dir={}", state.path().display()));
+        }
         let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
         let server = gauntlet::Server::bind_with(config(&overrides), options).await.expect("gateway starts");
         let addr = server.local_addr().unwrap();
@@ -52,7 +58,7 @@ impl TestServer {
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
         }));
-        Self { addr, outcomes, shutdown: Some(tx), task: Some(task) }
+        Self { addr, outcomes, state, shutdown: Some(tx), task: Some(task) }
     }
 
     /// Every outcome record written so far, in file (time) order.

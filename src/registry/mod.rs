@@ -4,7 +4,11 @@
 //! Every version reaches service through one path, `load_version`: read and verify from the
 //! repository → load with its backend (signature checked) → validate on the manifest's reference
 //! rows → warm up (and time, to decide where it runs). A failed step leaves what serves unchanged
-//! and names the step.
+//! and names the step. Startup assembles each deployment from what it loaded; every later change
+//! (`change`) goes through the same loading path, is saved (`state`) and swapped in whole.
+
+mod change;
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -12,6 +16,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+pub use self::change::{Change, ChangeError, Origin};
+pub use self::state::{DeploymentState, StateStore};
 
 use crate::config::Config;
 use crate::metrics::VersionMetrics;
@@ -20,15 +28,22 @@ use crate::outcomes::Role;
 use crate::repository::{Manifest, Repository, RepositoryError, Tolerance, VersionId};
 use crate::traffic::{Canary, TrafficPlan};
 
-/// All served models, by name.
+/// All served models, by name, and what it takes to change them.
 pub struct Registry {
     models: BTreeMap<String, ServedModel>,
+    repository: Repository,
+    loader: Loader,
+    hook: Option<ModelHook>,
+    state: StateStore,
+    /// Held while a change is worked out and applied: changes never interleave.
+    changes: Mutex<()>,
 }
 
 /// One served model name and its current deployment.
 pub struct ServedModel {
     name: String,
     deployment: ArcSwap<Deployment>,
+    settings: LoadSettings,
 }
 
 /// The versions of one model that serve together: the champion answers, the challengers shadow it,
@@ -44,6 +59,8 @@ pub struct Deployment {
     canary: Option<Arc<ModelVersion>>,
     /// Header whose value picks the canary (lower case), if configured.
     canary_key_header: Option<String>,
+    /// Earlier champions, most recent last.
+    previous: Vec<VersionId>,
 }
 
 /// What a deployment is made of, from configuration.
@@ -57,6 +74,7 @@ pub struct DeploymentSpec {
     pub settings: LoadSettings,
     pub plan: TrafficPlan,
     pub canary_key_header: Option<String>,
+    pub previous: Vec<VersionId>,
 }
 
 /// Wraps each model after it passed validation: how tests inject faults (errors, panics, slowness)
@@ -94,21 +112,57 @@ pub struct ModelVersion {
 
 impl Registry {
     /// Loads every configured model (or, with none configured, every model in the repository with
-    /// its highest version as champion). A version that fails is refused and logged; a champion that
-    /// fails stops startup.
+    /// its highest version as champion), with the saved state, when there is one, taking precedence
+    /// over configuration for the models it names. A version that fails is refused and logged; a
+    /// champion that fails stops startup.
     pub fn load(
         config: &Config,
-        repository: &Repository,
-        loader: &Loader,
-        hook: Option<&ModelHook>,
+        repository: Repository,
+        loader: Loader,
+        hook: Option<ModelHook>,
+        state: StateStore,
     ) -> Result<Self, RegistryError> {
-        let mut models = BTreeMap::new();
-        for spec in specs(config, repository)? {
-            let deployment = Deployment::load(repository, loader, &spec, hook)?;
+        let saved = state.load().map_err(RegistryError::State)?;
+        let mut registry = Self { models: BTreeMap::new(), repository, loader, hook, state, changes: Mutex::new(()) };
+        for mut spec in specs(config, &registry.repository)? {
+            if let Some(saved) = saved.get(&spec.name) {
+                tracing::info!(model = %spec.name, champion = %saved.champion, "deployment restored from the saved state");
+                spec.restore(saved);
+            }
+            let deployment =
+                Deployment::load(&registry, &spec).map_err(|error| match (error, registry.state.state_path()) {
+                    (RegistryError::Champion(e), Some(path)) if saved.contains_key(&spec.name) => {
+                        RegistryError::SavedChampion(e, path)
+                    }
+                    (error, _) => error,
+                })?;
+            deployment.publish_roles(None);
             let name = spec.name;
-            models.insert(name.clone(), ServedModel { name, deployment: ArcSwap::from_pointee(deployment) });
+            let served = ServedModel {
+                name: name.clone(),
+                deployment: ArcSwap::from_pointee(deployment),
+                settings: spec.settings,
+            };
+            registry.models.insert(name, served);
         }
-        Ok(Self { models })
+        Ok(registry)
+    }
+
+    /// Loads one version through the one path, with the test hook if one is set.
+    fn load_one(&self, name: &str, version: &VersionId, settings: LoadSettings) -> Result<ModelVersion, LoadError> {
+        let mut loaded = load_version(&self.repository, &self.loader, name, version, settings)?;
+        if let Some(hook) = &self.hook {
+            loaded.model = hook(name, version, loaded.model);
+        }
+        tracing::info!(
+            model = name, version = %version, backend = %loaded.backend(), placement = ?loaded.placement(1),
+            one_row_us = %format!("{:.1}", loaded.one_row.as_secs_f64() * 1e6), "version loaded"
+        );
+        Ok(loaded)
+    }
+
+    pub fn repository(&self) -> &Repository {
+        &self.repository
     }
 
     pub fn model(&self, name: &str) -> Option<&ServedModel> {
@@ -141,6 +195,7 @@ fn specs(config: &Config, repository: &Repository) -> Result<Vec<DeploymentSpec>
                 settings: settings(None),
                 plan: TrafficPlan::default(),
                 canary_key_header: None,
+                previous: Vec::new(),
             });
         }
         return Ok(all);
@@ -159,8 +214,20 @@ fn specs(config: &Config, repository: &Repository) -> Result<Vec<DeploymentSpec>
                 canary: m.canary.as_ref().map(|c| Canary { version: c.version.clone(), share: c.share }),
             },
             canary_key_header: m.canary.as_ref().and_then(|c| c.key_header.as_ref()).map(|h| h.to_ascii_lowercase()),
+            previous: Vec::new(),
         })
         .collect())
+}
+
+impl DeploymentSpec {
+    /// Takes champion, challengers, sampling, versions and history from the saved state.
+    fn restore(&mut self, saved: &DeploymentState) {
+        self.champion = saved.champion.clone();
+        self.challengers = saved.challengers.clone();
+        self.plan.shadow_sample_rate = saved.shadow_sample_rate;
+        self.versions = Some(saved.versions.clone());
+        self.previous = saved.previous.clone();
+    }
 }
 
 // === impl ServedModel ===
@@ -179,29 +246,18 @@ impl ServedModel {
 // === impl Deployment ===
 
 impl Deployment {
-    fn load(
-        repository: &Repository,
-        loader: &Loader,
-        spec: &DeploymentSpec,
-        hook: Option<&ModelHook>,
-    ) -> Result<Self, RegistryError> {
+    /// The deployment at startup: every version through `Registry::load_one`, then assembled.
+    fn load(registry: &Registry, spec: &DeploymentSpec) -> Result<Self, RegistryError> {
         let (name, champion) = (spec.name.as_str(), &spec.champion);
         let versions = match &spec.versions {
             Some(v) => v.clone(),
-            None => repository.versions(name)?,
+            None => registry.repository.versions(name)?,
         };
         let mut loaded = BTreeMap::new();
         let mut refused = BTreeMap::new();
         for version in &versions {
-            match load_version(repository, loader, name, version, spec.settings) {
-                Ok(mut v) => {
-                    if let Some(hook) = hook {
-                        v.model = hook(name, version, v.model);
-                    }
-                    tracing::info!(
-                        model = name, version = %version, backend = %v.backend(), placement = ?v.placement(1),
-                        one_row_us = %format!("{:.1}", v.one_row.as_secs_f64() * 1e6), "version loaded"
-                    );
+            match registry.load_one(name, version, spec.settings) {
+                Ok(v) => {
                     loaded.insert(version.clone(), Arc::new(v));
                 }
                 Err(error) if version == champion => return Err(RegistryError::Champion(error)),
@@ -242,7 +298,7 @@ impl Deployment {
             tracing::warn!(model = name, version = %wanted.version, "canary version is not a serving challenger; no canary");
             plan.canary = None;
         }
-        let deployment = Self {
+        Ok(Self {
             champion,
             challengers,
             versions: loaded,
@@ -250,15 +306,44 @@ impl Deployment {
             plan,
             canary,
             canary_key_header: spec.canary_key_header.clone(),
-        };
-        for version in deployment.versions.values() {
-            let role = match deployment.member_index(version) {
+            previous: spec.previous.clone(),
+        })
+    }
+
+    /// Sets each version's role gauge, and clears those of versions `before` had and this has not.
+    fn publish_roles(&self, before: Option<&Deployment>) {
+        for version in self.versions.values() {
+            let role = match self.member_index(version) {
                 usize::MAX => "available",
-                _ => deployment.role_of(version).label(),
+                _ => self.role_of(version).label(),
             };
-            version.metrics.loaded(version.backend().as_str(), role);
+            version.metrics.loaded(version.backend().as_str(), Some(role));
         }
-        Ok(deployment)
+        for gone in before.into_iter().flat_map(|b| b.versions.values()) {
+            if !self.versions.contains_key(&gone.version) {
+                gone.metrics.loaded(gone.backend().as_str(), None);
+            }
+        }
+    }
+
+    /// What is saved for a restart.
+    pub fn state(&self) -> DeploymentState {
+        DeploymentState {
+            champion: self.champion.version.clone(),
+            challengers: self.challengers.iter().map(|c| c.version.clone()).collect(),
+            shadow_sample_rate: self.plan.shadow_sample_rate,
+            versions: self.versions.keys().cloned().collect(),
+            previous: self.previous.clone(),
+        }
+    }
+
+    pub fn challengers(&self) -> &[Arc<ModelVersion>] {
+        &self.challengers
+    }
+
+    /// Earlier champions, most recent last.
+    pub fn previous(&self) -> &[VersionId] {
+        &self.previous
     }
 
     /// The champion, then the challengers in configured order.
@@ -326,6 +411,11 @@ impl ModelVersion {
 
     pub fn metrics(&self) -> &VersionMetrics {
         &self.metrics
+    }
+
+    /// Median one-row time measured at warm-up.
+    pub fn one_row(&self) -> Duration {
+        self.one_row
     }
 
     /// Inline when `rows` rows should take at most `inline_max` at the warm-up's one-row speed.
@@ -471,6 +561,8 @@ pub enum LoadStep {
     Repository,
     /// The backend cannot load the file, or its signature is not the manifest's.
     Backend,
+    /// Its inputs or outputs differ from the deployment's.
+    Signature,
     /// The reference rows give other outputs than the manifest's.
     Validation,
     WarmUp,
@@ -481,6 +573,7 @@ impl LoadStep {
         match self {
             Self::Repository => "repository",
             Self::Backend => "backend",
+            Self::Signature => "signature",
             Self::Validation => "validation",
             Self::WarmUp => "warm_up",
         }
@@ -500,8 +593,12 @@ pub struct LoadError {
 pub enum RegistryError {
     #[error("a champion cannot serve: {0}")]
     Champion(#[source] LoadError),
+    #[error("the champion saved in {1} cannot serve (remove that file to start from the configuration): {0}")]
+    SavedChampion(#[source] LoadError, std::path::PathBuf),
     #[error(transparent)]
     Repository(#[from] RepositoryError),
+    #[error("reading the saved deployment state: {0}")]
+    State(std::io::Error),
 }
 
 impl fmt::Debug for ModelVersion {

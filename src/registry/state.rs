@@ -1,0 +1,123 @@
+//! What survives a restart: each model's champion, challengers, sampling and rollback history
+//! (`deployments.json`, replaced atomically), and the audit log of every change (`audit.jsonl`,
+//! appended and synced).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::repository::VersionId;
+
+pub const STATE_FILE: &str = "deployments.json";
+pub const AUDIT_FILE: &str = "audit.jsonl";
+
+/// One model's deployment as persisted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentState {
+    pub champion: VersionId,
+    pub challengers: Vec<VersionId>,
+    pub shadow_sample_rate: f64,
+    /// Every loaded version (champion and challengers included).
+    pub versions: Vec<VersionId>,
+    /// Earlier champions, most recent last: what `rollback` returns to.
+    #[serde(default)]
+    pub previous: Vec<VersionId>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    models: BTreeMap<String, DeploymentState>,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Serialize)]
+pub struct AuditEntry<'a> {
+    #[serde(serialize_with = "rfc3339")]
+    pub timestamp: SystemTime,
+    pub model: &'a str,
+    pub action: &'a str,
+    /// "admin" (the API or CLI) or "policy".
+    pub actor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<&'a str>,
+    pub from: &'a DeploymentState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<&'a DeploymentState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
+    /// "ok", or "refused" with `error`.
+    pub result: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Figures behind a policy decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<&'a serde_json::Value>,
+}
+
+fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
+}
+
+/// The state directory; `None` keeps nothing (changes last until restart).
+#[derive(Debug)]
+pub struct StateStore {
+    dir: Option<PathBuf>,
+}
+
+impl StateStore {
+    pub fn open(dir: Option<&Path>) -> io::Result<Self> {
+        if let Some(dir) = dir {
+            fs::create_dir_all(dir)?;
+        }
+        Ok(Self { dir: dir.map(Path::to_owned) })
+    }
+
+    pub fn state_path(&self) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(STATE_FILE))
+    }
+
+    /// The persisted deployments, if any were saved.
+    pub fn load(&self) -> io::Result<BTreeMap<String, DeploymentState>> {
+        let Some(path) = self.state_path() else { return Ok(BTreeMap::new()) };
+        match fs::read(&path) {
+            Ok(bytes) => {
+                let file: StateFile = serde_json::from_slice(&bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
+                Ok(file.models)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the state file: write a temporary file, sync it, rename it over, sync the directory.
+    pub fn save(&self, models: &BTreeMap<String, DeploymentState>) -> io::Result<()> {
+        let (Some(dir), Some(path)) = (&self.dir, self.state_path()) else { return Ok(()) };
+        let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
+        let mut file = File::create(&tmp)?;
+        serde_json::to_writer_pretty(&mut file, &StateFile { models: models.clone() })?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    }
+
+    /// Appends one audit line and syncs it: changes are rare, and each must be on record.
+    pub fn audit(&self, entry: &AuditEntry<'_>) {
+        let Some(dir) = &self.dir else { return };
+        let result = (|| {
+            let mut file = OpenOptions::new().create(true).append(true).open(dir.join(AUDIT_FILE))?;
+            let mut line = serde_json::to_vec(entry)?;
+            line.push(b'\n');
+            file.write_all(&line)?;
+            file.sync_data()
+        })();
+        if let Err(error) = result {
+            tracing::error!(%error, "could not append to the audit log");
+        }
+    }
+}
