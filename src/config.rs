@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::compare::CompareSettings;
+use crate::compare::policy::PolicySettings;
 use crate::model::BackendChoice;
 use crate::outcomes::feedback::FeedbackSettings;
 use crate::outcomes::{LogInputs, WriterSettings};
@@ -197,6 +198,9 @@ pub struct ModelConfig {
     /// A challenger that answers a share of requests itself.
     #[serde(default)]
     pub canary: Option<CanaryConfig>,
+    /// Automatic promotion and rollback on the comparison's sequential test; off by default.
+    #[serde(default)]
+    pub policy: PolicySettings,
 }
 
 #[derive(Clone, Debug, Deserialize)]

@@ -83,9 +83,12 @@ impl Gateway {
             OutcomeWriter::start(config.outcomes.writer_settings())
                 .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?,
         );
-        let tasks = registry.models().map(|m| (m.name().to_owned(), m.deployment().champion().manifest().task.clone()));
+        let models = registry.models().map(|m| {
+            let policy = config.models.get(m.name()).map(|c| c.policy.clone()).unwrap_or_default();
+            (m.name().to_owned(), m.deployment().champion().manifest().task.clone(), policy)
+        });
         let feedback = Arc::new(
-            Feedback::start(tasks.collect(), config.comparison, config.feedback)
+            Feedback::start(models.collect(), config.comparison, config.feedback, Arc::clone(&registry))
                 .context("starting the feedback join")?,
         );
         let shadow_pool =

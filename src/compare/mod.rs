@@ -7,6 +7,7 @@
 //! (`offline`) drive the same code, so they give the same figures.
 
 pub mod offline;
+pub mod policy;
 mod report;
 pub mod stats;
 

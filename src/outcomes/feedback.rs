@@ -11,6 +11,7 @@
 //! (counted) and answers feedback with 503.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::compare::policy::{self, Decision, PolicySettings};
 use crate::compare::{CompareSettings, Comparison, Observation, Report, Truth};
+use crate::registry::{Change, Origin, Registry};
 use crate::repository::Task;
 
 /// Bounds of the join.
@@ -86,18 +89,24 @@ pub struct Feedback {
 }
 
 impl Feedback {
-    /// Starts the join thread for these models (name and task).
+    /// Starts the join thread for these models (name, task, policy), acting on `registry` when a
+    /// policy decides.
     pub fn start(
-        models: Vec<(String, Task)>,
+        models: Vec<(String, Task, PolicySettings)>,
         compare: CompareSettings,
         settings: FeedbackSettings,
+        registry: Arc<Registry>,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = bounded(settings.queue.max(1));
+        let policies = models.iter().map(|(name, _, policy)| (name.clone(), policy.clone())).collect();
         let mut join = Join {
             settings,
+            registry,
+            policies,
+            dry_run_noted: BTreeMap::new(),
             models: models
                 .into_iter()
-                .map(|(name, task)| {
+                .map(|(name, task, _)| {
                     let comparison = Comparison::new(name.clone(), task, compare);
                     (name, ModelIndex::new(comparison))
                 })
@@ -149,6 +158,11 @@ impl Drop for Feedback {
 
 struct Join {
     settings: FeedbackSettings,
+    registry: Arc<Registry>,
+    policies: BTreeMap<String, PolicySettings>,
+    /// The last decision a dry-run policy recorded per model (action, champion, version), so each is
+    /// recorded once rather than after every label.
+    dry_run_noted: BTreeMap<String, (&'static str, String, String)>,
     models: BTreeMap<String, ModelIndex>,
     last_gauges: Instant,
 }
@@ -163,6 +177,8 @@ struct ModelIndex {
     expired: HashSet<String>,
     expired_order: VecDeque<String>,
     changed: bool,
+    /// A held label joined since the policy last looked.
+    changed_labels: bool,
 }
 
 struct Entry {
@@ -214,6 +230,7 @@ impl Join {
         if let Some((truth, _)) = index.held.remove(&id) {
             index.comparison.add_truth(&entry.observation, &truth);
             entry.labelled = true;
+            index.changed_labels = true;
             crate::metrics::feedback(model, "joined_late");
         }
         if index.records.insert(id.clone(), entry).is_none() {
@@ -222,20 +239,66 @@ impl Join {
         while index.records.len() > settings.index_capacity {
             index.evict_oldest_record(settings.index_capacity);
         }
+        if index.changed_labels {
+            index.changed_labels = false;
+            self.apply_policy(model);
+        }
+    }
+
+    /// Lets the model's policy, if enabled, act on the comparison as it now stands.
+    fn apply_policy(&mut self, model: &str) {
+        let Some(settings) = self.policies.get(model).filter(|p| p.enabled) else { return };
+        let (Some(index), Some(served)) = (self.models.get(model), self.registry.model(model)) else { return };
+        let deployment = served.deployment();
+        let champion = deployment.champion().version().clone();
+        let challengers: Vec<_> = deployment.challengers().iter().map(|c| c.version().clone()).collect();
+        let Some(decision) =
+            policy::decide(&index.comparison, &champion, &challengers, deployment.previous().last(), settings)
+        else {
+            return;
+        };
+        let evidence = serde_json::to_value(decision.evidence()).ok();
+        let (change, version, reason) = match &decision {
+            Decision::Promote { version, .. } => (
+                Change::Promote { version: version.clone(), keep_previous: true },
+                version,
+                "the challenger is better by the sequential test",
+            ),
+            Decision::Rollback { version, .. } => {
+                (Change::Rollback, version, "the champion it replaced is better by the sequential test")
+            }
+        };
+        let origin = Origin { actor: "policy", reason: Some(reason), evidence: evidence.as_ref() };
+        if settings.dry_run {
+            let key = (change.action(), champion.to_string(), version.to_string());
+            if self.dry_run_noted.get(model) != Some(&key) {
+                tracing::info!(model, action = change.action(), version = %version, ?evidence, "policy (dry run) would act");
+                self.registry.record_decision(model, change.action(), version, origin);
+                self.dry_run_noted.insert(model.to_owned(), key);
+            }
+            return;
+        }
+        if let Err(error) = self.registry.apply(model, &change, origin) {
+            tracing::error!(model, %error, "the policy's change was refused");
+        }
     }
 
     fn truths(&mut self, model: &str, truths: Vec<(String, Truth)>) -> Vec<Joined> {
         let Some(index) = self.models.get_mut(model) else { return vec![] };
         let settings = self.settings;
         index.changed = true;
-        truths
+        let answers: Vec<Joined> = truths
             .into_iter()
             .map(|(id, truth)| {
                 let joined = index.truth(id, truth, &settings);
                 crate::metrics::feedback(model, joined.label());
                 joined
             })
-            .collect()
+            .collect();
+        if answers.contains(&Joined::Joined) {
+            self.apply_policy(model);
+        }
+        answers
     }
 }
 
@@ -250,6 +313,7 @@ impl ModelIndex {
             expired: HashSet::new(),
             expired_order: VecDeque::new(),
             changed: false,
+            changed_labels: false,
         }
     }
 

@@ -133,6 +133,25 @@ impl Registry {
         result
     }
 
+    /// Records a change that was decided but not made (a policy in dry run) in the audit log.
+    pub fn record_decision(&self, name: &str, action: &str, version: &VersionId, origin: Origin<'_>) {
+        let Some(model) = self.models.get(name) else { return };
+        let from = model.deployment().state();
+        self.state.audit(&AuditEntry {
+            timestamp: SystemTime::now(),
+            model: name,
+            action,
+            actor: origin.actor,
+            version: Some(version.as_str()),
+            from: &from,
+            to: None,
+            reason: origin.reason,
+            result: "dry_run",
+            error: None,
+            evidence: origin.evidence,
+        });
+    }
+
     /// Loads what the target needs and assembles it; nothing serving is touched.
     fn build(&self, model: &ServedModel, current: &Deployment, target: Target) -> Result<Deployment, ChangeError> {
         let name = model.name();

@@ -1,0 +1,148 @@
+//! The promotion policy: promote a challenger that is better with evidence that stays valid under
+//! continuous monitoring, and roll back a promotion that turns out worse.
+//!
+//! The evidence is each pair's mixture sequential probability ratio (`stats::sequential`): under
+//! "no difference" it is a martingale, so by Ville's inequality the chance it *ever* reaches
+//! `1/alpha` is at most `alpha`, however often it is looked at. A fixed-sample p-value checked
+//! after every label would cross `alpha` far more often. Checked here after every label batch.
+//!
+//! Invariant: pure. `decide` reads a `Comparison` and the deployment's ids and returns what to do;
+//! the caller (the live join) applies it through the registry.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Comparison, PairStats};
+use crate::outcomes::Status;
+use crate::repository::{Task, VersionId};
+
+/// One deployment's policy (`models.<name>.policy`); off unless `enabled`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicySettings {
+    pub enabled: bool,
+    /// Decide and record (log and audit), but change nothing.
+    pub dry_run: bool,
+    /// Labelled pairs of champion and challenger before any decision.
+    pub min_labelled_pairs: u64,
+    /// The sequential test's level: the chance of promoting a challenger that is no better.
+    pub alpha: f64,
+    /// Smallest improvement worth a promotion: accuracy (0.01 = one point) or MAE saved per row.
+    pub min_improvement: f64,
+    /// The challenger's p99 model latency must stay within this.
+    pub max_p99_ms: Option<f64>,
+    /// The challenger's share of failed results (error, panic, timeout) must stay within this.
+    pub max_error_rate: f64,
+    /// After a promotion, return to the replaced champion (which keeps shadowing) if it proves better.
+    pub rollback: bool,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            dry_run: false,
+            min_labelled_pairs: 200,
+            alpha: 0.05,
+            min_improvement: 0.0,
+            max_p99_ms: None,
+            max_error_rate: 0.01,
+            rollback: true,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum Decision {
+    /// Make `version` the champion.
+    Promote { version: VersionId, evidence: Evidence },
+    /// Return to `version`, the champion the current one replaced.
+    Rollback { version: VersionId, evidence: Evidence },
+}
+
+/// The figures behind a decision, for the audit log.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Evidence {
+    pub champion: String,
+    pub challenger: String,
+    pub labelled_pairs: u64,
+    /// Challenger's improvement: accuracy gained, or absolute error saved per row.
+    pub improvement: f64,
+    /// The always-valid p-value, `1 / max Λ`.
+    pub sequential_p_value: f64,
+    pub alpha: f64,
+    pub challenger_p99_ms: Option<f64>,
+    pub challenger_error_rate: f64,
+}
+
+impl Decision {
+    pub fn evidence(&self) -> &Evidence {
+        match self {
+            Self::Promote { evidence, .. } | Self::Rollback { evidence, .. } => evidence,
+        }
+    }
+}
+
+/// What the policy would do now, if anything: the challenger with the largest qualifying
+/// improvement is promoted; if it is the champion's predecessor, that is a rollback.
+pub fn decide(
+    comparison: &Comparison,
+    champion: &VersionId,
+    challengers: &[VersionId],
+    previous: Option<&VersionId>,
+    settings: &PolicySettings,
+) -> Option<Decision> {
+    let threshold = (1.0 / settings.alpha).ln();
+    let mut best: Option<(VersionId, Evidence)> = None;
+    for challenger in challengers {
+        let Some(pair) = comparison.pairs.get(&(champion.clone(), challenger.clone())) else { continue };
+        let improvement = pair.improvement();
+        // Cheap tests first: this runs after every label.
+        if pair.labelled < settings.min_labelled_pairs
+            || pair.max_ln_ratio < threshold
+            || improvement <= settings.min_improvement.max(0.0)
+            || best.as_ref().is_some_and(|(_, e)| e.improvement >= improvement)
+        {
+            continue;
+        }
+        let Some(stats) = comparison.models.get(challenger) else { continue };
+        let p99 = (!stats.latency_us.is_empty()).then(|| stats.latency_us.value_at_quantile(0.99) as f64 / 1e3);
+        let failed =
+            [Status::Error, Status::Panic, Status::Timeout].iter().map(|s| stats.statuses[s.index()]).sum::<u64>();
+        let error_rate = if stats.records == 0 { 0.0 } else { failed as f64 / stats.records as f64 };
+        if settings.max_p99_ms.is_some_and(|max| p99.is_none_or(|p| p > max)) || error_rate > settings.max_error_rate {
+            continue;
+        }
+        let evidence = Evidence {
+            champion: champion.to_string(),
+            challenger: challenger.to_string(),
+            labelled_pairs: pair.labelled,
+            improvement,
+            sequential_p_value: (-pair.max_ln_ratio).exp().min(1.0),
+            alpha: settings.alpha,
+            challenger_p99_ms: p99,
+            challenger_error_rate: error_rate,
+        };
+        best = Some((challenger.clone(), evidence));
+    }
+    let (version, evidence) = best?;
+    if previous == Some(&version) {
+        settings.rollback.then_some(Decision::Rollback { version, evidence })
+    } else {
+        Some(Decision::Promote { version, evidence })
+    }
+}
+
+impl PairStats {
+    /// Mean improvement of the challenger per labelled row.
+    fn improvement(&self) -> f64 {
+        if self.labelled == 0 { 0.0 } else { self.d_sum / self.labelled as f64 }
+    }
+}
+
+impl Comparison {
+    /// Whether larger improvements are in accuracy (classification) or MAE (regression).
+    pub fn is_classification(&self) -> bool {
+        matches!(self.task, Task::Classification { .. })
+    }
+}
