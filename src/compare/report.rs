@@ -191,6 +191,10 @@ impl Comparison {
     }
 }
 
+fn p_value(p: f64) -> String {
+    if p < 1e-4 { format!("{p:.1e}") } else { format!("{p:.4}") }
+}
+
 fn to_f64(counts: &[u64]) -> Vec<f64> {
     counts.iter().map(|&c| c as f64).collect()
 }
@@ -290,7 +294,7 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {} labelled pairs: {} {} vs {}, improvement {} (95% CI {}), {} p = {}, sequential p = {:.4}",
+                "  {} labelled pairs: {} {} vs {}, improvement {} (95% CI {}), {} p = {}, sequential p = {}",
                 p.labelled_pairs,
                 p.metric,
                 opt(p.champion_metric, 4),
@@ -298,8 +302,8 @@ impl Report {
                 opt(p.improvement, 4),
                 p.improvement_ci.map_or("-".into(), |[lo, hi]| format!("{lo:.4} .. {hi:.4}")),
                 p.test,
-                p.p_value.map_or("-".into(), |p| format!("{p:.4}")),
-                p.sequential_p_value
+                p.p_value.map_or("-".into(), p_value),
+                p_value(p.sequential_p_value)
             );
             if let Some(more) = p.more_pairs_needed.filter(|m| *m > 0) {
                 let _ =
