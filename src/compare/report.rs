@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{Comparison, ModelStats, PairStats, stats};
 use crate::repository::Task;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Report {
     pub model: String,
     /// "classification" or "regression".
@@ -23,7 +23,7 @@ pub struct Report {
     pub pairs: Vec<PairReport>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelReport {
     pub version: String,
     pub records: u64,
@@ -50,7 +50,7 @@ pub struct ModelReport {
     pub brier: Option<f64>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Better,
@@ -71,7 +71,7 @@ impl fmt::Display for Verdict {
 }
 
 /// Champion against one challenger, on the requests both scored.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PairReport {
     pub champion: String,
     pub challenger: String,
@@ -94,6 +94,7 @@ pub struct PairReport {
     pub challenger_metric: Option<f64>,
     /// Challenger's improvement (accuracy gained, or absolute error saved per row) with its 95% interval.
     pub improvement: Option<f64>,
+    #[schema(value_type = Option<Vec<f64>>)]
     pub improvement_ci: Option<[f64; 2]>,
     /// "mcnemar_exact" or "wilcoxon_signed_rank", and its two-sided p-value.
     pub test: String,

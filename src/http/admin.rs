@@ -52,7 +52,9 @@ fn same_secret(presented: &str, expected: &str) -> bool {
     a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// `GET /admin/models/{name}/comparison`: the live champion–challenger comparison.
+/// The live champion–challenger comparison.
+#[utoipa::path(get, path = "/admin/models/{name}/comparison", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
+    responses((status = 200, body = crate::compare::Report), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn comparison(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<Report>, Error> {
     super::v2::served(&gateway, &name)?;
     match gateway.feedback().report(&name).await {

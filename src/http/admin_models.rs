@@ -15,7 +15,7 @@ use crate::registry::{Change, ChangeError, Deployment, Origin, ServedModel};
 use crate::repository::VersionId;
 
 /// One served model: its deployment and every version on disk.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelView {
     pub name: String,
     pub champion: String,
@@ -28,13 +28,13 @@ pub struct ModelView {
     pub versions: Vec<VersionView>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CanaryView {
     pub version: String,
     pub share: f64,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionView {
     pub version: String,
     /// champion, challenger, loaded (callable directly, not shadowing), refused, or on_disk (not loaded).
@@ -118,17 +118,23 @@ fn summary(name: &str, deployment: &Deployment, versions: Vec<VersionView>) -> M
     }
 }
 
+/// Every served model's deployment.
+#[utoipa::path(get, path = "/admin/models", tag = "admin", responses((status = 200, body = Vec<ModelView>), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody)))]
 pub async fn list(State(gateway): State<Arc<Gateway>>) -> Json<Vec<ModelView>> {
     Json(gateway.registry().models().map(|m| view(&gateway, m)).collect())
 }
 
+/// One model's deployment and every version on disk.
+#[utoipa::path(get, path = "/admin/models/{name}", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
+    responses((status = 200, body = ModelView), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody)))]
 pub async fn show(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
     Ok(Json(view(&gateway, super::v2::served(&gateway, &name)?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PromoteRequest {
+    #[schema(value_type = String)]
     pub version: VersionId,
     /// The old champion keeps shadowing as a challenger (so the comparison goes on). Default true.
     #[serde(default = "yes")]
@@ -141,16 +147,17 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReasonRequest {
     #[serde(default)]
     pub reason: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChallengersRequest {
+    #[schema(value_type = Vec<String>)]
     pub versions: Vec<VersionId>,
     #[serde(default)]
     pub shadow_sample_rate: Option<f64>,
@@ -171,6 +178,9 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Res
     if bytes.iter().all(u8::is_ascii_whitespace) { Ok(T::default()) } else { body(bytes) }
 }
 
+/// Make a version champion (loaded first if needed).
+#[utoipa::path(post, path = "/admin/models/{name}/promote", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer")), request_body = PromoteRequest,
+    responses((status = 200, description = "The model as it now stands", body = ModelView), (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody), (status = 409, description = "Contradicts the deployment", body = crate::http::openapi::ErrorBody), (status = 422, description = "A load step refused the version", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn promote(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -181,6 +191,9 @@ pub async fn promote(
     apply(gateway, name, change, request.reason).await
 }
 
+/// Back to the previous champion.
+#[utoipa::path(post, path = "/admin/models/{name}/rollback", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer")), request_body = Option<ReasonRequest>,
+    responses((status = 200, description = "The model as it now stands", body = ModelView), (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody), (status = 409, description = "Contradicts the deployment", body = crate::http::openapi::ErrorBody), (status = 422, description = "A load step refused the version", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn rollback(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -190,6 +203,9 @@ pub async fn rollback(
     apply(gateway, name, Change::Rollback, request.reason).await
 }
 
+/// Set the challengers and the sampling rate.
+#[utoipa::path(put, path = "/admin/models/{name}/challengers", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer")), request_body = ChallengersRequest,
+    responses((status = 200, description = "The model as it now stands", body = ModelView), (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody), (status = 409, description = "Contradicts the deployment", body = crate::http::openapi::ErrorBody), (status = 422, description = "A load step refused the version", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn challengers(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -200,6 +216,9 @@ pub async fn challengers(
     apply(gateway, name, change, request.reason).await
 }
 
+/// Load a version from the repository (anew if loaded).
+#[utoipa::path(post, path = "/admin/models/{name}/versions/{version}/load", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer"), ("version" = String, Path, description = "One of its versions", example = "1")), request_body = Option<ReasonRequest>,
+    responses((status = 200, description = "The model as it now stands", body = ModelView), (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody), (status = 409, description = "Contradicts the deployment", body = crate::http::openapi::ErrorBody), (status = 422, description = "A load step refused the version", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn load(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,
@@ -209,6 +228,9 @@ pub async fn load(
     apply(gateway, name, Change::Load { version: version_id(&version)? }, request.reason).await
 }
 
+/// Unload a version that is not the champion.
+#[utoipa::path(delete, path = "/admin/models/{name}/versions/{version}", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer"), ("version" = String, Path, description = "One of its versions", example = "1")), request_body = Option<ReasonRequest>,
+    responses((status = 200, description = "The model as it now stands", body = ModelView), (status = 400, description = "Malformed body", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody), (status = 409, description = "Contradicts the deployment", body = crate::http::openapi::ErrorBody), (status = 422, description = "A load step refused the version", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn unload(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,

@@ -25,6 +25,15 @@ use crate::outcomes::feedback::Joined;
 /// Labels in one request, at most.
 pub const MAX_BATCH: usize = 10_000;
 
+/// Ground truth by request id, one label or a batch: joined with the paired records, and logged.
+#[utoipa::path(post, path = "/v2/models/{name}/feedback", tag = "feedback", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
+    request_body = crate::http::openapi::FeedbackRequest,
+    responses(
+        (status = 200, description = "Joined (one label), or the batch's results", body = crate::http::openapi::FeedbackResponse),
+        (status = 202, description = "Held until its record arrives", body = crate::http::openapi::FeedbackResponse),
+        (status = 400, description = "Malformed, or a truth the model cannot have", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "The request already has a label", body = crate::http::openapi::ErrorBody), (status = 410, description = "The record is older than the join keeps", body = crate::http::openapi::ErrorBody),
+        (status = 413, description = "Body over the limit", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn feedback(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,

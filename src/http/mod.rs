@@ -7,6 +7,7 @@ pub mod admin_models;
 pub mod codec;
 mod error;
 mod feedback;
+pub mod openapi;
 mod v2;
 
 use std::sync::Arc;
@@ -55,7 +56,8 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
         .route("/v2/models/{name}/ready", get(v2::model_ready))
         .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
-        .route("/metrics", get(prometheus));
+        .route("/metrics", get(prometheus))
+        .route("/openapi.json", get(openapi::document));
 
     // Labels are small but come in batches: the same body limit as inference, no concurrency limit.
     let labels = Router::new()
@@ -116,6 +118,8 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(error)).into_response()
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 async fn prometheus() -> Response {
     let body = crate::metrics::handle().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
