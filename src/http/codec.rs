@@ -6,9 +6,7 @@
 //! shapes, data length, non-finite values. Everything after works on well-formed tensors.
 
 use std::borrow::Cow;
-use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -68,8 +66,8 @@ struct InputJson<'a> {
     datatype: Cow<'a, str>,
     #[serde(default)]
     parameters: Option<InputParameters>,
-    #[serde(default)]
-    data: Option<FlatData>,
+    #[serde(default, borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -207,8 +205,8 @@ fn decode_input(
             return Err(Error::invalid_input(format!("input '{name}' has both data and binary_data_size")));
         }
         (None, None) => return Err(Error::invalid_input(format!("input '{name}' has no data"))),
-        (Some(flat), None) => {
-            flat.into_tensor_data(datatype).map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?
+        (Some(raw), None) => {
+            scan_data(raw.get(), datatype).map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?
         }
         (None, Some(size)) => {
             if !has_binary {
@@ -247,130 +245,65 @@ fn names(specs: &[TensorSpec]) -> String {
     format!("[{}]", names.join(", "))
 }
 
-/// JSON `data`: a flat or nested array of numbers or booleans, flattened in row-major order. The
-/// datatype may come after `data` in the object, so values are kept as parsed and converted after.
-#[derive(Debug, Default)]
-struct FlatData(Vec<Scalar>);
-
-#[derive(Clone, Copy, Debug)]
-enum Scalar {
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl fmt::Display for Scalar {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Scalar::Int(v) => write!(f, "{v}"),
-            Scalar::UInt(v) => write!(f, "{v}"),
-            Scalar::Float(v) => write!(f, "{v}"),
-            Scalar::Bool(v) => write!(f, "{v}"),
-        }
-    }
-}
-
-impl FlatData {
-    fn into_tensor_data(self, datatype: DataType) -> Result<TensorData, String> {
-        let wrong = |v: &Scalar| format!("{datatype} data cannot hold {v}");
-        let values = self.0;
-        Ok(match datatype {
-            DataType::Fp32 => TensorData::Fp32(
-                values
-                    .iter()
-                    .map(|v| v.as_f64().map(|x| x as f32).ok_or_else(|| wrong(v)))
-                    .collect::<Result<_, _>>()?,
-            ),
-            DataType::Fp64 => {
-                TensorData::Fp64(values.iter().map(|v| v.as_f64().ok_or_else(|| wrong(v))).collect::<Result<_, _>>()?)
+/// JSON `data` (already checked to be valid JSON): a flat or nested array of numbers or booleans,
+/// read in row-major order straight into `datatype`. Numbers are read as f64 first (FP32 then
+/// rounds, as a JSON client holding Python floats would); integer types take integers and floats
+/// with no fractional part (`2.0`).
+fn scan_data(raw: &str, datatype: DataType) -> Result<TensorData, String> {
+    let bytes = raw.as_bytes();
+    // A number per ~8 bytes is a fair guess for rows of decimals; the vector grows if not.
+    let guess = bytes.len() / 8 + 1;
+    let mut data = match datatype {
+        DataType::Fp32 => TensorData::Fp32(Vec::with_capacity(guess)),
+        DataType::Fp64 => TensorData::Fp64(Vec::with_capacity(guess)),
+        DataType::Int64 => TensorData::Int64(Vec::with_capacity(guess)),
+        DataType::Int32 => TensorData::Int32(Vec::with_capacity(guess)),
+        DataType::Bool => TensorData::Bool(Vec::with_capacity(guess)),
+    };
+    let wrong = |token: &str| format!("{datatype} data cannot hold {token}");
+    let mut i = 0;
+    while i < bytes.len() {
+        let start = i;
+        match bytes[i] {
+            b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'-' | b'0'..=b'9' => {
+                while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+                    i += 1;
+                }
+                let token = &raw[start..i];
+                let float = || token.parse::<f64>().map_err(|_| wrong(token));
+                let integer = || {
+                    token.parse::<i64>().or_else(|_| {
+                        let v = float()?;
+                        if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
+                            Ok(v as i64)
+                        } else {
+                            Err(wrong(token))
+                        }
+                    })
+                };
+                match &mut data {
+                    TensorData::Fp32(v) => v.push(float()? as f32),
+                    TensorData::Fp64(v) => v.push(float()?),
+                    TensorData::Int64(v) => v.push(integer()?),
+                    TensorData::Int32(v) => v.push(i32::try_from(integer()?).map_err(|_| wrong(token))?),
+                    TensorData::Bool(_) => return Err(wrong(token)),
+                }
             }
-            DataType::Int64 => {
-                TensorData::Int64(values.iter().map(|v| v.as_i64().ok_or_else(|| wrong(v))).collect::<Result<_, _>>()?)
+            b't' | b'f' => {
+                let value = bytes[i] == b't';
+                i += if value { 4 } else { 5 };
+                match &mut data {
+                    TensorData::Bool(v) => v.push(value),
+                    _ => return Err(wrong(if value { "true" } else { "false" })),
+                }
             }
-            DataType::Int32 => TensorData::Int32(
-                values
-                    .iter()
-                    .map(|v| v.as_i64().and_then(|x| i32::try_from(x).ok()).ok_or_else(|| wrong(v)))
-                    .collect::<Result<_, _>>()?,
-            ),
-            DataType::Bool => TensorData::Bool(
-                values
-                    .iter()
-                    .map(|v| if let Scalar::Bool(b) = v { Ok(*b) } else { Err(wrong(v)) })
-                    .collect::<Result<_, _>>()?,
-            ),
-        })
-    }
-}
-
-impl Scalar {
-    fn as_f64(&self) -> Option<f64> {
-        match *self {
-            Scalar::Int(v) => Some(v as f64),
-            Scalar::UInt(v) => Some(v as f64),
-            Scalar::Float(v) => Some(v),
-            Scalar::Bool(_) => None,
+            b'"' => return Err(wrong("a string")),
+            b'n' => return Err(wrong("null")),
+            _ => return Err(wrong("an object")),
         }
     }
-
-    /// Integers, and floats with no fractional part within range (`2.0`).
-    fn as_i64(&self) -> Option<i64> {
-        match *self {
-            Scalar::Int(v) => Some(v),
-            Scalar::UInt(v) => i64::try_from(v).ok(),
-            Scalar::Float(v) if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 => Some(v as i64),
-            _ => None,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for FlatData {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut values = Vec::new();
-        Flatten(&mut values).deserialize(deserializer)?;
-        Ok(FlatData(values))
-    }
-}
-
-/// Appends every scalar under one JSON value (recursing into arrays) to the vector.
-struct Flatten<'v>(&'v mut Vec<Scalar>);
-
-impl<'de> DeserializeSeed<'de> for Flatten<'_> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Flatten<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("numbers or booleans, in flat or nested arrays")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.0.push(Scalar::Bool(v));
-        Ok(())
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.0.push(Scalar::Int(v));
-        Ok(())
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.0.push(Scalar::UInt(v));
-        Ok(())
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.0.push(Scalar::Float(v));
-        Ok(())
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if let Some(hint) = seq.size_hint() {
-            self.0.reserve(hint);
-        }
-        while seq.next_element_seed(Flatten(&mut *self.0))?.is_some() {}
-        Ok(())
-    }
+    Ok(data)
 }
 
 // === response ===
@@ -566,8 +499,14 @@ mod tests {
         );
         rejects(
             r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":["a",2,3]}]}"#,
-            "invalid request JSON",
+            "FP32 data cannot hold a string",
         );
+        rejects(r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,null,3]}]}"#, "cannot hold null");
+        rejects(
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,{},3]}]}"#,
+            "cannot hold an object",
+        );
+        rejects(r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3}]}"#, "invalid request JSON");
         rejects(
             r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3],"colour":1}]}"#,
             "unknown field `colour`",
@@ -691,6 +630,23 @@ mod tests {
         assert_eq!(
             TensorData::from_le_bytes(DataType::Fp32, &mixed.body[header..]).unwrap(),
             TensorData::Fp32(vec![0.25, 0.75])
+        );
+    }
+
+    #[test]
+    fn data_is_read_straight_into_the_declared_type() {
+        let read = |raw: &str, datatype| scan_data(raw, datatype);
+        assert_eq!(read("[[1, 2.5], [-3e2, 0.1]]", DataType::Fp32), Ok(TensorData::Fp32(vec![1.0, 2.5, -300.0, 0.1])));
+        assert_eq!(read("[0.1]", DataType::Fp64), Ok(TensorData::Fp64(vec![0.1])));
+        assert_eq!(read("[1, 2.0, -3]", DataType::Int64), Ok(TensorData::Int64(vec![1, 2, -3])));
+        assert_eq!(read("[true, false]", DataType::Bool), Ok(TensorData::Bool(vec![true, false])));
+        assert_eq!(read("7", DataType::Int32), Ok(TensorData::Int32(vec![7])));
+        assert_eq!(read("[2.5]", DataType::Int64), Err("INT64 data cannot hold 2.5".into()));
+        assert_eq!(read("[3000000000]", DataType::Int32), Err("INT32 data cannot hold 3000000000".into()));
+        assert_eq!(read("[1]", DataType::Bool), Err("BOOL data cannot hold 1".into()));
+        assert_eq!(
+            read("[9223372036854775808]", DataType::Int64),
+            Err("INT64 data cannot hold 9223372036854775808".into())
         );
     }
 }

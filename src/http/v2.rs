@@ -111,7 +111,8 @@ async fn infer_on(
             .map_err(|error| Failure { error, id: Some(id.clone()) })?;
         let latency = model_start.elapsed();
         let response = respond(&answering, &id, &outputs, &request.outputs);
-        if decision.is_some_and(|d| d.shadow) {
+        // Nothing to pair with when no challenger is deployed.
+        if decision.is_some_and(|d| d.shadow) && !deployment.challengers().is_empty() {
             gateway.shadow().submit(ShadowRequest {
                 deployment: Arc::clone(&deployment),
                 request_id: id.clone(),
