@@ -8,7 +8,8 @@
 # 1. A's maximum throughput (closed loop, 32 in flight).  2. A, B, C alternating, open loop at half
 # that rate (latency from the scheduled send time): medians over rounds of p50, p99, req/s.
 # 3. Saturation (closed loop): champion throughput and shadow coverage (share of shadowed requests
-# whose challengers all finished). Traffic goes to 127.0.0.1 only.
+# whose challengers all finished). Traffic goes to 127.0.0.1 only. BENCH_LOG_INPUTS=none|hash|full
+# (default full) sets what the outcome log keeps of each input.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}"
@@ -33,7 +34,7 @@ log_level = "warn"
 shadow_deadline_ms = 250
 [outcomes]
 dir = "$work/outcomes-$1"
-log_inputs = "full"
+log_inputs = "${BENCH_LOG_INPUTS:-full}"
 [models.breast-cancer]
 champion = "1"
 versions = ["1", "2", "3", "9"]

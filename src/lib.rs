@@ -91,18 +91,19 @@ impl Gateway {
             Feedback::start(models.collect(), config.comparison, config.feedback, Arc::clone(&registry))
                 .context("starting the feedback join")?,
         );
-        let shadow_pool =
-            InferencePool::new("shadow", config.shadow_threads, config.shadow_queue, Priority::Background)
-                .context("starting the shadow pool")?;
         let models: Vec<&str> = registry.models().map(|m| m.name()).collect();
-        let shadow = Arc::new(Shadow::new(
-            shadow_pool,
-            config.shadow_deadline(),
-            config.outcomes.log_inputs,
-            Arc::clone(&writer),
-            Arc::clone(&feedback),
-            &models,
-        ));
+        let shadow = Arc::new(
+            Shadow::new(
+                config.shadow_threads,
+                config.shadow_queue,
+                config.shadow_deadline(),
+                config.outcomes.log_inputs,
+                Arc::clone(&writer),
+                Arc::clone(&feedback),
+                &models,
+            )
+            .context("starting the shadow threads")?,
+        );
         Ok(Self {
             config,
             registry,

@@ -8,6 +8,10 @@
 //!   preempted, would stall the request) and never assembles or serialises a record.
 //! - Everything after runs on the shadow pool: each challenger's inference, and, in whichever job
 //!   finishes last, assembling, counting and serialising the record.
+//! - Batched: a shadow thread takes up to `MAX_BATCH` queued jobs at once and scores those of one
+//!   version in a single run (rows stacked), so under load a challenger pays its per-run overhead
+//!   once per batch, not once per request. A batch that fails or panics is scored again one
+//!   request at a time, so each result is its own. A batched result's latency is the batch's.
 //! - When no challenger can be queued at all, no record is written (there is nothing to pair); the
 //!   request still counts, as `shed` per challenger and as an incomplete one in coverage.
 //! - Bounded: a job the queue cannot take is `shed`; one that could not start before the deadline
@@ -16,12 +20,11 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::compare::Observation;
-use crate::executor::InferencePool;
 use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
 use crate::outcomes::feedback::Feedback;
@@ -29,9 +32,10 @@ use crate::outcomes::{
     LogInputs, ModelResult, NamedTensors, OutcomeRecord, OutcomeWriter, Role, Status, inputs_sha256,
 };
 use crate::registry::{Deployment, ModelVersion};
+use crossbeam_queue::ArrayQueue;
 
 pub struct Shadow {
-    pool: InferencePool,
+    pool: ShadowPool,
     deadline: Duration,
     log_inputs: LogInputs,
     sink: Arc<RecordSink>,
@@ -48,17 +52,146 @@ pub struct ShadowRequest {
     pub latency: Duration,
 }
 
-/// One member's result: outputs and model time, or why there are none.
-type Scored = Result<(Vec<Tensor>, Duration), (Status, Option<String>)>;
+/// One member's result: outputs, model time and the requests in its batch, or why there are none.
+type Scored = Result<(Vec<Tensor>, Duration, usize), (Status, Option<String>)>;
 
 /// A result's outputs borrowed, for the record.
-type ScoredView<'a> = Result<(&'a [Tensor], Duration), (Status, Option<String>)>;
+type ScoredView<'a> = Result<(&'a [Tensor], Duration, usize), (Status, Option<String>)>;
 
 fn view(scored: &Scored) -> ScoredView<'_> {
     match scored {
-        Ok((outputs, latency)) => Ok((outputs.as_slice(), *latency)),
+        Ok((outputs, latency, batch)) => Ok((outputs.as_slice(), *latency, *batch)),
         Err((status, error)) => Err((*status, error.clone())),
     }
+}
+
+/// Jobs a shadow thread takes from the queue at once, and so the largest batch.
+const MAX_BATCH: usize = 64;
+
+/// What a shadow thread does: score one member of a record, or (rarely) assemble a record whose
+/// members all reported before its submitter did.
+enum Work {
+    Score(Arc<PendingRecord>, usize),
+    Finish(Arc<PendingRecord>),
+}
+
+/// Background-priority threads polling one bounded, lock-free queue of `Work`.
+struct ShadowPool {
+    shared: Arc<PoolShared>,
+    handles: parking_lot::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+struct PoolShared {
+    queue: ArrayQueue<Work>,
+    closed: AtomicBool,
+}
+
+impl ShadowPool {
+    fn new(threads: usize, capacity: usize) -> std::io::Result<Self> {
+        let shared = Arc::new(PoolShared { queue: ArrayQueue::new(capacity.max(1)), closed: AtomicBool::new(false) });
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let shared = Arc::clone(&shared);
+            handles.push(std::thread::Builder::new().name(format!("shadow-{i}")).spawn(move || {
+                crate::executor::lower_priority();
+                shared.work();
+            })?);
+        }
+        Ok(Self { shared, handles: parking_lot::Mutex::new(handles) })
+    }
+
+    /// Queues without waiting; gives the work back if the queue is full or the pool closed.
+    fn push(&self, work: Work) -> Result<(), Work> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(work);
+        }
+        // No wakeup: the threads poll (a futex wake would cost the request thread and the CPU).
+        self.shared.queue.push(work)
+    }
+
+    /// Runs everything queued, then stops the threads. Blocking.
+    fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        for handle in std::mem::take(&mut *self.handles.lock()) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl PoolShared {
+    fn work(&self) {
+        let mut taken = Vec::with_capacity(MAX_BATCH);
+        loop {
+            while taken.len() < MAX_BATCH
+                && let Some(work) = self.queue.pop()
+            {
+                taken.push(work);
+            }
+            if taken.is_empty() {
+                if self.closed.load(Ordering::Acquire) && self.queue.is_empty() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+            let mut scores = Vec::with_capacity(taken.len());
+            for work in taken.drain(..) {
+                match work {
+                    Work::Score(pending, slot) => scores.push((pending, slot)),
+                    Work::Finish(pending) => pending.finish(),
+                }
+            }
+            // Group by version, keeping queue order within each group.
+            while let Some((first, _)) = scores.first() {
+                let version = Arc::clone(&first.slots[scores[0].1].version);
+                let (group, rest): (Vec<_>, Vec<_>) =
+                    scores.into_iter().partition(|(p, slot)| Arc::ptr_eq(&p.slots[*slot].version, &version));
+                scores = rest;
+                score_group(&version, group);
+            }
+        }
+    }
+}
+
+/// Scores jobs of one version: those past their deadline are timeouts; the rest run as one batch
+/// when their inputs stack, else (or if the batch fails) one by one.
+fn score_group(version: &ModelVersion, group: Vec<(Arc<PendingRecord>, usize)>) {
+    let now = Instant::now();
+    let (live, late): (Vec<_>, Vec<_>) = group.into_iter().partition(|(p, _)| now < p.deadline);
+    for (pending, slot) in late {
+        // Work that can no longer make its deadline is not worth the CPU.
+        pending.report(slot, Err((Status::Timeout, None)));
+    }
+    if live.len() > 1
+        && let Some(per_request) = run_batch(version, &live)
+    {
+        for ((pending, slot), scored) in live.iter().zip(per_request) {
+            pending.report(*slot, pending.within_deadline(scored));
+        }
+        return;
+    }
+    for (pending, slot) in live {
+        pending.score(slot);
+    }
+}
+
+/// One run over the stacked inputs, cut back into each request's outputs; `None` if the inputs do
+/// not stack or the run fails (each is then run alone, so an error is its own request's).
+fn run_batch(version: &ModelVersion, live: &[(Arc<PendingRecord>, usize)]) -> Option<Vec<Scored>> {
+    let inputs_of = |i: usize| live.iter().map(|(p, _)| &p.request.inputs[i]).collect::<Vec<&Tensor>>();
+    let count = live[0].0.request.inputs.len();
+    let inputs: Vec<Tensor> = (0..count).map(|i| Tensor::concat_rows(&inputs_of(i))).collect::<Option<_>>()?;
+    let rows: Vec<usize> = live.iter().map(|(p, _)| p.request.inputs[0].rows()).collect();
+    let start = Instant::now();
+    let outputs = catch_unwind(AssertUnwindSafe(|| version.infer(&inputs))).ok()?.ok()?;
+    let latency = start.elapsed();
+    let mut per_request: Vec<Vec<Tensor>> = (0..live.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in &outputs {
+        for (request, piece) in per_request.iter_mut().zip(output.split_rows(&rows)?) {
+            request.push(piece);
+        }
+    }
+    Some(per_request.into_iter().map(|outputs| Ok((outputs, latency, live.len()))).collect())
 }
 
 /// One shadowing member and, once it reported, its result (set once, without a lock).
@@ -82,16 +215,19 @@ struct PendingRecord {
 
 impl Shadow {
     /// `models`: the served model names (coverage is counted per model).
+    /// `threads` shadow threads at background priority, `queue` jobs waiting at most.
     pub fn new(
-        pool: InferencePool,
+        threads: usize,
+        queue: usize,
         deadline: Duration,
         log_inputs: LogInputs,
         writer: Arc<OutcomeWriter>,
         feedback: Arc<Feedback>,
         models: &[&str],
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let coverage = models.iter().map(|&m| (m.to_owned(), ShadowCoverage::new(m))).collect();
-        Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, feedback, coverage }) }
+        let pool = ShadowPool::new(threads, queue)?;
+        Ok(Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, feedback, coverage }) })
     }
 
     /// Queues one job per member that did not answer, and returns at once.
@@ -116,8 +252,7 @@ impl Shadow {
         });
         let mut shed = 0;
         for slot in 0..members {
-            let job = Arc::clone(&pending);
-            if self.pool.spawn(move || job.score(slot)).is_err() {
+            if self.pool.push(Work::Score(Arc::clone(&pending), slot)).is_err() {
                 let _ = pending.slots[slot].result.set(Err((Status::Shed, None)));
                 shed += 1;
             }
@@ -132,11 +267,10 @@ impl Shadow {
         }
         // Release the submitter's report. If every queued job already reported, the record is
         // assembled on the pool all the same; if even that cannot be queued, it is dropped (counted).
-        if pending.remaining.fetch_sub(1 + shed, Ordering::AcqRel) == 1 + shed {
-            let job = Arc::clone(&pending);
-            if self.pool.spawn(move || job.finish()).is_err() {
-                crate::metrics::outcome_records("dropped", 1);
-            }
+        if pending.remaining.fetch_sub(1 + shed, Ordering::AcqRel) == 1 + shed
+            && self.pool.push(Work::Finish(Arc::clone(&pending))).is_err()
+        {
+            crate::metrics::outcome_records("dropped", 1);
         }
     }
 
@@ -163,15 +297,27 @@ impl PendingRecord {
             let result = catch_unwind(AssertUnwindSafe(|| self.slots[slot].version.infer(&self.request.inputs)));
             let latency = start.elapsed();
             match result {
-                Ok(Ok(_)) if Instant::now() > self.deadline => Err((
-                    Status::Timeout,
-                    Some(format!("finished after the deadline, in {:.1} ms", latency.as_secs_f64() * 1e3)),
-                )),
-                Ok(Ok(outputs)) => Ok((outputs, latency)),
+                Ok(Ok(outputs)) => self.within_deadline(Ok((outputs, latency, 1))),
                 Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
                 Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
             }
         };
+        self.report(slot, scored);
+    }
+
+    /// A result that came after the deadline counts as a timeout.
+    fn within_deadline(&self, scored: Scored) -> Scored {
+        match scored {
+            Ok((_, latency, _)) if Instant::now() > self.deadline => Err((
+                Status::Timeout,
+                Some(format!("finished after the deadline, in {:.1} ms", latency.as_secs_f64() * 1e3)),
+            )),
+            other => other,
+        }
+    }
+
+    /// Sets a member's result; whoever reports last writes the record.
+    fn report(&self, slot: usize, scored: Scored) {
         let _ = self.slots[slot].result.set(scored);
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.finish();
@@ -208,7 +354,7 @@ impl PendingRecord {
         scored.push((
             answered,
             request.deployment.role_of(answered),
-            Ok((request.outputs.as_slice(), request.latency)),
+            Ok((request.outputs.as_slice(), request.latency, 1)),
         ));
         // Champion first, then challengers in configured order: the same order in every record.
         scored.sort_by_key(|(version, _, _)| request.deployment.member_index(version));
@@ -222,11 +368,15 @@ impl PendingRecord {
             .into_iter()
             .map(|(version, role, scored)| {
                 let manifest = version.manifest();
-                let (status, latency_ms, outputs, error) = match scored {
-                    Ok((outputs, latency)) => {
-                        (Status::Ok, Some(latency), Some(NamedTensors::new(&manifest.outputs, outputs)), None)
-                    }
-                    Err((status, error)) => (status, None, None, error),
+                let (status, latency_ms, batch, outputs, error) = match scored {
+                    Ok((outputs, latency, batch)) => (
+                        Status::Ok,
+                        Some(latency),
+                        (batch > 1).then_some(batch),
+                        Some(NamedTensors::new(&manifest.outputs, outputs)),
+                        None,
+                    ),
+                    Err((status, error)) => (status, None, None, None, error),
                 };
                 ModelResult {
                     version: version.version().to_string(),
@@ -234,6 +384,7 @@ impl PendingRecord {
                     sha256: manifest.sha256.clone(),
                     status,
                     latency_ms,
+                    batch,
                     outputs,
                     error,
                 }

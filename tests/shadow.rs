@@ -343,3 +343,44 @@ async fn a_torn_line_from_a_crash_is_cut_at_start() {
     drop(server);
     assert_eq!(std::fs::read_to_string(&torn).unwrap(), "{\"request_id\":\"a\"}\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_scored_in_batches_with_each_requests_own_outputs() {
+    // Challenger 2 takes 20 ms a run, so a burst queues up behind it and is taken as batches.
+    let options = faults(vec![("breast-cancer", "2", Fault::Slow(Duration::from_millis(20)))]);
+    let mut server = TestServer::start_with_options(&[], options).await;
+    let rows = Arc::new(holdout_rows("breast-cancer"));
+    let n = 40;
+    let server_url = server.url("/v2/models/breast-cancer/infer");
+    let statuses = futures_join_all((0..n).map(|i| {
+        let (rows, url) = (Arc::clone(&rows), server_url.clone());
+        async move {
+            let body = with_id(std::slice::from_ref(&rows[i]), &format!("b{i}"));
+            reqwest::Client::new().post(url).json(&body).send().await.unwrap().status().as_u16()
+        }
+    }))
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let mut direct = Vec::new();
+    for version in ["1", "2", "3"] {
+        let path = format!("/v2/models/breast-cancer/versions/{version}/infer");
+        let (status, text) = infer(&server, &path, &infer_body(&rows[..n])).await;
+        assert_eq!(status, 200);
+        direct.push(serde_json::from_str::<Value>(&text).unwrap());
+    }
+    server.stop().await.unwrap();
+    let records = server.records();
+    assert_eq!(records.len(), n);
+    let mut largest_batch = 1;
+    for record in &records {
+        let i: usize = record["request_id"].as_str().unwrap()[1..].parse().unwrap();
+        for (result, direct) in record["results"].as_array().unwrap().iter().zip(&direct) {
+            assert_eq!(result["status"], "ok", "{record}");
+            largest_batch = largest_batch.max(result["batch"].as_u64().unwrap_or(1));
+            assert_eq!(result["outputs"]["label"], json!([direct["outputs"][0]["data"][i]]), "{record}");
+            let probabilities = &direct["outputs"][1]["data"].as_array().unwrap()[2 * i..2 * i + 2];
+            common::assert_close(&result["outputs"]["probabilities"], &json!([probabilities]), 1e-6);
+        }
+    }
+    assert!(largest_batch > 1, "no batch formed behind a 20 ms challenger");
+}

@@ -164,8 +164,9 @@ pub struct Comparison {
     /// Truths whose row count did not match the record's.
     mismatched_truths: u64,
     models: BTreeMap<VersionId, ModelStats>,
-    /// (champion, challenger) as the records named them.
-    pairs: BTreeMap<(VersionId, VersionId), PairStats>,
+    /// (champion, challenger) as the records named them; a handful, searched in place (a record
+    /// allocates no key).
+    pairs: Vec<((VersionId, VersionId), PairStats)>,
 }
 
 struct ModelStats {
@@ -284,7 +285,7 @@ impl Comparison {
             labelled_records: 0,
             mismatched_truths: 0,
             models: BTreeMap::new(),
-            pairs: BTreeMap::new(),
+            pairs: Vec::new(),
         }
     }
 
@@ -312,7 +313,10 @@ impl Comparison {
         self.records += 1;
         let classes = self.classes().len();
         for result in &observation.results {
-            let stats = self.models.entry(result.version.clone()).or_insert_with(|| ModelStats::new(classes));
+            if !self.models.contains_key(&result.version) {
+                self.models.insert(result.version.clone(), ModelStats::new(classes));
+            }
+            let stats = self.models.get_mut(&result.version).expect("inserted above");
             stats.records += 1;
             stats.statuses[result.status.index()] += 1;
             if let Some(ms) = result.latency_ms {
@@ -333,7 +337,14 @@ impl Comparison {
         let tolerance = self.settings.agreement_tolerance;
         let classes_list = self.classes().to_vec();
         for challenger in observation.results.iter().filter(|r| r.role == Role::Challenger) {
-            let pair = self.pairs.entry((champion.version.clone(), challenger.version.clone())).or_default();
+            let pair =
+                match self.pairs.iter().position(|((a, b), _)| *a == champion.version && *b == challenger.version) {
+                    Some(i) => &mut self.pairs[i].1,
+                    None => {
+                        self.pairs.push(((champion.version.clone(), challenger.version.clone()), PairStats::default()));
+                        &mut self.pairs.last_mut().expect("just pushed").1
+                    }
+                };
             pair.records += 1;
             if champion.status != Status::Ok || challenger.status != Status::Ok {
                 continue;
@@ -404,7 +415,9 @@ impl Comparison {
             return;
         };
         for challenger in observation.results.iter().filter(|r| r.role == Role::Challenger && r.status == Status::Ok) {
-            let Some(pair) = self.pairs.get_mut(&(champion.version.clone(), challenger.version.clone())) else {
+            let Some((_, pair)) =
+                self.pairs.iter_mut().find(|((a, b), _)| *a == champion.version && *b == challenger.version)
+            else {
                 continue;
             };
             for ((a, b), &y) in champion.predictions.iter().zip(&challenger.predictions).zip(&truth.0) {
@@ -436,6 +449,13 @@ impl Comparison {
             let ln_ratio = pair.ln_ratio(matches!(self.task, Task::Classification { .. }));
             pair.max_ln_ratio = pair.max_ln_ratio.max(ln_ratio);
         }
+    }
+}
+
+impl Comparison {
+    /// The statistics of one (champion, challenger) pair, if records named it.
+    fn pair(&self, champion: &VersionId, challenger: &VersionId) -> Option<&PairStats> {
+        self.pairs.iter().find(|((a, b), _)| a == champion && b == challenger).map(|(_, p)| p)
     }
 }
 

@@ -95,7 +95,7 @@ pub fn decide(
     let threshold = (1.0 / settings.alpha).ln();
     let mut best: Option<(VersionId, Evidence)> = None;
     for challenger in challengers {
-        let Some(pair) = comparison.pairs.get(&(champion.clone(), challenger.clone())) else { continue };
+        let Some(pair) = comparison.pair(champion, challenger) else { continue };
         let improvement = pair.improvement();
         // Cheap tests first: this runs after every label.
         if pair.labelled < settings.min_labelled_pairs

@@ -119,11 +119,17 @@ impl Comparison {
             min_labelled_pairs: self.settings.min_labelled_pairs,
             models: self.models.iter().map(|(v, s)| model_report(v.as_str(), s)).collect(),
             pairs: self
-                .pairs
-                .iter()
+                .sorted_pairs()
+                .into_iter()
                 .map(|((a, b), pair)| self.pair_report(a.as_str(), b.as_str(), pair, classification))
                 .collect(),
         }
+    }
+
+    fn sorted_pairs(&self) -> Vec<&((crate::repository::VersionId, crate::repository::VersionId), PairStats)> {
+        let mut pairs: Vec<_> = self.pairs.iter().collect();
+        pairs.sort_by(|x, y| x.0.cmp(&y.0));
+        pairs
     }
 
     fn pair_report(&self, champion: &str, challenger: &str, pair: &PairStats, classification: bool) -> PairReport {

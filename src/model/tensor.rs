@@ -180,6 +180,68 @@ impl Tensor {
         (self.shape, self.data)
     }
 
+    /// Rows: the first dimension (1 for a scalar).
+    pub fn rows(&self) -> usize {
+        self.shape.first().copied().unwrap_or(1)
+    }
+
+    /// The tensors stacked along the first dimension; `None` unless they share datatype and the
+    /// other dimensions.
+    pub fn concat_rows(parts: &[&Tensor]) -> Option<Tensor> {
+        let first = parts.first()?;
+        if first.shape.is_empty() || parts.iter().any(|t| t.shape.get(1..) != first.shape.get(1..)) {
+            return None;
+        }
+        let rows = parts.iter().map(|t| t.rows()).sum();
+        let total = parts.iter().map(|t| t.data.len()).sum();
+        macro_rules! stack {
+            ($variant:ident) => {{
+                let mut all = Vec::with_capacity(total);
+                for part in parts {
+                    let TensorData::$variant(v) = &part.data else { return None };
+                    all.extend_from_slice(v);
+                }
+                TensorData::$variant(all)
+            }};
+        }
+        let data = match first.data {
+            TensorData::Fp32(_) => stack!(Fp32),
+            TensorData::Fp64(_) => stack!(Fp64),
+            TensorData::Int64(_) => stack!(Int64),
+            TensorData::Int32(_) => stack!(Int32),
+            TensorData::Bool(_) => stack!(Bool),
+        };
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        Tensor::new(shape, data).ok()
+    }
+
+    /// The tensor cut along the first dimension into pieces of `rows` rows each; `None` unless
+    /// they add up to its rows.
+    pub fn split_rows(&self, rows: &[usize]) -> Option<Vec<Tensor>> {
+        if self.shape.is_empty() || rows.iter().sum::<usize>() != self.rows() {
+            return None;
+        }
+        let per_row = self.data.len() / self.rows().max(1);
+        let mut start = 0;
+        let mut pieces = Vec::with_capacity(rows.len());
+        for &n in rows {
+            let range = start * per_row..(start + n) * per_row;
+            start += n;
+            let data = match &self.data {
+                TensorData::Fp32(v) => TensorData::Fp32(v[range].to_vec()),
+                TensorData::Fp64(v) => TensorData::Fp64(v[range].to_vec()),
+                TensorData::Int64(v) => TensorData::Int64(v[range].to_vec()),
+                TensorData::Int32(v) => TensorData::Int32(v[range].to_vec()),
+                TensorData::Bool(v) => TensorData::Bool(v[range].to_vec()),
+            };
+            let mut shape = self.shape.clone();
+            shape[0] = n;
+            pieces.push(Tensor::new(shape, data).ok()?);
+        }
+        Some(pieces)
+    }
+
     /// Builds a tensor from nested JSON arrays of numbers (`[[1.0, 2.0], [3.0, 4.0]]`), as manifests
     /// store reference rows; the nesting gives the shape.
     pub fn from_nested_json(value: &serde_json::Value, datatype: DataType) -> Result<Self, TensorError> {
@@ -280,5 +342,19 @@ mod tests {
             Tensor::from_nested_json(&serde_json::json!([[1], [2, 3]]), DataType::Fp32),
             Err(TensorError::Ragged)
         );
+    }
+
+    #[test]
+    fn rows_stack_and_split_back() {
+        let a = Tensor::new(vec![1, 2], TensorData::Fp32(vec![1.0, 2.0])).unwrap();
+        let b = Tensor::new(vec![2, 2], TensorData::Fp32(vec![3.0, 4.0, 5.0, 6.0])).unwrap();
+        let stacked = Tensor::concat_rows(&[&a, &b]).unwrap();
+        assert_eq!(stacked.shape(), [3, 2]);
+        assert_eq!(stacked.split_rows(&[1, 2]).unwrap(), vec![a.clone(), b]);
+        let labels = Tensor::new(vec![3], TensorData::Int64(vec![7, 8, 9])).unwrap();
+        assert_eq!(labels.split_rows(&[2, 1]).unwrap()[1].data(), &TensorData::Int64(vec![9]));
+        assert_eq!(labels.split_rows(&[2, 2]), None);
+        let other = Tensor::new(vec![1, 3], TensorData::Fp32(vec![0.0; 3])).unwrap();
+        assert_eq!(Tensor::concat_rows(&[&a, &other]), None);
     }
 }

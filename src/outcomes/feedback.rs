@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -187,11 +187,15 @@ struct Entry {
 }
 
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the join thread sleeps when nothing waits for it.
+const POLL: Duration = Duration::from_millis(2);
 
 impl Join {
+    /// Polls rather than blocks, like the outcome writer: a blocked receiver would make every
+    /// shadow thread pay a futex wake per record. Feedback and reports wait at most `POLL` longer.
     fn run(&mut self, receiver: Receiver<Message>) {
         loop {
-            match receiver.recv_timeout(Duration::from_secs(1)) {
+            match receiver.try_recv() {
                 Ok(Message::Record { model, observation }) => self.record(&model, observation),
                 Ok(Message::Truths { model, truths, reply }) => {
                     let answers = self.truths(&model, truths);
@@ -200,8 +204,8 @@ impl Join {
                 Ok(Message::Report { model, reply }) => {
                     let _ = reply.send(self.models.get(&*model).map(|m| m.comparison.report()));
                 }
-                Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
+                Ok(Message::Close) | Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => std::thread::sleep(POLL),
             }
             let now = Instant::now();
             for (name, index) in &mut self.models {

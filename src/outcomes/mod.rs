@@ -75,6 +75,9 @@ pub struct ModelResult<'a> {
     /// Time in the model alone; absent when it never ran (shed) or was abandoned (timeout).
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "milliseconds")]
     pub latency_ms: Option<Duration>,
+    /// Requests scored together in one run (shadow batching); the latency is the batch's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outputs: Option<NamedTensors<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -265,6 +268,7 @@ mod tests {
                 sha256: "cd".into(),
                 status: Status::Shed,
                 latency_ms: None,
+                batch: None,
                 outputs: None,
                 error: None,
             }],

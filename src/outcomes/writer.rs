@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
 use parking_lot::Mutex;
 
 #[derive(Clone, Debug)]
@@ -111,18 +111,25 @@ struct OpenFile {
 
 static FILE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// How long the writer sleeps when its queue is empty.
+const POLL: Duration = Duration::from_millis(2);
+
 impl Log {
     fn new(settings: WriterSettings) -> Self {
         Self { settings, file: None }
     }
 
+    /// Polls rather than blocks: a blocked receiver makes every sender (a shadow thread, per record)
+    /// pay a futex wake and the CPU a context switch; polling every `POLL` costs neither.
     fn run(mut self, receiver: Receiver<Message>) {
         let mut last_flush = Instant::now();
         loop {
-            let wait = self.settings.flush_interval.saturating_sub(last_flush.elapsed());
-            match receiver.recv_timeout(wait) {
-                Ok(Message::Line(line)) => self.write_line(&line),
-                Ok(Message::Close) | Err(RecvTimeoutError::Disconnected) => {
+            match receiver.try_recv() {
+                Ok(Message::Line(line)) => {
+                    self.write_line(&line);
+                    continue;
+                }
+                Ok(Message::Close) | Err(TryRecvError::Disconnected) => {
                     // Close is sent after every record it must cover; drain what raced in beside it.
                     while let Ok(Message::Line(line)) = receiver.try_recv() {
                         self.write_line(&line);
@@ -130,7 +137,9 @@ impl Log {
                     self.close_file(true);
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(TryRecvError::Empty) => {
+                    thread::sleep(POLL.min(self.settings.flush_interval.saturating_sub(last_flush.elapsed())));
+                }
             }
             if last_flush.elapsed() >= self.settings.flush_interval {
                 self.flush();
@@ -291,6 +300,7 @@ mod tests {
                 sha256: "x".into(),
                 status: Status::Ok,
                 latency_ms: Some(Duration::from_micros(12)),
+                batch: None,
                 outputs: None,
                 error: None,
             }],
