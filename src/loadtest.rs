@@ -195,7 +195,6 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     };
     if let Some(p) = progress {
         p.abort();
-        eprintln!();
     }
     let mut summary = recorder.summary(mode, elapsed, args);
     if let Some(f) = &feedback
@@ -367,21 +366,29 @@ async fn drive(
     }
 }
 
-/// A progress line on stderr each second, until aborted.
+/// Progress on stderr until aborted: a live line (indicatif) on a terminal, else a plain line every
+/// 5 s, so CI logs show it too.
 async fn progress(recorder: Arc<Recorder>, started: Instant) {
+    use std::io::IsTerminal;
+    let terminal = std::io::stderr().is_terminal();
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("a valid template"),
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut last = 0;
     loop {
         tick.tick().await;
         let (count, errors, p99) = recorder.snapshot();
-        eprint!(
-            "\r[{:>4.0}s] {count} requests, {} req/s, {errors} errors, p99 {:.2} ms   ",
-            started.elapsed().as_secs_f64(),
-            count - last,
-            p99
-        );
+        let line = format!("{count} requests, {} req/s, {errors} errors, p99 so far {p99:.2} ms", count - last);
         last = count;
+        if terminal {
+            bar.set_message(line);
+            bar.tick();
+        } else if started.elapsed().as_secs().is_multiple_of(5) {
+            eprintln!("[{:>4.0}s] {line}", started.elapsed().as_secs_f64());
+        }
     }
 }
 
