@@ -108,6 +108,10 @@ pub struct Config {
     /// challengers and sampling for the models it names: delete it to start from the configuration.
     #[serde(default = "defaults::state_dir")]
     pub state_dir: PathBuf,
+    /// Every this many seconds, look for version folders that appeared in the repository and load
+    /// each as a challenger of its model (through the same path as `load`). 0: never.
+    #[serde(default)]
+    pub repository_poll_s: u64,
     /// Token the admin API requires as `Authorization: Bearer <token>` (set it from the environment:
     /// GAUNTLET_ADMIN_TOKEN). Unset: the admin API answers loopback clients only.
     #[serde(default)]

@@ -182,6 +182,31 @@ impl Server {
                 crate::metrics::handle().run_upkeep();
             }
         });
+        let poller = (gateway.config.repository_poll_s > 0).then(|| {
+            let gateway = Arc::clone(&gateway);
+            let every = std::time::Duration::from_secs(gateway.config.repository_poll_s);
+            tokio::spawn(async move {
+                // What is on disk at start is the configuration's business, not new.
+                let registry = Arc::clone(&gateway.registry);
+                let mut tried =
+                    tokio::task::spawn_blocking(move || registry.versions_on_disk()).await.unwrap_or_default();
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let registry = Arc::clone(&gateway.registry);
+                    // Loading reads files and runs models: off the async workers.
+                    tried = tokio::task::spawn_blocking(move || {
+                        for (model, version) in registry.adopt_new_versions(&mut tried) {
+                            tracing::info!(model, version = %version, "a new version in the repository now shadows");
+                        }
+                        tried
+                    })
+                    .await
+                    .unwrap_or_default();
+                }
+            })
+        });
         let grace = gateway.config.shutdown_grace();
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel();
         let signal = {
@@ -213,6 +238,9 @@ impl Server {
             },
         };
         upkeep.abort();
+        if let Some(poller) = poller {
+            poller.abort();
+        }
         // No request can start shadow work any more: let what started finish and reach the log.
         gateway.shadow.close().await;
         result.context("the server task failed")?.context("serving")?;

@@ -323,3 +323,39 @@ async fn without_a_token_the_admin_api_answers_loopback_only() {
         client.post(format!("http://{ip}:{port}/v2/models/breast-cancer/infer")).json(&body).send().await;
     assert_eq!(remote_infer.unwrap().status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_dropped_into_the_repository_starts_shadowing() {
+    let repository = tempfile::tempdir().unwrap();
+    for model in ["breast-cancer", "diabetes"] {
+        copy_dir(&common::models_dir().join(model), &repository.path().join(model));
+    }
+    // Version 3 exists but is not configured: it is not new, so polling leaves it alone.
+    let models = format!("models_dir={}", repository.path().display());
+    let server = TestServer::start(&[
+        &models,
+        "repository_poll_s=1",
+        "models.breast-cancer.versions=[\"1\", \"2\"]",
+        "models.breast-cancer.challengers=[\"2\"]",
+    ])
+    .await;
+    // After the poller has taken stock of what was there at start.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let bc = repository.path().join("breast-cancer");
+    copy_dir(&bc.join("1"), &bc.join("5"));
+    edit_manifest(&bc.join("5"), |m| m["version"] = json!("5"));
+    let mut model = Value::Null;
+    for _ in 0..60 {
+        model = admin(&server, reqwest::Method::GET, "/admin/models/breast-cancer", None).await;
+        if model["challengers"] == json!(["2", "5"]) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(model["challengers"], json!(["2", "5"]), "{model}");
+    let state =
+        |v: &str| model["versions"].as_array().unwrap().iter().find(|x| x["version"] == v).unwrap()["state"].clone();
+    assert_eq!((state("3"), state("5")), (json!("on_disk"), json!("challenger")));
+    let audit = std::fs::read_to_string(server.state.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains(r#""actor":"repository""#), "{audit}");
+}

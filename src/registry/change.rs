@@ -133,6 +133,51 @@ impl Registry {
         result
     }
 
+    /// Loads, as challengers, the versions on disk that this registry has neither loaded nor tried
+    /// before (`tried` remembers them, so a version refused by validation or its signature is not
+    /// retried every poll; one whose files are incomplete is). Returns the versions added.
+    pub fn adopt_new_versions(&self, tried: &mut BTreeSet<(String, VersionId)>) -> Vec<(String, VersionId)> {
+        let mut added = Vec::new();
+        for (name, model) in &self.models {
+            let Ok(on_disk) = self.repository.versions(name) else { continue };
+            let deployment = model.deployment();
+            for version in on_disk {
+                if deployment.versions.contains_key(&version)
+                    || deployment.refused.contains_key(&version)
+                    || !tried.insert((name.clone(), version.clone()))
+                {
+                    continue;
+                }
+                let current = model.deployment();
+                let mut challengers: Vec<VersionId> = current.challengers.iter().map(|c| c.version.clone()).collect();
+                challengers.push(version.clone());
+                let change = Change::SetChallengers { versions: challengers, shadow_sample_rate: None };
+                let origin =
+                    Origin { actor: "repository", reason: Some("a new version folder appeared"), evidence: None };
+                match self.apply(name, &change, origin) {
+                    Ok(_) => added.push((name.clone(), version)),
+                    // Files still being copied in look corrupt or incomplete: look again next time.
+                    Err(ChangeError::Load(LoadError { step: LoadStep::Repository, .. })) => {
+                        tried.remove(&(name.clone(), version));
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        added
+    }
+
+    /// Every (model, version) in the repository now: what the poller does not treat as new.
+    pub fn versions_on_disk(&self) -> BTreeSet<(String, VersionId)> {
+        self.models
+            .keys()
+            .flat_map(|name| {
+                let versions = self.repository.versions(name).unwrap_or_default();
+                versions.into_iter().map(move |v| (name.clone(), v))
+            })
+            .collect()
+    }
+
     /// Records a change that was decided but not made (a policy in dry run) in the audit log.
     pub fn record_decision(&self, name: &str, action: &str, version: &VersionId, origin: Origin<'_>) {
         let Some(model) = self.models.get(name) else { return };
