@@ -153,25 +153,45 @@ impl PoolShared {
     }
 }
 
-/// Scores jobs of one version: those past their deadline are timeouts; the rest run as one batch
-/// when their inputs stack, else (or if the batch fails) one by one.
-fn score_group(version: &ModelVersion, group: Vec<(Arc<PendingRecord>, usize)>) {
-    let now = Instant::now();
-    let (live, late): (Vec<_>, Vec<_>) = group.into_iter().partition(|(p, _)| now < p.deadline);
-    for (pending, slot) in late {
-        // Work that can no longer make its deadline is not worth the CPU.
-        pending.report(slot, Err((Status::Timeout, None)));
-    }
-    if live.len() > 1
-        && let Some(per_request) = run_batch(version, &live)
-    {
-        for ((pending, slot), scored) in live.iter().zip(per_request) {
-            pending.report(*slot, pending.within_deadline(scored));
+/// Scores jobs of one version, oldest first, in batches no larger than the version (at its warm-up
+/// speed) can finish before the oldest job's deadline: jobs already past their deadline are
+/// timeouts, never run; a batch whose inputs do not stack, or that fails, runs one job at a time.
+fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRecord>, usize)>) {
+    group.reverse();
+    while !group.is_empty() {
+        let now = Instant::now();
+        let mut batch: Vec<(Arc<PendingRecord>, usize)> = Vec::new();
+        let mut rows = 0;
+        while let Some((pending, _)) = group.last() {
+            if now >= pending.deadline {
+                // Work that can no longer make its deadline is not worth the CPU.
+                let (pending, slot) = group.pop().expect("just looked");
+                pending.report(slot, Err((Status::Timeout, None)));
+                continue;
+            }
+            let budget = batch.first().map_or(pending.deadline, |(first, _)| first.deadline) - now;
+            let more = pending.request.inputs.first().map_or(1, Tensor::rows);
+            if !batch.is_empty() && version.one_row().saturating_mul((rows + more) as u32) > budget {
+                break;
+            }
+            rows += more;
+            batch.push(group.pop().expect("just looked"));
         }
-        return;
-    }
-    for (pending, slot) in live {
-        pending.score(slot);
+        match batch.len() {
+            0 => {}
+            1 => {
+                let (pending, slot) = batch.pop().expect("one job");
+                pending.score(slot);
+            }
+            _ => match run_batch(version, &batch) {
+                Some(per_request) => {
+                    for ((pending, slot), scored) in batch.iter().zip(per_request) {
+                        pending.report(*slot, pending.within_deadline(scored));
+                    }
+                }
+                None => batch.into_iter().for_each(|(pending, slot)| pending.score(slot)),
+            },
+        }
     }
 }
 
