@@ -22,10 +22,9 @@ type Job = Box<dyn FnOnce() + Send>;
 /// A fixed set of threads fed by a bounded, lock-free queue.
 ///
 /// No lock is shared between submitters and pool threads: jobs go through an `ArrayQueue` and
-/// sleeping threads are woken with `unpark` (a futex token). A pool at background priority must
-/// not share a lock with request threads: a preempted background thread holding it would stall
-/// the request until the CPU next went idle (measured: a channel whose wakeup takes a mutex gave a
-/// champion p99 of 88 ms with two shadowing challengers, against 4 ms without).
+/// sleeping threads are woken with `unpark` (a futex token). (The shadow's background-priority
+/// threads have their own polled queue, `shadow::ShadowPool`, for the same reason: a preempted
+/// background thread holding a lock would stall the request until the CPU next went idle.)
 pub struct InferencePool {
     shared: Arc<Shared>,
     threads: Vec<thread::Thread>,
@@ -34,18 +33,9 @@ pub struct InferencePool {
 
 struct Shared {
     queue: ArrayQueue<Job>,
-    priority: Priority,
     /// Threads parked or about to park; submitters wake them only when it is not zero.
     parked: AtomicUsize,
     closed: AtomicBool,
-}
-
-/// The OS scheduling priority of a pool's threads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Priority {
-    Normal,
-    /// Runs only when nothing else wants the CPU (Linux `SCHED_IDLE`): shadow work yields to answers.
-    Background,
 }
 
 /// A job's result, once a pool thread has run it; `Err` if it panicked.
@@ -62,22 +52,16 @@ pub enum PoolError {
 }
 
 impl InferencePool {
-    pub fn new(name: &str, threads: usize, queue: usize, priority: Priority) -> std::io::Result<Self> {
+    pub fn new(name: &str, threads: usize, queue: usize) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(queue.max(1)),
-            priority,
             parked: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
         });
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let shared = Arc::clone(&shared);
-            handles.push(thread::Builder::new().name(format!("{name}-{i}")).spawn(move || {
-                if priority == Priority::Background {
-                    lower_priority();
-                }
-                shared.work();
-            })?);
+            handles.push(thread::Builder::new().name(format!("{name}-{i}")).spawn(move || shared.work())?);
         }
         let threads = handles.iter().map(|h| h.thread().clone()).collect();
         Ok(Self { shared, threads, handles: parking_lot::Mutex::new(handles) })
@@ -89,11 +73,6 @@ impl InferencePool {
             return Err(PoolError::Stopped);
         }
         self.shared.queue.push(Box::new(job)).map_err(|_| PoolError::Full)?;
-        if self.shared.priority == Priority::Background {
-            // Background threads poll (see `work`): waking one would cost this (request) thread a
-            // futex call and the CPU an interrupt, for work that can wait a millisecond.
-            return Ok(());
-        }
         // Pairs with the fence in `work`: either a parking thread sees the job, or we see it parking.
         fence(Ordering::SeqCst);
         if self.shared.parked.load(Ordering::Relaxed) > 0 {
@@ -152,12 +131,8 @@ impl Shared {
                 drop(catch_unwind(AssertUnwindSafe(job)));
                 continue;
             }
-            // Normal pools are unparked by `spawn` (the timeout is a safety net); background pools poll.
-            let poll = match self.priority {
-                Priority::Normal => Duration::from_millis(100),
-                Priority::Background => Duration::from_millis(1),
-            };
-            thread::park_timeout(poll);
+            // Unparked by `spawn`; the timeout is a safety net.
+            thread::park_timeout(Duration::from_millis(100));
             self.parked.fetch_sub(1, Ordering::Relaxed);
         }
     }
@@ -226,7 +201,7 @@ mod tests {
 
     #[tokio::test]
     async fn pool_runs_jobs_and_survives_panics() {
-        let pool = InferencePool::new("test", 1, 4, Priority::Normal).unwrap();
+        let pool = InferencePool::new("test", 1, 4).unwrap();
         assert_eq!(pool.run(|| 2 + 2).await, Ok(4));
         assert_eq!(pool.run(|| -> i32 { panic!("boom") }).await, Err(PoolError::Panicked));
         assert_eq!(pool.run(|| 5).await, Ok(5), "the thread survives a panicking job");
@@ -234,7 +209,7 @@ mod tests {
 
     #[test]
     fn close_runs_every_queued_job_then_refuses() {
-        let pool = InferencePool::new("test", 2, 1000, Priority::Background).unwrap();
+        let pool = InferencePool::new("test", 2, 1000).unwrap();
         let done = Arc::new(AtomicUsize::new(0));
         for _ in 0..500 {
             let done = Arc::clone(&done);
@@ -250,7 +225,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_is_refused_at_once() {
-        let pool = Arc::new(InferencePool::new("test", 1, 1, Priority::Background).unwrap());
+        let pool = Arc::new(InferencePool::new("test", 1, 1).unwrap());
         let (release, wait) = std::sync::mpsc::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel();
         // Occupy the only thread until released.

@@ -29,7 +29,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::executor::{Executor, InferencePool, Priority};
+use crate::executor::{Executor, InferencePool};
 use crate::model::{Loader, OnnxRuntime};
 use crate::outcomes::OutcomeWriter;
 use crate::outcomes::feedback::Feedback;
@@ -77,8 +77,8 @@ impl Gateway {
         let state = StateStore::open(Some(&config.state_dir))
             .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
         let registry = Arc::new(Registry::load(&config, repository, loader, options.model_hook, state)?);
-        let pool = InferencePool::new("inference", threads, config.inference_queue, Priority::Normal)
-            .context("starting the inference pool")?;
+        let pool =
+            InferencePool::new("inference", threads, config.inference_queue).context("starting the inference pool")?;
         let writer = Arc::new(
             OutcomeWriter::start(config.outcomes.writer_settings())
                 .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?,

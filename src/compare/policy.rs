@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Comparison, PairStats};
 use crate::outcomes::Status;
-use crate::repository::{Task, VersionId};
+use crate::repository::VersionId;
 
 /// One deployment's policy (`models.<name>.policy`); off unless `enabled`.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -137,12 +137,5 @@ impl PairStats {
     /// Mean improvement of the challenger per labelled row.
     fn improvement(&self) -> f64 {
         if self.labelled == 0 { 0.0 } else { self.d_sum / self.labelled as f64 }
-    }
-}
-
-impl Comparison {
-    /// Whether larger improvements are in accuracy (classification) or MAE (regression).
-    pub fn is_classification(&self) -> bool {
-        matches!(self.task, Task::Classification { .. })
     }
 }
