@@ -216,7 +216,8 @@ pub fn inputs_sha256(tensors: &[Tensor]) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+/// A time as RFC 3339 UTC to the millisecond, as every log line writes it.
+pub(crate) fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 

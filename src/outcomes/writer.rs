@@ -37,6 +37,8 @@ enum Message {
 
 pub struct OutcomeWriter {
     sender: Sender<Message>,
+    /// Counted once a record under overload: the handle is looked up once.
+    dropped: metrics::Counter,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -56,7 +58,11 @@ impl OutcomeWriter {
             crate::executor::lower_priority();
             Log::new(settings).run(receiver)
         })?;
-        Ok(Self { sender, thread: Mutex::new(Some(thread)) })
+        Ok(Self {
+            sender,
+            thread: Mutex::new(Some(thread)),
+            dropped: crate::metrics::outcome_records_counter("dropped"),
+        })
     }
 
     /// Queues a record without waiting; a full queue drops it (counted). Returns whether it was accepted.
@@ -71,7 +77,7 @@ impl OutcomeWriter {
         match self.sender.try_send(Message::Line(line)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                crate::metrics::outcome_records("dropped", 1);
+                self.dropped.increment(1);
                 false
             }
         }
@@ -98,6 +104,8 @@ impl Drop for OutcomeWriter {
 struct Log {
     settings: WriterSettings,
     file: Option<OpenFile>,
+    /// Counted once a record: the handle is looked up once.
+    written: metrics::Counter,
 }
 
 struct OpenFile {
@@ -116,7 +124,7 @@ const POLL: Duration = Duration::from_millis(2);
 
 impl Log {
     fn new(settings: WriterSettings) -> Self {
-        Self { settings, file: None }
+        Self { settings, file: None, written: crate::metrics::outcome_records_counter("written") }
     }
 
     /// Polls rather than blocks: a blocked receiver makes every sender (a shadow thread, per record)
@@ -163,11 +171,11 @@ impl Log {
                 }
             },
         };
-        match file.out.write_all(line) {
+        let full = match file.out.write_all(line) {
             Ok(()) => {
                 file.bytes += line.len() as u64;
                 file.unflushed += 1;
-                crate::metrics::outcome_records("written", 1);
+                file.bytes >= self.settings.rotate_bytes
             }
             Err(error) => {
                 disk_error("writing an outcome record", &error);
@@ -176,8 +184,9 @@ impl Log {
                 crate::metrics::outcome_records("lost", lost);
                 return;
             }
-        }
-        if file.bytes >= self.settings.rotate_bytes {
+        };
+        self.written.increment(1);
+        if full {
             self.close_file(false);
         }
     }

@@ -36,7 +36,7 @@ struct StateFile {
 /// One line of the audit log.
 #[derive(Debug, Serialize)]
 pub struct AuditEntry<'a> {
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::outcomes::rfc3339")]
     pub timestamp: SystemTime,
     pub model: &'a str,
     pub action: &'a str,
@@ -56,10 +56,6 @@ pub struct AuditEntry<'a> {
     /// Figures behind a policy decision.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evidence: Option<&'a serde_json::Value>,
-}
-
-fn rfc3339<S: serde::Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
 /// The state directory; `None` keeps nothing (changes last until restart).
