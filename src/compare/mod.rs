@@ -297,24 +297,14 @@ impl Comparison {
         &self.task
     }
 
-    fn classes(&self) -> &[i64] {
-        match &self.task {
-            Task::Classification { classes, .. } => classes,
-            Task::Regression { .. } => &[],
-        }
-    }
-
-    fn class_index(&self, label: i64) -> Option<usize> {
-        self.classes().iter().position(|c| *c == label)
-    }
-
     /// The label-free part of an observation: statuses, latency, agreement, prediction shares.
     pub fn add(&mut self, observation: &Observation) {
         self.records += 1;
-        let classes = self.classes().len();
+        let classes = classes_of(&self.task);
+        let class_index = |label: i64| classes.iter().position(|c| *c == label);
         for result in &observation.results {
             if !self.models.contains_key(&result.version) {
-                self.models.insert(result.version.clone(), ModelStats::new(classes));
+                self.models.insert(result.version.clone(), ModelStats::new(classes.len()));
             }
             let stats = self.models.get_mut(&result.version).expect("inserted above");
             stats.records += 1;
@@ -322,12 +312,9 @@ impl Comparison {
             if let Some(ms) = result.latency_ms {
                 let _ = stats.latency_us.record(((ms * 1e3).round() as u64).max(1));
             }
-        }
-        for result in &observation.results {
             for prediction in &result.predictions {
                 if let Prediction::Class { label, .. } = prediction
-                    && let Some(i) = self.class_index(*label)
-                    && let Some(stats) = self.models.get_mut(&result.version)
+                    && let Some(i) = class_index(*label)
                 {
                     stats.class_counts[i] += 1;
                 }
@@ -335,13 +322,13 @@ impl Comparison {
         }
         let Some(champion) = observation.results.iter().find(|r| r.role == Role::Champion) else { return };
         let tolerance = self.settings.agreement_tolerance;
-        let classes_list = self.classes().to_vec();
         for challenger in observation.results.iter().filter(|r| r.role == Role::Challenger) {
             let pair =
                 match self.pairs.iter().position(|((a, b), _)| *a == champion.version && *b == challenger.version) {
                     Some(i) => &mut self.pairs[i].1,
                     None => {
-                        self.pairs.push(((champion.version.clone(), challenger.version.clone()), PairStats::default()));
+                        let key = (champion.version.clone(), challenger.version.clone());
+                        self.pairs.push((key, PairStats::new(classes.len())));
                         &mut self.pairs.last_mut().expect("just pushed").1
                     }
                 };
@@ -350,19 +337,15 @@ impl Comparison {
                 continue;
             }
             pair.complete += 1;
-            if pair.champion_classes.len() != classes_list.len() {
-                pair.champion_classes = vec![0; classes_list.len()];
-                pair.challenger_classes = vec![0; classes_list.len()];
-            }
             for (a, b) in champion.predictions.iter().zip(&challenger.predictions) {
                 pair.rows += 1;
                 match (a, b) {
                     (Prediction::Class { label: a, .. }, Prediction::Class { label: b, .. }) => {
                         pair.agree += u64::from(a == b);
-                        if let Some(i) = classes_list.iter().position(|c| c == a) {
+                        if let Some(i) = class_index(*a) {
                             pair.champion_classes[i] += 1;
                         }
-                        if let Some(i) = classes_list.iter().position(|c| c == b) {
+                        if let Some(i) = class_index(*b) {
                             pair.challenger_classes[i] += 1;
                         }
                     }
@@ -387,7 +370,7 @@ impl Comparison {
             return;
         }
         self.labelled_records += 1;
-        let classes = self.classes().to_vec();
+        let classes = classes_of(&self.task);
         for result in observation.results.iter().filter(|r| r.status == Status::Ok) {
             let Some(stats) = self.models.get_mut(&result.version) else { continue };
             for (prediction, &y) in result.predictions.iter().zip(&truth.0) {
@@ -460,6 +443,10 @@ impl Comparison {
 }
 
 impl PairStats {
+    fn new(classes: usize) -> Self {
+        Self { champion_classes: vec![0; classes], challenger_classes: vec![0; classes], ..Self::default() }
+    }
+
     /// The mixture SPRT's log likelihood ratio against "no difference", now.
     fn ln_ratio(&self, classification: bool) -> f64 {
         if classification {
@@ -474,6 +461,14 @@ impl PairStats {
             // Prior on the mean difference: a tenth of a standard deviation (an effect worth finding).
             stats::sequential::ln_normal_mixture(self.labelled, mean, variance, 0.01 * variance)
         }
+    }
+}
+
+/// The task's classes, in the order probabilities are given; none for regression.
+fn classes_of(task: &Task) -> &[i64] {
+    match task {
+        Task::Classification { classes, .. } => classes,
+        Task::Regression { .. } => &[],
     }
 }
 
