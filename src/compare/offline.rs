@@ -1,8 +1,9 @@
 //! The comparison from outcome-log files alone: `gauntlet report --log 'outcomes/*.jsonl'`.
 //!
 //! Reads outcome records and feedback lines in file order (file names sort by time), joins labels
-//! to records by model and request id (the first label of a request stands, as in the live join),
-//! and feeds the same `Comparison` the gateway keeps live.
+//! to records by model and request id as the live join does (the first label of a request stands;
+//! a label read before its record waits for it), and feeds the same `Comparison` the gateway keeps
+//! live.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -80,17 +81,29 @@ pub fn read(
     let mut summary = ReadSummary { files: files.len(), ..ReadSummary::default() };
     let mut comparisons: BTreeMap<String, Comparison> = BTreeMap::new();
     let mut observations: HashMap<(String, String), Observation> = HashMap::new();
-    let mut truths: Vec<(String, String, serde_json::Value)> = Vec::new();
+    // As the live join does it, in the order the lines were written: a label joins its record when
+    // both are there, and one read before its record waits for it. The statistics' sums then add up
+    // in the live order too, so both sides give the very same figures.
+    let mut held: HashMap<(String, String), serde_json::Value> = HashMap::new();
+    let mut labelled = std::collections::HashSet::new();
     for file in files {
         read_file(file, &mut |line: Option<Line>| {
             let Some(line) = line else {
                 summary.unreadable_lines += 1;
                 return;
             };
+            let key = (line.model, line.request_id);
             if line.kind.as_deref() == Some("feedback") {
-                if let Some(truth) = line.truth {
-                    summary.feedback += 1;
-                    truths.push((line.model, line.request_id, truth));
+                let Some(truth) = line.truth else { return };
+                summary.feedback += 1;
+                if !labelled.insert(key.clone()) {
+                    summary.duplicate_feedback += 1;
+                } else if let (Some(comparison), Some(observation)) =
+                    (comparisons.get_mut(&key.0), observations.get(&key))
+                {
+                    join(comparison, observation, &truth, &mut summary);
+                } else {
+                    held.insert(key, truth);
                 }
                 return;
             }
@@ -99,32 +112,25 @@ pub fn read(
                 return;
             };
             summary.records += 1;
-            let observation = observation(&task, line.request_id, line.results);
-            let comparison = comparisons
-                .entry(line.model.clone())
-                .or_insert_with(|| Comparison::new(line.model.clone(), task, settings));
+            let observation = observation(&task, key.1.clone(), line.results);
+            let comparison =
+                comparisons.entry(key.0.clone()).or_insert_with(|| Comparison::new(key.0.clone(), task, settings));
             comparison.add(&observation);
-            observations.insert((line.model, observation.request_id.clone()), observation);
+            if let Some(truth) = held.remove(&key) {
+                join(comparison, &observation, &truth, &mut summary);
+            }
+            observations.insert(key, observation);
         })?;
     }
-    let mut seen = std::collections::HashSet::new();
-    for (model, id, value) in truths {
-        if !seen.insert((model.clone(), id.clone())) {
-            summary.duplicate_feedback += 1;
-            continue;
-        }
-        let (Some(comparison), Some(observation)) =
-            (comparisons.get_mut(&model), observations.get(&(model.clone(), id)))
-        else {
-            summary.unmatched_feedback += 1;
-            continue;
-        };
-        match Truth::parse(&value, comparison.task()) {
-            Ok(truth) => comparison.add_truth(observation, &truth),
-            Err(_) => summary.unreadable_lines += 1,
-        }
-    }
+    summary.unmatched_feedback = held.len() as u64;
     Ok((comparisons, summary))
+}
+
+fn join(comparison: &mut Comparison, observation: &Observation, truth: &serde_json::Value, summary: &mut ReadSummary) {
+    match Truth::parse(truth, comparison.task()) {
+        Ok(truth) => comparison.add_truth(observation, &truth),
+        Err(_) => summary.unreadable_lines += 1,
+    }
 }
 
 /// Calls `each` per non-empty line: the parsed line, or `None` when it is not one of ours.
