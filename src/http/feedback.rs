@@ -39,37 +39,43 @@ pub async fn feedback(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
-    let model = super::v2::served(&gateway, &name)?;
-    let task = model.deployment().champion().manifest().task.clone();
+    let deployment = super::v2::served(&gateway, &name)?.deployment();
+    let task = &deployment.champion().manifest().task;
     let body = body.map_err(|rejection| super::v2::body_error(&rejection, gateway.config().max_request_bytes))?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| Error::invalid_input(format!("the feedback body is not valid JSON: {e}")))?;
-    let (items, batch) = match value.get("feedback") {
-        Some(Value::Array(items)) => (items.clone(), true),
-        Some(_) => return Err(Error::invalid_input("`feedback` must be an array of {\"id\", \"truth\"} objects")),
-        None => (vec![value], false),
+    let (items, batch) = match value {
+        Value::Object(mut object) if object.contains_key("feedback") => match object.remove("feedback") {
+            Some(Value::Array(items)) => (items, true),
+            _ => return Err(Error::invalid_input("`feedback` must be an array of {\"id\", \"truth\"} objects")),
+        },
+        one => (vec![one], false),
     };
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(Error::invalid_input(format!("send between 1 and {MAX_BATCH} labels, not {}", items.len())));
     }
-    let mut labels = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
+    // Everything is checked before anything is kept.
+    let (mut ids, mut raws, mut truths) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, item) in items.into_iter().enumerate() {
         let at = |message: String| if batch { format!("feedback[{i}]: {message}") } else { message };
-        let object = item.as_object().ok_or_else(|| Error::invalid_input(at("expected {\"id\", \"truth\"}".into())))?;
+        let Value::Object(mut object) = item else {
+            return Err(Error::invalid_input(at("expected {\"id\", \"truth\"}".into())));
+        };
         if let Some(key) = object.keys().find(|k| !matches!(k.as_str(), "id" | "truth")) {
             return Err(Error::invalid_input(at(format!("unknown field `{key}`; expected `id` and `truth`"))));
         }
-        let id = match object.get("id") {
-            Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id.clone(),
+        let id = match object.remove("id") {
+            Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id,
             Some(_) => return Err(Error::invalid_input(at("`id` must be a string of 1 to 256 characters".into()))),
             None => return Err(Error::invalid_input(at("`id` is missing".into()))),
         };
-        let raw = object.get("truth").ok_or_else(|| Error::invalid_input(at("`truth` is missing".into())))?;
-        let truth = Truth::parse(raw, &task).map_err(|e| Error::invalid_input(at(e)))?;
-        labels.push((id, raw.clone(), truth));
+        let raw = object.remove("truth").ok_or_else(|| Error::invalid_input(at("`truth` is missing".into())))?;
+        truths.push(Truth::parse(&raw, task).map_err(|e| Error::invalid_input(at(e)))?);
+        ids.push(id);
+        raws.push(raw);
     }
     let now = SystemTime::now();
-    for (id, raw, _) in &labels {
+    for (id, raw) in ids.iter().zip(&raws) {
         gateway.outcome_log().try_write(&FeedbackRecord {
             kind: "feedback",
             request_id: id,
@@ -78,10 +84,9 @@ pub async fn feedback(
             truth: raw,
         });
     }
-    let ids: Vec<String> = labels.iter().map(|(id, _, _)| id.clone()).collect();
     let answers = gateway
         .feedback()
-        .truths(&name, labels.into_iter().map(|(id, _, truth)| (id, truth)).collect())
+        .truths(&name, ids.iter().cloned().zip(truths).collect())
         .await
         .map_err(|_| Error::new(ErrorKind::Overloaded, "the feedback join is behind; retry shortly"))?;
     if !batch {
