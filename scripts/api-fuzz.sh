@@ -8,26 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 gauntlet=${1:-target/debug/gauntlet}
 port=${FUZZ_PORT:-18001}
-url=http://127.0.0.1:$port
 python=$(scripts/python-env.sh)
 
-work=$(mktemp -d)
-GAUNTLET_OUTCOMES__DIR=$work/outcomes GAUNTLET_STATE_DIR=$work/state \
-    "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" >"$work/gateway.log" 2>&1 &
-gateway=$!
-cleanup() {
-    kill -TERM "$gateway" 2>/dev/null || true
-    wait "$gateway" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-ready() { "$python" -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url/v2/health/ready" 2>/dev/null; }
-for _ in $(seq 1 120); do
-    ready && break
-    kill -0 "$gateway" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
-    sleep 0.5
-done
-ready || { echo "api fuzz: the gateway never became ready" >&2; cat "$work/gateway.log" >&2; exit 1; }
+source scripts/gateway.sh
+start_gateway "$gauntlet" "$port" gauntlet.toml
 
 "$(dirname "$python")/st" run "$url/openapi.json" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \

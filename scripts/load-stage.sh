@@ -18,36 +18,13 @@ rate=${STAGE_RATE:-200}
 duration=${STAGE_DURATION:-20s}
 max_p99=${STAGE_MAX_P99_MS:-250}
 port=${STAGE_PORT:-18000}
-url=http://127.0.0.1:$port
 
 if [[ ! -x $gauntlet ]]; then
     cargo build --release --locked
 fi
 
-work=$(mktemp -d)
-log=$work/gateway.log
-GAUNTLET_OUTCOMES__DIR=$work/outcomes GAUNTLET_STATE_DIR=$work/state \
-    "$gauntlet" serve --config "${STAGE_CONFIG:-gauntlet.toml}" --listen "127.0.0.1:$port" >"$log" 2>&1 &
-gateway=$!
-cleanup() {
-    kill -TERM "$gateway" 2>/dev/null || true
-    wait "$gateway" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-# python3 rather than curl: a fresh CI machine may not have curl.
-ready() { python3 -c "import urllib.request, sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "$url/v2/health/ready" 2>/dev/null; }
-for _ in $(seq 1 120); do
-    if ready; then break; fi
-    if ! kill -0 "$gateway" 2>/dev/null; then
-        echo "load stage: the gateway exited during startup:" >&2
-        cat "$log" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
-ready || { echo "load stage: the gateway never became ready" >&2; cat "$log" >&2; exit 1; }
+source scripts/gateway.sh
+start_gateway "$gauntlet" "$port" "${STAGE_CONFIG:-gauntlet.toml}"
 
 echo "load stage: $rate req/s for $duration against $model, labels posted as feedback"
 "$gauntlet" loadtest --url "$url" --model "$model" --data "$data" --rate "$rate" --duration "$duration" \
