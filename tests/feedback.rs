@@ -12,25 +12,13 @@ use gauntlet::loadtest::{LoadtestArgs, run};
 use serde_json::{Value, json};
 
 fn replay_with_feedback(server: &TestServer, model: &str, rows: u64) -> LoadtestArgs {
+    let data = common::models_dir().join(model).join("holdout.csv");
     LoadtestArgs {
-        url: format!("http://{}", server.addr),
-        model: model.into(),
-        version: None,
-        data: common::models_dir().join(model).join("holdout.csv"),
         concurrency: Some(4),
-        rate: None,
         connections: 4,
-        duration: None,
         requests: Some(rows),
-        batch: 1,
-        timeout_ms: 10_000,
-        json: false,
-        quiet: true,
-        max_p99_ms: None,
-        max_error_rate: Some(0.0),
-        min_rps: None,
         feedback: true,
-        feedback_delay: Duration::from_millis(100),
+        ..common::loadtest_args(server, model, data)
     }
 }
 

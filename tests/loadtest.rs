@@ -9,26 +9,7 @@ use common::TestServer;
 use gauntlet::loadtest::{LoadtestArgs, run};
 
 fn args(server: &TestServer, model: &str, data: PathBuf) -> LoadtestArgs {
-    LoadtestArgs {
-        url: format!("http://{}", server.addr),
-        model: model.into(),
-        version: None,
-        data,
-        concurrency: None,
-        rate: None,
-        connections: 16,
-        duration: None,
-        requests: Some(200),
-        batch: 1,
-        timeout_ms: 10_000,
-        json: false,
-        quiet: true,
-        max_p99_ms: None,
-        max_error_rate: Some(0.0),
-        min_rps: None,
-        feedback: false,
-        feedback_delay: Duration::from_millis(100),
-    }
+    common::loadtest_args(server, model, data)
 }
 
 fn holdout(model: &str) -> PathBuf {

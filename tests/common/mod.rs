@@ -4,7 +4,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use gauntlet::config::{Config, ServeArgs};
+use gauntlet::loadtest::LoadtestArgs;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -156,4 +159,28 @@ pub fn python() -> PathBuf {
         .expect("bash runs scripts/python-env.sh");
     assert!(output.status.success(), "scripts/python-env.sh failed: Python tests need python3, pip and PyPI");
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
+}
+
+/// `gauntlet loadtest` against `server`: 200 requests, closed loop, quiet, no error allowed.
+pub fn loadtest_args(server: &TestServer, model: &str, data: PathBuf) -> LoadtestArgs {
+    LoadtestArgs {
+        url: format!("http://{}", server.addr),
+        model: model.into(),
+        version: None,
+        data,
+        concurrency: None,
+        rate: None,
+        connections: 16,
+        duration: None,
+        requests: Some(200),
+        batch: 1,
+        timeout_ms: 10_000,
+        json: false,
+        quiet: true,
+        max_p99_ms: None,
+        max_error_rate: Some(0.0),
+        min_rps: None,
+        feedback: false,
+        feedback_delay: Duration::from_millis(100),
+    }
 }
