@@ -23,6 +23,18 @@ pub struct Connection {
     pub json: bool,
 }
 
+/// A change to one version of a model.
+#[derive(clap::Args, Debug)]
+pub struct VersionChange {
+    model: String,
+    version: String,
+    /// Why: kept in the audit log.
+    #[arg(long)]
+    reason: Option<String>,
+    #[command(flatten)]
+    connection: Connection,
+}
+
 #[derive(clap::Subcommand, Debug)]
 pub enum AdminCommand {
     /// What a running gateway serves: champion, challengers, every version and its state.
@@ -54,23 +66,9 @@ pub enum AdminCommand {
         connection: Connection,
     },
     /// Load a version from the repository without a restart (again, if it is loaded).
-    Load {
-        model: String,
-        version: String,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Load(VersionChange),
     /// Unload a version that is not the champion.
-    Unload {
-        model: String,
-        version: String,
-        #[arg(long)]
-        reason: Option<String>,
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Unload(VersionChange),
     /// Champion against challengers: live from a gateway, or offline from outcome-log files.
     Report(ReportArgs),
 }
@@ -97,10 +95,10 @@ impl AdminCommand {
             Self::Rollback { model, reason: why, connection } => {
                 (connection, "POST", format!("/admin/models/{model}/rollback"), Some(reason(why)))
             }
-            Self::Load { model, version, reason: why, connection } => {
+            Self::Load(VersionChange { model, version, reason: why, connection }) => {
                 (connection, "POST", format!("/admin/models/{model}/versions/{version}/load"), Some(reason(why)))
             }
-            Self::Unload { model, version, reason: why, connection } => {
+            Self::Unload(VersionChange { model, version, reason: why, connection }) => {
                 (connection, "DELETE", format!("/admin/models/{model}/versions/{version}"), Some(reason(why)))
             }
         };
