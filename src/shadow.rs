@@ -142,8 +142,8 @@ impl PoolShared {
                 }
             }
             // Group by version, keeping queue order within each group.
-            while let Some((first, _)) = scores.first() {
-                let version = Arc::clone(&first.slots[scores[0].1].version);
+            while let Some((pending, slot)) = scores.first() {
+                let version = Arc::clone(&pending.slots[*slot].version);
                 let (group, rest): (Vec<_>, Vec<_>) =
                     scores.into_iter().partition(|(p, slot)| Arc::ptr_eq(&p.slots[*slot].version, &version));
                 scores = rest;

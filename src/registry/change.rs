@@ -140,15 +140,15 @@ impl Registry {
         let mut added = Vec::new();
         for (name, model) in &self.models {
             let Ok(on_disk) = self.repository.versions(name) else { continue };
-            let deployment = model.deployment();
             for version in on_disk {
-                if deployment.versions.contains_key(&version)
-                    || deployment.refused.contains_key(&version)
+                // Fresh each time: an adoption just before changed the deployment.
+                let current = model.deployment();
+                if current.versions.contains_key(&version)
+                    || current.refused.contains_key(&version)
                     || !tried.insert((name.clone(), version.clone()))
                 {
                     continue;
                 }
-                let current = model.deployment();
                 let mut challengers: Vec<VersionId> = current.challengers.iter().map(|c| c.version.clone()).collect();
                 challengers.push(version.clone());
                 let change = Change::SetChallengers { versions: challengers, shadow_sample_rate: None };
