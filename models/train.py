@@ -8,6 +8,11 @@ The manifest carries the signature, the model file's sha256, a fingerprint of th
 split, holdout metrics, and reference rows with the outputs ONNX Runtime gives for them. The gateway
 runs every version on those reference rows at load and refuses it when its backend disagrees.
 
+It also carries the training data's profile, the reference the gateway measures drift against: per
+input feature and per prediction, decile bin edges with the training shares over them and 101
+quantiles (numeric), or the values and their shares (categorical: a feature with at most
+`CATEGORICAL_MAX_VALUES` distinct values, and the predicted class).
+
 Run from the repository root:  python3 models/train.py   (requirements: models/requirements.txt)
 The output is deterministic for pinned package versions: rerunning rewrites identical files.
 """
@@ -41,6 +46,9 @@ SEED = 42
 TEST_SIZE = 0.25
 REFERENCE_ROWS = 8
 BATCH_DIM = "batch"
+PROFILE_BINS = 10
+PROFILE_QUANTILES = 101
+CATEGORICAL_MAX_VALUES = 10
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -112,6 +120,46 @@ def signature(values) -> list[dict]:
     return out
 
 
+def distribution(values: np.ndarray, categories=None) -> dict:
+    """One series of the training profile, in the form the gateway's `drift::profile` reads.
+
+    Numeric: interior decile edges (duplicates removed, so a value's bin is the number of edges at or
+    below it), the training shares over those bins, and 101 quantiles (the reference CDF, linear between
+    them). Categorical: the values and their shares.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if categories is None and len(np.unique(values)) <= CATEGORICAL_MAX_VALUES:
+        categories = np.unique(values)
+    if categories is not None:
+        categories = np.asarray(categories, dtype=np.float64)
+        shares = [float(np.mean(values == c)) for c in categories]
+        return {"kind": "categorical", "values": categories.tolist(), "shares": shares}
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, PROFILE_BINS + 1)[1:-1]))
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
+    return {"kind": "numeric", "edges": edges.tolist(), "shares": (counts / len(values)).tolist(),
+            "quantiles": np.quantile(values, np.linspace(0, 1, PROFILE_QUANTILES)).tolist()}
+
+
+def profile(x_train: np.ndarray, feature_names: list[str], session: ort.InferenceSession, task: dict) -> dict:
+    """The training distribution of every input feature and of the model's predictions on the same rows."""
+    features = [{"name": name, "tensor": "input", "column": j, **distribution(x_train[:, j])}
+                for j, name in enumerate(feature_names)]
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, {"input": x_train})))
+    if task["kind"] == "classification":
+        predictions = [{"name": task["label_output"], "tensor": task["label_output"],
+                        **distribution(outputs[task["label_output"]], categories=task["classes"])}]
+        probabilities = outputs.get(task.get("probabilities_output"))
+        if probabilities is not None and probabilities.shape[1] == 2:
+            column = f"{task['probabilities_output']}[1]"
+            predictions.append({"name": column, "tensor": task["probabilities_output"], "column": 1,
+                                **distribution(probabilities[:, 1])})
+    else:
+        output = task["prediction_output"]
+        predictions = [{"name": output, "tensor": output, "column": 0, **distribution(outputs[output][:, 0])}]
+    return {"rows": int(len(x_train)), "features": features, "predictions": predictions}
+
+
 def to_json_list(a: np.ndarray) -> list:
     if a.dtype.kind == "f":
         # float32 printed through float64 keeps every bit; round-tripping is exact.
@@ -120,7 +168,8 @@ def to_json_list(a: np.ndarray) -> list:
 
 
 def write_version(name: str, version: str, description: str, estimator, model: onnx.ModelProto, task: dict,
-                  data: dict, x_test: np.ndarray, y_test: np.ndarray, backends_note: str) -> None:
+                  data: dict, x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                  backends_note: str) -> None:
     folder = ROOT / name / version
     folder.mkdir(parents=True, exist_ok=True)
     raw = model.SerializeToString()
@@ -187,6 +236,7 @@ def write_version(name: str, version: str, description: str, estimator, model: o
             "inputs": {"input": to_json_list(ref_in)},
             "outputs": {k: to_json_list(v) for k, v in ref_out.items()},
         },
+        "profile": profile(x_train, data["feature_names"], session, task),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{name}/{version}: {description}: {json.dumps(metrics)}")
@@ -210,7 +260,7 @@ def breast_cancer() -> None:
             "data_sha256": fingerprint(x, y), "holdout_sha256": fingerprint(x_test, y_test)}
     task = {"kind": "classification", "classes": [0, 1], "class_names": [str(n) for n in ds.target_names],
             "label_output": "label", "probabilities_output": "probabilities"}
-    common = dict(task=task, data=data, x_test=x_test, y_test=y_test)
+    common = dict(task=task, data=data, x_train=x_train, x_test=x_test, y_test=y_test)
 
     lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=SEED)).fit(x_train, y_train)
     write_version("breast-cancer", "1", "StandardScaler + LogisticRegression", lr, export(lr, 30),
@@ -243,7 +293,7 @@ def diabetes() -> None:
             "feature_names": [str(n) for n in ds.feature_names],
             "data_sha256": fingerprint(x, y), "holdout_sha256": fingerprint(x_test, y_test)}
     task = {"kind": "regression", "prediction_output": "variable"}
-    common = dict(task=task, data=data, x_test=x_test, y_test=y_test)
+    common = dict(task=task, data=data, x_train=x_train, x_test=x_test, y_test=y_test)
 
     ridge = Ridge(alpha=0.1).fit(x_train, y_train)
     write_version("diabetes", "1", "Ridge regression (alpha 0.1)", ridge, export(ridge, 10),

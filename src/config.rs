@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::compare::CompareSettings;
 use crate::compare::policy::PolicySettings;
+use crate::drift::{DriftSettings, Thresholds};
 use crate::model::BackendChoice;
 use crate::outcomes::feedback::FeedbackSettings;
 use crate::outcomes::{LogInputs, WriterSettings};
@@ -122,6 +123,9 @@ pub struct Config {
     /// Significance, power and tolerances of the champion–challenger comparison.
     #[serde(default)]
     pub comparison: CompareSettings,
+    /// Drift monitoring against each champion's training profile, and its alert webhook.
+    #[serde(default)]
+    pub drift: DriftSettings,
     /// Served models by name. Empty: every model in the repository, its highest version champion.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -205,6 +209,9 @@ pub struct ModelConfig {
     /// Automatic promotion and rollback on the comparison's sequential test; off by default.
     #[serde(default)]
     pub policy: PolicySettings,
+    /// This deployment's drift thresholds; unset: those of `[drift]`.
+    #[serde(default)]
+    pub drift: Option<Thresholds>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -378,6 +385,9 @@ impl Config {
                 return Err(ConfigError::Invalid { key: key.into(), message: "must be greater than 0".into() });
             }
         }
+        if let Some((key, message)) = self.drift.invalid() {
+            return Err(ConfigError::Invalid { key: format!("drift.{key}"), message });
+        }
         for (name, model) in &self.models {
             let invalid =
                 |key: &str, message: String| Err(ConfigError::Invalid { key: format!("models.{name}.{key}"), message });
@@ -397,6 +407,9 @@ impl Config {
                     "challengers",
                     format!("{} is the champion; it cannot also be a challenger", model.champion),
                 );
+            }
+            if let Some(message) = model.drift.as_ref().and_then(Thresholds::invalid) {
+                return invalid("drift", message);
             }
             if !(0.0..=1.0).contains(&model.shadow_sample_rate) {
                 return invalid("shadow_sample_rate", "must be between 0 and 1".into());

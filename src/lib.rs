@@ -8,6 +8,7 @@
 pub mod client;
 pub mod compare;
 pub mod config;
+pub mod drift;
 pub mod error;
 pub mod executor;
 pub mod http;
@@ -29,6 +30,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::drift::Drift;
 use crate::executor::{Executor, InferencePool};
 use crate::model::{Loader, OnnxRuntime};
 use crate::outcomes::OutcomeWriter;
@@ -45,6 +47,7 @@ pub struct Gateway {
     shadow: Arc<Shadow>,
     writer: Arc<OutcomeWriter>,
     feedback: Arc<Feedback>,
+    drift: Arc<Drift>,
     ready: AtomicBool,
 }
 
@@ -87,9 +90,20 @@ impl Gateway {
             let policy = config.models.get(m.name()).map(|c| c.policy.clone()).unwrap_or_default();
             (m.name().to_owned(), m.deployment().champion().manifest().task.clone(), policy)
         });
+        let thresholds = config.models.iter().filter_map(|(name, m)| Some((name.clone(), m.drift?))).collect();
+        let drift = Arc::new(
+            Drift::start(config.drift.clone(), thresholds, Arc::clone(&registry))
+                .context("starting the drift monitor")?,
+        );
         let feedback = Arc::new(
-            Feedback::start(models.collect(), config.comparison, config.feedback, Arc::clone(&registry))
-                .context("starting the feedback join")?,
+            Feedback::start(
+                models.collect(),
+                config.comparison,
+                config.feedback,
+                Arc::clone(&registry),
+                Arc::clone(&drift),
+            )
+            .context("starting the feedback join")?,
         );
         let models: Vec<&str> = registry.models().map(|m| m.name()).collect();
         let shadow = Arc::new(
@@ -111,6 +125,7 @@ impl Gateway {
             shadow,
             writer,
             feedback,
+            drift,
             ready: AtomicBool::new(true),
         })
     }
@@ -139,6 +154,11 @@ impl Gateway {
     /// The live join of labels with records, and the comparison.
     pub fn feedback(&self) -> &Feedback {
         &self.feedback
+    }
+
+    /// Drift of each deployment's traffic from its champion's training profile.
+    pub fn drift(&self) -> &Drift {
+        &self.drift
     }
 
     /// False once shutdown has begun: readiness probes then fail so traffic moves elsewhere.
@@ -243,6 +263,8 @@ impl Server {
         }
         // No request can start shadow work any more: let what started finish and reach the log.
         gateway.shadow.close().await;
+        let drift = Arc::clone(&gateway.drift);
+        let _ = tokio::task::spawn_blocking(move || drift.close()).await;
         result.context("the server task failed")?.context("serving")?;
         tracing::info!("stopped");
         Ok(())

@@ -30,6 +30,16 @@ pub const COMPARISON_AGREEMENT: &str = "gauntlet_comparison_agreement_ratio";
 pub const COMPARISON_IMPROVEMENT: &str = "gauntlet_comparison_improvement";
 pub const COMPARISON_P_VALUE: &str = "gauntlet_comparison_p_value";
 pub const COMPARISON_SEQUENTIAL_P_VALUE: &str = "gauntlet_comparison_sequential_p_value";
+pub const DRIFT_PSI: &str = "gauntlet_drift_psi";
+pub const DRIFT_KS: &str = "gauntlet_drift_ks";
+pub const DRIFT_STATE: &str = "gauntlet_drift_state";
+pub const DRIFT_ALERTING: &str = "gauntlet_drift_alerting";
+pub const DRIFT_WINDOW_ROWS: &str = "gauntlet_drift_window_rows";
+pub const DRIFT_CHAMPION: &str = "gauntlet_drift_champion_metric";
+pub const DRIFT_CHAMPION_HOLDOUT: &str = "gauntlet_drift_champion_holdout_metric";
+pub const DRIFT_TRANSITIONS: &str = "gauntlet_drift_alert_transitions_total";
+pub const DRIFT_SAMPLES_DROPPED: &str = "gauntlet_drift_samples_dropped_total";
+pub const DRIFT_WEBHOOK: &str = "gauntlet_drift_webhook_events_total";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -90,6 +100,25 @@ fn describe() {
     describe_gauge!(COMPARISON_IMPROVEMENT, "Challenger's improvement over the champion (accuracy, or MAE saved).");
     describe_gauge!(COMPARISON_P_VALUE, "Two-sided p-value of the paired test (fixed-sample: read once).");
     describe_gauge!(COMPARISON_SEQUENTIAL_P_VALUE, "Always-valid p-value (mixture SPRT): safe to watch continuously.");
+    describe_gauge!(
+        DRIFT_PSI,
+        "Population stability index of a feature or prediction against the training profile, per window."
+    );
+    describe_gauge!(
+        DRIFT_KS,
+        "Kolmogorov-Smirnov statistic of a numeric feature or prediction against the training profile, per window."
+    );
+    describe_gauge!(DRIFT_STATE, "Worst drift level of the deployment: -1 insufficient data, 0 ok, 1 warn, 2 alert.");
+    describe_gauge!(DRIFT_ALERTING, "1 while the deployment is in the drift alert state (left when back under warn).");
+    describe_gauge!(DRIFT_WINDOW_ROWS, "Rows in each drift window.");
+    describe_gauge!(DRIFT_CHAMPION, "The champion's accuracy or MAE over each window's labelled rows (concept drift).");
+    describe_gauge!(DRIFT_CHAMPION_HOLDOUT, "The champion's accuracy or MAE on the holdout rows, from its manifest.");
+    describe_counter!(DRIFT_TRANSITIONS, "Entries into and exits from the drift alert state.");
+    describe_counter!(DRIFT_SAMPLES_DROPPED, "Drift samples dropped because the monitor's queue was full.");
+    describe_counter!(
+        DRIFT_WEBHOOK,
+        "Drift webhook events: delivered, retried, failed, dropped (queue full), abandoned (shutdown)."
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the gateway's version as a label.");
 }
 
@@ -249,4 +278,54 @@ pub fn comparison_gauges(report: &crate::compare::Report) {
             gauge!(COMPARISON_P_VALUE, &labels).set(pv);
         }
     }
+}
+
+/// The counter of drift samples the monitor's queue could not take.
+pub fn drift_samples_dropped() -> Counter {
+    counter!(DRIFT_SAMPLES_DROPPED)
+}
+
+/// A drift evaluation as gauges (set from the monitor thread every evaluation).
+pub fn drift_gauges(report: &crate::drift::DriftReport) {
+    use crate::drift::report::State;
+    let model = report.model.clone();
+    let state = match report.state {
+        State::InsufficientData => -1.0,
+        State::Ok => 0.0,
+        State::Warn => 1.0,
+        State::Alert => 2.0,
+    };
+    gauge!(DRIFT_STATE, "model" => model.clone()).set(state);
+    gauge!(DRIFT_ALERTING, "model" => model.clone()).set(f64::from(u8::from(report.alerting)));
+    for window in &report.windows {
+        gauge!(DRIFT_WINDOW_ROWS, "model" => model.clone(), "window" => window.window.clone()).set(window.rows as f64);
+        for s in &window.series {
+            let labels = [("model", model.clone()), ("series", s.name.clone()), ("window", window.window.clone())];
+            if let Some(psi) = s.psi {
+                gauge!(DRIFT_PSI, &labels).set(psi);
+            }
+            if let Some(ks) = s.ks {
+                gauge!(DRIFT_KS, &labels).set(ks);
+            }
+        }
+    }
+    for c in &report.concept {
+        if let Some(value) = c.value {
+            let labels = [("model", model.clone()), ("metric", c.metric.clone()), ("window", c.window.clone())];
+            gauge!(DRIFT_CHAMPION, &labels).set(value);
+        }
+        if let Some(holdout) = c.holdout {
+            gauge!(DRIFT_CHAMPION_HOLDOUT, "model" => model.clone(), "metric" => c.metric.clone()).set(holdout);
+        }
+    }
+}
+
+pub fn drift_transition(model: &str, entered: bool) {
+    let transition = if entered { "entered" } else { "left" };
+    counter!(DRIFT_TRANSITIONS, "model" => model.to_owned(), "transition" => transition).increment(1);
+}
+
+/// A webhook event's fate: delivered, retried (per extra try), failed, dropped or abandoned.
+pub fn drift_webhook(result: &'static str) {
+    counter!(DRIFT_WEBHOOK, "result" => result).increment(1);
 }

@@ -104,6 +104,9 @@ pub struct Manifest {
     #[serde(default)]
     pub holdout_metrics: BTreeMap<String, f64>,
     pub reference: Reference,
+    /// The training data's distribution, which drift is measured against; absent: no drift.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<crate::drift::profile::Profile>,
 }
 
 fn default_model_file() -> String {

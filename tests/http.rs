@@ -456,5 +456,5 @@ async fn every_documented_operation_is_routed() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 20);
+    assert_eq!(operations, 21);
 }

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::Gateway;
 use crate::compare::Report;
+use crate::drift::DriftReport;
 use crate::error::{Error, ErrorKind};
 
 /// Lets the call through when it carries the token, or, with no token configured, comes from loopback.
@@ -61,6 +62,23 @@ pub async fn comparison(State(gateway): State<Arc<Gateway>>, Path(name): Path<St
         Ok(Some(report)) => Ok(Json(report)),
         Ok(None) => Err(Error::not_found(format!("model '{name}' has no comparison"))),
         Err(_) => Err(Error::new(ErrorKind::Overloaded, "the comparison is busy; retry shortly")),
+    }
+}
+
+/// Drift of the deployment's traffic from its champion's training profile, as last evaluated.
+#[utoipa::path(get, path = "/admin/models/{name}/drift", tag = "admin", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
+    responses((status = 200, body = crate::drift::DriftReport), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
+pub async fn drift(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<DriftReport>, Error> {
+    let model = super::v2::served(&gateway, &name)?;
+    let champion = Arc::clone(model.deployment().champion());
+    match gateway.drift().report(&name) {
+        // The report of a champion since replaced would describe traffic that is not its own.
+        Some(report) if report.version.as_deref() == Some(champion.version().as_str()) => Ok(Json((*report).clone())),
+        _ => Ok(Json(DriftReport::empty(
+            &champion,
+            gateway.drift().settings(),
+            gateway.config().models.get(&name).and_then(|m| m.drift),
+        ))),
     }
 }
 

@@ -437,6 +437,7 @@ mod tests {
                 inputs: Default::default(),
                 outputs: Default::default(),
             },
+            profile: None,
         }
     }
 

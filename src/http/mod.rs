@@ -73,6 +73,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/admin/models/{name}/versions/{version}/load", post(admin_models::load))
         .route("/admin/models/{name}/versions/{version}", delete(admin_models::unload))
         .route("/admin/models/{name}/comparison", get(admin::comparison))
+        .route("/admin/models/{name}/drift", get(admin::drift))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), admin::authorize));
 
     inference

@@ -10,6 +10,9 @@ use utoipa::{OpenApi, ToSchema};
 
 use super::admin_models::{CanaryView, ChallengersRequest, ModelView, PromoteRequest, ReasonRequest, VersionView};
 use crate::compare::{ModelReport, PairReport, Report, Verdict};
+use crate::drift::Thresholds;
+use crate::drift::profile::SeriesKind;
+use crate::drift::report::{ConceptReport, DriftReport, Level, SeriesDrift, State, WindowReport};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,7 +20,7 @@ use crate::compare::{ModelReport, PairReport, Report, Verdict};
     paths(
         super::v2::infer, super::v2::infer_version, super::v2::server_metadata, super::v2::live, super::v2::ready,
         super::v2::model_metadata, super::v2::version_metadata, super::v2::model_ready, super::v2::version_ready,
-        super::prometheus, super::feedback::feedback, super::admin::comparison, super::admin_models::list,
+        super::prometheus, super::feedback::feedback, super::admin::comparison, super::admin::drift, super::admin_models::list,
         super::admin_models::show, super::admin_models::promote, super::admin_models::rollback,
         super::admin_models::challengers, super::admin_models::load, super::admin_models::unload, document,
     ),
@@ -25,12 +28,13 @@ use crate::compare::{ModelReport, PairReport, Report, Verdict};
         ErrorBody, InferRequest, RequestInput, RequestOutput, InferResponse, ResponseOutput, TensorMetadata,
         ServerMetadata, ModelMetadata, Live, Ready, ModelReady, FeedbackRequest, FeedbackItem, FeedbackResponse,
         FeedbackResult, ModelView, VersionView, CanaryView, PromoteRequest, ReasonRequest, ChallengersRequest,
-        Report, ModelReport, PairReport, Verdict,
+        Report, ModelReport, PairReport, Verdict, DriftReport, State, Level, WindowReport, SeriesDrift,
+        ConceptReport, SeriesKind, Thresholds,
     )),
     tags(
         (name = "inference", description = "Open Inference Protocol"),
         (name = "feedback", description = "Ground-truth labels by request id"),
-        (name = "admin", description = "Deployments, changes and the comparison: a bearer token, or loopback only"),
+        (name = "admin", description = "Deployments, changes, the comparison and drift: a bearer token, or loopback only"),
         (name = "health", description = "Probes, server metadata and metrics"),
     )
 )]
@@ -183,12 +187,13 @@ mod tests {
             "/v2/models/{name}/infer",
             "/v2/models/{name}/feedback",
             "/admin/models/{name}/promote",
+            "/admin/models/{name}/drift",
             "/admin/models/{name}/versions/{version}",
             "/openapi.json",
             "/metrics",
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
-        assert_eq!(paths.len(), 20, "{paths:?}");
+        assert_eq!(paths.len(), 21, "{paths:?}");
     }
 }

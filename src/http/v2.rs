@@ -111,6 +111,11 @@ async fn infer_on(
             .map_err(|error| Failure { error, id: Some(id.clone()) })?;
         let latency = model_start.elapsed();
         let response = respond(&answering, &id, &outputs, &request.outputs);
+        // Drift is measured against the champion's profile: what a canary or a direct call answered
+        // is not the champion's traffic.
+        if !is_direct && Arc::ptr_eq(&answering, deployment.champion()) {
+            gateway.drift().observe(&id, &answering, &inputs, &outputs);
+        }
         // Nothing to pair with when no challenger is deployed.
         if decision.is_some_and(|d| d.shadow) && !deployment.challengers().is_empty() {
             gateway.shadow().submit(ShadowRequest {

@@ -99,6 +99,17 @@ impl TensorData {
         }
     }
 
+    /// Element `i` as f64 (labels and booleans included); `None` past the end.
+    pub fn get_f64(&self, i: usize) -> Option<f64> {
+        match self {
+            Self::Fp32(v) => v.get(i).map(|&x| f64::from(x)),
+            Self::Fp64(v) => v.get(i).copied(),
+            Self::Int64(v) => v.get(i).map(|&x| x as f64),
+            Self::Int32(v) => v.get(i).map(|&x| f64::from(x)),
+            Self::Bool(v) => v.get(i).map(|&x| f64::from(u8::from(x))),
+        }
+    }
+
     /// The index of the first NaN or infinity, if any.
     pub fn first_non_finite(&self) -> Option<usize> {
         match self {

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::compare::policy::{self, Decision, PolicySettings};
 use crate::compare::{CompareSettings, Comparison, Observation, Report, Truth};
+use crate::drift::Drift;
 use crate::registry::{Change, Origin, Registry};
 use crate::repository::Task;
 
@@ -96,12 +97,14 @@ impl Feedback {
         compare: CompareSettings,
         settings: FeedbackSettings,
         registry: Arc<Registry>,
+        drift: Arc<Drift>,
     ) -> std::io::Result<Self> {
         let (sender, receiver) = bounded(settings.queue.max(1));
         let policies = models.iter().map(|(name, _, policy)| (name.clone(), policy.clone())).collect();
         let mut join = Join {
             settings,
             registry,
+            drift,
             policies,
             dry_run_noted: BTreeMap::new(),
             models: models
@@ -159,6 +162,8 @@ impl Drop for Feedback {
 struct Join {
     settings: FeedbackSettings,
     registry: Arc<Registry>,
+    /// Told of every joined label: the champion's accuracy over time is concept drift.
+    drift: Arc<Drift>,
     policies: BTreeMap<String, PolicySettings>,
     /// The last decision a dry-run policy recorded per model (action, champion, version), so each is
     /// recorded once rather than after every label.
@@ -233,6 +238,7 @@ impl Join {
         let mut entry = Entry { observation, labelled: false };
         if let Some((truth, _)) = index.held.remove(&id) {
             index.comparison.add_truth(&entry.observation, &truth);
+            self.drift.labelled(model, &entry.observation, &truth);
             entry.labelled = true;
             index.changed_labels = true;
             crate::metrics::feedback(model, "joined_late");
@@ -294,7 +300,7 @@ impl Join {
         let answers: Vec<Joined> = truths
             .into_iter()
             .map(|(id, truth)| {
-                let joined = index.truth(id, truth, &settings);
+                let joined = index.truth(id, truth, &settings, &self.drift);
                 crate::metrics::feedback(model, joined.label());
                 joined
             })
@@ -321,13 +327,14 @@ impl ModelIndex {
         }
     }
 
-    fn truth(&mut self, id: String, truth: Truth, settings: &FeedbackSettings) -> Joined {
+    fn truth(&mut self, id: String, truth: Truth, settings: &FeedbackSettings, drift: &Drift) -> Joined {
         if let Some(entry) = self.records.get_mut(&id) {
             if entry.labelled {
                 return Joined::Duplicate;
             }
             entry.labelled = true;
             self.comparison.add_truth(&entry.observation, &truth);
+            drift.labelled(self.comparison.model(), &entry.observation, &truth);
             return Joined::Joined;
         }
         if self.expired.contains(&id) {

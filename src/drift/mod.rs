@@ -1,0 +1,385 @@
+//! Drift: how far live traffic has moved from what each champion was trained on.
+//!
+//! Every version's manifest carries its training profile (`profile`). For sampled requests the
+//! champion answered, the request path hands the decoded inputs and the champion's outputs to one
+//! monitor thread; it keeps each deployment's recent rows (`window::Watch`), and every
+//! `evaluate_interval_ms` computes per feature and per prediction the population stability index and
+//! the KS statistic against the profile, over a window by count and one by time. Labels joined by
+//! the feedback thread add the champion's accuracy or error per window (concept drift).
+//! A deployment whose drift crosses its thresholds enters the alert state: a gauge, and an event
+//! POSTed to the configured webhook (`webhook`), the hook a team points at its retraining pipeline.
+//!
+//! Invariants:
+//! - The request path only pushes onto a bounded lock-free queue (no lock, no wakeup); a full queue
+//!   drops the sample and counts it. Everything else runs on the monitor thread.
+//! - Bounded: per deployment at most `max_window_rows` rows and labelled rows; the webhook's queue
+//!   and its retries are bounded too, and what they drop is counted.
+//! - A new champion starts a new watch against its own profile; samples of a version that is no
+//!   longer the champion (in flight across a swap) are ignored.
+
+pub mod profile;
+pub mod report;
+pub mod stats;
+pub mod webhook;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+use metrics::Counter;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+pub use self::report::DriftReport;
+use self::webhook::{Event, Webhook};
+use self::window::{Transition, Watch};
+use crate::compare::{Observation, Prediction, Truth};
+use crate::model::Tensor;
+use crate::outcomes::{Role, Status};
+use crate::registry::{ModelVersion, Registry};
+use crate::repository::VersionId;
+
+/// The monitor's settings (`[drift]`); thresholds can be set per deployment (`models.<name>.drift`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DriftSettings {
+    pub enabled: bool,
+    /// Share of champion-answered requests, in [0, 1], whose rows are watched (by request-id hash).
+    pub sample_rate: f64,
+    /// The count window: the last this many rows.
+    pub window_rows: usize,
+    /// The time window: the rows of the last this many seconds (at most `max_window_rows` of them).
+    pub window_s: u64,
+    pub max_window_rows: usize,
+    /// Rows a window needs before its drift counts towards the state.
+    pub min_rows: usize,
+    pub evaluate_interval_ms: u64,
+    /// Samples waiting for the monitor thread; beyond this they are dropped (and counted).
+    pub queue: usize,
+    /// Default thresholds of every deployment.
+    #[serde(flatten)]
+    pub thresholds: Thresholds,
+    /// Where alert events are POSTed (http://…); unset: no webhook.
+    pub webhook_url: Option<String>,
+    pub webhook_timeout_ms: u64,
+    /// Tries per event, waiting `webhook_backoff_ms`, then twice as long, … between them.
+    pub webhook_attempts: u32,
+    pub webhook_backoff_ms: u64,
+    /// Events waiting for delivery; beyond this they are dropped (and counted).
+    pub webhook_queue: usize,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sample_rate: 1.0,
+            window_rows: 1000,
+            window_s: 300,
+            max_window_rows: 10_000,
+            min_rows: 200,
+            evaluate_interval_ms: 1000,
+            queue: 4096,
+            thresholds: Thresholds::default(),
+            webhook_url: None,
+            webhook_timeout_ms: 2000,
+            webhook_attempts: 5,
+            webhook_backoff_ms: 500,
+            webhook_queue: 64,
+        }
+    }
+}
+
+impl DriftSettings {
+    /// What is wrong with these settings, if anything: (key, message).
+    pub fn invalid(&self) -> Option<(&'static str, String)> {
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Some(("sample_rate", "must be between 0 and 1".into()));
+        }
+        for (key, value) in [
+            ("window_rows", self.window_rows as u64),
+            ("queue", self.queue as u64),
+            ("evaluate_interval_ms", self.evaluate_interval_ms),
+            ("webhook_attempts", u64::from(self.webhook_attempts)),
+            ("webhook_queue", self.webhook_queue as u64),
+        ] {
+            if value == 0 {
+                return Some((key, "must be greater than 0".into()));
+            }
+        }
+        if self.max_window_rows < self.window_rows {
+            return Some(("max_window_rows", format!("must be at least window_rows ({})", self.window_rows)));
+        }
+        if let Some(url) = &self.webhook_url
+            && reqwest::Url::parse(url).map_or(true, |u| u.scheme() != "http")
+        {
+            return Some(("webhook_url", format!("'{url}' is not an http:// URL")));
+        }
+        self.thresholds.invalid().map(|m| ("psi_warn", m))
+    }
+
+    fn evaluate_interval(&self) -> Duration {
+        Duration::from_millis(self.evaluate_interval_ms)
+    }
+}
+
+/// PSI levels at which a series warns and alerts.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Thresholds {
+    pub psi_warn: f64,
+    pub psi_alert: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Self { psi_warn: 0.1, psi_alert: 0.25 }
+    }
+}
+
+impl Thresholds {
+    pub fn invalid(&self) -> Option<String> {
+        (!(self.psi_warn > 0.0 && self.psi_warn <= self.psi_alert && self.psi_alert.is_finite()))
+            .then(|| format!("need 0 < psi_warn ({}) <= psi_alert ({})", self.psi_warn, self.psi_alert))
+    }
+}
+
+/// The champion's per-row scores for one labelled request: 1 or 0 for a correct or wrong class,
+/// the absolute error for a value. `None` when the champion has no result or the rows differ.
+pub fn champion_scores(observation: &Observation, truth: &Truth) -> Option<(VersionId, Vec<f64>)> {
+    let champion = observation.results.iter().find(|r| r.role == Role::Champion && r.status == Status::Ok)?;
+    if champion.predictions.len() != truth.0.len() {
+        return None;
+    }
+    let scores = champion
+        .predictions
+        .iter()
+        .zip(&truth.0)
+        .map(|(prediction, &y)| match prediction {
+            Prediction::Class { label, .. } => f64::from(u8::from(*label as f64 == y)),
+            Prediction::Value(v) => (v - y).abs(),
+        })
+        .collect();
+    Some((champion.version.clone(), scores))
+}
+
+enum Message {
+    Rows { version: Arc<ModelVersion>, inputs: Arc<Vec<Tensor>>, outputs: Vec<Tensor>, at: Instant },
+    Labelled { model: String, version: VersionId, scores: Vec<f64>, at: Instant },
+}
+
+/// The handle: the request path and the feedback thread push, the admin API reads reports.
+pub struct Drift {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    webhook: Option<Arc<Webhook>>,
+}
+
+struct Shared {
+    settings: DriftSettings,
+    queue: ArrayQueue<Message>,
+    closed: AtomicBool,
+    /// The last evaluation of each deployment.
+    reports: Mutex<HashMap<String, Arc<DriftReport>>>,
+    dropped: Counter,
+}
+
+impl Drift {
+    /// Starts the monitor for the registry's deployments; `thresholds` overrides the defaults per model.
+    pub fn start(
+        settings: DriftSettings,
+        thresholds: HashMap<String, Thresholds>,
+        registry: Arc<Registry>,
+    ) -> std::io::Result<Self> {
+        let webhook = match (&settings.webhook_url, settings.enabled) {
+            (Some(url), true) => Some(Arc::new(Webhook::start(url.clone(), &settings)?)),
+            _ => None,
+        };
+        let shared = Arc::new(Shared {
+            queue: ArrayQueue::new(settings.queue.max(1)),
+            closed: AtomicBool::new(false),
+            reports: Mutex::new(HashMap::new()),
+            dropped: crate::metrics::drift_samples_dropped(),
+            settings,
+        });
+        let thread = if shared.settings.enabled {
+            let mut monitor = Monitor {
+                shared: Arc::clone(&shared),
+                registry,
+                thresholds,
+                watches: HashMap::new(),
+                webhook: webhook.clone(),
+            };
+            Some(std::thread::Builder::new().name("drift".into()).spawn(move || {
+                crate::executor::lower_priority();
+                monitor.run();
+            })?)
+        } else {
+            None
+        };
+        Ok(Self { shared, thread: Mutex::new(thread), webhook })
+    }
+
+    /// From the request path, after the response is complete: the rows a champion answered.
+    /// Never waits: a full queue drops the sample (counted).
+    pub fn observe(
+        &self,
+        request_id: &str,
+        version: &Arc<ModelVersion>,
+        inputs: &Arc<Vec<Tensor>>,
+        outputs: &[Tensor],
+    ) {
+        let settings = &self.shared.settings;
+        if !settings.enabled || version.manifest().profile.is_none() {
+            return;
+        }
+        if settings.sample_rate < 1.0 && crate::traffic::unit_interval("drift", request_id) >= settings.sample_rate {
+            return;
+        }
+        let message = Message::Rows {
+            version: Arc::clone(version),
+            inputs: Arc::clone(inputs),
+            outputs: outputs.to_vec(),
+            at: Instant::now(),
+        };
+        if self.shared.queue.push(message).is_err() {
+            self.shared.dropped.increment(1);
+        }
+    }
+
+    /// From the feedback thread: a label joined with its record.
+    pub fn labelled(&self, model: &str, observation: &Observation, truth: &Truth) {
+        if !self.shared.settings.enabled {
+            return;
+        }
+        let Some((version, scores)) = champion_scores(observation, truth) else { return };
+        let message = Message::Labelled { model: model.to_owned(), version, scores, at: Instant::now() };
+        if self.shared.queue.push(message).is_err() {
+            self.shared.dropped.increment(1);
+        }
+    }
+
+    /// The last evaluation of `model`'s deployment, if it has had one.
+    pub fn report(&self, model: &str) -> Option<Arc<DriftReport>> {
+        self.shared.reports.lock().get(model).cloned()
+    }
+
+    pub fn settings(&self) -> &DriftSettings {
+        &self.shared.settings
+    }
+
+    /// Stops the monitor, then gives the webhook until its current delivery ends. Blocking.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.lock().take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the drift monitor thread panicked");
+        }
+        if let Some(webhook) = &self.webhook {
+            webhook.close();
+        }
+    }
+}
+
+impl Drop for Drift {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The monitor thread's state.
+struct Monitor {
+    shared: Arc<Shared>,
+    registry: Arc<Registry>,
+    thresholds: HashMap<String, Thresholds>,
+    watches: HashMap<String, Watch>,
+    webhook: Option<Arc<Webhook>>,
+}
+
+/// How long the monitor sleeps when its queue is empty.
+const POLL: Duration = Duration::from_millis(5);
+
+impl Monitor {
+    /// Polls rather than blocks, like the outcome writer: a blocked receiver would make the request
+    /// path pay a futex wake per sample.
+    fn run(&mut self) {
+        let interval = self.shared.settings.evaluate_interval();
+        let mut next = Instant::now() + interval;
+        while !self.shared.closed.load(Ordering::Acquire) {
+            let mut taken = 0;
+            while let Some(message) = self.shared.queue.pop() {
+                self.take(message);
+                taken += 1;
+                if taken == 4096 {
+                    break;
+                }
+            }
+            let now = Instant::now();
+            if now >= next {
+                next = now + interval;
+                self.evaluate(now);
+            }
+            if taken == 0 {
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+
+    fn take(&mut self, message: Message) {
+        let shared = Arc::clone(&self.shared);
+        let settings = &shared.settings;
+        match message {
+            Message::Rows { version, inputs, outputs, at } => {
+                if let Some(watch) = self.watch(version.name(), version.version()) {
+                    watch.add_rows(at, &inputs, &outputs, settings);
+                }
+            }
+            Message::Labelled { model, version, scores, at } => {
+                if let Some(watch) = self.watch(&model, &version) {
+                    watch.add_labelled(at, &scores, settings);
+                }
+            }
+        }
+    }
+
+    /// The watch of `model` if `version` is what it watches, a new one if `version` is the champion
+    /// now, else `None` (a sample from before a swap).
+    fn watch(&mut self, model: &str, version: &VersionId) -> Option<&mut Watch> {
+        let current = self.watches.get(model).is_some_and(|w| w.version() == version);
+        if !current {
+            let champion = Arc::clone(self.registry.model(model)?.deployment().champion());
+            if champion.version() != version {
+                return None;
+            }
+            let thresholds = self.thresholds.get(model).copied().unwrap_or(self.shared.settings.thresholds);
+            let alerting = self.watches.get(model).is_some_and(Watch::alerting);
+            self.watches.insert(model.to_owned(), Watch::new(&champion, thresholds, alerting));
+        }
+        self.watches.get_mut(model)
+    }
+
+    fn evaluate(&mut self, now: Instant) {
+        for (model, watch) in &mut self.watches {
+            let (report, transition) = watch.evaluate(now, &self.shared.settings);
+            crate::metrics::drift_gauges(&report);
+            if let Some(transition) = transition {
+                let entered = transition == Transition::Entered;
+                crate::metrics::drift_transition(model, entered);
+                if entered {
+                    tracing::warn!(model, drifted = ?report.drifted, "drift: the deployment entered the alert state");
+                } else {
+                    tracing::info!(model, "drift: the deployment left the alert state");
+                }
+                if let Some(webhook) = &self.webhook {
+                    webhook.send(Event::new(transition, &report));
+                }
+            }
+            self.shared.reports.lock().insert(model.clone(), Arc::new(report));
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Alert events, POSTed as JSON to the configured URL: the hook a team points at its retraining
+//! pipeline.
+//!
+//! Invariants: never on the request path (the monitor thread hands events over without waiting);
+//! bounded (a full queue drops the event, counted); each event is tried `webhook_attempts` times
+//! with doubling backoff, then given up (counted). Every try carries the event's id as
+//! `Idempotency-Key`, so a receiver can tell a retry from a new event. A 4xx other than 408 and 429
+//! is not retried: the receiver refused the event itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use super::DriftSettings;
+use super::report::DriftReport;
+use super::window::Transition;
+
+/// One event: a deployment entered or left the alert state.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub id: String,
+    /// `drift.alert` or `drift.resolved`.
+    pub event: &'static str,
+    pub model: String,
+    pub version: Option<String>,
+    #[serde(serialize_with = "crate::outcomes::rfc3339")]
+    pub at: SystemTime,
+    /// The series at the alert level when the alert began (empty when it ends).
+    pub drifted: Vec<String>,
+    pub report: DriftReport,
+}
+
+impl Event {
+    pub fn new(transition: Transition, report: &DriftReport) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            event: match transition {
+                Transition::Entered => "drift.alert",
+                Transition::Left => "drift.resolved",
+            },
+            model: report.model.clone(),
+            version: report.version.clone(),
+            at: SystemTime::now(),
+            drifted: report.drifted.clone(),
+            report: report.clone(),
+        }
+    }
+}
+
+pub struct Webhook {
+    sender: Sender<Event>,
+    closing: Arc<AtomicBool>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Delivery {
+    url: String,
+    client: reqwest::Client,
+    attempts: u32,
+    backoff: Duration,
+    closing: Arc<AtomicBool>,
+}
+
+impl Webhook {
+    pub fn start(url: String, settings: &DriftSettings) -> std::io::Result<Self> {
+        let (sender, receiver) = bounded(settings.webhook_queue.max(1));
+        let closing = Arc::new(AtomicBool::new(false));
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.webhook_timeout_ms))
+            .user_agent(concat!("gauntlet/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let delivery = Delivery {
+            url,
+            client,
+            attempts: settings.webhook_attempts.max(1),
+            backoff: Duration::from_millis(settings.webhook_backoff_ms),
+            closing: Arc::clone(&closing),
+        };
+        let thread = std::thread::Builder::new().name("drift-webhook".into()).spawn(move || delivery.run(receiver))?;
+        Ok(Self { sender, closing, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Queues without waiting; a full queue drops the event (counted).
+    pub fn send(&self, event: Event) {
+        if let Err(TrySendError::Full(event) | TrySendError::Disconnected(event)) = self.sender.try_send(event) {
+            tracing::warn!(model = event.model, event = event.event, "drift webhook queue full: event dropped");
+            crate::metrics::drift_webhook("dropped");
+        }
+    }
+
+    /// Ends retries, lets the current try finish, and stops. Events still queued are given up (counted).
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Delivery {
+    fn run(self, receiver: Receiver<Event>) {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "the drift webhook cannot start; its events will be dropped");
+                return;
+            }
+        };
+        loop {
+            match receiver.recv_timeout(Duration::from_millis(100)) {
+                Ok(event) if self.closing.load(Ordering::Acquire) => {
+                    tracing::warn!(model = event.model, event = event.event, "shutting down: drift event not sent");
+                    crate::metrics::drift_webhook("abandoned");
+                }
+                Ok(event) => runtime.block_on(self.deliver(&event)),
+                Err(RecvTimeoutError::Timeout) if !self.closing.load(Ordering::Acquire) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    async fn deliver(&self, event: &Event) {
+        let mut wait = self.backoff;
+        for attempt in 1..=self.attempts {
+            let sent = self.client.post(&self.url).header("idempotency-key", &event.id).json(event).send().await;
+            let retry = match sent {
+                Ok(response) if response.status().is_success() => {
+                    tracing::info!(model = event.model, event = event.event, attempt, "drift event delivered");
+                    crate::metrics::drift_webhook("delivered");
+                    return;
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    tracing::warn!(model = event.model, event = event.event, attempt, %status, "drift webhook refused the event");
+                    status.is_server_error() || status.as_u16() == 408 || status.as_u16() == 429
+                }
+                Err(error) => {
+                    tracing::warn!(model = event.model, event = event.event, attempt, %error, "drift webhook unreachable");
+                    true
+                }
+            };
+            if !retry || attempt == self.attempts || self.closing.load(Ordering::Acquire) {
+                break;
+            }
+            crate::metrics::drift_webhook("retried");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(60));
+        }
+        crate::metrics::drift_webhook("failed");
+    }
+}

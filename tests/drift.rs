@@ -1,0 +1,224 @@
+//! Drift end to end on a real server: the held-out rows replayed unchanged raise no alert; replayed
+//! with two features scaled, the deployment alerts on exactly those two features, and a webhook
+//! receiver on loopback gets the event once (after a retry the gateway makes on its 503).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use common::TestServer;
+use gauntlet::drift::DriftReport;
+use gauntlet::drift::profile::SeriesKind;
+use gauntlet::drift::report::State;
+use gauntlet::loadtest::{LoadtestArgs, run};
+use parking_lot::Mutex;
+use serde_json::Value;
+
+const SHIFTED: [(&str, f64); 2] = [("mean radius", 1.3), ("worst texture", 1.25)];
+
+/// POSTs received: (Idempotency-Key, body). Answers the first one 503, as a flaky receiver would.
+#[derive(Clone, Default)]
+struct Receiver {
+    calls: Arc<Mutex<Vec<(String, Value)>>>,
+}
+
+impl Receiver {
+    async fn start(&self) -> String {
+        let calls = Arc::clone(&self.calls);
+        let app = axum::Router::new().route(
+            "/hooks/drift",
+            axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
+                let calls = Arc::clone(&calls);
+                async move {
+                    let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    let mut calls = calls.lock();
+                    calls.push((key, body.0));
+                    if calls.len() == 1 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::NO_CONTENT }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/drift", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn calls(&self) -> Vec<(String, Value)> {
+        self.calls.lock().clone()
+    }
+}
+
+/// The holdout CSV with each `SHIFTED` feature multiplied by its factor.
+fn shifted_holdout(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(common::models_dir().join("breast-cancer/holdout.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let columns: Vec<(usize, f64)> =
+        SHIFTED.iter().map(|(name, factor)| (header.iter().position(|h| h == name).unwrap(), *factor)).collect();
+    let mut out = header.join(",") + "\n";
+    for line in lines.filter(|l| !l.is_empty()) {
+        let mut cells: Vec<String> = line.split(',').map(str::to_owned).collect();
+        for &(i, factor) in &columns {
+            let value: f32 = cells[i].parse().unwrap();
+            cells[i] = (value * factor as f32).to_string();
+        }
+        out += &(cells.join(",") + "\n");
+    }
+    let path = dir.join("shifted.csv");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+fn replay(server: &TestServer, data: std::path::PathBuf, requests: u64) -> LoadtestArgs {
+    LoadtestArgs {
+        concurrency: Some(4),
+        connections: 4,
+        requests: Some(requests),
+        ..common::loadtest_args(server, "breast-cancer", data)
+    }
+}
+
+async fn drift(server: &TestServer) -> DriftReport {
+    let response = reqwest::get(server.url("/admin/models/breast-cancer/drift")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// The first report that has seen `rows` rows and been evaluated after them.
+async fn evaluated(server: &TestServer, rows: u64) -> DriftReport {
+    let mut first_with_rows = None;
+    for _ in 0..200 {
+        let report = drift(server).await;
+        if report.rows_seen == rows {
+            match first_with_rows {
+                None => first_with_rows = Some(report.evaluations),
+                Some(e) if report.evaluations > e => return report,
+                Some(_) => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the drift monitor never evaluated {rows} rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let webhook = format!("drift.webhook_url={url}");
+    let mut server = TestServer::start(&[
+        "drift.window_rows=300",
+        "drift.min_rows=200",
+        "drift.evaluate_interval_ms=50",
+        "drift.webhook_backoff_ms=20",
+        &webhook,
+    ])
+    .await;
+    let holdout = common::models_dir().join("breast-cancer/holdout.csv");
+
+    // Unchanged: the held-out rows come from the training distribution. Their labels follow.
+    let summary = run(&LoadtestArgs { feedback: true, ..replay(&server, holdout, 400) }).await.unwrap();
+    assert_eq!(summary.ok, 400);
+    let report = evaluated(&server, 400).await;
+    assert!(report.profile);
+    assert!(report.state < State::Alert, "unchanged rows alerted: {:?}", report.drifted);
+    assert!(!report.alerting && report.drifted.is_empty());
+    assert!(report.windows.iter().all(|w| w.judged && w.rows == if w.window == "rows" { 300 } else { 400 }));
+    // Concept drift: none, the champion is as accurate on these labelled rows as on the holdout.
+    let mut report = report;
+    for _ in 0..100 {
+        if report.concept.iter().all(|c| c.labelled_rows >= 300) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        report = drift(&server).await;
+    }
+    for c in &report.concept {
+        assert_eq!(c.metric, "accuracy");
+        let (value, holdout) = (c.value.unwrap(), c.holdout.unwrap());
+        assert!((value - holdout).abs() < 0.02, "{c:?}");
+    }
+
+    // Shifted: 400 more rows push the count window's 300 rows all into the shifted distribution.
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run(&replay(&server, shifted_holdout(dir.path()), 400)).await.unwrap();
+    assert_eq!(summary.ok, 400);
+    let report = evaluated(&server, 800).await;
+    assert!(report.alerting, "no alert after the shift: {report:?}");
+    assert_eq!(report.state, State::Alert);
+    let shifted: BTreeSet<String> = SHIFTED.iter().map(|(n, _)| n.to_string()).collect();
+    let features_at_alert: BTreeSet<String> = report
+        .windows
+        .iter()
+        .flat_map(|w| &w.series)
+        .filter(|s| s.kind == SeriesKind::Feature && s.level == gauntlet::drift::report::Level::Alert)
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(features_at_alert, shifted);
+    let rows_window = report.windows.iter().find(|w| w.window == "rows").unwrap();
+    for s in rows_window.series.iter().filter(|s| shifted.contains(&s.name)) {
+        assert!(s.psi.unwrap() > 0.25 && s.ks.unwrap() > 0.2, "{s:?}");
+    }
+
+    // The webhook: one event, tried twice (the receiver refused the first try) under one key.
+    let mut calls = receiver.calls();
+    for _ in 0..100 {
+        if calls.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        calls = receiver.calls();
+    }
+    // More evaluations in the alert state must not send more events.
+    let later = report.evaluations + 10;
+    while drift(&server).await.evaluations < later {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = receiver.calls();
+    assert_eq!(calls.len(), 2, "expected one retried event: {calls:?}");
+    assert_eq!(calls[0].0, calls[1].0, "a retry carries the same Idempotency-Key");
+    let event = &calls[1].1;
+    assert_eq!(event["event"], "drift.alert");
+    assert_eq!(event["model"], "breast-cancer");
+    assert_eq!(event["id"], calls[0].0.as_str());
+    let drifted: BTreeSet<String> =
+        event["drifted"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    assert!(drifted.is_superset(&shifted), "{drifted:?}");
+
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(r#"gauntlet_drift_alerting{model="breast-cancer"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"gauntlet_drift_webhook_events_total{result="delivered"}"#));
+    every_metric_the_dashboards_read_exists(&metrics);
+    server.stop().await.unwrap();
+}
+
+/// The alert rules and the Grafana dashboard in `deploy/` name only metrics this gateway exports.
+fn every_metric_the_dashboards_read_exists(metrics: &str) {
+    let files = ["deploy/prometheus/gauntlet-alerts.yml", "deploy/grafana/gauntlet-drift.json"];
+    for file in files {
+        let text = std::fs::read_to_string(common::root().join(file)).unwrap();
+        if file.ends_with(".json") {
+            let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+            assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 5));
+        }
+        let mut names = BTreeSet::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("gauntlet_") {
+            let tail = &rest[at..];
+            let end =
+                tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())).unwrap_or(tail.len());
+            names.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        assert!(names.len() >= 8, "{file}: {names:?}");
+        for name in names {
+            let exported =
+                metrics.lines().any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+            assert!(exported, "{file} reads {name}, which /metrics does not export");
+        }
+    }
+}
