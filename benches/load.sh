@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load baseline: the bare hyper floor vs the gateway, same client, same body, one run:
 #   floor     a bare hyper server answering a fixed body of the same size
-#   champion  the gateway, breast-cancer champion only
+#   champion  the gateway, breast-cancer champion only (drift monitoring on, as by default)
+#   no-drift  the same with drift monitoring off: the cost of drift is champion vs no-drift
 #   shadowed  the gateway with the demo's two challengers scoring every request
 #
 #   benches/load.sh [rounds=3] [seconds=10] [connections=16]
@@ -23,13 +24,16 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-floor_port=19100 gateway_port=19101 shadowed_port=19102
+floor_port=19100 gateway_port=19101 shadowed_port=19102 nodrift_port=19103
 "$floor" "127.0.0.1:$floor_port" 2>"$work/floor.log" & pids+=($!)
 "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$gateway_port" --set log_level=warn \
   --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" 2>"$work/gateway.log" & pids+=($!)
+"$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$nodrift_port" --set log_level=warn \
+  --set 'models.breast-cancer.challengers=[]' --set drift.enabled=false --set "outcomes.dir=$work/outcomes-nodrift" \
+  2>"$work/nodrift.log" & pids+=($!)
 "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$shadowed_port" --set log_level=warn \
   --set "outcomes.dir=$work/outcomes-shadowed" 2>"$work/shadowed.log" & pids+=($!)
-for port in $floor_port $gateway_port $shadowed_port; do
+for port in $floor_port $gateway_port $nodrift_port $shadowed_port; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break; \
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
@@ -58,6 +62,7 @@ wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$gateway_por
 for r in $(seq "$rounds"); do
   run floor "http://127.0.0.1:$floor_port/v2/models/breast-cancer/infer" >>"$work/results"
   run champion "http://127.0.0.1:$gateway_port/v2/models/breast-cancer/infer" >>"$work/results"
+  run no-drift "http://127.0.0.1:$nodrift_port/v2/models/breast-cancer/infer" >>"$work/results"
   run shadowed "http://127.0.0.1:$shadowed_port/v2/models/breast-cancer/infer" >>"$work/results"
 done
 
@@ -73,4 +78,7 @@ print(f"{'server':<10} {'req/s':>10} {'p50':>8} {'p99':>8} {'errors':>7} {'req/s
 floor = med["floor"][0]
 for name, (rps, p50, p99, errors) in med.items():
     print(f"{name:<10} {rps:>10.0f} {p50/1000:>8.3f} {p99/1000:>8.3f} {errors:>7} {rps/floor:>14.0%}")
+if "no-drift" in med:
+    on, off = med["champion"], med["no-drift"]
+    print(f"drift on vs off: req/s {on[0]/off[0]:.3f}x, p50 {on[1]/off[1]:.3f}x, p99 {on[2]/off[2]:.3f}x")
 PY

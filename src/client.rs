@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::compare::{CompareSettings, Report, offline};
+use crate::drift::DriftReport;
 use crate::http::admin_models::ModelView;
 
 /// Where the gateway is and how to reach its admin API.
@@ -181,12 +182,35 @@ pub struct ReportArgs {
     /// Offline only: labelled pairs below which the verdict is "not enough data".
     #[arg(long, default_value_t = CompareSettings::default().min_labelled_pairs)]
     pub min_labelled_pairs: u64,
+    /// The drift report instead (with --json, as JSON), every series listed. Live without it, the
+    /// table shows the comparison and then the series at warn or alert. With --log: the logged
+    /// inputs (`log_inputs = "full"`) against the answering champion's profile from --models.
+    #[arg(long)]
+    pub drift: bool,
+    /// Offline drift only: the model repository holding the champions' profiles.
+    #[arg(long, default_value = "models")]
+    pub models: std::path::PathBuf,
 }
 
 pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
+    let mut drift = None;
     let reports = if args.log.is_empty() {
         let Some(model) = &args.model else { bail!("name the model to report on (or give --log files)") };
+        let value = call(&args.connection, "GET", &format!("/admin/models/{model}/drift"), None).await?;
+        let report: DriftReport =
+            serde_json::from_value(value).context("the gateway did not answer with a drift report")?;
+        if args.drift {
+            if args.connection.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_table(true));
+            }
+            return Ok(());
+        }
+        drift = Some(report);
         vec![fetch_report(args, model).await?]
+    } else if args.drift {
+        return offline_drift(args);
     } else {
         let files = offline::expand(&args.log)?;
         let settings =
@@ -222,7 +246,41 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
         };
         println!("{json}");
     } else {
-        let tables: Vec<String> = reports.iter().map(Report::to_table).collect();
+        let mut tables: Vec<String> = reports.iter().map(Report::to_table).collect();
+        tables.extend(drift.map(|d| d.to_table(false)));
+        print!("{}", tables.join("\n"));
+    }
+    Ok(())
+}
+
+/// `report --log … --drift`.
+fn offline_drift(args: &ReportArgs) -> anyhow::Result<()> {
+    let files = offline::expand(&args.log)?;
+    let repository = crate::repository::Repository::open(&args.models)?;
+    let defaults = crate::drift::DriftSettings::default();
+    let (reports, summary) = crate::drift::offline::read(&files, &repository, defaults.thresholds, defaults.min_rows)?;
+    if !args.connection.json {
+        eprintln!(
+            "read {} files: {} records ({} without logged inputs, {} whose version or tensors the repository does not match), {} unreadable lines",
+            files.len(),
+            summary.records,
+            summary.without_inputs,
+            summary.unusable,
+            summary.unreadable_lines
+        );
+    }
+    let reports: Vec<DriftReport> =
+        reports.into_iter().filter(|r| args.model.as_deref().is_none_or(|m| m == r.model)).collect();
+    if reports.is_empty() {
+        bail!(
+            "the files hold no record with logged inputs{}",
+            args.model.as_ref().map(|m| format!(" of model '{m}'")).unwrap_or_default()
+        );
+    }
+    if args.connection.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        let tables: Vec<String> = reports.iter().map(|r| r.to_table(true)).collect();
         print!("{}", tables.join("\n"));
     }
     Ok(())

@@ -48,7 +48,7 @@ pub struct ShadowRequest {
     pub timestamp: SystemTime,
     pub inputs: Arc<Vec<Tensor>>,
     pub answered: Arc<ModelVersion>,
-    pub outputs: Vec<Tensor>,
+    pub outputs: Arc<Vec<Tensor>>,
     pub latency: Duration,
 }
 

@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use common::TestServer;
 use gauntlet::drift::DriftReport;
 use gauntlet::drift::profile::SeriesKind;
-use gauntlet::drift::report::State;
+use gauntlet::drift::report::{Level, State};
 use gauntlet::loadtest::{LoadtestArgs, run};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -155,7 +155,7 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
         .windows
         .iter()
         .flat_map(|w| &w.series)
-        .filter(|s| s.kind == SeriesKind::Feature && s.level == gauntlet::drift::report::Level::Alert)
+        .filter(|s| s.kind == SeriesKind::Feature && s.level == Level::Alert)
         .map(|s| s.name.clone())
         .collect();
     assert_eq!(features_at_alert, shifted);
@@ -193,7 +193,41 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
     assert!(metrics.contains(r#"gauntlet_drift_alerting{model="breast-cancer"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"gauntlet_drift_webhook_events_total{result="delivered"}"#));
     every_metric_the_dashboards_read_exists(&metrics);
+
+    // `gauntlet report` shows the same: the drifted features in its table, the report as JSON.
+    let url = format!("http://{}", server.addr);
+    let cli = |extra: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+            .args(["report", "breast-cancer", "--url", &url])
+            .args(extra)
+            .env_remove("GAUNTLET_ADMIN_TOKEN")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let json: DriftReport = serde_json::from_str(&cli(&["--drift", "--json"])).unwrap();
+    assert!(json.alerting && shifted.iter().all(|s| json.drifted.contains(s)));
+    let table = cli(&[]);
+    assert!(table.contains("drift of breast-cancer") && table.contains(", alerting"), "{table}");
+    for feature in &shifted {
+        assert!(table.lines().any(|l| l.trim_start().starts_with(feature.as_str()) && l.ends_with("alert")), "{table}");
+    }
     server.stop().await.unwrap();
+
+    // Offline, from the outcome log's logged inputs: the same figures as the live time window,
+    // which holds the same 800 rows.
+    let live = report.windows.iter().find(|w| w.window == "time").unwrap();
+    assert_eq!(live.rows, 800);
+    let files = gauntlet::compare::offline::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
+    let repository = gauntlet::repository::Repository::open(common::models_dir()).unwrap();
+    let (offline, summary) = gauntlet::drift::offline::read(&files, &repository, Default::default(), 200).unwrap();
+    assert_eq!((summary.records, summary.without_inputs, summary.unusable), (800, 0, 0));
+    let [offline] = offline.as_slice() else { panic!("{offline:?}") };
+    assert_eq!(offline.windows.len(), 1);
+    assert_eq!(offline.windows[0].series, live.series);
+    let at_alert: Vec<&str> = live.series.iter().filter(|s| s.level == Level::Alert).map(|s| s.name.as_str()).collect();
+    assert_eq!(offline.drifted, at_alert);
 }
 
 /// The alert rules and the Grafana dashboard in `deploy/` name only metrics this gateway exports.

@@ -17,6 +17,7 @@
 //! - A new champion starts a new watch against its own profile; samples of a version that is no
 //!   longer the champion (in flight across a swap) are ignored.
 
+pub mod offline;
 pub mod profile;
 pub mod report;
 pub mod stats;
@@ -29,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use metrics::Counter;
 use parking_lot::Mutex;
@@ -63,7 +65,7 @@ pub struct DriftSettings {
     /// Default thresholds of every deployment.
     #[serde(flatten)]
     pub thresholds: Thresholds,
-    /// Where alert events are POSTed (http://…); unset: no webhook.
+    /// Where alert events are POSTed (http:// or https://); unset: no webhook.
     pub webhook_url: Option<String>,
     pub webhook_timeout_ms: u64,
     /// Tries per event, waiting `webhook_backoff_ms`, then twice as long, … between them.
@@ -115,9 +117,9 @@ impl DriftSettings {
             return Some(("max_window_rows", format!("must be at least window_rows ({})", self.window_rows)));
         }
         if let Some(url) = &self.webhook_url
-            && reqwest::Url::parse(url).map_or(true, |u| u.scheme() != "http")
+            && reqwest::Url::parse(url).map_or(true, |u| !matches!(u.scheme(), "http" | "https"))
         {
-            return Some(("webhook_url", format!("'{url}' is not an http:// URL")));
+            return Some(("webhook_url", format!("'{url}' is not an http:// or https:// URL")));
         }
         self.thresholds.invalid().map(|m| ("psi_warn", m))
     }
@@ -168,7 +170,7 @@ pub fn champion_scores(observation: &Observation, truth: &Truth) -> Option<(Vers
 }
 
 enum Message {
-    Rows { version: Arc<ModelVersion>, inputs: Arc<Vec<Tensor>>, outputs: Vec<Tensor>, at: Instant },
+    Rows { version: Arc<ModelVersion>, inputs: Arc<Vec<Tensor>>, outputs: Arc<Vec<Tensor>>, at: Instant },
     Labelled { model: String, version: VersionId, scores: Vec<f64>, at: Instant },
 }
 
@@ -183,8 +185,9 @@ struct Shared {
     settings: DriftSettings,
     queue: ArrayQueue<Message>,
     closed: AtomicBool,
-    /// The last evaluation of each deployment.
-    reports: Mutex<HashMap<String, Arc<DriftReport>>>,
+    /// The last evaluation of each deployment, replaced whole after each round: readers on the async
+    /// workers never wait for the (background-priority) monitor.
+    reports: ArcSwap<HashMap<String, Arc<DriftReport>>>,
     dropped: Counter,
 }
 
@@ -202,7 +205,7 @@ impl Drift {
         let shared = Arc::new(Shared {
             queue: ArrayQueue::new(settings.queue.max(1)),
             closed: AtomicBool::new(false),
-            reports: Mutex::new(HashMap::new()),
+            reports: ArcSwap::default(),
             dropped: crate::metrics::drift_samples_dropped(),
             settings,
         });
@@ -231,7 +234,7 @@ impl Drift {
         request_id: &str,
         version: &Arc<ModelVersion>,
         inputs: &Arc<Vec<Tensor>>,
-        outputs: &[Tensor],
+        outputs: &Arc<Vec<Tensor>>,
     ) {
         let settings = &self.shared.settings;
         if !settings.enabled || version.manifest().profile.is_none() {
@@ -243,7 +246,7 @@ impl Drift {
         let message = Message::Rows {
             version: Arc::clone(version),
             inputs: Arc::clone(inputs),
-            outputs: outputs.to_vec(),
+            outputs: Arc::clone(outputs),
             at: Instant::now(),
         };
         if self.shared.queue.push(message).is_err() {
@@ -265,7 +268,7 @@ impl Drift {
 
     /// The last evaluation of `model`'s deployment, if it has had one.
     pub fn report(&self, model: &str) -> Option<Arc<DriftReport>> {
-        self.shared.reports.lock().get(model).cloned()
+        self.shared.reports.load().get(model).cloned()
     }
 
     pub fn settings(&self) -> &DriftSettings {
@@ -358,12 +361,13 @@ impl Monitor {
             }
             let thresholds = self.thresholds.get(model).copied().unwrap_or(self.shared.settings.thresholds);
             let alerting = self.watches.get(model).is_some_and(Watch::alerting);
-            self.watches.insert(model.to_owned(), Watch::new(&champion, thresholds, alerting));
+            self.watches.insert(model.to_owned(), Watch::new(champion.manifest(), thresholds, alerting));
         }
         self.watches.get_mut(model)
     }
 
     fn evaluate(&mut self, now: Instant) {
+        let mut reports = HashMap::with_capacity(self.watches.len());
         for (model, watch) in &mut self.watches {
             let (report, transition) = watch.evaluate(now, &self.shared.settings);
             crate::metrics::drift_gauges(&report);
@@ -379,7 +383,8 @@ impl Monitor {
                     webhook.send(Event::new(transition, &report));
                 }
             }
-            self.shared.reports.lock().insert(model.clone(), Arc::new(report));
+            reports.insert(model.clone(), Arc::new(report));
         }
+        self.shared.reports.store(Arc::new(reports));
     }
 }

@@ -58,6 +58,14 @@ pub enum Level {
 }
 
 impl Level {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Warn => "warn",
+            Self::Alert => "alert",
+        }
+    }
+
     pub fn of(psi: f64, thresholds: &Thresholds) -> Self {
         if psi >= thresholds.psi_alert {
             Self::Alert
@@ -160,11 +168,11 @@ impl DriftReport {
                 };
                 let _ = writeln!(
                     out,
-                    "    {:<32} {kind:<10} {:>8} {:>8}  {:?}",
+                    "    {:<32} {kind:<10} {:>8} {:>8}  {}",
                     s.name,
                     number(s.psi),
                     number(s.ks),
-                    s.level
+                    s.level.label()
                 );
             }
         }

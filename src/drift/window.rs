@@ -12,8 +12,7 @@ use super::profile::{Profile, SeriesKind};
 use super::report::{ConceptReport, DriftReport, Level, SeriesDrift, State, WindowReport};
 use super::{DriftSettings, Thresholds, stats};
 use crate::model::Tensor;
-use crate::registry::ModelVersion;
-use crate::repository::{Task, VersionId};
+use crate::repository::{Manifest, Task, VersionId};
 
 /// Entering or leaving the alert state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +42,8 @@ pub struct Watch {
     /// `accuracy` or `mae`, and the manifest's holdout figure.
     concept_metric: (&'static str, Option<f64>),
     thresholds: Thresholds,
-    rows: VecDeque<(Instant, Box<[f64]>)>,
+    /// Empty (no series) without a profile.
+    rows: Columns,
     labelled: VecDeque<(Instant, f64)>,
     rows_seen: u64,
     evaluations: u64,
@@ -51,14 +51,13 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Watches `version`'s traffic against its profile. `alerting` carries the deployment's alert
-    /// state over from the version it replaces.
-    pub fn new(version: &ModelVersion, thresholds: Thresholds, alerting: bool) -> Self {
-        let manifest = version.manifest();
+    /// Watches the traffic of the version `manifest` describes against its profile. `alerting`
+    /// carries the deployment's alert state over from the version it replaces.
+    pub fn new(manifest: &Manifest, thresholds: Thresholds, alerting: bool) -> Self {
         let profile = manifest.profile.clone().filter(|p| match p.check(&manifest.inputs, &manifest.outputs) {
             Ok(()) => true,
             Err(error) => {
-                tracing::warn!(model = version.name(), version = %version.version(), %error, "drift: the profile does not fit the model; no drift for this version");
+                tracing::warn!(model = manifest.name, version = %manifest.version, %error, "drift: the profile does not fit the model; no drift for this version");
                 false
             }
         });
@@ -76,13 +75,13 @@ impl Watch {
             Task::Regression { .. } => "mae",
         };
         Self {
-            model: version.name().to_owned(),
-            version: version.version().clone(),
+            model: manifest.name.clone(),
+            version: manifest.version.clone(),
             concept_metric: (metric, manifest.holdout_metrics.get(metric).copied()),
+            rows: Columns::new(profile.as_ref()),
             profile,
             locations,
             thresholds,
-            rows: VecDeque::new(),
             labelled: VecDeque::new(),
             rows_seen: 0,
             evaluations: 0,
@@ -101,23 +100,16 @@ impl Watch {
     /// Takes each row's feature and prediction values. A value a tensor lacks is kept as NaN and
     /// left out of that series' statistics.
     pub fn add_rows(&mut self, at: Instant, inputs: &[Tensor], outputs: &[Tensor], settings: &DriftSettings) {
-        if self.profile.is_none() {
-            return;
-        }
+        let Some(profile) = &self.profile else { return };
         let rows = inputs.first().map_or(0, Tensor::rows);
         for row in 0..rows {
-            let values = self
-                .locations
-                .iter()
-                .map(|&(output, index, column)| {
-                    let tensor = if output { outputs.get(index) } else { inputs.get(index) };
-                    tensor.and_then(|t| value(t, row, column)).unwrap_or(f64::NAN)
-                })
-                .collect();
-            self.rows.push_back((at, values));
+            let values = self.locations.iter().map(|&(output, index, column)| {
+                let tensor = if output { outputs.get(index) } else { inputs.get(index) };
+                tensor.and_then(|t| value(t, row, column)).unwrap_or(f64::NAN)
+            });
+            self.rows.push(at, values, profile, settings);
         }
         self.rows_seen += rows as u64;
-        trim(&mut self.rows, at, settings);
     }
 
     /// Takes the champion's per-row scores of one labelled request (1/0 correct, or absolute error).
@@ -128,21 +120,21 @@ impl Watch {
 
     /// The report as of `now`, and the alert transition it makes, if any.
     pub fn evaluate(&mut self, now: Instant, settings: &DriftSettings) -> (DriftReport, Option<Transition>) {
-        trim(&mut self.rows, now, settings);
+        self.rows.expire(now, settings);
         trim(&mut self.labelled, now, settings);
         self.evaluations += 1;
         let windows: Vec<WindowReport> = match &self.profile {
-            Some(profile) => windows_of(&self.rows, now, settings)
+            Some(profile) => self
+                .rows
+                .windows(settings)
                 .into_iter()
-                .map(|(window, limit, start)| {
-                    let rows = self.rows.range(start..).map(|(_, values)| &values[..]);
-                    let series = measure(profile, rows, &self.thresholds);
-                    let n = (self.rows.len() - start) as u64;
+                .map(|window| {
+                    let series = self.rows.measure(profile, &window, &self.thresholds);
                     WindowReport {
-                        window: window.into(),
-                        limit,
-                        rows: n,
-                        judged: n >= settings.min_rows as u64,
+                        window: window.name.into(),
+                        limit: window.limit,
+                        rows: window.rows,
+                        judged: window.rows >= settings.min_rows as u64,
                         series,
                     }
                 })
@@ -244,36 +236,155 @@ fn windows_of<T>(
     ]
 }
 
-/// PSI and KS of every series over one window's rows.
-fn measure<'a>(
-    profile: &Profile,
-    rows: impl Iterator<Item = &'a [f64]> + Clone,
-    thresholds: &Thresholds,
-) -> Vec<SeriesDrift> {
-    profile
-        .series()
-        .enumerate()
-        .map(|(j, (series, kind))| {
-            let d = &series.distribution;
-            let mut counts = vec![0u64; d.bins()];
-            let mut values = Vec::new();
-            for row in rows.clone() {
-                let v = row[j];
-                if v.is_nan() {
-                    continue;
-                }
-                counts[d.bin(v)] += 1;
-                values.push(v);
+/// A missing value's bin.
+const MISSING: u16 = u16::MAX;
+
+/// The recent rows, one column per series, with each window's bin counts kept up to date as rows
+/// enter and leave it: a PSI costs as much as the series has bins, however many rows the window
+/// holds. Rows are kept while either window needs them, and never more than `max_window_rows`.
+struct Columns {
+    /// Index (counted since the watch began) of the oldest row kept.
+    first: u64,
+    at: VecDeque<Instant>,
+    values: Vec<VecDeque<f64>>,
+    bins: Vec<VecDeque<u16>>,
+    /// Per series, per bin: rows of the count window (the last `window_rows`).
+    by_count: Vec<Vec<u64>>,
+    /// The same for the time window, which starts at row `time_start`.
+    by_time: Vec<Vec<u64>>,
+    time_start: u64,
+}
+
+/// One window as `Columns::windows` describes it.
+struct Window {
+    name: &'static str,
+    limit: String,
+    /// Index of its oldest row.
+    start: u64,
+    rows: u64,
+    time: bool,
+}
+
+impl Columns {
+    fn new(profile: Option<&Profile>) -> Self {
+        let bins: Vec<usize> = profile.iter().flat_map(|p| p.series()).map(|(s, _)| s.distribution.bins()).collect();
+        let counts = || bins.iter().map(|&n| vec![0; n]).collect();
+        Self {
+            first: 0,
+            at: VecDeque::new(),
+            values: vec![VecDeque::new(); bins.len()],
+            bins: vec![VecDeque::new(); bins.len()],
+            by_count: counts(),
+            by_time: counts(),
+            time_start: 0,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        self.first + self.at.len() as u64
+    }
+
+    fn push(&mut self, at: Instant, values: impl Iterator<Item = f64>, profile: &Profile, settings: &DriftSettings) {
+        let index = self.end();
+        self.at.push_back(at);
+        for (j, ((series, _), v)) in profile.series().zip(values).enumerate() {
+            let bin = if v.is_nan() { MISSING } else { series.distribution.bin(v) as u16 };
+            self.values[j].push_back(v);
+            self.bins[j].push_back(bin);
+            if bin != MISSING {
+                self.by_count[j][usize::from(bin)] += 1;
+                self.by_time[j][usize::from(bin)] += 1;
             }
-            let psi = stats::psi((0..d.bins()).map(|i| d.expected(i)), &counts);
-            let ks = d.quantiles().and_then(|q| {
-                values.sort_unstable_by(f64::total_cmp);
-                stats::ks(&values, |x| stats::quantile_cdf(q, x))
-            });
-            let level = psi.map_or(Level::Ok, |p| Level::of(p, thresholds));
-            SeriesDrift { name: series.name.clone(), kind, psi, ks, level }
-        })
-        .collect()
+        }
+        // The row `window_rows` back leaves the count window (it is still kept: see `expire`).
+        if let Some(leaving) = index.checked_sub(settings.window_rows as u64) {
+            self.uncount(leaving, false);
+        }
+        self.expire(at, settings);
+    }
+
+    /// Takes row `index` out of the count window's or the time window's counts.
+    fn uncount(&mut self, index: u64, time: bool) {
+        let i = (index - self.first) as usize;
+        let counts = if time { &mut self.by_time } else { &mut self.by_count };
+        for (j, bins) in self.bins.iter().enumerate() {
+            let bin = bins[i];
+            if bin != MISSING {
+                counts[j][usize::from(bin)] -= 1;
+            }
+        }
+    }
+
+    /// Ends the time window at `now − window_s`, then drops the rows neither window needs and any
+    /// beyond the bound (taking them out of the time window first).
+    fn expire(&mut self, now: Instant, settings: &DriftSettings) {
+        if let Some(horizon) = now.checked_sub(Duration::from_secs(settings.window_s)) {
+            while self.time_start < self.end() && self.at[(self.time_start - self.first) as usize] < horizon {
+                self.uncount(self.time_start, true);
+                self.time_start += 1;
+            }
+        }
+        let needed = |c: &Self| c.at.len() > settings.window_rows && c.first < c.time_start;
+        let bound = settings.max_window_rows.max(settings.window_rows);
+        while needed(self) || self.at.len() > bound {
+            if self.first >= self.time_start {
+                self.uncount(self.first, true);
+                self.time_start = self.first + 1;
+            }
+            self.at.pop_front();
+            for column in &mut self.values {
+                column.pop_front();
+            }
+            for column in &mut self.bins {
+                column.pop_front();
+            }
+            self.first += 1;
+        }
+    }
+
+    fn windows(&self, settings: &DriftSettings) -> [Window; 2] {
+        let end = self.end();
+        let by_count = end - (self.at.len().min(settings.window_rows) as u64);
+        [
+            Window {
+                name: "rows",
+                limit: format!("last {} rows", settings.window_rows),
+                start: by_count,
+                rows: end - by_count,
+                time: false,
+            },
+            Window {
+                name: "time",
+                limit: format!("last {} s", settings.window_s),
+                start: self.time_start,
+                rows: end - self.time_start,
+                time: true,
+            },
+        ]
+    }
+
+    /// PSI (from the window's counts) and KS (from its values, sorted) of every series.
+    fn measure(&self, profile: &Profile, window: &Window, thresholds: &Thresholds) -> Vec<SeriesDrift> {
+        let counts = if window.time { &self.by_time } else { &self.by_count };
+        let from = (window.start - self.first) as usize;
+        let mut sorted = Vec::with_capacity(window.rows as usize);
+        profile
+            .series()
+            .enumerate()
+            .map(|(j, (series, kind))| {
+                let d = &series.distribution;
+                let psi = stats::psi((0..d.bins()).map(|i| d.expected(i)), &counts[j]);
+                let ks = d.quantiles().and_then(|q| {
+                    sorted.clear();
+                    sorted.extend(self.values[j].range(from..).filter(|v| !v.is_nan()));
+                    sorted.sort_unstable_by(f64::total_cmp);
+                    stats::ks(&sorted, |x| stats::quantile_cdf(q, x))
+                });
+                let level = psi.map_or(Level::Ok, |p| Level::of(p, thresholds));
+                SeriesDrift { name: series.name.clone(), kind, psi, ks, level }
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -324,5 +435,67 @@ mod tests {
         let [(_, _, by_count), (_, _, by_time)] = windows_of(&queue, start + Duration::from_secs(17), &settings);
         // Two seconds on, rows 5 and 6 have left the time window; the count window keeps them.
         assert_eq!((by_count, by_time), (0, 2));
+    }
+
+    fn profile() -> Profile {
+        use super::super::profile::{Distribution, Series};
+        let series =
+            |name: &str, distribution| Series { name: name.into(), tensor: "x".into(), column: None, distribution };
+        Profile {
+            rows: 10,
+            features: vec![
+                series(
+                    "numeric",
+                    Distribution::Numeric {
+                        edges: vec![1.0, 2.0],
+                        shares: vec![0.3, 0.4, 0.3],
+                        quantiles: vec![0.0, 1.5, 3.0],
+                    },
+                ),
+                series("categorical", Distribution::Categorical { values: vec![0.0, 1.0], shares: vec![0.5, 0.5] }),
+            ],
+            predictions: vec![],
+        }
+    }
+
+    proptest::proptest! {
+        /// The counts kept incrementally equal the counts of each window's rows, recounted.
+        #[test]
+        fn window_counts_are_the_counts_of_their_rows(
+            rows in proptest::collection::vec((0u64..4, proptest::option::of(0.0f64..3.0), 0u8..3), 1..120),
+            window_rows in 1usize..12, window_s in 1u64..20, extra in 0usize..10,
+        ) {
+            let settings = DriftSettings { window_rows, window_s, max_window_rows: window_rows + extra, ..Default::default() };
+            let profile = profile();
+            let mut columns = Columns::new(Some(&profile));
+            let start = Instant::now();
+            let mut now = start;
+            let mut all: Vec<(Instant, [f64; 2])> = Vec::new();
+            for (step, numeric, category) in rows {
+                now += Duration::from_secs(step);
+                let row = [numeric.unwrap_or(f64::NAN), f64::from(category)];
+                all.push((now, row));
+                columns.push(now, row.into_iter(), &profile, &settings);
+                let recount = |rows: &[(Instant, [f64; 2])]| -> Vec<Vec<u64>> {
+                    profile.series().enumerate().map(|(j, (s, _))| {
+                        let mut counts = vec![0; s.distribution.bins()];
+                        for (_, r) in rows.iter().filter(|(_, r)| !r[j].is_nan()) {
+                            counts[s.distribution.bin(r[j])] += 1;
+                        }
+                        counts
+                    }).collect()
+                };
+                let kept = &all[all.len().saturating_sub(settings.max_window_rows.max(window_rows))..];
+                let last = &all[all.len().saturating_sub(window_rows)..];
+                proptest::prop_assert_eq!(&columns.by_count, &recount(last));
+                let horizon = now.checked_sub(Duration::from_secs(window_s));
+                let recent: Vec<_> = kept.iter().copied().filter(|(at, _)| horizon.is_none_or(|h| *at >= h)).collect();
+                proptest::prop_assert_eq!(&columns.by_time, &recount(&recent));
+                let [count_window, time_window] = columns.windows(&settings);
+                proptest::prop_assert_eq!(count_window.rows, last.len() as u64);
+                proptest::prop_assert_eq!(time_window.rows, recent.len() as u64);
+                proptest::prop_assert!(columns.at.len() <= settings.max_window_rows.max(window_rows));
+            }
+        }
     }
 }

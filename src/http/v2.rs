@@ -111,6 +111,8 @@ async fn infer_on(
             .map_err(|error| Failure { error, id: Some(id.clone()) })?;
         let latency = model_start.elapsed();
         let response = respond(&answering, &id, &outputs, &request.outputs);
+        // Shared, not copied, by the drift monitor and the shadow.
+        let outputs = Arc::new(outputs);
         // Drift is measured against the champion's profile: what a canary or a direct call answered
         // is not the champion's traffic.
         if !is_direct && Arc::ptr_eq(&answering, deployment.champion()) {
