@@ -20,7 +20,8 @@ use serde_json::Value;
 
 const SHIFTED: [(&str, f64); 2] = [("mean radius", 1.3), ("worst texture", 1.25)];
 
-/// POSTs received: (Idempotency-Key, body). Answers the first one 503, as a flaky receiver would.
+/// POSTs received with the right bearer token: (Idempotency-Key, body). Answers the first one 503,
+/// as a flaky receiver would.
 #[derive(Clone, Default)]
 struct Receiver {
     calls: Arc<Mutex<Vec<(String, Value)>>>,
@@ -35,6 +36,9 @@ impl Receiver {
                 let calls = Arc::clone(&calls);
                 async move {
                     let key = headers.get("idempotency-key").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some("Bearer hook-secret") {
+                        return StatusCode::UNAUTHORIZED;
+                    }
                     let mut calls = calls.lock();
                     calls.push((key, body.0));
                     if calls.len() == 1 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::NO_CONTENT }
@@ -114,7 +118,9 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
         "drift.window_rows=300",
         "drift.min_rows=200",
         "drift.evaluate_interval_ms=50",
+        "drift.max_samples_per_s=0",
         "drift.webhook_backoff_ms=20",
+        "drift.webhook_bearer_token=hook-secret",
         &webhook,
     ])
     .await;

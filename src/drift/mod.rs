@@ -26,7 +26,7 @@ pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,6 +40,7 @@ pub use self::report::DriftReport;
 use self::webhook::{Event, Webhook};
 use self::window::{Transition, Watch};
 use crate::compare::{Observation, Prediction, Truth};
+use crate::config::Secret;
 use crate::model::Tensor;
 use crate::outcomes::{Role, Status};
 use crate::registry::{ModelVersion, Registry};
@@ -52,6 +53,10 @@ pub struct DriftSettings {
     pub enabled: bool,
     /// Share of champion-answered requests, in [0, 1], whose rows are watched (by request-id hash).
     pub sample_rate: f64,
+    /// At most this many sampled requests a second per deployment reach the monitor; beyond it the
+    /// rest of the second is skipped. Drift needs a steady sample, not every request: this keeps
+    /// its cost flat under any load (and the windows spanning time). 0: no limit.
+    pub max_samples_per_s: u32,
     /// The count window: the last this many rows.
     pub window_rows: usize,
     /// The time window: the rows of the last this many seconds (at most `max_window_rows` of them).
@@ -67,6 +72,9 @@ pub struct DriftSettings {
     pub thresholds: Thresholds,
     /// Where alert events are POSTed (http:// or https://); unset: no webhook.
     pub webhook_url: Option<String>,
+    /// Sent as `Authorization: Bearer <token>` (set it from the environment:
+    /// GAUNTLET_DRIFT__WEBHOOK_BEARER_TOKEN).
+    pub webhook_bearer_token: Option<Secret>,
     pub webhook_timeout_ms: u64,
     /// Tries per event, waiting `webhook_backoff_ms`, then twice as long, … between them.
     pub webhook_attempts: u32,
@@ -80,14 +88,16 @@ impl Default for DriftSettings {
         Self {
             enabled: true,
             sample_rate: 1.0,
+            max_samples_per_s: 500,
             window_rows: 1000,
             window_s: 300,
             max_window_rows: 10_000,
             min_rows: 200,
-            evaluate_interval_ms: 1000,
+            evaluate_interval_ms: 5000,
             queue: 4096,
             thresholds: Thresholds::default(),
             webhook_url: None,
+            webhook_bearer_token: None,
             webhook_timeout_ms: 2000,
             webhook_attempts: 5,
             webhook_backoff_ms: 500,
@@ -177,6 +187,9 @@ enum Message {
 /// The handle: the request path and the feedback thread push, the admin API reads reports.
 pub struct Drift {
     shared: Arc<Shared>,
+    /// Per model: this second's samples, against `max_samples_per_s`.
+    budgets: Vec<(String, Budget)>,
+    started: Instant,
     thread: Mutex<Option<JoinHandle<()>>>,
     webhook: Option<Arc<Webhook>>,
 }
@@ -209,6 +222,7 @@ impl Drift {
             dropped: crate::metrics::drift_samples_dropped(),
             settings,
         });
+        let budgets = registry.models().map(|m| (m.name().to_owned(), Budget::default())).collect();
         let thread = if shared.settings.enabled {
             let mut monitor = Monitor {
                 shared: Arc::clone(&shared),
@@ -224,7 +238,7 @@ impl Drift {
         } else {
             None
         };
-        Ok(Self { shared, thread: Mutex::new(thread), webhook })
+        Ok(Self { shared, budgets, started: Instant::now(), thread: Mutex::new(thread), webhook })
     }
 
     /// From the request path, after the response is complete: the rows a champion answered.
@@ -243,11 +257,18 @@ impl Drift {
         if settings.sample_rate < 1.0 && crate::traffic::unit_interval("drift", request_id) >= settings.sample_rate {
             return;
         }
+        let at = Instant::now();
+        if settings.max_samples_per_s > 0
+            && let Some((_, budget)) = self.budgets.iter().find(|(model, _)| model == version.name())
+            && !budget.take(at.saturating_duration_since(self.started).as_secs(), settings.max_samples_per_s)
+        {
+            return;
+        }
         let message = Message::Rows {
             version: Arc::clone(version),
             inputs: Arc::clone(inputs),
             outputs: Arc::clone(outputs),
-            at: Instant::now(),
+            at,
         };
         if self.shared.queue.push(message).is_err() {
             self.shared.dropped.increment(1);
@@ -292,6 +313,27 @@ impl Drift {
 impl Drop for Drift {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Samples taken in the current second: (second << 32) | count, in one atomic word.
+#[derive(Default)]
+struct Budget(AtomicU64);
+
+impl Budget {
+    /// Whether one more sample fits in second `now`. Lock-free; under a race a second may take a
+    /// few more than `limit`, which only matters for cost, never for correctness.
+    fn take(&self, now: u64, limit: u32) -> bool {
+        let current = self.0.load(Ordering::Relaxed);
+        let (second, count) = (current >> 32, current & 0xffff_ffff);
+        if second != now & 0xffff_ffff {
+            return self.0.compare_exchange(current, (now << 32) | 1, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+        }
+        if count >= u64::from(limit) {
+            return false;
+        }
+        self.0.fetch_add(1, Ordering::Relaxed);
+        true
     }
 }
 
@@ -386,5 +428,19 @@ impl Monitor {
             reports.insert(model.clone(), Arc::new(report));
         }
         self.shared.reports.store(Arc::new(reports));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_budget_takes_its_limit_each_second() {
+        let budget = Budget::default();
+        let taken: Vec<bool> = (0..5).map(|_| budget.take(7, 3)).collect();
+        assert_eq!(taken, [true, true, true, false, false]);
+        assert!(budget.take(8, 3), "a new second starts a new count");
+        assert_eq!((0..5).filter(|_| budget.take(8, 3)).count(), 2);
     }
 }

@@ -60,6 +60,7 @@ pub struct Webhook {
 
 struct Delivery {
     url: String,
+    bearer: Option<String>,
     client: reqwest::Client,
     attempts: u32,
     backoff: Duration,
@@ -77,6 +78,7 @@ impl Webhook {
             .map_err(std::io::Error::other)?;
         let delivery = Delivery {
             url,
+            bearer: settings.webhook_bearer_token.as_ref().map(|t| t.expose().to_owned()),
             client,
             attempts: settings.webhook_attempts.max(1),
             backoff: Duration::from_millis(settings.webhook_backoff_ms),
@@ -128,7 +130,11 @@ impl Delivery {
     async fn deliver(&self, event: &Event) {
         let mut wait = self.backoff;
         for attempt in 1..=self.attempts {
-            let sent = self.client.post(&self.url).header("idempotency-key", &event.id).json(event).send().await;
+            let mut request = self.client.post(&self.url).header("idempotency-key", &event.id).json(event);
+            if let Some(token) = &self.bearer {
+                request = request.bearer_auth(token);
+            }
+            let sent = request.send().await;
             let retry = match sent {
                 Ok(response) if response.status().is_success() => {
                     tracing::info!(model = event.model, event = event.event, attempt, "drift event delivered");
