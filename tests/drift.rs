@@ -20,6 +20,10 @@ use serde_json::Value;
 
 const SHIFTED: [(&str, f64); 2] = [("mean radius", 1.3), ("worst texture", 1.25)];
 
+// The count window holds the 143 holdout rows exactly twice: its PSIs are then the holdout's own
+// (at most 0.16 against the training profile), while an arbitrary 300-row stretch of the replay
+// reaches 0.19, too close to a threshold for a test.
+
 /// POSTs received with the right bearer token: (Idempotency-Key, body). Answers the first one 503,
 /// as a flaky receiver would.
 #[derive(Clone, Default)]
@@ -95,7 +99,8 @@ async fn drift(server: &TestServer) -> DriftReport {
 /// The first report that has seen `rows` rows and been evaluated after them.
 async fn evaluated(server: &TestServer, rows: u64) -> DriftReport {
     let mut first_with_rows = None;
-    for _ in 0..200 {
+    // Long: the monitor runs at idle priority, so a busy machine delays it (the test machine too).
+    for _ in 0..600 {
         let report = drift(server).await;
         if report.rows_seen == rows {
             match first_with_rows {
@@ -115,7 +120,7 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
     let url = receiver.start().await;
     let webhook = format!("drift.webhook_url={url}");
     let mut server = TestServer::start(&[
-        "drift.window_rows=300",
+        "drift.window_rows=286",
         "drift.min_rows=200",
         "drift.evaluate_interval_ms=50",
         "drift.max_samples_per_s=0",
@@ -133,11 +138,11 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
     assert!(report.profile);
     assert!(report.state < State::Alert, "unchanged rows alerted: {:?}", report.drifted);
     assert!(!report.alerting && report.drifted.is_empty());
-    assert!(report.windows.iter().all(|w| w.judged && w.rows == if w.window == "rows" { 300 } else { 400 }));
+    assert!(report.windows.iter().all(|w| w.judged && w.rows == if w.window == "rows" { 286 } else { 400 }));
     // Concept drift: none, the champion is as accurate on these labelled rows as on the holdout.
     let mut report = report;
-    for _ in 0..100 {
-        if report.concept.iter().all(|c| c.labelled_rows >= 300) {
+    for _ in 0..600 {
+        if report.concept.iter().all(|c| c.labelled_rows >= 286) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -149,7 +154,7 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
         assert!((value - holdout).abs() < 0.02, "{c:?}");
     }
 
-    // Shifted: 400 more rows push the count window's 300 rows all into the shifted distribution.
+    // Shifted: 400 more rows push the count window's 286 rows all into the shifted distribution.
     let dir = tempfile::tempdir().unwrap();
     let summary = run(&replay(&server, shifted_holdout(dir.path()), 400)).await.unwrap();
     assert_eq!(summary.ok, 400);
@@ -172,7 +177,7 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
 
     // The webhook: one event, tried twice (the receiver refused the first try) under one key.
     let mut calls = receiver.calls();
-    for _ in 0..100 {
+    for _ in 0..600 {
         if calls.len() >= 2 {
             break;
         }
@@ -261,4 +266,57 @@ fn every_metric_the_dashboards_read_exists(metrics: &str) {
             assert!(exported, "{file} reads {name}, which /metrics does not export");
         }
     }
+}
+
+/// With thresholds of its own (the holdout's noise stays under a warn of 0.22), the deployment
+/// leaves the alert once the shifted rows are out of its windows, and the webhook hears that too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaves_the_alert_when_traffic_returns_and_says_so() {
+    let receiver = Receiver::default();
+    let url = receiver.start().await;
+    let webhook = format!("drift.webhook_url={url}");
+    let mut server = TestServer::start(&[
+        "drift.window_rows=286",
+        "drift.min_rows=200",
+        "drift.window_s=1",
+        "drift.evaluate_interval_ms=50",
+        "drift.max_samples_per_s=0",
+        "drift.webhook_backoff_ms=20",
+        "drift.webhook_bearer_token=hook-secret",
+        "models.breast-cancer.drift={psi_warn=0.22,psi_alert=0.25}",
+        &webhook,
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    run(&replay(&server, shifted_holdout(dir.path()), 400)).await.unwrap();
+    let report = evaluated(&server, 400).await;
+    assert!(report.alerting, "{report:?}");
+    assert_eq!((report.thresholds.psi_warn, report.thresholds.psi_alert), (0.22, 0.25));
+
+    run(&replay(&server, common::models_dir().join("breast-cancer/holdout.csv"), 572)).await.unwrap();
+    // The count window is all unchanged rows now; the time window empties within a second.
+    let mut report = evaluated(&server, 972).await;
+    for _ in 0..600 {
+        if !report.alerting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        report = drift(&server).await;
+    }
+    assert!(!report.alerting && report.state == State::Ok, "{report:?}");
+
+    let mut events = Vec::new();
+    for _ in 0..600 {
+        events =
+            receiver.calls().into_iter().map(|(key, body)| (key, body["event"].as_str().unwrap().to_owned())).collect();
+        events.dedup();
+        if events.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kinds: Vec<&str> = events.iter().map(|(_, kind)| kind.as_str()).collect();
+    assert_eq!(kinds, ["drift.alert", "drift.resolved"]);
+    assert_ne!(events[0].0, events[1].0, "two events, two ids");
+    server.stop().await.unwrap();
 }
