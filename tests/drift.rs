@@ -60,6 +60,24 @@ impl Receiver {
     }
 }
 
+/// A gateway with drift windows fit for replays of the holdout, evaluated often, every sample
+/// taken, alerting to a `Receiver`; `extra` settings last.
+async fn start(extra: &[&str]) -> (TestServer, Receiver) {
+    let receiver = Receiver::default();
+    let webhook = format!("drift.webhook_url={}", receiver.start().await);
+    let mut settings = vec![
+        "drift.window_rows=286",
+        "drift.min_rows=200",
+        "drift.evaluate_interval_ms=50",
+        "drift.max_samples_per_s=0",
+        "drift.webhook_backoff_ms=20",
+        "drift.webhook_bearer_token=hook-secret",
+        &webhook,
+    ];
+    settings.extend_from_slice(extra);
+    (TestServer::start(&settings).await, receiver)
+}
+
 /// The holdout CSV with each `SHIFTED` feature multiplied by its factor.
 fn shifted_holdout(dir: &Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(common::models_dir().join("breast-cancer/holdout.csv")).unwrap();
@@ -116,19 +134,7 @@ async fn evaluated(server: &TestServer, rows: u64) -> DriftReport {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
-    let receiver = Receiver::default();
-    let url = receiver.start().await;
-    let webhook = format!("drift.webhook_url={url}");
-    let mut server = TestServer::start(&[
-        "drift.window_rows=286",
-        "drift.min_rows=200",
-        "drift.evaluate_interval_ms=50",
-        "drift.max_samples_per_s=0",
-        "drift.webhook_backoff_ms=20",
-        "drift.webhook_bearer_token=hook-secret",
-        &webhook,
-    ])
-    .await;
+    let (mut server, receiver) = start(&[]).await;
     let holdout = common::models_dir().join("breast-cancer/holdout.csv");
 
     // Unchanged: the held-out rows come from the training distribution. Their labels follow.
@@ -272,21 +278,8 @@ fn every_metric_the_dashboards_read_exists(metrics: &str) {
 /// leaves the alert once the shifted rows are out of its windows, and the webhook hears that too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leaves_the_alert_when_traffic_returns_and_says_so() {
-    let receiver = Receiver::default();
-    let url = receiver.start().await;
-    let webhook = format!("drift.webhook_url={url}");
-    let mut server = TestServer::start(&[
-        "drift.window_rows=286",
-        "drift.min_rows=200",
-        "drift.window_s=1",
-        "drift.evaluate_interval_ms=50",
-        "drift.max_samples_per_s=0",
-        "drift.webhook_backoff_ms=20",
-        "drift.webhook_bearer_token=hook-secret",
-        "models.breast-cancer.drift={psi_warn=0.22,psi_alert=0.25}",
-        &webhook,
-    ])
-    .await;
+    let (mut server, receiver) =
+        start(&["drift.window_s=1", "models.breast-cancer.drift={psi_warn=0.22,psi_alert=0.25}"]).await;
     let dir = tempfile::tempdir().unwrap();
     run(&replay(&server, shifted_holdout(dir.path()), 400)).await.unwrap();
     let report = evaluated(&server, 400).await;

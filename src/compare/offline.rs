@@ -17,30 +17,34 @@ use super::{CompareSettings, Comparison, ModelOutcome, Observation, Truth, predi
 use crate::outcomes::{Role, Status};
 use crate::repository::{Task, VersionId};
 
-/// One line of the log: an outcome record or a feedback record (fields it does not need are skipped).
+/// One line of the log: an outcome record or a feedback record (fields no reader needs are
+/// skipped). Drift's offline reader (`drift::offline`) reads the same lines.
 #[derive(Deserialize)]
-struct Line {
+pub(crate) struct Line {
     #[serde(default)]
-    kind: Option<String>,
-    request_id: String,
-    model: String,
+    pub kind: Option<String>,
+    pub request_id: String,
+    pub model: String,
     #[serde(default)]
-    task: Option<Task>,
+    pub task: Option<Task>,
+    /// Kept unparsed: only drift reads the inputs.
     #[serde(default)]
-    results: Vec<LineResult>,
+    pub inputs: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
-    truth: Option<serde_json::Value>,
+    pub results: Vec<LineResult>,
+    #[serde(default)]
+    pub truth: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
-struct LineResult {
-    version: VersionId,
-    role: Role,
-    status: Status,
+pub(crate) struct LineResult {
+    pub version: VersionId,
+    pub role: Role,
+    pub status: Status,
     #[serde(default)]
-    latency_ms: Option<f64>,
+    pub latency_ms: Option<f64>,
     #[serde(default)]
-    outputs: Option<HashMap<String, serde_json::Value>>,
+    pub outputs: Option<HashMap<String, serde_json::Value>>,
 }
 
 /// What reading the files found besides the comparisons.
@@ -134,7 +138,7 @@ fn join(comparison: &mut Comparison, observation: &Observation, truth: &serde_js
 }
 
 /// Calls `each` per non-empty line: the parsed line, or `None` when it is not one of ours.
-fn read_file(path: &Path, each: &mut dyn FnMut(Option<Line>)) -> anyhow::Result<()> {
+pub(crate) fn read_file(path: &Path, each: &mut dyn FnMut(Option<Line>)) -> anyhow::Result<()> {
     let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
     for line in BufReader::new(file).lines() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;

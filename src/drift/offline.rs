@@ -6,43 +6,19 @@
 //! `Watch` the live monitor keeps computes it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::Instant;
-
-use anyhow::Context;
-use serde::Deserialize;
 
 use super::report::DriftReport;
 use super::window::Watch;
 use super::{DriftSettings, Thresholds};
+use crate::compare::offline::{Line, read_file};
 use crate::model::{Tensor, TensorSpec};
 use crate::outcomes::{Role, Status};
 use crate::repository::{Repository, VersionId};
 
 /// Rows kept per (model, version): the window is the last this many.
 pub const MAX_ROWS: usize = 1_000_000;
-
-#[derive(Deserialize)]
-struct Line {
-    #[serde(default)]
-    kind: Option<String>,
-    model: String,
-    #[serde(default)]
-    inputs: Option<HashMap<String, serde_json::Value>>,
-    #[serde(default)]
-    results: Vec<LineResult>,
-}
-
-#[derive(Deserialize)]
-struct LineResult {
-    version: VersionId,
-    role: Role,
-    status: Status,
-    #[serde(default)]
-    outputs: Option<HashMap<String, serde_json::Value>>,
-}
 
 /// What reading the files found besides the reports.
 #[derive(Debug, Default)]
@@ -71,50 +47,49 @@ pub fn read(
         ..Default::default()
     };
     // `None` for a version the repository lacks.
-    let mut watches: BTreeMap<(String, VersionId), Option<Logged>> = BTreeMap::new();
+    let mut watches: BTreeMap<(String, VersionId), Option<Version>> = BTreeMap::new();
     let mut summary = DriftReadSummary::default();
     let now = Instant::now();
     for path in files {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        for line in BufReader::new(file).lines() {
-            let line = line.with_context(|| format!("reading {}", path.display()))?;
-            let Ok(line) = serde_json::from_str::<Line>(&line) else {
+        read_file(path, &mut |line: Option<Line>| {
+            let Some(line) = line else {
                 summary.unreadable_lines += 1;
-                continue;
+                return;
             };
             if line.kind.as_deref().is_some_and(|k| k != "outcome") {
-                continue;
+                return;
             }
             summary.records += 1;
             let champion = line.results.iter().find(|r| r.role == Role::Champion && r.status == Status::Ok);
-            let (Some(inputs), Some(champion)) = (&line.inputs, champion) else {
+            let inputs = line.inputs.as_ref().and_then(|raw| serde_json::from_str::<Logged>(raw.get()).ok());
+            let (Some(inputs), Some(champion)) = (inputs, champion) else {
                 summary.without_inputs += 1;
-                continue;
+                return;
             };
             let Some(outputs) = &champion.outputs else {
                 summary.without_inputs += 1;
-                continue;
+                return;
             };
             let entry = watches.entry((line.model.clone(), champion.version.clone())).or_insert_with(|| {
                 let manifest = repository.version(&line.model, &champion.version).ok()?.manifest;
                 let watch = Watch::new(&manifest, thresholds, false);
-                Some(Logged { watch, inputs: manifest.inputs, outputs: manifest.outputs })
+                Some(Version { watch, inputs: manifest.inputs, outputs: manifest.outputs })
             });
-            let Some(logged) = entry else {
+            let Some(version) = entry else {
                 summary.unusable += 1;
-                continue;
+                return;
             };
-            match (tensors(inputs, &logged.inputs), tensors(outputs, &logged.outputs)) {
-                (Some(inputs), Some(outputs)) => logged.watch.add_rows(now, &inputs, &outputs, &settings),
+            match (tensors(&inputs, &version.inputs), tensors(outputs, &version.outputs)) {
+                (Some(inputs), Some(outputs)) => version.watch.add_rows(now, &inputs, &outputs, &settings),
                 _ => summary.unusable += 1,
             }
-        }
+        })?;
     }
     let reports = watches
         .into_values()
         .flatten()
-        .map(|mut logged| {
-            let (mut report, _) = logged.watch.evaluate(now, &settings);
+        .map(|mut version| {
+            let (mut report, _) = version.watch.evaluate(now, &settings);
             // Without real times the time window would repeat the count window.
             report.windows.retain(|w| w.window == "rows");
             for w in &mut report.windows {
@@ -127,14 +102,17 @@ pub fn read(
     Ok((reports, summary))
 }
 
+/// Logged tensors by name, as nested arrays.
+type Logged = HashMap<String, serde_json::Value>;
+
 /// One champion version's watch over the files, and its signature to read the logged tensors by.
-struct Logged {
+struct Version {
     watch: Watch,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
 }
 
 /// The logged tensors in signature order; `None` if one is missing or does not parse.
-fn tensors(logged: &HashMap<String, serde_json::Value>, specs: &[TensorSpec]) -> Option<Vec<Tensor>> {
+fn tensors(logged: &Logged, specs: &[TensorSpec]) -> Option<Vec<Tensor>> {
     specs.iter().map(|spec| Tensor::from_nested_json(logged.get(&spec.name)?, spec.datatype).ok()).collect()
 }
