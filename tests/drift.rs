@@ -25,15 +25,17 @@ const SHIFTED: [(&str, f64); 2] = [("mean radius", 1.3), ("worst texture", 1.25)
 // reaches 0.19, too close to a threshold for a test.
 
 /// POSTs received with the right bearer token: (Idempotency-Key, body). Answers the first one 503,
-/// as a flaky receiver would.
+/// as a flaky receiver would (or every one, when `down`).
 #[derive(Clone, Default)]
 struct Receiver {
     calls: Arc<Mutex<Vec<(String, Value)>>>,
+    down: bool,
 }
 
 impl Receiver {
     async fn start(&self) -> String {
         let calls = Arc::clone(&self.calls);
+        let down = self.down;
         let app = axum::Router::new().route(
             "/hooks/drift",
             axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
@@ -45,7 +47,7 @@ impl Receiver {
                     }
                     let mut calls = calls.lock();
                     calls.push((key, body.0));
-                    if calls.len() == 1 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::NO_CONTENT }
+                    if down || calls.len() == 1 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::NO_CONTENT }
                 }
             }),
         );
@@ -63,7 +65,10 @@ impl Receiver {
 /// A gateway with drift windows fit for replays of the holdout, evaluated often, every sample
 /// taken, alerting to a `Receiver`; `extra` settings last.
 async fn start(extra: &[&str]) -> (TestServer, Receiver) {
-    let receiver = Receiver::default();
+    start_with(Receiver::default(), extra).await
+}
+
+async fn start_with(receiver: Receiver, extra: &[&str]) -> (TestServer, Receiver) {
     let webhook = format!("drift.webhook_url={}", receiver.start().await);
     let mut settings = vec![
         "drift.window_rows=286",
@@ -312,4 +317,27 @@ async fn leaves_the_alert_when_traffic_returns_and_says_so() {
     assert_eq!(kinds, ["drift.alert", "drift.resolved"]);
     assert_ne!(events[0].0, events[1].0, "two events, two ids");
     server.stop().await.unwrap();
+}
+
+/// A receiver that stays down while the gateway backs off for ten minutes: shutdown gives the
+/// event up (counted `abandoned`) instead of waiting out the backoff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_out_a_webhook_backoff() {
+    let receiver = Receiver { down: true, ..Receiver::default() };
+    let (mut server, receiver) = start_with(receiver, &["drift.webhook_backoff_ms=600000"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    run(&replay(&server, shifted_holdout(dir.path()), 400)).await.unwrap();
+    assert!(evaluated(&server, 400).await.alerting);
+    for _ in 0..600 {
+        if !receiver.calls().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(receiver.calls().len(), 1, "tried once, now backing off");
+    server.stop().await.unwrap();
+    // The recorder is the test process's: the other tests here never abandon an event.
+    let metrics = gauntlet::metrics::handle().render();
+    assert!(metrics.contains(r#"gauntlet_drift_webhook_events_total{result="abandoned"} 1"#), "{metrics}");
+    assert!(!metrics.contains(r#"gauntlet_drift_webhook_events_total{result="failed"}"#), "{metrics}");
 }

@@ -151,13 +151,33 @@ impl Delivery {
                     true
                 }
             };
-            if !retry || attempt == self.attempts || self.closing.load(Ordering::Acquire) {
+            if !retry || attempt == self.attempts {
                 break;
             }
             crate::metrics::drift_webhook("retried");
-            tokio::time::sleep(wait).await;
+            if !self.back_off(wait).await {
+                tracing::warn!(model = event.model, event = event.event, "shutting down: drift event not retried");
+                crate::metrics::drift_webhook("abandoned");
+                return;
+            }
             wait = (wait * 2).min(Duration::from_secs(60));
         }
         crate::metrics::drift_webhook("failed");
+    }
+
+    /// Waits `wait` unless shutdown begins first (then returns false at once, so a backoff of up to
+    /// a minute cannot hold up shutdown).
+    async fn back_off(&self, wait: Duration) -> bool {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            if self.closing.load(Ordering::Acquire) {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return true;
+            }
+            tokio::time::sleep((until - now).min(Duration::from_millis(50))).await;
+        }
     }
 }
