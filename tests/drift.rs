@@ -75,6 +75,8 @@ async fn start_with(receiver: Receiver, extra: &[&str]) -> (TestServer, Receiver
         "drift.min_rows=200",
         "drift.evaluate_interval_ms=50",
         "drift.max_samples_per_s=0",
+        // The time window admits max_window_rows / window_s rows a second: all of these replays.
+        "drift.max_window_rows=3000000",
         "drift.webhook_backoff_ms=20",
         "drift.webhook_bearer_token=hook-secret",
         &webhook,

@@ -59,8 +59,9 @@ pub struct DriftSettings {
     pub max_samples_per_s: u32,
     /// The count window: the last this many rows.
     pub window_rows: usize,
-    /// The time window: the rows of the last this many seconds (at most `max_window_rows` of them).
+    /// The time window: rows of the last this many seconds.
     pub window_s: u64,
+    /// The time window's bound: it admits at most `max_window_rows / window_s` rows a second.
     pub max_window_rows: usize,
     /// Rows a window needs before its drift counts towards the state.
     pub min_rows: usize,

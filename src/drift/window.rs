@@ -1,9 +1,10 @@
 //! One deployment's bounded drift state (`Watch`): the recent rows' feature and prediction values,
 //! the champion's recent labelled scores, and the alert state, evaluated into a `DriftReport`.
 //!
-//! Invariant: bounded. Rows are kept while either window needs them (the last `window_rows`, or
-//! those of the last `window_s` seconds) and never more than `max_window_rows`; past that, the time
-//! window covers less time (its row count says so).
+//! Invariant: bounded. The count window keeps the last `window_rows` rows. The time window keeps
+//! the rows of the last `window_s` seconds, at most `max_window_rows`, admitting at most
+//! `max_window_rows / window_s` a second so that under any traffic it spans its whole time.
+//! Labelled scores keep the last `window_rows`, or those of `window_s`, up to `max_window_rows`.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -42,12 +43,18 @@ pub struct Watch {
     /// `accuracy` or `mae`, and the manifest's holdout figure.
     concept_metric: (&'static str, Option<f64>),
     thresholds: Thresholds,
-    /// Empty (no series) without a profile.
-    rows: Columns,
+    /// The last `window_rows` rows (no series without a profile).
+    by_count: WindowRows,
+    /// The rows of the last `window_s` seconds, admitted evenly (see `TimeAdmission`).
+    by_time: WindowRows,
+    admission: TimeAdmission,
+    /// Reused per row: its values and bins.
+    scratch: (Vec<f64>, Vec<u16>),
     labelled: VecDeque<(Instant, f64)>,
     rows_seen: u64,
     evaluations: u64,
     alerting: bool,
+    started: Instant,
 }
 
 impl Watch {
@@ -78,7 +85,10 @@ impl Watch {
             model: manifest.name.clone(),
             version: manifest.version.clone(),
             concept_metric: (metric, manifest.holdout_metrics.get(metric).copied()),
-            rows: Columns::new(profile.as_ref()),
+            by_count: WindowRows::new(profile.as_ref()),
+            by_time: WindowRows::new(profile.as_ref()),
+            admission: TimeAdmission::default(),
+            scratch: (Vec::new(), Vec::new()),
             profile,
             locations,
             thresholds,
@@ -86,6 +96,7 @@ impl Watch {
             rows_seen: 0,
             evaluations: 0,
             alerting,
+            started: Instant::now(),
         }
     }
 
@@ -107,7 +118,24 @@ impl Watch {
                 let tensor = if output { outputs.get(index) } else { inputs.get(index) };
                 tensor.and_then(|t| value(t, row, column)).unwrap_or(f64::NAN)
             });
-            self.rows.push(at, values, profile, settings);
+            let (values_of_row, bins) = &mut self.scratch;
+            values_of_row.clear();
+            values_of_row.extend(values);
+            bins.clear();
+            bins.extend(
+                profile
+                    .series()
+                    .zip(values_of_row.iter())
+                    .map(|((series, _), &v)| if v.is_nan() { MISSING } else { series.distribution.bin(v) as u16 }),
+            );
+            self.by_count.push(at, values_of_row, bins);
+            if self.by_count.len() > settings.window_rows {
+                self.by_count.pop_front();
+            }
+            if self.admission.admit(at, self.started, settings) {
+                self.by_time.push(at, values_of_row, bins);
+            }
+            self.by_time.expire(at, settings);
         }
         self.rows_seen += rows as u64;
     }
@@ -120,25 +148,23 @@ impl Watch {
 
     /// The report as of `now`, and the alert transition it makes, if any.
     pub fn evaluate(&mut self, now: Instant, settings: &DriftSettings) -> (DriftReport, Option<Transition>) {
-        self.rows.expire(now, settings);
+        self.by_time.expire(now, settings);
         trim(&mut self.labelled, now, settings);
         self.evaluations += 1;
         let windows: Vec<WindowReport> = match &self.profile {
-            Some(profile) => self
-                .rows
-                .windows(settings)
-                .into_iter()
-                .map(|window| {
-                    let series = self.rows.measure(profile, &window, &self.thresholds);
-                    WindowReport {
-                        window: window.name.into(),
-                        limit: window.limit,
-                        rows: window.rows,
-                        judged: window.rows >= settings.min_rows as u64,
-                        series,
-                    }
-                })
-                .collect(),
+            Some(profile) => [
+                ("rows", format!("last {} rows", settings.window_rows), &self.by_count),
+                ("time", format!("last {} s", settings.window_s), &self.by_time),
+            ]
+            .into_iter()
+            .map(|(window, limit, rows)| WindowReport {
+                window: window.into(),
+                limit,
+                rows: rows.len() as u64,
+                judged: rows.len() >= settings.min_rows,
+                series: rows.measure(profile, &self.thresholds),
+            })
+            .collect(),
             None => Vec::new(),
         };
         let judged = || windows.iter().filter(|w| w.judged).flat_map(|w| &w.series);
@@ -239,144 +265,78 @@ fn windows_of<T>(
 /// A missing value's bin.
 const MISSING: u16 = u16::MAX;
 
-/// The recent rows, one column per series, with each window's bin counts kept up to date as rows
-/// enter and leave it: a PSI costs as much as the series has bins, however many rows the window
-/// holds. Rows are kept while either window needs them, and never more than `max_window_rows`.
-struct Columns {
-    /// Index (counted since the watch began) of the oldest row kept.
-    first: u64,
+/// One window's rows, one column per series, with the window's bin counts kept up to date as rows
+/// enter and leave: a PSI costs as much as the series has bins, however many rows the window holds.
+struct WindowRows {
     at: VecDeque<Instant>,
     values: Vec<VecDeque<f64>>,
     bins: Vec<VecDeque<u16>>,
-    /// Per series, per bin: rows of the count window (the last `window_rows`).
-    by_count: Vec<Vec<u64>>,
-    /// The same for the time window, which starts at row `time_start`.
-    by_time: Vec<Vec<u64>>,
-    time_start: u64,
+    /// Per series, per bin.
+    counts: Vec<Vec<u64>>,
 }
 
-/// One window as `Columns::windows` describes it.
-struct Window {
-    name: &'static str,
-    limit: String,
-    /// Index of its oldest row.
-    start: u64,
-    rows: u64,
-    time: bool,
-}
-
-impl Columns {
+impl WindowRows {
     fn new(profile: Option<&Profile>) -> Self {
         let bins: Vec<usize> = profile.iter().flat_map(|p| p.series()).map(|(s, _)| s.distribution.bins()).collect();
-        let counts = || bins.iter().map(|&n| vec![0; n]).collect();
         Self {
-            first: 0,
             at: VecDeque::new(),
             values: vec![VecDeque::new(); bins.len()],
             bins: vec![VecDeque::new(); bins.len()],
-            by_count: counts(),
-            by_time: counts(),
-            time_start: 0,
+            counts: bins.iter().map(|&n| vec![0; n]).collect(),
         }
     }
 
-    fn end(&self) -> u64 {
-        self.first + self.at.len() as u64
+    fn len(&self) -> usize {
+        self.at.len()
     }
 
-    fn push(&mut self, at: Instant, values: impl Iterator<Item = f64>, profile: &Profile, settings: &DriftSettings) {
-        let index = self.end();
+    fn push(&mut self, at: Instant, values: &[f64], bins: &[u16]) {
         self.at.push_back(at);
-        for (j, ((series, _), v)) in profile.series().zip(values).enumerate() {
-            let bin = if v.is_nan() { MISSING } else { series.distribution.bin(v) as u16 };
+        for (j, (&v, &bin)) in values.iter().zip(bins).enumerate() {
             self.values[j].push_back(v);
             self.bins[j].push_back(bin);
             if bin != MISSING {
-                self.by_count[j][usize::from(bin)] += 1;
-                self.by_time[j][usize::from(bin)] += 1;
-            }
-        }
-        // The row `window_rows` back leaves the count window (it is still kept: see `expire`).
-        if let Some(leaving) = index.checked_sub(settings.window_rows as u64) {
-            self.uncount(leaving, false);
-        }
-        self.expire(at, settings);
-    }
-
-    /// Takes row `index` out of the count window's or the time window's counts.
-    fn uncount(&mut self, index: u64, time: bool) {
-        let i = (index - self.first) as usize;
-        let counts = if time { &mut self.by_time } else { &mut self.by_count };
-        for (j, bins) in self.bins.iter().enumerate() {
-            let bin = bins[i];
-            if bin != MISSING {
-                counts[j][usize::from(bin)] -= 1;
+                self.counts[j][usize::from(bin)] += 1;
             }
         }
     }
 
-    /// Ends the time window at `now − window_s`, then drops the rows neither window needs and any
-    /// beyond the bound (taking them out of the time window first).
+    fn pop_front(&mut self) {
+        self.at.pop_front();
+        for column in &mut self.values {
+            column.pop_front();
+        }
+        for (j, column) in self.bins.iter_mut().enumerate() {
+            if let Some(bin) = column.pop_front()
+                && bin != MISSING
+            {
+                self.counts[j][usize::from(bin)] -= 1;
+            }
+        }
+    }
+
+    /// As a time window: drops rows older than `window_s` and any beyond `max_window_rows`.
     fn expire(&mut self, now: Instant, settings: &DriftSettings) {
-        if let Some(horizon) = now.checked_sub(Duration::from_secs(settings.window_s)) {
-            while self.time_start < self.end() && self.at[(self.time_start - self.first) as usize] < horizon {
-                self.uncount(self.time_start, true);
-                self.time_start += 1;
-            }
-        }
-        let needed = |c: &Self| c.at.len() > settings.window_rows && c.first < c.time_start;
-        let bound = settings.max_window_rows.max(settings.window_rows);
-        while needed(self) || self.at.len() > bound {
-            if self.first >= self.time_start {
-                self.uncount(self.first, true);
-                self.time_start = self.first + 1;
-            }
-            self.at.pop_front();
-            for column in &mut self.values {
-                column.pop_front();
-            }
-            for column in &mut self.bins {
-                column.pop_front();
-            }
-            self.first += 1;
+        let horizon = now.checked_sub(Duration::from_secs(settings.window_s));
+        while self.at.front().is_some_and(|at| horizon.is_some_and(|h| *at < h))
+            || self.len() > settings.max_window_rows
+        {
+            self.pop_front();
         }
     }
 
-    fn windows(&self, settings: &DriftSettings) -> [Window; 2] {
-        let end = self.end();
-        let by_count = end - (self.at.len().min(settings.window_rows) as u64);
-        [
-            Window {
-                name: "rows",
-                limit: format!("last {} rows", settings.window_rows),
-                start: by_count,
-                rows: end - by_count,
-                time: false,
-            },
-            Window {
-                name: "time",
-                limit: format!("last {} s", settings.window_s),
-                start: self.time_start,
-                rows: end - self.time_start,
-                time: true,
-            },
-        ]
-    }
-
-    /// PSI (from the window's counts) and KS (from its values, sorted) of every series.
-    fn measure(&self, profile: &Profile, window: &Window, thresholds: &Thresholds) -> Vec<SeriesDrift> {
-        let counts = if window.time { &self.by_time } else { &self.by_count };
-        let from = (window.start - self.first) as usize;
-        let mut sorted = Vec::with_capacity(window.rows as usize);
+    /// PSI (from the counts) and KS (from the values, sorted) of every series.
+    fn measure(&self, profile: &Profile, thresholds: &Thresholds) -> Vec<SeriesDrift> {
+        let mut sorted = Vec::with_capacity(self.len());
         profile
             .series()
             .enumerate()
             .map(|(j, (series, kind))| {
                 let d = &series.distribution;
-                let psi = stats::psi((0..d.bins()).map(|i| d.expected(i)), &counts[j]);
+                let psi = stats::psi((0..d.bins()).map(|i| d.expected(i)), &self.counts[j]);
                 let ks = d.quantiles().and_then(|q| {
                     sorted.clear();
-                    sorted.extend(self.values[j].range(from..).filter(|v| !v.is_nan()));
+                    sorted.extend(self.values[j].iter().filter(|v| !v.is_nan()));
                     sorted.sort_unstable_by(f64::total_cmp);
                     stats::ks(&sorted, |x| stats::quantile_cdf(q, x))
                 });
@@ -384,6 +344,30 @@ impl Columns {
                 SeriesDrift { name: series.name.clone(), kind, psi, ks, level }
             })
             .collect()
+    }
+}
+
+/// Which rows enter the time window: at most `max_window_rows / window_s` a second (at least one),
+/// so that under any traffic it holds rows from across its whole span rather than the last few
+/// seconds' worth.
+#[derive(Default)]
+struct TimeAdmission {
+    second: u64,
+    admitted: u64,
+}
+
+impl TimeAdmission {
+    fn admit(&mut self, at: Instant, started: Instant, settings: &DriftSettings) -> bool {
+        let second = at.saturating_duration_since(started).as_secs();
+        if second != self.second {
+            (self.second, self.admitted) = (second, 0);
+        }
+        let per_second = (settings.max_window_rows as u64 / settings.window_s.max(1)).max(1);
+        if self.admitted >= per_second {
+            return false;
+        }
+        self.admitted += 1;
+        true
     }
 }
 
@@ -437,64 +421,69 @@ mod tests {
         assert_eq!((by_count, by_time), (0, 2));
     }
 
-    fn profile() -> Profile {
-        use super::super::profile::{Distribution, Series};
-        let series =
-            |name: &str, distribution| Series { name: name.into(), tensor: "x".into(), column: None, distribution };
-        Profile {
-            rows: 10,
-            features: vec![
-                series(
-                    "numeric",
-                    Distribution::Numeric {
-                        edges: vec![1.0, 2.0],
-                        shares: vec![0.3, 0.4, 0.3],
-                        quantiles: vec![0.0, 1.5, 3.0],
-                    },
-                ),
-                series("categorical", Distribution::Categorical { values: vec![0.0, 1.0], shares: vec![0.5, 0.5] }),
-            ],
-            predictions: vec![],
-        }
+    /// A manifest whose profile watches both columns of a two-column FP64 input.
+    fn manifest() -> Manifest {
+        serde_json::from_value(serde_json::json!({
+            "name": "m", "version": "1", "sha256": "", "task": {"kind": "regression", "prediction_output": "y"},
+            "inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 2]}], "outputs": [],
+            "reference": {"tolerance": {"absolute": 0, "relative": 0}, "inputs": {}, "outputs": {}},
+            "profile": {"rows": 10, "predictions": [], "features": [
+                {"name": "numeric", "tensor": "x", "column": 0, "kind": "numeric",
+                 "edges": [1.0, 2.0], "shares": [0.3, 0.4, 0.3], "quantiles": [0.0, 1.5, 3.0]},
+                {"name": "categorical", "tensor": "x", "column": 1, "kind": "categorical",
+                 "values": [0.0, 1.0], "shares": [0.5, 0.5]}]}
+        }))
+        .expect("a valid manifest")
+    }
+
+    /// Recounts a window's bins from its own rows.
+    fn recount(window: &WindowRows, profile: &Profile) -> Vec<Vec<u64>> {
+        profile
+            .series()
+            .enumerate()
+            .map(|(j, (s, _))| {
+                let mut counts = vec![0; s.distribution.bins()];
+                for v in window.values[j].iter().filter(|v| !v.is_nan()) {
+                    counts[s.distribution.bin(*v)] += 1;
+                }
+                counts
+            })
+            .collect()
     }
 
     proptest::proptest! {
-        /// The counts kept incrementally equal the counts of each window's rows, recounted.
+        /// Each window's counts are the counts of its rows; the count window is the last rows; the
+        /// time window holds only rows of its span, at most its bound, admitted evenly.
         #[test]
-        fn window_counts_are_the_counts_of_their_rows(
-            rows in proptest::collection::vec((0u64..4, proptest::option::of(0.0f64..3.0), 0u8..3), 1..120),
-            window_rows in 1usize..12, window_s in 1u64..20, extra in 0usize..10,
+        fn windows_hold_what_they_say_and_count_it(
+            rows in proptest::collection::vec((0u64..3, proptest::option::of(0.0f64..3.0), 0u8..3), 1..150),
+            window_rows in 1usize..12, window_s in 1u64..6, max_window_rows in 1usize..20,
         ) {
-            let settings = DriftSettings { window_rows, window_s, max_window_rows: window_rows + extra, ..Default::default() };
-            let profile = profile();
-            let mut columns = Columns::new(Some(&profile));
-            let start = Instant::now();
-            let mut now = start;
-            let mut all: Vec<(Instant, [f64; 2])> = Vec::new();
+            let settings = DriftSettings { window_rows, window_s, max_window_rows, ..Default::default() };
+            let manifest = manifest();
+            let profile = manifest.profile.clone().unwrap();
+            let mut watch = Watch::new(&manifest, Thresholds::default(), false);
+            let mut now = watch.started;
+            let mut all = Vec::new();
             for (step, numeric, category) in rows {
                 now += Duration::from_secs(step);
                 let row = [numeric.unwrap_or(f64::NAN), f64::from(category)];
-                all.push((now, row));
-                columns.push(now, row.into_iter(), &profile, &settings);
-                let recount = |rows: &[(Instant, [f64; 2])]| -> Vec<Vec<u64>> {
-                    profile.series().enumerate().map(|(j, (s, _))| {
-                        let mut counts = vec![0; s.distribution.bins()];
-                        for (_, r) in rows.iter().filter(|(_, r)| !r[j].is_nan()) {
-                            counts[s.distribution.bin(r[j])] += 1;
-                        }
-                        counts
-                    }).collect()
-                };
-                let kept = &all[all.len().saturating_sub(settings.max_window_rows.max(window_rows))..];
-                let last = &all[all.len().saturating_sub(window_rows)..];
-                proptest::prop_assert_eq!(&columns.by_count, &recount(last));
+                all.push(row);
+                let input = Tensor::new(vec![1, 2], crate::model::TensorData::Fp64(row.to_vec())).unwrap();
+                watch.add_rows(now, &[input], &[], &settings);
+                proptest::prop_assert_eq!(&watch.by_count.counts, &recount(&watch.by_count, &profile));
+                proptest::prop_assert_eq!(&watch.by_time.counts, &recount(&watch.by_time, &profile));
+                let last: Vec<f64> = all[all.len().saturating_sub(window_rows)..].iter().map(|r| r[1]).collect();
+                proptest::prop_assert_eq!(watch.by_count.values[1].iter().copied().collect::<Vec<_>>(), last);
+                proptest::prop_assert!(watch.by_time.len() <= max_window_rows);
                 let horizon = now.checked_sub(Duration::from_secs(window_s));
-                let recent: Vec<_> = kept.iter().copied().filter(|(at, _)| horizon.is_none_or(|h| *at >= h)).collect();
-                proptest::prop_assert_eq!(&columns.by_time, &recount(&recent));
-                let [count_window, time_window] = columns.windows(&settings);
-                proptest::prop_assert_eq!(count_window.rows, last.len() as u64);
-                proptest::prop_assert_eq!(time_window.rows, recent.len() as u64);
-                proptest::prop_assert!(columns.at.len() <= settings.max_window_rows.max(window_rows));
+                proptest::prop_assert!(watch.by_time.at.iter().all(|at| horizon.is_none_or(|h| *at >= h)));
+                let per_second = (max_window_rows as u64 / window_s).max(1);
+                let mut seconds = std::collections::BTreeMap::new();
+                for at in &watch.by_time.at {
+                    *seconds.entry(at.duration_since(watch.started).as_secs()).or_insert(0u64) += 1;
+                }
+                proptest::prop_assert!(seconds.values().all(|&n| n <= per_second));
             }
         }
     }
