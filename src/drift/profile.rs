@@ -142,6 +142,10 @@ impl Distribution {
         if shares.len() != bins {
             return Err(format!("{} shares for {bins} bins", shares.len()));
         }
+        // Windows keep each value's bin as a u16, u16::MAX marking a missing value.
+        if bins >= usize::from(u16::MAX) {
+            return Err(format!("{bins} bins: at most {} are supported", u16::MAX - 1));
+        }
         let total: f64 = shares.iter().sum();
         if shares.iter().any(|s| !(0.0..=1.0).contains(s)) || (total - 1.0).abs() > 1e-6 {
             return Err(format!("shares must be in [0, 1] and add up to 1 (they add up to {total})"));
