@@ -199,6 +199,8 @@ struct Shared {
     settings: DriftSettings,
     queue: ArrayQueue<Message>,
     closed: AtomicBool,
+    /// Per-deployment thresholds that override `settings.thresholds`.
+    thresholds: HashMap<String, Thresholds>,
     /// The last evaluation of each deployment, replaced whole after each round: readers on the async
     /// workers never wait for the (background-priority) monitor.
     reports: ArcSwap<HashMap<String, Arc<DriftReport>>>,
@@ -222,16 +224,12 @@ impl Drift {
             reports: ArcSwap::default(),
             dropped: crate::metrics::drift_samples_dropped(),
             settings,
+            thresholds,
         });
         let budgets = registry.models().map(|m| (m.name().to_owned(), Budget::default())).collect();
         let thread = if shared.settings.enabled {
-            let mut monitor = Monitor {
-                shared: Arc::clone(&shared),
-                registry,
-                thresholds,
-                watches: HashMap::new(),
-                webhook: webhook.clone(),
-            };
+            let mut monitor =
+                Monitor { shared: Arc::clone(&shared), registry, watches: HashMap::new(), webhook: webhook.clone() };
             Some(std::thread::Builder::new().name("drift".into()).spawn(move || {
                 crate::executor::lower_priority();
                 monitor.run();
@@ -288,13 +286,14 @@ impl Drift {
         }
     }
 
-    /// The last evaluation of `model`'s deployment, if it has had one.
-    pub fn report(&self, model: &str) -> Option<Arc<DriftReport>> {
-        self.shared.reports.load().get(model).cloned()
-    }
-
-    pub fn settings(&self) -> &DriftSettings {
-        &self.shared.settings
+    /// The last evaluation of the deployment `champion` leads, or, if it has had none since it
+    /// became champion, an empty report (a replaced champion's would describe other traffic).
+    pub fn report(&self, champion: &ModelVersion) -> DriftReport {
+        let last = self.shared.reports.load().get(champion.name()).cloned();
+        match last {
+            Some(report) if report.version.as_deref() == Some(champion.version().as_str()) => (*report).clone(),
+            _ => DriftReport::empty(champion, &self.shared.settings, self.shared.thresholds_of(champion.name())),
+        }
     }
 
     /// Stops the monitor, then gives the webhook until its current delivery ends. Blocking.
@@ -314,6 +313,12 @@ impl Drift {
 impl Drop for Drift {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+impl Shared {
+    fn thresholds_of(&self, model: &str) -> Thresholds {
+        self.thresholds.get(model).copied().unwrap_or(self.settings.thresholds)
     }
 }
 
@@ -342,9 +347,29 @@ impl Budget {
 struct Monitor {
     shared: Arc<Shared>,
     registry: Arc<Registry>,
-    thresholds: HashMap<String, Thresholds>,
     watches: HashMap<String, Watch>,
     webhook: Option<Arc<Webhook>>,
+}
+
+/// The watch of `model` if `version` is what it watches, a new one if `version` is the champion
+/// now, else `None` (a sample from before a swap).
+fn watch<'a>(
+    watches: &'a mut HashMap<String, Watch>,
+    registry: &Registry,
+    shared: &Shared,
+    model: &str,
+    version: &VersionId,
+) -> Option<&'a mut Watch> {
+    let current = watches.get(model).is_some_and(|w| w.version() == version);
+    if !current {
+        let champion = Arc::clone(registry.model(model)?.deployment().champion());
+        if champion.version() != version {
+            return None;
+        }
+        let alerting = watches.get(model).is_some_and(Watch::alerting);
+        watches.insert(model.to_owned(), Watch::new(champion.manifest(), shared.thresholds_of(model), alerting));
+    }
+    watches.get_mut(model)
 }
 
 /// How long the monitor sleeps when its queue is empty.
@@ -377,36 +402,21 @@ impl Monitor {
     }
 
     fn take(&mut self, message: Message) {
-        let shared = Arc::clone(&self.shared);
-        let settings = &shared.settings;
+        let settings = &self.shared.settings;
         match message {
             Message::Rows { version, inputs, outputs, at } => {
-                if let Some(watch) = self.watch(version.name(), version.version()) {
+                if let Some(watch) =
+                    watch(&mut self.watches, &self.registry, &self.shared, version.name(), version.version())
+                {
                     watch.add_rows(at, &inputs, &outputs, settings);
                 }
             }
             Message::Labelled { model, version, scores, at } => {
-                if let Some(watch) = self.watch(&model, &version) {
+                if let Some(watch) = watch(&mut self.watches, &self.registry, &self.shared, &model, &version) {
                     watch.add_labelled(at, &scores, settings);
                 }
             }
         }
-    }
-
-    /// The watch of `model` if `version` is what it watches, a new one if `version` is the champion
-    /// now, else `None` (a sample from before a swap).
-    fn watch(&mut self, model: &str, version: &VersionId) -> Option<&mut Watch> {
-        let current = self.watches.get(model).is_some_and(|w| w.version() == version);
-        if !current {
-            let champion = Arc::clone(self.registry.model(model)?.deployment().champion());
-            if champion.version() != version {
-                return None;
-            }
-            let thresholds = self.thresholds.get(model).copied().unwrap_or(self.shared.settings.thresholds);
-            let alerting = self.watches.get(model).is_some_and(Watch::alerting);
-            self.watches.insert(model.to_owned(), Watch::new(champion.manifest(), thresholds, alerting));
-        }
-        self.watches.get_mut(model)
     }
 
     fn evaluate(&mut self, now: Instant) {

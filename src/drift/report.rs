@@ -112,14 +112,14 @@ pub struct ConceptReport {
 
 impl DriftReport {
     /// The report of a deployment whose champion has had no evaluation yet.
-    pub fn empty(champion: &ModelVersion, settings: &DriftSettings, thresholds: Option<Thresholds>) -> Self {
+    pub fn empty(champion: &ModelVersion, settings: &DriftSettings, thresholds: Thresholds) -> Self {
         Self {
             model: champion.name().to_owned(),
             version: Some(champion.version().to_string()),
             profile: champion.manifest().profile.is_some(),
             state: State::InsufficientData,
             alerting: false,
-            thresholds: thresholds.unwrap_or(settings.thresholds),
+            thresholds,
             min_rows: settings.min_rows,
             evaluations: 0,
             rows_seen: 0,

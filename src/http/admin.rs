@@ -70,16 +70,7 @@ pub async fn comparison(State(gateway): State<Arc<Gateway>>, Path(name): Path<St
     responses((status = 200, body = crate::drift::DriftReport), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody), (status = 401, description = "Token missing or wrong", body = crate::http::openapi::ErrorBody), (status = 403, description = "Not on loopback and no token configured", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
 pub async fn drift(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<DriftReport>, Error> {
     let model = super::v2::served(&gateway, &name)?;
-    let champion = Arc::clone(model.deployment().champion());
-    match gateway.drift().report(&name) {
-        // The report of a champion since replaced would describe traffic that is not its own.
-        Some(report) if report.version.as_deref() == Some(champion.version().as_str()) => Ok(Json((*report).clone())),
-        _ => Ok(Json(DriftReport::empty(
-            &champion,
-            gateway.drift().settings(),
-            gateway.config().models.get(&name).and_then(|m| m.drift),
-        ))),
-    }
+    Ok(Json(gateway.drift().report(model.deployment().champion())))
 }
 
 #[cfg(test)]
