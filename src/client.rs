@@ -196,18 +196,21 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let mut drift = None;
     let reports = if args.log.is_empty() {
         let Some(model) = &args.model else { bail!("name the model to report on (or give --log files)") };
-        let value = call(&args.connection, "GET", &format!("/admin/models/{model}/drift"), None).await?;
-        let report: DriftReport =
-            serde_json::from_value(value).context("the gateway did not answer with a drift report")?;
-        if args.drift {
-            if args.connection.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.to_table(true));
+        // The drift report is shown with --drift, and after the comparison's table (not its JSON).
+        if args.drift || !args.connection.json {
+            let value = call(&args.connection, "GET", &format!("/admin/models/{model}/drift"), None).await?;
+            let report: DriftReport =
+                serde_json::from_value(value).context("the gateway did not answer with a drift report")?;
+            if args.drift {
+                if args.connection.json {
+                    println!("{}", serde_json::to_string_pretty(&report)?);
+                } else {
+                    print!("{}", report.to_table(true));
+                }
+                return Ok(());
             }
-            return Ok(());
+            drift = Some(report);
         }
-        drift = Some(report);
         vec![fetch_report(args, model).await?]
     } else if args.drift {
         return offline_drift(args);
