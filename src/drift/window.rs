@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::profile::{Profile, SeriesKind};
 use super::report::{ConceptReport, DriftReport, Level, SeriesDrift, State, WindowReport};
 use super::{DriftSettings, Thresholds, stats};
-use crate::model::Tensor;
+use crate::model::{Tensor, TensorData};
 use crate::repository::{Manifest, Task, VersionId};
 
 /// Entering or leaving the alert state.
@@ -113,11 +113,17 @@ impl Watch {
     pub fn add_rows(&mut self, at: Instant, inputs: &[Tensor], outputs: &[Tensor], settings: &DriftSettings) {
         let Some(profile) = &self.profile else { return };
         let rows = inputs.first().map_or(0, Tensor::rows);
-        for row in 0..rows {
-            let values = self.locations.iter().map(|&(output, index, column)| {
+        // Where each series' values are, found once per request rather than once per row.
+        let columns: Vec<Option<Column>> = self
+            .locations
+            .iter()
+            .map(|&(output, index, column)| {
                 let tensor = if output { outputs.get(index) } else { inputs.get(index) };
-                tensor.and_then(|t| value(t, row, column)).unwrap_or(f64::NAN)
-            });
+                tensor.and_then(|t| Column::of(t, column))
+            })
+            .collect();
+        for row in 0..rows {
+            let values = columns.iter().map(|c| c.as_ref().and_then(|c| c.get(row)).unwrap_or(f64::NAN));
             let (values_of_row, bins) = &mut self.scratch;
             values_of_row.clear();
             values_of_row.extend(values);
@@ -223,14 +229,27 @@ impl Watch {
     }
 }
 
-/// Element (`row`, `column`) of a rows × columns tensor, or `row` of a one-per-row tensor.
-fn value(tensor: &Tensor, row: usize, column: Option<usize>) -> Option<f64> {
-    let rows = tensor.rows().max(1);
-    let width = tensor.data().len() / rows;
-    match column {
-        Some(c) if c < width => tensor.data().get_f64(row * width + c),
-        None if width == 1 => tensor.data().get_f64(row),
-        _ => None,
+/// One series' values in a tensor: column `column` of a rows × columns tensor, or a one-per-row
+/// tensor's values.
+struct Column<'a> {
+    data: &'a TensorData,
+    width: usize,
+    column: usize,
+}
+
+impl<'a> Column<'a> {
+    /// `None` when the tensor has no such column.
+    fn of(tensor: &'a Tensor, column: Option<usize>) -> Option<Self> {
+        let width = tensor.data().len() / tensor.rows().max(1);
+        match column {
+            Some(c) if c < width => Some(Self { data: tensor.data(), width, column: c }),
+            None if width == 1 => Some(Self { data: tensor.data(), width, column: 0 }),
+            _ => None,
+        }
+    }
+
+    fn get(&self, row: usize) -> Option<f64> {
+        self.data.get_f64(row * self.width + self.column)
     }
 }
 
