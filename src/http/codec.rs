@@ -267,11 +267,10 @@ fn scan_data(raw: &str, datatype: DataType) -> Result<TensorData, String> {
         match bytes[i] {
             b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
             b'-' | b'0'..=b'9' => {
-                while i < bytes.len() && matches!(bytes[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
-                    i += 1;
-                }
+                let (length, plain) = number(&bytes[i..]);
+                i += length;
                 let token = &raw[start..i];
-                let float = || token.parse::<f64>().map_err(|_| wrong(token));
+                let float = || plain.map_or_else(|| token.parse::<f64>().map_err(|_| wrong(token)), Ok);
                 let integer = || {
                     token.parse::<i64>().or_else(|_| {
                         let v = float()?;
@@ -306,32 +305,49 @@ fn scan_data(raw: &str, datatype: DataType) -> Result<TensorData, String> {
     Ok(data)
 }
 
+/// The number token at the start of `bytes` (valid JSON: serde checked it): its length, and its value
+/// when it is a plain decimal that Clinger's fast path converts exactly. A mantissa of at most 2^53
+/// and a power of ten of at most 10^22 are both exact doubles, so their quotient is the correctly
+/// rounded value, the same as `str::parse` gives. Most numbers in requests are such (`-12.345`,
+/// `0.007509`); the rest (exponents, more than 15 digits) take `str::parse`.
+fn number(bytes: &[u8]) -> (usize, Option<f64>) {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
+        1e20, 1e21, 1e22,
+    ];
+    /// Reads the digits from `i` into `mantissa` (wrapping: long ones fail `plain` below).
+    fn digits(bytes: &[u8], mut i: usize, mantissa: &mut u64) -> usize {
+        while let Some(d) = bytes.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
+            *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        i
+    }
+    let negative = bytes.first() == Some(&b'-');
+    let start = usize::from(negative);
+    let mut mantissa = 0u64;
+    let mut i = digits(bytes, start, &mut mantissa);
+    let mut count = i - start;
+    let mut scale = 0;
+    if bytes.get(i) == Some(&b'.') {
+        let fraction = i + 1;
+        i = digits(bytes, fraction, &mut mantissa);
+        scale = i - fraction;
+        count += scale;
+    }
+    let plain_end = i;
+    while matches!(bytes.get(i), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
+        i += 1;
+    }
+    let plain = i == plain_end && count <= 19 && mantissa <= 1 << 53 && scale < POW10.len();
+    let value = plain.then(|| {
+        let magnitude = mantissa as f64 / POW10[scale];
+        if negative { -magnitude } else { magnitude }
+    });
+    (i, value)
+}
+
 // === response ===
-
-#[derive(Serialize)]
-struct ResponseJson<'a> {
-    model_name: &'a str,
-    model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    outputs: Vec<OutputTensorJson<'a>>,
-}
-
-#[derive(Serialize)]
-struct OutputTensorJson<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: &'a [usize],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinarySize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<DataJson<'a>>,
-}
-
-#[derive(Serialize)]
-struct BinarySize {
-    binary_data_size: usize,
-}
 
 #[derive(Serialize)]
 #[serde(untagged)]
@@ -374,42 +390,58 @@ pub fn encode_response(
     outputs: &[Tensor],
     selection: &OutputSelection,
 ) -> EncodedResponse {
-    let selected: Vec<(usize, bool)> = match selection {
-        OutputSelection::All { binary } => (0..outputs.len()).map(|i| (i, *binary)).collect(),
-        OutputSelection::Listed(list) => list.clone(),
+    let selected: &mut dyn Iterator<Item = (usize, bool)> = match selection {
+        OutputSelection::All { binary } => &mut (0..outputs.len()).map(|i| (i, *binary)),
+        OutputSelection::Listed(list) => &mut list.iter().copied(),
     };
-    let json_outputs = selected
-        .iter()
-        .map(|&(i, binary)| {
-            let tensor = &outputs[i];
-            OutputTensorJson {
-                name: &specs[i].name,
-                datatype: tensor.datatype().as_str(),
-                shape: tensor.shape(),
-                parameters: binary
-                    .then(|| BinarySize { binary_data_size: tensor.data().len() * tensor.datatype().size_of() }),
-                data: (!binary).then(|| tensor.data().into()),
-            }
-        })
-        .collect();
-    let response = ResponseJson {
-        model_name: head.model_name,
-        model_version: head.model_version,
-        id: head.id,
-        outputs: json_outputs,
-    };
+    // Written by hand, not through a derived `Serialize`: the keys are constants that need no
+    // escaping, and this is on every request's path.
     let mut body = Vec::with_capacity(256);
-    serde_json::to_writer(&mut body, &response).expect("serializing to a Vec cannot fail");
-    if !selected.iter().any(|&(_, binary)| binary) {
+    body.extend_from_slice(b"{\"model_name\":");
+    write_json(&mut body, head.model_name);
+    body.extend_from_slice(b",\"model_version\":");
+    write_json(&mut body, head.model_version);
+    if let Some(id) = head.id {
+        body.extend_from_slice(b",\"id\":");
+        write_json(&mut body, id);
+    }
+    body.extend_from_slice(b",\"outputs\":[");
+    let mut binary_outputs = Vec::new();
+    for (n, (i, binary)) in selected.enumerate() {
+        let tensor = &outputs[i];
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(b"{\"name\":");
+        write_json(&mut body, &specs[i].name);
+        body.extend_from_slice(b",\"datatype\":\"");
+        body.extend_from_slice(tensor.datatype().as_str().as_bytes());
+        body.extend_from_slice(b"\",\"shape\":");
+        write_json(&mut body, tensor.shape());
+        if binary {
+            body.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+            write_json(&mut body, &(tensor.data().len() * tensor.datatype().size_of()));
+            body.push(b'}');
+            binary_outputs.push(i);
+        } else {
+            body.extend_from_slice(b",\"data\":");
+            write_json(&mut body, &DataJson::from(tensor.data()));
+        }
+        body.push(b'}');
+    }
+    body.extend_from_slice(b"]}");
+    if binary_outputs.is_empty() {
         return EncodedResponse { body, header_length: None };
     }
     let header_length = body.len();
-    for &(i, binary) in &selected {
-        if binary {
-            outputs[i].data().write_le_bytes(&mut body);
-        }
+    for i in binary_outputs {
+        outputs[i].data().write_le_bytes(&mut body);
     }
     EncodedResponse { body, header_length: Some(header_length) }
+}
+
+fn write_json(body: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
+    serde_json::to_writer(body, value).expect("serializing to a Vec cannot fail");
 }
 
 #[cfg(test)]
@@ -614,12 +646,17 @@ mod tests {
             Tensor::new(vec![1, 2], TensorData::Fp32(vec![0.25, 0.75])).unwrap(),
         ];
         let specs = manifest().outputs;
-        let head = || ResponseHead { model_name: "m", model_version: "1", id: Some("r1") };
+        // An id that needs escaping: the body is written by hand.
+        let head = || ResponseHead { model_name: "m", model_version: "1", id: Some("r\"1\\\n") };
         let json = encode_response(head(), &specs, &outputs, &OutputSelection::All { binary: false });
         assert_eq!(json.header_length, None);
         let value: serde_json::Value = serde_json::from_slice(&json.body).unwrap();
         assert_eq!(value["model_version"], "1");
-        assert_eq!(value["id"], "r1");
+        assert_eq!(value["id"], "r\"1\\\n");
+        assert_eq!(
+            value["outputs"][0],
+            serde_json::json!({"name": "label", "datatype": "INT64", "shape": [1], "data": [1]})
+        );
         assert_eq!(value["outputs"][1]["data"], serde_json::json!([0.25, 0.75]));
 
         let mixed = encode_response(head(), &specs, &outputs, &OutputSelection::Listed(vec![(1, true), (0, false)]));
@@ -649,5 +686,32 @@ mod tests {
             read("[9223372036854775808]", DataType::Int64),
             Err("INT64 data cannot hold 9223372036854775808".into())
         );
+    }
+
+    proptest::proptest! {
+        /// The fast path gives exactly what `str::parse` gives, wherever it applies.
+        #[test]
+        fn plain_decimals_parse_as_std_does(
+            negative: bool,
+            whole in "[0-9]{1,12}",
+            fraction in proptest::option::of("[0-9]{0,14}"),
+            exponent in proptest::option::of(-30i32..30),
+        ) {
+            let mut token = format!("{}{whole}", if negative { "-" } else { "" });
+            if let Some(fraction) = fraction.filter(|f| !f.is_empty()) {
+                token = format!("{token}.{fraction}");
+            }
+            if let Some(exponent) = exponent {
+                token = format!("{token}e{exponent}");
+            }
+            let (length, value) = number(format!("{token},").as_bytes());
+            proptest::prop_assert_eq!(length, token.len());
+            let expected: f64 = token.parse().unwrap();
+            if let Some(value) = value {
+                proptest::prop_assert_eq!(value.to_bits(), expected.to_bits(), "{}", token);
+            }
+            let data = scan_data(&format!("[{token}]"), DataType::Fp64).unwrap();
+            proptest::prop_assert_eq!(data, TensorData::Fp64(vec![expected]));
+        }
     }
 }
