@@ -20,6 +20,7 @@ fn main() {
     let library = target_dir().join("onnxruntime").join(format!("libonnxruntime.so.{ORT_VERSION}"));
     println!("cargo:rustc-env=GAUNTLET_BUILD_ONNXRUNTIME={}", library.display());
     println!("cargo:rustc-env=GAUNTLET_BUILD_ONNXRUNTIME_VERSION={ORT_VERSION}");
+    export_allocator();
     if library.exists() || env::var("GAUNTLET_BUILD_FETCH_ONNXRUNTIME").as_deref() == Ok("0") {
         return;
     }
@@ -32,6 +33,56 @@ fn main() {
             "cargo:warning=could not fetch ONNX Runtime {ORT_VERSION} from PyPI ({error}); the gateway \
              will fall back to tract. Run scripts/fetch-onnxruntime.sh or set ORT_DYLIB_PATH."
         );
+    }
+}
+
+/// The executables link mimalloc with its `override` feature: it defines `malloc`, `free` and the
+/// rest. Exporting them makes every shared library (glibc itself, libstdc++, and ONNX Runtime, which
+/// is loaded with dlopen) allocate from mimalloc too, as `LD_PRELOAD` of mimalloc would; unexported,
+/// the executable and glibc would each free pointers the other allocated.
+fn export_allocator() {
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    let symbols = [
+        "malloc",
+        "free",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "malloc_usable_size",
+        "cfree",
+        "_Znwm",
+        "_Znam",
+        "_ZdlPv",
+        "_ZdaPv",
+        "_ZdlPvm",
+        "_ZdaPvm",
+        "_ZnwmRKSt9nothrow_t",
+        "_ZnamRKSt9nothrow_t",
+        "_ZnwmSt11align_val_t",
+        "_ZnamSt11align_val_t",
+        "_ZdlPvSt11align_val_t",
+        "_ZdaPvSt11align_val_t",
+        "_ZdlPvmSt11align_val_t",
+        "_ZdaPvmSt11align_val_t",
+        "_ZdlPvRKSt9nothrow_t",
+        "_ZdaPvRKSt9nothrow_t",
+        "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+        "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+    ];
+    let list = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("allocator.list");
+    let body: String = symbols.iter().map(|s| format!("  {s};\n")).collect();
+    fs::write(&list, format!("{{\n{body}}};\n")).expect("writing the allocator's dynamic list");
+    for kind in ["bins", "examples"] {
+        println!("cargo:rustc-link-arg-{kind}=-Wl,--dynamic-list={}", list.display());
     }
 }
 
