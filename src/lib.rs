@@ -48,6 +48,8 @@ pub struct Gateway {
     writer: Arc<OutcomeWriter>,
     feedback: Arc<Feedback>,
     drift: Arc<Drift>,
+    /// Inference requests in flight, at most `max_concurrent_requests`; one more is refused, not queued.
+    in_flight: tokio::sync::Semaphore,
     ready: AtomicBool,
 }
 
@@ -119,6 +121,7 @@ impl Gateway {
             .context("starting the shadow threads")?,
         );
         Ok(Self {
+            in_flight: tokio::sync::Semaphore::new(config.max_concurrent_requests),
             config,
             registry,
             executor: Executor::new(pool),
@@ -159,6 +162,10 @@ impl Gateway {
     /// Drift of each deployment's traffic from its champion's training profile.
     pub fn drift(&self) -> &Drift {
         &self.drift
+    }
+
+    pub(crate) fn in_flight(&self) -> &tokio::sync::Semaphore {
+        &self.in_flight
     }
 
     /// False once shutdown has begun: readiness probes then fail so traffic moves elsewhere.
@@ -238,13 +245,11 @@ impl Server {
                 let _ = draining_tx.send(());
             }
         };
-        let app = http::router(Arc::clone(&gateway));
+        let app = http::front(Arc::clone(&gateway));
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             // Responses are small and written whole: do not let Nagle hold them back.
             let _ = tcp.set_nodelay(true);
         });
-        // The peer address lets the admin API tell loopback clients from others.
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(signal).into_future());
         let result = tokio::select! {
             finished = &mut server => finished,

@@ -350,10 +350,35 @@ async fn overload_answers_503_with_retry_after_at_once() {
     let refused = until_slot_is_held(&server, &body).await;
     assert_eq!(refused.headers()["retry-after"], "1");
     assert!(refused.json::<Value>().await.unwrap()["error"].as_str().unwrap().contains("too many requests"));
+    // One limit for all inference: a direct call to a version is refused too, and so is a path
+    // that only the router decodes.
+    for path in ["/v2/models/breast-cancer/versions/1/infer", "/v2/models/breast%2Dcancer/infer"] {
+        assert_eq!(post(&server, path, body.clone()).await.status(), 503, "{path}");
+    }
     // Probes are outside the limit.
     assert_eq!(get(&server, "/v2/health/ready").await.0, 200);
     let response = finish(slow, &body).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(post(&server, "/v2/models/breast-cancer/infer", body).await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_request_past_the_timeout_answers_503_and_frees_its_slot() {
+    let server = TestServer::start(&["max_concurrent_requests=1", "request_timeout_ms=300"]).await;
+    let body = infer_body(&reference_rows("breast-cancer", "1")[..1]).to_string().into_bytes();
+    // The body never completes: the timeout, not the client, ends the request.
+    let mut slow = start_slow_request(&server, &body).await;
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).contains("timed out") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), slow.read(&mut buffer))
+            .await
+            .expect("the server answers within the timeout")
+            .unwrap();
+        assert!(n > 0, "closed without an answer: {}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buffer[..n]);
+    }
+    assert!(String::from_utf8_lossy(&response).starts_with("HTTP/1.1 503"));
     assert_eq!(post(&server, "/v2/models/breast-cancer/infer", body).await.status(), 200);
 }
 

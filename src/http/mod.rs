@@ -7,6 +7,7 @@ pub mod admin_models;
 pub mod codec;
 mod error;
 mod feedback;
+mod front;
 pub mod openapi;
 mod v2;
 
@@ -14,12 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use tower::{BoxError, ServiceBuilder};
+use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
 
@@ -27,25 +27,16 @@ use crate::Gateway;
 use crate::error::{Error, ErrorKind};
 
 pub use self::error::status;
+pub use self::front::{Front, front};
 
 /// The whole HTTP API over one gateway.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let config = gateway.config();
+    // The handlers guard themselves (in-flight limit, timeout, body limit: `v2::serve_infer`), so
+    // that `front` can also reach them without the router.
     let inference = Router::new()
         .route("/v2/models/{name}/infer", post(v2::infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(v2::infer_version))
-        .route_layer(
-            ServiceBuilder::new()
-                // Turns the two errors below into 503 + Retry-After in the error shape.
-                .layer(HandleErrorLayer::new(refused))
-                // Over the concurrency limit, answer at once rather than queue without bound.
-                .load_shed()
-                .concurrency_limit(config.max_concurrent_requests)
-                // A request that outlives the timeout gives its slot back.
-                .timeout(config.request_timeout()),
-        )
-        // Bodies are read by the handler, which answers 413 in the error shape beyond this.
-        .layer(DefaultBodyLimit::max(config.max_request_bytes));
+        .route("/v2/models/{name}/versions/{version}/infer", post(v2::infer_version));
 
     // Health, metadata and metrics stay outside the shed/limit layers: probes must answer under load.
     let control = Router::new()
@@ -92,17 +83,16 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-async fn refused(error: BoxError) -> Error {
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        crate::metrics::rejected(ErrorKind::Overloaded.label());
-        Error::new(ErrorKind::Overloaded, "too many requests in flight; retry shortly")
-    } else if error.is::<tower::timeout::error::Elapsed>() {
-        crate::metrics::rejected(ErrorKind::Timeout.label());
-        Error::new(ErrorKind::Timeout, "the request timed out")
-    } else {
-        tracing::error!(%error, "unexpected error in the inference stack");
-        Error::new(ErrorKind::Internal, error.to_string())
-    }
+/// An inference request over the in-flight limit: 503 with Retry-After, counted.
+fn overloaded() -> Error {
+    crate::metrics::rejected(ErrorKind::Overloaded.label());
+    Error::new(ErrorKind::Overloaded, "too many requests in flight; retry shortly")
+}
+
+/// An inference request past `request_timeout_ms`: 503 with Retry-After, counted.
+fn timed_out() -> Error {
+    crate::metrics::rejected(ErrorKind::Timeout.label());
+    Error::new(ErrorKind::Timeout, "the request timed out")
 }
 
 fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

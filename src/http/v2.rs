@@ -4,11 +4,16 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Json;
+use std::panic::AssertUnwindSafe;
+
 use axum::body::{Body, Bytes};
+use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt;
+use http_body_util::BodyExt;
 use serde_json::json;
 
 use super::codec::{self, ResponseHead};
@@ -29,13 +34,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
             (Vec<u8> = "application/octet-stream"))),
         (status = 400, description = "Malformed or not fitting the signature", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body over the limit", body = crate::http::openapi::ErrorBody),
         (status = 415, description = "Unsupported Content-Encoding", body = crate::http::openapi::ErrorBody), (status = 500, description = "The model failed", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
-pub async fn infer(
-    State(gateway): State<Arc<Gateway>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    infer_on(&gateway, &name, None, &headers, body).await
+pub async fn infer(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>, request: Request) -> Response {
+    serve_infer(&gateway, &name, None, request).await
 }
 
 /// Infer with one version directly (not shadowed, no canary).
@@ -50,10 +50,40 @@ pub async fn infer(
 pub async fn infer_version(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Response {
-    infer_on(&gateway, &name, Some(&version), &headers, body).await
+    serve_infer(&gateway, &name, Some(&version), request).await
+}
+
+/// One inference request, guarded: over `max_concurrent_requests` in flight it is refused at once
+/// (503, never queued); past `request_timeout_ms` it answers 503 and gives its slot back; a body over
+/// `max_request_bytes` is a 413; a panic is a 500. Both the router and the front's direct path
+/// (`super::front`) come here, so the guards and the limit are one for all inference.
+pub(super) async fn serve_infer(gateway: &Gateway, name: &str, version: Option<&str>, request: Request) -> Response {
+    let Ok(_permit) = gateway.in_flight().try_acquire() else {
+        return super::overloaded().into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let limit = gateway.config().max_request_bytes;
+    let work = async {
+        let body = http_body_util::Limited::new(body, limit).collect().await.map(|b| b.to_bytes()).map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("the request body is larger than the limit of {limit} bytes"),
+                )
+            } else {
+                Error::invalid_input(format!("cannot read the request body: {e}"))
+            }
+        });
+        infer_on(gateway, name, version, &parts.headers, body).await
+    };
+    let guarded = AssertUnwindSafe(tokio::time::timeout(gateway.config().request_timeout(), work)).catch_unwind();
+    match guarded.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_elapsed)) => super::timed_out().into_response(),
+        Err(_panic) => super::panicked(Box::new(())),
+    }
 }
 
 async fn infer_on(
@@ -61,7 +91,7 @@ async fn infer_on(
     name: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, Error>,
 ) -> Response {
     let start = Instant::now();
     let header_id =
@@ -82,7 +112,7 @@ async fn infer_on(
     let is_direct = direct.is_some();
     let mut answering = direct.unwrap_or_else(|| Arc::clone(deployment.champion()));
     let result = async {
-        let body = body.map_err(|rejection| body_error(&rejection, gateway.config().max_request_bytes))?;
+        let body = body?;
         check_encoding(headers)?;
         // Challengers and a canary share the champion's signature (checked at load), so one decode serves all.
         let mut request = codec::decode_request(&body, header_length(headers)?, answering.manifest())?;
