@@ -122,8 +122,10 @@ async fn infer_on(
             .take()
             .or_else(|| header_id.map(str::to_owned))
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        // Direct calls to a version are neither shadowed nor redirected to a canary.
-        let decision = (!is_direct).then(|| {
+        // Direct calls to a version are neither shadowed nor redirected to a canary, and with neither
+        // challengers nor a canary there is nothing to decide.
+        let plays = !deployment.challengers().is_empty() || deployment.canary().is_some();
+        let decision = (!is_direct && plays).then(|| {
             let key = deployment.canary_key_header().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
             deployment.plan().decide(&id, key)
         });
