@@ -67,7 +67,20 @@ struct InputJson<'a> {
     #[serde(default)]
     parameters: Option<InputParameters>,
     #[serde(default, borrow)]
-    data: Option<&'a serde_json::value::RawValue>,
+    data: Option<Data<'a>>,
+}
+
+/// An input's `data`: as serde found it, to be scanned into the input's datatype, or already read
+/// by [`plain::read`].
+enum Data<'a> {
+    Json(&'a serde_json::value::RawValue),
+    Plain(Vec<f64>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Data<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <&'a serde_json::value::RawValue>::deserialize(deserializer).map(Data::Json)
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -94,7 +107,7 @@ struct OutputParameters {
 /// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` header: the JSON
 /// is that many bytes and binary tensors follow; without it the whole body is JSON.
 pub fn decode_request(body: &[u8], header_length: Option<usize>, manifest: &Manifest) -> Result<InferRequest, Error> {
-    let (json, mut binary) = match header_length {
+    let (json, binary) = match header_length {
         Some(n) if n > body.len() => {
             return Err(Error::invalid_input(format!(
                 "Inference-Header-Content-Length is {n} but the body has only {} bytes",
@@ -104,8 +117,22 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>, manifest: &Mani
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
-    let request: RequestJson<'_> =
-        serde_json::from_slice(json).map_err(|e| Error::invalid_input(format!("invalid request JSON: {e}")))?;
+    // The common request in one pass; anything else (and every malformed one) through serde.
+    let request = match header_length.is_none().then(|| plain::read(json)).flatten() {
+        Some(request) => request,
+        None => serde_json::from_slice::<RequestJson<'_>>(json)
+            .map_err(|e| Error::invalid_input(format!("invalid request JSON: {e}")))?,
+    };
+    decode_parsed(request, binary, header_length.is_some(), manifest)
+}
+
+/// Checks a parsed request against the signature and builds its tensors.
+fn decode_parsed(
+    request: RequestJson<'_>,
+    mut binary: &[u8],
+    has_binary: bool,
+    manifest: &Manifest,
+) -> Result<InferRequest, Error> {
     let specs = &manifest.inputs;
     let mut inputs: Vec<Option<Tensor>> = vec![None; specs.len()];
     for input in request.inputs {
@@ -115,7 +142,7 @@ pub fn decode_request(body: &[u8], header_length: Option<usize>, manifest: &Mani
         if inputs[index].is_some() {
             return Err(Error::invalid_input(format!("input '{}' is given more than once", input.name)));
         }
-        let tensor = decode_input(input, &specs[index], &mut binary, header_length.is_some(), manifest)?;
+        let tensor = decode_input(input, &specs[index], &mut binary, has_binary, manifest)?;
         inputs[index] = Some(tensor);
     }
     if !binary.is_empty() {
@@ -205,9 +232,14 @@ fn decode_input(
             return Err(Error::invalid_input(format!("input '{name}' has both data and binary_data_size")));
         }
         (None, None) => return Err(Error::invalid_input(format!("input '{name}' has no data"))),
-        (Some(raw), None) => {
+        (Some(Data::Json(raw)), None) => {
             scan_data(raw.get(), datatype).map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?
         }
+        // `plain::read` takes only FP32 and FP64 inputs.
+        (Some(Data::Plain(values)), None) => match datatype {
+            DataType::Fp32 => TensorData::Fp32(values.into_iter().map(|v| v as f32).collect()),
+            _ => TensorData::Fp64(values),
+        },
         (None, Some(size)) => {
             if !has_binary {
                 return Err(Error::invalid_input(format!(
@@ -305,16 +337,210 @@ fn scan_data(raw: &str, datatype: DataType) -> Result<TensorData, String> {
     Ok(data)
 }
 
+/// The powers of ten that are exact doubles.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
+    1e21, 1e22,
+];
+
+/// The common request read in one pass, without serde.
+///
+/// What tritonclient and most clients send for tabular models: `{"id": …, "inputs": [{"name": …,
+/// "shape": […], "datatype": "FP32" or "FP64", "data": [[…], …]}, …]}`, keys in any order, strings
+/// without escapes, numbers plain decimals that Clinger's fast path converts exactly. Serde would
+/// validate `data` while skipping it and `scan_data` read it again; this reads it once. Anything
+/// else (other keys, escapes, exponents, other datatypes, binary data, and every malformed request)
+/// is `None` and goes through serde, which reads all of it and words every error. For a request
+/// both accept, both give the same request (a property test checks).
+mod plain {
+    use std::borrow::Cow;
+
+    use super::{Data, InputJson, POW10, RequestJson};
+
+    /// Deeper nesting goes to serde (whose own limit is 128).
+    const MAX_DEPTH: usize = 32;
+
+    pub(super) fn read(json: &[u8]) -> Option<RequestJson<'_>> {
+        let mut cursor = Cursor { bytes: json, at: 0 };
+        let (mut id, mut inputs) = (None, None);
+        cursor.object(|c, key| {
+            match key {
+                "id" if id.is_none() => id = Some(c.string()?),
+                "inputs" if inputs.is_none() => inputs = Some(c.inputs()?),
+                _ => return None,
+            }
+            Some(())
+        })?;
+        cursor.skip_whitespace();
+        (cursor.at == json.len()).then_some(())?;
+        Some(RequestJson { id: id.map(Cow::Borrowed), parameters: None, inputs: inputs?, outputs: None })
+    }
+
+    struct Cursor<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Cursor<'a> {
+        fn skip_whitespace(&mut self) {
+            while matches!(self.bytes.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+                self.at += 1;
+            }
+        }
+
+        /// The next byte after whitespace, not consumed.
+        fn peek(&mut self) -> Option<u8> {
+            self.skip_whitespace();
+            self.bytes.get(self.at).copied()
+        }
+
+        fn eat(&mut self, byte: u8) -> Option<()> {
+            (self.peek()? == byte).then(|| self.at += 1)
+        }
+
+        /// A string without escapes or control characters.
+        fn string(&mut self) -> Option<&'a str> {
+            self.eat(b'"')?;
+            let start = self.at;
+            let length = self.bytes[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+            (self.bytes[start + length] == b'"').then_some(())?;
+            self.at = start + length + 1;
+            std::str::from_utf8(&self.bytes[start..start + length]).ok()
+        }
+
+        /// `{"key": value, …}`, not empty; `field` reads each value.
+        fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+            self.eat(b'{')?;
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                field(self, key)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => break,
+                    _ => return None,
+                }
+            }
+            self.at += 1;
+            Some(())
+        }
+
+        /// `[item, …]` or `[]`; `item` reads each item.
+        fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+            self.eat(b'[')?;
+            if self.peek()? != b']' {
+                loop {
+                    item(self)?;
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b']' => break,
+                        _ => return None,
+                    }
+                }
+            }
+            self.at += 1;
+            Some(())
+        }
+
+        fn inputs(&mut self) -> Option<Vec<InputJson<'a>>> {
+            let mut inputs = Vec::with_capacity(1);
+            self.array(|c| c.input().map(|input| inputs.push(input)))?;
+            (!inputs.is_empty()).then_some(inputs)
+        }
+
+        fn input(&mut self) -> Option<InputJson<'a>> {
+            let (mut name, mut shape, mut datatype, mut data) = (None, None, None, None);
+            self.object(|c, key| {
+                match key {
+                    "name" if name.is_none() => name = Some(c.string()?),
+                    "datatype" if datatype.is_none() => datatype = Some(c.string()?),
+                    "shape" if shape.is_none() => {
+                        let mut dims = Vec::with_capacity(2);
+                        c.array(|c| c.integer().map(|d| dims.push(d)))?;
+                        shape = Some(dims);
+                    }
+                    "data" if data.is_none() => {
+                        // About a number per 8 bytes of what is left: no regrowth for one row.
+                        let mut values = Vec::with_capacity((c.bytes.len() - c.at) / 8);
+                        c.values(&mut values, 0)?;
+                        data = Some(values);
+                    }
+                    _ => return None,
+                }
+                Some(())
+            })?;
+            let datatype = datatype.filter(|d| matches!(*d, "FP32" | "FP64"))?;
+            Some(InputJson {
+                name: Cow::Borrowed(name?),
+                shape: shape?,
+                datatype: Cow::Borrowed(datatype),
+                parameters: None,
+                data: Some(Data::Plain(data?)),
+            })
+        }
+
+        /// A nested array of plain decimals, flattened into `values` in row-major order.
+        fn values(&mut self, values: &mut Vec<f64>, depth: usize) -> Option<()> {
+            (depth < MAX_DEPTH).then_some(())?;
+            self.array(|c| {
+                if c.peek()? == b'[' { c.values(values, depth + 1) } else { c.decimal().map(|v| values.push(v)) }
+            })
+        }
+
+        /// The digits from `at`, accumulated into `mantissa` (wrapping: callers bound the count).
+        fn digits(&self, mut at: usize, mantissa: &mut u64) -> usize {
+            while let Some(d) = self.bytes.get(at).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
+                *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+                at += 1;
+            }
+            at
+        }
+
+        /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?` with at most 19 digits, a mantissa of at most 2^53 and at
+        /// most 22 after the point: exactly the value `super::number` and `str::parse` give.
+        fn decimal(&mut self) -> Option<f64> {
+            let negative = self.peek()? == b'-';
+            let whole_start = self.at + usize::from(negative);
+            let mut mantissa = 0;
+            let mut at = self.digits(whole_start, &mut mantissa);
+            let whole = at - whole_start;
+            (whole == 1 || (whole > 1 && self.bytes[whole_start] != b'0')).then_some(())?;
+            let mut scale = 0;
+            if self.bytes.get(at) == Some(&b'.') {
+                let fraction_start = at + 1;
+                at = self.digits(fraction_start, &mut mantissa);
+                scale = at - fraction_start;
+                (scale > 0).then_some(())?;
+            }
+            let exact = whole + scale <= 19 && mantissa <= 1 << 53 && scale < POW10.len();
+            (exact && !matches!(self.bytes.get(at), Some(b'e' | b'E'))).then_some(())?;
+            self.at = at;
+            let magnitude = mantissa as f64 / POW10[scale];
+            Some(if negative { -magnitude } else { magnitude })
+        }
+
+        /// `-?(0|[1-9][0-9]*)` of at most 18 digits, not followed by a fraction or exponent.
+        fn integer(&mut self) -> Option<i64> {
+            let negative = self.peek()? == b'-';
+            let start = self.at + usize::from(negative);
+            let mut magnitude = 0;
+            let end = self.digits(start, &mut magnitude);
+            let digits = end - start;
+            (digits == 1 || ((2..=18).contains(&digits) && self.bytes[start] != b'0')).then_some(())?;
+            (!matches!(self.bytes.get(end), Some(b'.' | b'e' | b'E'))).then_some(())?;
+            self.at = end;
+            let magnitude = i64::try_from(magnitude).ok()?;
+            Some(if negative { -magnitude } else { magnitude })
+        }
+    }
+}
+
 /// The number token at the start of `bytes` (valid JSON: serde checked it): its length, and its value
 /// when it is a plain decimal that Clinger's fast path converts exactly. A mantissa of at most 2^53
 /// and a power of ten of at most 10^22 are both exact doubles, so their quotient is the correctly
 /// rounded value, the same as `str::parse` gives. Most numbers in requests are such (`-12.345`,
 /// `0.007509`); the rest (exponents, more than 15 digits) take `str::parse`.
 fn number(bytes: &[u8]) -> (usize, Option<f64>) {
-    const POW10: [f64; 23] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19,
-        1e20, 1e21, 1e22,
-    ];
     /// Reads the digits from `i` into `mantissa` (wrapping: long ones fail `plain` below).
     fn digits(bytes: &[u8], mut i: usize, mantissa: &mut u64) -> usize {
         while let Some(d) = bytes.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
@@ -712,6 +938,100 @@ mod tests {
             }
             let data = scan_data(&format!("[{token}]"), DataType::Fp64).unwrap();
             proptest::prop_assert_eq!(data, TensorData::Fp64(vec![expected]));
+        }
+    }
+
+    #[test]
+    fn the_plain_reader_takes_only_what_it_reads_exactly() {
+        let body =
+            |data: &str| format!(r#"{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"FP32","data":{data}}}]}}"#);
+        for plain in ["[1,2,3]", "[[-0.5, 0, 12.25]]", " [ 1 , [2] , 3 ] "] {
+            assert!(plain::read(body(plain).as_bytes()).is_some(), "{plain}");
+        }
+        for other in [
+            "[1e2,2,3]",
+            "[01,2,3]",
+            "[1.,2,3]",
+            "[.5,2,3]",
+            "[1,2,3,]",
+            "[1 2 3]",
+            "[true,2,3]",
+            "[\"1\",2,3]",
+            "[12345678901234567890,2,3]",
+            "[0.12345678901234567890123,2,3]",
+        ] {
+            assert!(plain::read(body(other).as_bytes()).is_none(), "{other}");
+        }
+        for other in [
+            r#"{"id":"a\"b","inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"INT64","data":[1,2,3]}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}],"outputs":[{"name":"p"}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3],"parameters":{}}]}"#,
+            r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]} x"#,
+            r#"{"inputs":[{"name":"x","name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#,
+            r#"{"inputs":[]}"#,
+        ] {
+            assert!(plain::read(other.as_bytes()).is_none(), "{other}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever the plain reader accepts, serde accepts too, and the decoded requests (or the
+        /// errors) are the same. Weighted toward requests it does accept.
+        #[test]
+        fn the_plain_reader_agrees_with_serde(
+            id in proptest::prop_oneof![2 => proptest::strategy::Just(""), 4 => proptest::strategy::Just(r#""id":"r-1""#),
+                1 => proptest::strategy::Just(r#""id":"a\"b""#), 1 => proptest::strategy::Just(r#""id":null"#)],
+            name in proptest::prop_oneof![6 => proptest::strategy::Just("x"), 1 => proptest::strategy::Just("y"),
+                1 => proptest::strategy::Just("x\\u0041")],
+            rows in 1usize..3,
+            odd_shape in proptest::prop_oneof![8 => proptest::strategy::Just(""), 1 => proptest::strategy::Just("[1, 3.0]"),
+                1 => proptest::strategy::Just("[01,3]"), 1 => proptest::strategy::Just("[1,-3]")],
+            datatype in proptest::prop_oneof![6 => proptest::strategy::Just("FP32"), 2 => proptest::strategy::Just("FP64"),
+                1 => proptest::strategy::Just("INT64"), 1 => proptest::strategy::Just("BOOL")],
+            numbers in proptest::collection::vec(proptest::prop_oneof![
+                12 => proptest::sample::select(vec!["0", "-0", "1", "-2.5", "0.007509", "12.75", "493.8", "-0.0", "123456789.123456", "0.1"]),
+                1 => proptest::sample::select(vec!["1e3", "01", "1.", "9007199254740993", "0.1234567890123456789", "true", "1.0000000000000002"]),
+            ], 6),
+            nested: bool,
+            extra in proptest::prop_oneof![8 => proptest::strategy::Just(""), 1 => proptest::strategy::Just(r#""parameters":{}"#),
+                1 => proptest::strategy::Just(r#""colour":1"#)],
+            space in proptest::sample::select(vec!["", " ", "\n\t "]),
+            id_last: bool,
+        ) {
+            let numbers = &numbers[..rows * 3];
+            let shape = if odd_shape.is_empty() { format!("[{rows},3]") } else { odd_shape.to_owned() };
+            let data = if nested {
+                let rows: Vec<String> = numbers.chunks(3).map(|row| format!("[{}]", row.join(&format!(",{space}")))).collect();
+                format!("[{}]", rows.join(","))
+            } else {
+                format!("[{}]", numbers.join(&format!("{space},")))
+            };
+            let input = format!(
+                r#"{{"datatype":{space}"{datatype}","name":"{name}",{space}"shape":{shape},"data":{data}}}"#
+            );
+            let mut fields = vec![format!(r#""inputs":[{input}]"#)];
+            for field in [id, extra] {
+                if !field.is_empty() {
+                    if id_last { fields.push(field.to_owned()) } else { fields.insert(0, field.to_owned()) }
+                }
+            }
+            let json = format!("{{{space}{}{space}}}", fields.join(&format!(",{space}")));
+            if let Some(fast) = plain::read(json.as_bytes()) {
+                let slow: RequestJson<'_> = serde_json::from_str(&json).expect("serde accepts what the plain reader does");
+                let manifest = manifest();
+                let fast = decode_parsed(fast, &[], false, &manifest);
+                let slow = decode_parsed(slow, &[], false, &manifest);
+                match (fast, slow) {
+                    (Ok(fast), Ok(slow)) => {
+                        proptest::prop_assert_eq!(&fast.id, &slow.id);
+                        proptest::prop_assert_eq!(&fast.inputs, &slow.inputs);
+                        proptest::prop_assert_eq!(&fast.outputs, &slow.outputs);
+                    }
+                    (Err(fast), Err(slow)) => proptest::prop_assert_eq!(fast.message(), slow.message()),
+                    (fast, slow) => proptest::prop_assert!(false, "{json}: {fast:?} vs {slow:?}"),
+                }
+            }
         }
     }
 }
