@@ -9,7 +9,8 @@
 # that rate (latency from the scheduled send time): medians over rounds of p50, p99, req/s.
 # 3. Saturation (closed loop): champion throughput and shadow coverage (share of shadowed requests
 # whose challengers all finished). Traffic goes to 127.0.0.1 only. BENCH_LOG_INPUTS=none|hash|full
-# (default full) sets what the outcome log keeps of each input.
+# (default full) sets what the outcome log keeps of each input. BENCH_RATE=N: open loop at N req/s
+# instead of half the maximum (to compare builds at one rate).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}"
@@ -63,8 +64,8 @@ records() { # name -> "complete total"
 
 load A --concurrency 32 --duration 3s >/dev/null # warm up
 max=$(load A --concurrency 32 --duration "${seconds}s" | python3 -c 'import json,sys; print(json.load(sys.stdin)["rps"])')
-rate=$(python3 -c "print(round($max / 2))")
-echo "champion-only maximum: $(printf %.0f "$max") req/s; fixed rate = half: $rate req/s" >&2
+rate=${BENCH_RATE:-$(python3 -c "print(round($max / 2))")}
+echo "champion-only maximum: $(printf %.0f "$max") req/s; fixed rate: $rate req/s (half, unless BENCH_RATE)" >&2
 
 : >"$work/rate.tsv"
 for r in $(seq "$rounds"); do
@@ -88,7 +89,7 @@ rows = {}
 for line in open(sys.argv[1]):
     name, rps, p50, p99, errors = line.split()
     rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors)))
-print(f"open loop at {sys.argv[3]} req/s (half of champion-only max), {sys.argv[4]} s x {sys.argv[5]} rounds; medians, ms")
+print(f"open loop at {sys.argv[3]} req/s, {sys.argv[4]} s x {sys.argv[5]} rounds; medians, ms")
 print(f"{'config':<24}{'req/s':>8}{'p50':>8}{'p99':>8}{'errors':>8}{'p99 vs A':>10}")
 base = statistics.median(r[2] for r in rows["A"])
 for name in "ABC":
