@@ -81,7 +81,7 @@ fn export_allocator() {
     let list = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("allocator.list");
     let body: String = symbols.iter().map(|s| format!("  {s};\n")).collect();
     fs::write(&list, format!("{{\n{body}}};\n")).expect("writing the allocator's dynamic list");
-    for kind in ["bins", "examples"] {
+    for kind in ["bins", "examples", "benches"] {
         println!("cargo:rustc-link-arg-{kind}=-Wl,--dynamic-list={}", list.display());
     }
 }

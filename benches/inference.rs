@@ -13,6 +13,11 @@ use gauntlet::model::{BackendChoice, Loader, OnnxRuntime, Tensor};
 use gauntlet::registry::{LoadSettings, load_version};
 use gauntlet::repository::{Repository, VersionId};
 
+// The server's allocator, for ONNX Runtime too (build.rs exports it to shared libraries), so the
+// figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn repository() -> Repository {
     Repository::open(Path::new(env!("CARGO_MANIFEST_DIR")).join("models")).unwrap()
 }
