@@ -408,6 +408,16 @@ mod plain {
             std::str::from_utf8(&self.bytes[start..start + length]).ok()
         }
 
+        /// After an item: `,` (true: another follows) or `close` (false: the end), consumed.
+        fn separator(&mut self, close: u8) -> Option<bool> {
+            let byte = self.peek()?;
+            self.at += 1;
+            match byte {
+                b',' => Some(true),
+                _ => (byte == close).then_some(false),
+            }
+        }
+
         /// `{"key": value, …}`, not empty; `field` reads each value.
         fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
             self.eat(b'{')?;
@@ -415,31 +425,25 @@ mod plain {
                 let key = self.string()?;
                 self.eat(b':')?;
                 field(self, key)?;
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b'}' => break,
-                    _ => return None,
+                if !self.separator(b'}')? {
+                    return Some(());
                 }
             }
-            self.at += 1;
-            Some(())
         }
 
         /// `[item, …]` or `[]`; `item` reads each item.
         fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
             self.eat(b'[')?;
-            if self.peek()? != b']' {
-                loop {
-                    item(self)?;
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b']' => break,
-                        _ => return None,
-                    }
+            if self.peek()? == b']' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                item(self)?;
+                if !self.separator(b']')? {
+                    return Some(());
                 }
             }
-            self.at += 1;
-            Some(())
         }
 
         fn inputs(&mut self) -> Option<Vec<InputJson<'a>>> {
