@@ -355,7 +355,7 @@ const POW10: [f64; 23] = [
 mod plain {
     use std::borrow::Cow;
 
-    use super::{Data, InputJson, POW10, RequestJson};
+    use super::{Data, InputJson, RequestJson};
 
     /// Deeper nesting goes to serde (whose own limit is 128).
     const MAX_DEPTH: usize = 32;
@@ -491,13 +491,8 @@ mod plain {
             })
         }
 
-        /// The digits from `at`, accumulated into `mantissa` (wrapping: callers bound the count).
-        fn digits(&self, mut at: usize, mantissa: &mut u64) -> usize {
-            while let Some(d) = self.bytes.get(at).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
-                *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
-                at += 1;
-            }
-            at
+        fn digits(&self, at: usize, mantissa: &mut u64) -> usize {
+            super::digits(self.bytes, at, mantissa)
         }
 
         /// A JSON number, `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`. Clinger's fast path when
@@ -531,9 +526,9 @@ mod plain {
             }
             let token = &self.bytes[self.at..at];
             self.at = at;
-            if !exponent && whole + scale <= 19 && mantissa <= 1 << 53 && scale < POW10.len() {
-                let magnitude = mantissa as f64 / POW10[scale];
-                return Some(if negative { -magnitude } else { magnitude });
+            if let Some(value) = (!exponent).then(|| super::clinger(negative, mantissa, whole + scale, scale)).flatten()
+            {
+                return Some(value);
             }
             let value: f64 = std::str::from_utf8(token).ok()?.parse().ok()?;
             value.is_finite().then_some(value)
@@ -556,19 +551,10 @@ mod plain {
 }
 
 /// The number token at the start of `bytes` (valid JSON: serde checked it): its length, and its value
-/// when it is a plain decimal that Clinger's fast path converts exactly. A mantissa of at most 2^53
-/// and a power of ten of at most 10^22 are both exact doubles, so their quotient is the correctly
-/// rounded value, the same as `str::parse` gives. Most numbers in requests are such (`-12.345`,
-/// `0.007509`); the rest (exponents, more than 15 digits) take `str::parse`.
+/// when it is a plain decimal that [`clinger`] converts exactly (the value `str::parse` gives). Most
+/// numbers in requests are such (`-12.345`, `0.007509`); the rest (exponents, more than 15 digits)
+/// take `str::parse`.
 fn number(bytes: &[u8]) -> (usize, Option<f64>) {
-    /// Reads the digits from `i` into `mantissa` (wrapping: long ones fail `plain` below).
-    fn digits(bytes: &[u8], mut i: usize, mantissa: &mut u64) -> usize {
-        while let Some(d) = bytes.get(i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
-            *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
-            i += 1;
-        }
-        i
-    }
     let negative = bytes.first() == Some(&b'-');
     let start = usize::from(negative);
     let mut mantissa = 0u64;
@@ -585,12 +571,29 @@ fn number(bytes: &[u8]) -> (usize, Option<f64>) {
     while matches!(bytes.get(i), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
         i += 1;
     }
-    let plain = i == plain_end && count <= 19 && mantissa <= 1 << 53 && scale < POW10.len();
-    let value = plain.then(|| {
+    let value = if i == plain_end { clinger(negative, mantissa, count, scale) } else { None };
+    (i, value)
+}
+
+/// The digits from `at`, accumulated into `mantissa` (wrapping: `clinger` refuses more than 19); the
+/// index after them.
+fn digits(bytes: &[u8], mut at: usize, mantissa: &mut u64) -> usize {
+    while let Some(d) = bytes.get(at).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
+        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
+        at += 1;
+    }
+    at
+}
+
+/// `±mantissa / 10^scale` when Clinger's fast path makes it exact: at most 19 digits read (so the
+/// mantissa did not wrap), a mantissa of at most 2^53 and a power of ten of at most 10^22, both
+/// exact doubles, so their quotient is correctly rounded. The one place both readers convert.
+fn clinger(negative: bool, mantissa: u64, count: usize, scale: usize) -> Option<f64> {
+    let exact = count <= 19 && mantissa <= 1 << 53 && scale < POW10.len();
+    exact.then(|| {
         let magnitude = mantissa as f64 / POW10[scale];
         if negative { -magnitude } else { magnitude }
-    });
-    (i, value)
+    })
 }
 
 // === response ===
