@@ -38,7 +38,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v2/models/{name}/infer", post(v2::infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(v2::infer_version));
 
-    // Health, metadata and metrics stay outside the shed/limit layers: probes must answer under load.
+    // Health, metadata and metrics are outside the in-flight limit: probes must answer under load.
     let control = Router::new()
         .route("/v2", get(v2::server_metadata))
         .route("/v2/health/live", get(v2::live))
@@ -76,7 +76,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .layer(
             ServiceBuilder::new()
                 // Outermost: a panic anywhere below becomes a 500 in the error shape, not a dropped connection.
-                .layer(CatchPanicLayer::custom(panicked))
+                .layer(CatchPanicLayer::custom(|_| panicked()))
                 // One span per request at debug level: free unless enabled.
                 .layer(TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().level(tracing::Level::DEBUG))),
         )
@@ -95,7 +95,9 @@ fn timed_out() -> Error {
     Error::new(ErrorKind::Timeout, "the request timed out")
 }
 
-fn panicked(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+/// A handler that panicked: a 500 in the error shape (the router's `CatchPanicLayer` and
+/// `v2::serve_infer` both answer with it).
+fn panicked() -> Response {
     tracing::error!("a request handler panicked");
     Error::new(ErrorKind::Internal, "handler panicked").into_response()
 }

@@ -1,11 +1,10 @@
 //! Handlers of the Open Inference Protocol's REST endpoints.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use axum::Json;
-use std::panic::AssertUnwindSafe;
-
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::extract::rejection::BytesRejection;
@@ -68,10 +67,7 @@ pub(super) async fn serve_infer(gateway: &Gateway, name: &str, version: Option<&
     let work = async {
         let body = http_body_util::Limited::new(body, limit).collect().await.map(|b| b.to_bytes()).map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                Error::new(
-                    ErrorKind::PayloadTooLarge,
-                    format!("the request body is larger than the limit of {limit} bytes"),
-                )
+                body_too_large(limit)
             } else {
                 Error::invalid_input(format!("cannot read the request body: {e}"))
             }
@@ -82,7 +78,7 @@ pub(super) async fn serve_infer(gateway: &Gateway, name: &str, version: Option<&
     match guarded.await {
         Ok(Ok(response)) => response,
         Ok(Err(_elapsed)) => super::timed_out().into_response(),
-        Err(_panic) => super::panicked(Box::new(())),
+        Err(_panic) => super::panicked(),
     }
 }
 
@@ -219,9 +215,13 @@ fn with_request_id(mut response: Response, id: Option<String>) -> Response {
     response
 }
 
+fn body_too_large(limit: usize) -> Error {
+    Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"))
+}
+
 pub(super) fn body_error(rejection: &BytesRejection, limit: usize) -> Error {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        Error::new(ErrorKind::PayloadTooLarge, format!("the request body is larger than the limit of {limit} bytes"))
+        body_too_large(limit)
     } else {
         Error::invalid_input(format!("cannot read the request body: {}", rejection.body_text()))
     }
