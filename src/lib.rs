@@ -246,11 +246,7 @@ impl Server {
             }
         };
         let app = http::front(Arc::clone(&gateway));
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            // Responses are small and written whole: do not let Nagle hold them back.
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut server = tokio::spawn(axum::serve(listener, app).with_graceful_shutdown(signal).into_future());
+        let mut server = tokio::spawn(http::serve(listener, app, signal));
         let result = tokio::select! {
             finished = &mut server => finished,
             Ok(()) = draining_rx => match tokio::time::timeout(grace, &mut server).await {
@@ -258,7 +254,7 @@ impl Server {
                 Err(_) => {
                     tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests outlived the shutdown grace; closing");
                     server.abort();
-                    Ok(Ok(()))
+                    Ok(())
                 }
             },
         };
@@ -270,7 +266,7 @@ impl Server {
         gateway.shadow.close().await;
         let drift = Arc::clone(&gateway.drift);
         let _ = tokio::task::spawn_blocking(move || drift.close()).await;
-        result.context("the server task failed")?.context("serving")?;
+        result.context("the server task failed")?;
         tracing::info!("stopped");
         Ok(())
     }

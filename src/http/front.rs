@@ -8,26 +8,35 @@
 //! call `v2::serve_infer`, the same guarded handler the router's routes call, so the in-flight
 //! limit, timeout, body limit and panic guard are the same either way. A path this does not
 //! recognise (including any percent-encoded one) goes to the router, which decides as before.
+//!
+//! Connections are served by hyper's HTTP/1 connection directly (`serve`), as `axum::serve` would
+//! but without its protocol-sniffing wrapper, which re-read every buffer through a `Rewind` layer;
+//! and the direct path hands hyper's body to the handler without boxing it.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, Request};
-use axum::http::Method;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Method, Request};
 use axum::response::Response;
-use axum::serve::{IncomingStream, Listener};
-use tower::{Service, ServiceExt};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::{router, v2};
 use crate::Gateway;
 
-/// Makes one [`Connection`] service per accepted connection (`axum::serve` takes it).
+/// The whole HTTP API over one gateway; each accepted connection gets a [`Connection`].
 #[derive(Clone)]
 pub struct Front {
     gateway: Arc<Gateway>,
@@ -39,38 +48,61 @@ pub fn front(gateway: Arc<Gateway>) -> Front {
     Front { router: router(Arc::clone(&gateway)), gateway }
 }
 
-impl<L: Listener<Addr = SocketAddr>> Service<IncomingStream<'_, L>> for Front {
-    type Response = Connection;
-    type Error = Infallible;
-    type Future = Ready<Result<Connection, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
+/// Accepts connections until `shutdown` completes, then stops accepting and waits for the open
+/// connections to finish the requests they have begun (idle keep-alive connections close at once).
+pub async fn serve(listener: TcpListener, front: Front, shutdown: impl Future<Output = ()>) {
+    let graceful = GracefulShutdown::new();
+    let builder = http1::Builder::new();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Responses are small and written whole: do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+        let connection = builder.serve_connection(TokioIo::new(tcp), Connection { front: front.clone(), peer });
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::trace!(%error, "connection closed with an error");
+            }
+        });
     }
+    drop(listener);
+    graceful.shutdown().await;
+}
 
-    fn call(&mut self, stream: IncomingStream<'_, L>) -> Self::Future {
-        ready(Ok(Connection { front: self.clone(), peer: *stream.remote_addr() }))
+/// As `axum::serve` does: a connection that failed before it was accepted is the client's business;
+/// anything else (out of file descriptors) is logged and accepting pauses for a second.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(error.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+        return;
     }
+    tracing::error!(%error, "accepting a connection failed; retrying in a second");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// One connection's requests.
-#[derive(Clone)]
-pub struct Connection {
+struct Connection {
     front: Front,
     /// Given to the router's handlers as `ConnectInfo` (the admin API tells loopback clients apart).
     peer: SocketAddr,
 }
 
-impl Service<Request> for Connection {
+impl hyper::service::Service<Request<Incoming>> for Connection {
     type Response = Response;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         if request.method() == Method::POST
             && let Some((name, version)) = infer_route(request.uri().path())
         {
@@ -82,6 +114,7 @@ impl Service<Request> for Connection {
                 async move { Ok(v2::serve_infer(&gateway, &name, version.as_deref(), request).await) }.instrument(span),
             );
         }
+        let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(self.peer));
         Box::pin(self.front.router.clone().oneshot(request))
     }

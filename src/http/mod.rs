@@ -27,7 +27,7 @@ use crate::Gateway;
 use crate::error::{Error, ErrorKind};
 
 pub use self::error::status;
-pub use self::front::{Front, front};
+pub use self::front::{Front, front, serve};
 
 /// The whole HTTP API over one gateway.
 pub fn router(gateway: Arc<Gateway>) -> Router {

@@ -58,7 +58,16 @@ pub async fn infer_version(
 /// (503, never queued); past `request_timeout_ms` it answers 503 and gives its slot back; a body over
 /// `max_request_bytes` is a 413; a panic is a 500. Both the router and the front's direct path
 /// (`super::front`) come here, so the guards and the limit are one for all inference.
-pub(super) async fn serve_infer(gateway: &Gateway, name: &str, version: Option<&str>, request: Request) -> Response {
+pub(super) async fn serve_infer<B>(
+    gateway: &Gateway,
+    name: &str,
+    version: Option<&str>,
+    request: Request<B>,
+) -> Response
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let Ok(_permit) = gateway.in_flight().try_acquire() else {
         return super::overloaded().into_response();
     };
