@@ -365,8 +365,8 @@ mod plain {
         let (mut id, mut inputs) = (None, None);
         cursor.object(|c, key| {
             match key {
-                "id" if id.is_none() => id = Some(c.string()?),
-                "inputs" if inputs.is_none() => inputs = Some(c.inputs()?),
+                b"id" if id.is_none() => id = Some(c.string()?),
+                b"inputs" if inputs.is_none() => inputs = Some(c.inputs()?),
                 _ => return None,
             }
             Some(())
@@ -400,12 +400,18 @@ mod plain {
 
         /// A string without escapes or control characters.
         fn string(&mut self) -> Option<&'a str> {
+            std::str::from_utf8(self.raw_string()?).ok()
+        }
+
+        /// A string without escapes or control characters, as bytes: keys are compared as such, so
+        /// only the values kept are checked for UTF-8.
+        fn raw_string(&mut self) -> Option<&'a [u8]> {
             self.eat(b'"')?;
             let start = self.at;
             let length = self.bytes[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
             (self.bytes[start + length] == b'"').then_some(())?;
             self.at = start + length + 1;
-            std::str::from_utf8(&self.bytes[start..start + length]).ok()
+            Some(&self.bytes[start..start + length])
         }
 
         /// After an item: `,` (true: another follows) or `close` (false: the end), consumed.
@@ -419,10 +425,10 @@ mod plain {
         }
 
         /// `{"key": value, …}`, not empty; `field` reads each value.
-        fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+        fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
             self.eat(b'{')?;
             loop {
-                let key = self.string()?;
+                let key = self.raw_string()?;
                 self.eat(b':')?;
                 field(self, key)?;
                 if !self.separator(b'}')? {
@@ -456,14 +462,14 @@ mod plain {
             let (mut name, mut shape, mut datatype, mut data) = (None, None, None, None);
             self.object(|c, key| {
                 match key {
-                    "name" if name.is_none() => name = Some(c.string()?),
-                    "datatype" if datatype.is_none() => datatype = Some(c.string()?),
-                    "shape" if shape.is_none() => {
+                    b"name" if name.is_none() => name = Some(c.string()?),
+                    b"datatype" if datatype.is_none() => datatype = Some(c.string()?),
+                    b"shape" if shape.is_none() => {
                         let mut dims = Vec::with_capacity(2);
                         c.array(|c| c.integer().map(|d| dims.push(d)))?;
                         shape = Some(dims);
                     }
-                    "data" if data.is_none() => {
+                    b"data" if data.is_none() => {
                         // About a number per 8 bytes of what is left: no regrowth for one row.
                         let mut values = Vec::with_capacity((c.bytes.len() - c.at) / 8);
                         c.values(&mut values, 0)?;
@@ -647,12 +653,12 @@ pub fn encode_response(
     // escaping, and this is on every request's path.
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"model_name\":");
-    write_json(&mut body, head.model_name);
+    write_str(&mut body, head.model_name);
     body.extend_from_slice(b",\"model_version\":");
-    write_json(&mut body, head.model_version);
+    write_str(&mut body, head.model_version);
     if let Some(id) = head.id {
         body.extend_from_slice(b",\"id\":");
-        write_json(&mut body, id);
+        write_str(&mut body, id);
     }
     body.extend_from_slice(b",\"outputs\":[");
     let mut binary_outputs = Vec::new();
@@ -662,7 +668,7 @@ pub fn encode_response(
             body.push(b',');
         }
         body.extend_from_slice(b"{\"name\":");
-        write_json(&mut body, &specs[i].name);
+        write_str(&mut body, &specs[i].name);
         body.extend_from_slice(b",\"datatype\":\"");
         body.extend_from_slice(tensor.datatype().as_str().as_bytes());
         body.extend_from_slice(b"\",\"shape\":");
@@ -687,6 +693,18 @@ pub fn encode_response(
         outputs[i].data().write_le_bytes(&mut body);
     }
     EncodedResponse { body, header_length: Some(header_length) }
+}
+
+/// A JSON string: copied as it is when nothing in it needs escaping (the usual name or id), else
+/// escaped by serde.
+fn write_str(body: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        body.push(b'"');
+        body.extend_from_slice(value.as_bytes());
+        body.push(b'"');
+    } else {
+        write_json(body, value);
+    }
 }
 
 fn write_json(body: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
@@ -739,6 +757,15 @@ mod tests {
         assert_eq!(flat.id.as_deref(), Some("a"));
         assert_eq!(flat.outputs, OutputSelection::All { binary: false });
         assert_eq!(flat.rows(), 2);
+    }
+
+    #[test]
+    fn strings_are_written_as_serde_writes_them() {
+        for s in ["breast-cancer", "", "a\"b", "a\\b", "tab\there", "line\n", "\u{1}", "\u{7f}", "ünï/cödé"] {
+            let mut ours = Vec::new();
+            write_str(&mut ours, s);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
+        }
     }
 
     #[track_caller]

@@ -74,13 +74,7 @@ where
     let (parts, body) = request.into_parts();
     let limit = gateway.config().max_request_bytes;
     let work = async {
-        let body = http_body_util::Limited::new(body, limit).collect().await.map(|b| b.to_bytes()).map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                body_too_large(limit)
-            } else {
-                Error::invalid_input(format!("cannot read the request body: {e}"))
-            }
-        });
+        let body = read_body(body, limit).await;
         infer_on(gateway, name, version, &parts.headers, body).await
     };
     let guarded = AssertUnwindSafe(tokio::time::timeout(gateway.config().request_timeout(), work)).catch_unwind();
@@ -122,11 +116,9 @@ async fn infer_on(
         // Challengers and a canary share the champion's signature (checked at load), so one decode serves all.
         let mut request = codec::decode_request(&body, header_length(headers)?, answering.manifest())?;
         drop(body);
-        let id = request
-            .id
-            .take()
-            .or_else(|| header_id.map(str::to_owned))
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let id = request.id.take().or_else(|| header_id.map(str::to_owned)).unwrap_or_else(|| {
+            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
+        });
         // Direct calls to a version are neither shadowed nor redirected to a canary, and with neither
         // challengers nor a canary there is nothing to decide.
         let plays = !deployment.challengers().is_empty() || deployment.canary().is_some();
@@ -222,6 +214,34 @@ fn with_request_id(mut response: Response, id: Option<String>) -> Response {
         response.headers_mut().insert(REQUEST_ID, value);
     }
     response
+}
+
+/// The whole body, at most `limit` bytes (a declared length over it is refused before reading).
+/// One frame, the usual case, is kept as it came, without a copy.
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Error>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if body.size_hint().lower() > limit as u64 {
+        return Err(body_too_large(limit));
+    }
+    let mut body = std::pin::pin!(body);
+    let mut first = Bytes::new();
+    let mut joined: Option<Vec<u8>> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Error::invalid_input(format!("cannot read the request body: {}", e.into())))?;
+        let Ok(data) = frame.into_data() else { continue }; // trailers: not part of the body
+        if first.len() + joined.as_ref().map_or(0, Vec::len) + data.len() > limit {
+            return Err(body_too_large(limit));
+        }
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if first.is_empty() => first = data,
+            None => joined = Some([std::mem::take(&mut first), data].concat()),
+        }
+    }
+    Ok(joined.map_or(first, Bytes::from))
 }
 
 fn body_too_large(limit: usize) -> Error {
