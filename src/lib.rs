@@ -12,6 +12,7 @@ pub mod drift;
 pub mod error;
 pub mod executor;
 pub mod http;
+mod json;
 pub mod loadtest;
 pub mod metrics;
 pub mod model;

@@ -358,7 +358,7 @@ impl PendingRecord {
         }
         self.sink.coverage(self.request.answered.name(), complete);
         let record = self.assemble();
-        self.sink.writer.try_write(&record);
+        self.sink.writer.try_write_line(record.to_json_line());
         self.sink.feedback.record(record.model.clone(), Observation::of(&record));
     }
 

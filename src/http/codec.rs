@@ -653,12 +653,12 @@ pub fn encode_response(
     // escaping, and this is on every request's path.
     let mut body = Vec::with_capacity(256);
     body.extend_from_slice(b"{\"model_name\":");
-    write_str(&mut body, head.model_name);
+    crate::json::write_str(&mut body, head.model_name);
     body.extend_from_slice(b",\"model_version\":");
-    write_str(&mut body, head.model_version);
+    crate::json::write_str(&mut body, head.model_version);
     if let Some(id) = head.id {
         body.extend_from_slice(b",\"id\":");
-        write_str(&mut body, id);
+        crate::json::write_str(&mut body, id);
     }
     body.extend_from_slice(b",\"outputs\":[");
     let mut binary_outputs = Vec::new();
@@ -668,19 +668,19 @@ pub fn encode_response(
             body.push(b',');
         }
         body.extend_from_slice(b"{\"name\":");
-        write_str(&mut body, &specs[i].name);
+        crate::json::write_str(&mut body, &specs[i].name);
         body.extend_from_slice(b",\"datatype\":\"");
         body.extend_from_slice(tensor.datatype().as_str().as_bytes());
         body.extend_from_slice(b"\",\"shape\":");
-        write_json(&mut body, tensor.shape());
+        crate::json::write(&mut body, tensor.shape());
         if binary {
             body.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
-            write_json(&mut body, &(tensor.data().len() * tensor.datatype().size_of()));
+            crate::json::write(&mut body, &(tensor.data().len() * tensor.datatype().size_of()));
             body.push(b'}');
             binary_outputs.push(i);
         } else {
             body.extend_from_slice(b",\"data\":");
-            write_json(&mut body, &DataJson::from(tensor.data()));
+            crate::json::write(&mut body, &DataJson::from(tensor.data()));
         }
         body.push(b'}');
     }
@@ -693,22 +693,6 @@ pub fn encode_response(
         outputs[i].data().write_le_bytes(&mut body);
     }
     EncodedResponse { body, header_length: Some(header_length) }
-}
-
-/// A JSON string: copied as it is when nothing in it needs escaping (the usual name or id), else
-/// escaped by serde.
-fn write_str(body: &mut Vec<u8>, value: &str) {
-    if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        body.push(b'"');
-        body.extend_from_slice(value.as_bytes());
-        body.push(b'"');
-    } else {
-        write_json(body, value);
-    }
-}
-
-fn write_json(body: &mut Vec<u8>, value: &(impl Serialize + ?Sized)) {
-    serde_json::to_writer(body, value).expect("serializing to a Vec cannot fail");
 }
 
 #[cfg(test)]
@@ -757,15 +741,6 @@ mod tests {
         assert_eq!(flat.id.as_deref(), Some("a"));
         assert_eq!(flat.outputs, OutputSelection::All { binary: false });
         assert_eq!(flat.rows(), 2);
-    }
-
-    #[test]
-    fn strings_are_written_as_serde_writes_them() {
-        for s in ["breast-cancer", "", "a\"b", "a\\b", "tab\there", "line\n", "\u{1}", "\u{7f}", "ünï/cödé"] {
-            let mut ours = Vec::new();
-            write_str(&mut ours, s);
-            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(s).unwrap(), "{s:?}");
-        }
     }
 
     #[track_caller]

@@ -74,6 +74,11 @@ impl OutcomeWriter {
             return false;
         }
         line.push(b'\n');
+        self.try_write_line(line)
+    }
+
+    /// Queues one line already serialised (newline included), as `try_write` does.
+    pub fn try_write_line(&self, line: Vec<u8>) -> bool {
         match self.sender.try_send(Message::Line(line)) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
