@@ -150,6 +150,23 @@ pub(crate) fn lower_priority() {
     }
 }
 
+/// Lowers the calling thread to nice 10, or logs why not: request threads come first, yet unlike
+/// `SCHED_IDLE` it still gets a share of a fully busy CPU (about a tenth of a normal thread's), for
+/// a background thread that requests wait on (the feedback join answers label posts and reports).
+pub(crate) fn lower_priority_somewhat() {
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
+    };
+    use thread_priority::{ThreadPriority, ThreadPriorityValue};
+    // thread-priority maps 0..=99 linearly onto nice 19..=-20: 22 is nice 10.
+    let Ok(value) = ThreadPriorityValue::try_from(22u8) else { return };
+    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
+    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Crossplatform(value), policy)
+    {
+        tracing::warn!(?error, "could not lower a background thread's priority; it runs at normal priority");
+    }
+}
+
 /// Runs model versions where their placement says.
 pub struct Executor {
     pool: InferencePool,
@@ -198,6 +215,30 @@ impl Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's nice value and scheduling policy, from /proc.
+    fn nice_and_policy() -> (i64, i64) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the command (which may hold spaces): state is field 3, nice 19, policy 41.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        (fields[19 - 3].parse().unwrap(), fields[41 - 3].parse().unwrap())
+    }
+
+    #[test]
+    fn background_threads_get_the_priorities_their_comments_promise() {
+        const SCHED_OTHER: i64 = 0;
+        const SCHED_IDLE: i64 = 5;
+        let somewhat = thread::spawn(|| {
+            lower_priority_somewhat();
+            nice_and_policy()
+        });
+        assert_eq!(somewhat.join().unwrap(), (10, SCHED_OTHER));
+        let idle = thread::spawn(|| {
+            lower_priority();
+            nice_and_policy().1
+        });
+        assert_eq!(idle.join().unwrap(), SCHED_IDLE);
+    }
 
     #[tokio::test]
     async fn pool_runs_jobs_and_survives_panics() {

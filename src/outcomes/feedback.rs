@@ -116,7 +116,11 @@ impl Feedback {
                 .collect(),
             last_gauges: Instant::now(),
         };
-        let thread = thread::Builder::new().name("feedback-join".into()).spawn(move || join.run(receiver))?;
+        let thread = thread::Builder::new().name("feedback-join".into()).spawn(move || {
+            // Below the request threads, not idle: labels and reports wait on this thread.
+            crate::executor::lower_priority_somewhat();
+            join.run(receiver)
+        })?;
         Ok(Self { sender, thread: Mutex::new(Some(thread)) })
     }
 
