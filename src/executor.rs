@@ -11,6 +11,8 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
+use thread_priority::ThreadPriority;
+use thread_priority::unix::NormalThreadSchedulePolicy;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorKind};
@@ -140,28 +142,23 @@ impl Shared {
 
 /// Lowers the calling thread to background priority (Linux `SCHED_IDLE`), or logs why not.
 pub(crate) fn lower_priority() {
-    use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
-    };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), thread_priority::ThreadPriority::Min, policy)
-    {
-        tracing::warn!(?error, "could not lower a background thread's priority; it runs at normal priority");
-    }
+    set_own_priority(ThreadPriority::Min, NormalThreadSchedulePolicy::Idle);
 }
 
 /// Lowers the calling thread to nice 10, or logs why not: request threads come first, yet unlike
 /// `SCHED_IDLE` it still gets a share of a fully busy CPU (about a tenth of a normal thread's), for
 /// a background thread that requests wait on (the feedback join answers label posts and reports).
 pub(crate) fn lower_priority_somewhat() {
-    use thread_priority::unix::{
-        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id,
-    };
-    use thread_priority::{ThreadPriority, ThreadPriorityValue};
     // thread-priority maps 0..=99 linearly onto nice 19..=-20: 22 is nice 10.
-    let Ok(value) = ThreadPriorityValue::try_from(22u8) else { return };
-    let policy = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Other);
-    if let Err(error) = set_thread_priority_and_policy(thread_native_id(), ThreadPriority::Crossplatform(value), policy)
+    if let Ok(value) = thread_priority::ThreadPriorityValue::try_from(22u8) {
+        set_own_priority(ThreadPriority::Crossplatform(value), NormalThreadSchedulePolicy::Other);
+    }
+}
+
+fn set_own_priority(priority: ThreadPriority, policy: NormalThreadSchedulePolicy) {
+    use thread_priority::unix::{ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id};
+    if let Err(error) =
+        set_thread_priority_and_policy(thread_native_id(), priority, ThreadSchedulePolicy::Normal(policy))
     {
         tracing::warn!(?error, "could not lower a background thread's priority; it runs at normal priority");
     }
