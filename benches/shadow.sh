@@ -6,7 +6,8 @@
 #   benches/shadow.sh [rounds=3] [seconds=10]
 #
 # 1. A's maximum throughput (closed loop, 32 in flight).  2. A, B, C alternating, open loop at half
-# that rate (latency from the scheduled send time): medians over rounds of p50, p99, req/s.
+# that rate (latency from the scheduled send time): medians over rounds of p50, p99, req/s, and of each
+# round's p99 ratio to A's in the same round ("paired"), with every round's p99s printed.
 # 3. Saturation (closed loop): champion throughput and shadow coverage (share of shadowed requests
 # whose challengers all finished). Traffic goes to 127.0.0.1 only. BENCH_LOG_INPUTS=none|hash|full
 # (default full) sets what the outcome log keeps of each input. BENCH_RATE=N: open loop at N req/s
@@ -90,12 +91,16 @@ for line in open(sys.argv[1]):
     name, rps, p50, p99, errors = line.split()
     rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors)))
 print(f"open loop at {sys.argv[3]} req/s, {sys.argv[4]} s x {sys.argv[5]} rounds; medians, ms")
-print(f"{'config':<24}{'req/s':>8}{'p50':>8}{'p99':>8}{'errors':>8}{'p99 vs A':>10}")
+print(f"{'config':<24}{'req/s':>8}{'p50':>8}{'p99':>8}{'errors':>8}{'p99 vs A':>10}{'paired':>10}")
 base = statistics.median(r[2] for r in rows["A"])
 for name in "ABC":
     r = rows[name]
     p99 = statistics.median(x[2] for x in r)
-    print(f"{names[name]:<24}{statistics.median(x[0] for x in r):>8.0f}{statistics.median(x[1] for x in r):>8.3f}{p99:>8.3f}{sum(x[3] for x in r):>8}{p99 / base - 1:>+10.1%}")
+    # Paired: the median over rounds of this p99 / A's p99 in the same round (runs minutes apart see
+    # a different machine here; runs seconds apart less so).
+    paired = statistics.median(x[2] / a[2] for x, a in zip(r, rows["A"])) - 1
+    print(f"{names[name]:<24}{statistics.median(x[0] for x in r):>8.0f}{statistics.median(x[1] for x in r):>8.3f}{p99:>8.3f}{sum(x[3] for x in r):>8}{p99 / base - 1:>+10.1%}{paired:>+10.1%}")
+print("per round, p99 ms (A B C): " + "; ".join(" ".join(f"{rows[n][i][2]:.2f}" for n in "ABC") for i in range(len(rows["A"]))))
 print()
 print("saturation (closed loop, 32 in flight)")
 print(f"{'config':<24}{'req/s':>8}{'vs A':>8}{'coverage':>10}")
