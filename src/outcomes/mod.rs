@@ -58,14 +58,16 @@ impl OutcomeRecord<'_> {
     /// (a test holds the two equal). Written by hand: this runs for every shadowed request, and serde
     /// spent most of its time escaping the constant keys and hashes character by character.
     pub fn to_json_line(&self) -> Vec<u8> {
+        use std::io::Write as _;
+
         use crate::json::{write, write_str};
         let mut out = Vec::with_capacity(1024);
         out.extend_from_slice(b"{\"kind\":");
         write_str(&mut out, self.kind);
         out.extend_from_slice(b",\"request_id\":");
         write_str(&mut out, &self.request_id);
-        out.extend_from_slice(b",\"timestamp\":");
-        write_str(&mut out, &humantime::format_rfc3339_millis(self.timestamp).to_string());
+        // RFC 3339 needs no escaping: written straight into the line, as `rfc3339` has serde do.
+        let _ = write!(out, ",\"timestamp\":\"{}\"", humantime::format_rfc3339_millis(self.timestamp));
         out.extend_from_slice(b",\"model\":");
         write_str(&mut out, &self.model);
         out.extend_from_slice(b",\"answered_by\":");
@@ -241,35 +243,13 @@ impl NamedTensors<'_> {
 
 /// `Nested`'s JSON by hand: arrays by shape around scalars written as serde writes them.
 fn write_nested(out: &mut Vec<u8>, shape: &[usize], data: &TensorData, offset: usize) {
-    use crate::json::write;
     let Some((&len, inner)) = shape.split_first() else {
-        return match data {
-            TensorData::Fp32(v) => write(out, &v[offset]),
-            TensorData::Fp64(v) => write(out, &v[offset]),
-            TensorData::Int64(v) => write(out, &v[offset]),
-            TensorData::Int32(v) => write(out, &v[offset]),
-            TensorData::Bool(v) => write(out, &v[offset]),
-        };
+        return write_values(out, data, offset..offset + 1);
     };
     out.push(b'[');
     if inner.is_empty() {
         // The innermost arrays hold nearly every value: one match per row, not per value.
-        fn row<T: Serialize>(out: &mut Vec<u8>, values: &[T]) {
-            for (i, value) in values.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write(out, value);
-            }
-        }
-        let range = offset..offset + len;
-        match data {
-            TensorData::Fp32(v) => row(out, &v[range]),
-            TensorData::Fp64(v) => row(out, &v[range]),
-            TensorData::Int64(v) => row(out, &v[range]),
-            TensorData::Int32(v) => row(out, &v[range]),
-            TensorData::Bool(v) => row(out, &v[range]),
-        }
+        write_values(out, data, offset..offset + len);
     } else {
         let stride: usize = inner.iter().product();
         for i in 0..len {
@@ -280,6 +260,25 @@ fn write_nested(out: &mut Vec<u8>, shape: &[usize], data: &TensorData, offset: u
         }
     }
     out.push(b']');
+}
+
+/// The values in `range`, comma-separated, each as serde writes it.
+fn write_values(out: &mut Vec<u8>, data: &TensorData, range: std::ops::Range<usize>) {
+    fn each<T: Serialize>(out: &mut Vec<u8>, values: &[T]) {
+        for (i, value) in values.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            crate::json::write(out, value);
+        }
+    }
+    match data {
+        TensorData::Fp32(v) => each(out, &v[range]),
+        TensorData::Fp64(v) => each(out, &v[range]),
+        TensorData::Int64(v) => each(out, &v[range]),
+        TensorData::Int32(v) => each(out, &v[range]),
+        TensorData::Bool(v) => each(out, &v[range]),
+    }
 }
 
 impl Serialize for NamedTensors<'_> {
