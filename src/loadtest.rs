@@ -60,6 +60,10 @@ pub struct LoadtestArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Also write the latency histogram of the successful requests here, as CSV lines of
+    /// `microseconds,count` (one per recorded bucket): runs written this way can be pooled.
+    #[arg(long)]
+    pub histogram: Option<PathBuf>,
     /// Objective: fail if p99 latency exceeds this.
     #[arg(long)]
     pub max_p99_ms: Option<f64>,
@@ -96,6 +100,9 @@ pub struct Summary {
     pub feedback: Option<FeedbackSummary>,
     /// Objectives missed, empty when all are met.
     pub slo_violations: Vec<String>,
+    /// The successful requests' latencies: (microseconds, count) per recorded bucket, ascending.
+    #[serde(skip)]
+    pub latency_buckets_us: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -451,6 +458,7 @@ impl Recorder {
             errors_by_kind: state.errors.clone(),
             feedback: None,
             slo_violations: Vec::new(),
+            latency_buckets_us: h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect(),
         };
         if let Some(max) = args.max_p99_ms
             && summary.latency_ms.p99 > max
@@ -611,6 +619,13 @@ fn log_rows(path: &Path, model: &str, input: &str) -> anyhow::Result<Vec<Vec<f64
 /// Runs, prints the summary (table, or JSON with `--json`) and returns whether every objective held.
 pub async fn run_and_report(args: &LoadtestArgs) -> anyhow::Result<bool> {
     let summary = run(args).await?;
+    if let Some(path) = &args.histogram {
+        let mut csv = String::from("microseconds,count\n");
+        for (us, count) in &summary.latency_buckets_us {
+            csv.push_str(&format!("{us},{count}\n"));
+        }
+        std::fs::write(path, csv).with_context(|| format!("writing the histogram to {}", path.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

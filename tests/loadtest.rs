@@ -33,6 +33,17 @@ async fn closed_and_open_loop_runs_meet_their_objectives() {
     assert!(open.seconds >= 0.45, "200 requests at 400/s take half a second: {}", open.seconds);
     assert!(open.latency_ms.p50 > 0.0 && open.latency_ms.p50 <= open.latency_ms.p99);
     assert!(open.table().contains("objectives  met"));
+
+    // The buckets hold every successful request, in order, and give the summary's p99 back.
+    let buckets = &open.latency_buckets_us;
+    assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), open.ok);
+    assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0), "ascending: {buckets:?}");
+    let mut seen = 0;
+    let p99 = buckets.iter().find(|(_, n)| {
+        seen += n;
+        seen * 100 >= open.ok * 99
+    });
+    assert_eq!(p99.map(|(us, _)| *us as f64 / 1000.0), Some(open.latency_ms.p99));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

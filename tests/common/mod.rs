@@ -176,6 +176,7 @@ pub fn loadtest_args(server: &TestServer, model: &str, data: PathBuf) -> Loadtes
         timeout_ms: 10_000,
         json: false,
         quiet: true,
+        histogram: None,
         max_p99_ms: None,
         max_error_rate: Some(0.0),
         min_rps: None,
