@@ -372,8 +372,9 @@ fn watch<'a>(
     watches.get_mut(model)
 }
 
-/// How long the monitor sleeps when its queue is empty.
+/// How long the monitor sleeps when its queue is empty: 5 ms, up to 40 ms while it stays empty.
 const POLL: Duration = Duration::from_millis(5);
+const POLL_IDLE: Duration = Duration::from_millis(40);
 
 impl Monitor {
     /// Polls rather than blocks, like the outcome writer: a blocked receiver would make the request
@@ -381,6 +382,7 @@ impl Monitor {
     fn run(&mut self) {
         let interval = self.shared.settings.evaluate_interval();
         let mut next = Instant::now() + interval;
+        let mut poll = crate::executor::IdlePoll::new(POLL, POLL_IDLE);
         while !self.shared.closed.load(Ordering::Acquire) {
             let mut taken = 0;
             while let Some(message) = self.shared.queue.pop() {
@@ -396,7 +398,9 @@ impl Monitor {
                 self.evaluate(now);
             }
             if taken == 0 {
-                std::thread::sleep(POLL);
+                std::thread::sleep(poll.idle().min(next.saturating_duration_since(now)));
+            } else {
+                poll.busy();
             }
         }
     }
