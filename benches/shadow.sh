@@ -6,12 +6,16 @@
 #   benches/shadow.sh [rounds=3] [seconds=10]
 #
 # 1. A's maximum throughput (closed loop, 32 in flight).  2. A, B, C alternating, open loop at half
-# that rate (latency from the scheduled send time): medians over rounds of p50, p99, req/s, and of each
-# round's p99 ratio to A's in the same round ("paired"), with every round's p99s printed.
-# 3. Saturation (closed loop): champion throughput and shadow coverage (share of shadowed requests
-# whose challengers all finished). Traffic goes to 127.0.0.1 only. BENCH_LOG_INPUTS=none|hash|full
+# that rate (latency from the scheduled send time). Each configuration's latencies are pooled over
+# its rounds (the histograms `loadtest --histogram` writes, added up) for p50 and p99: a p99 over a
+# few seconds rests on a few stalls of a shared machine, a pooled one on all of them. Also printed:
+# the median over rounds of each round's p99 ratio to A's ("paired"), every round's p99, and the
+# shadow coverage at that rate (the share of shadowed requests whose challengers all finished:
+# `shadow_cpu_budget` caps it). 3. Saturation (closed loop): champion throughput and shadow coverage.
+# Traffic goes to 127.0.0.1 only. BENCH_LOG_INPUTS=none|hash|full
 # (default full) sets what the outcome log keeps of each input. BENCH_RATE=N: open loop at N req/s
-# instead of half the maximum (to compare builds at one rate).
+# instead of half the maximum (to compare builds at one rate). BENCH_CPU_BUDGET=cores sets
+# shadow_cpu_budget (default: the gateway's).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}"
@@ -34,6 +38,7 @@ listen = "127.0.0.1:$2"
 models_dir = "$work/models"
 log_level = "warn"
 shadow_deadline_ms = 250
+${BENCH_CPU_BUDGET:+shadow_cpu_budget = $BENCH_CPU_BUDGET}
 [outcomes]
 dir = "$work/outcomes-$1"
 log_inputs = "${BENCH_LOG_INPUTS:-full}"
@@ -71,8 +76,10 @@ echo "champion-only maximum: $(printf %.0f "$max") req/s; fixed rate: $rate req/
 : >"$work/rate.tsv"
 for r in $(seq "$rounds"); do
   for cfg in A B C; do
-    load "$cfg" --rate "$rate" --duration "${seconds}s" |
-      python3 -c "import json,sys; s=json.load(sys.stdin); l=s['latency_ms']; print('$cfg', s['rps'], l['p50'], l['p99'], s['errors'])" >>"$work/rate.tsv"
+    before=$(records "$cfg")
+    load "$cfg" --rate "$rate" --duration "${seconds}s" --histogram "$work/h-$cfg-$r.csv" |
+      python3 -c "import json,sys; s=json.load(sys.stdin); l=s['latency_ms']; print('$cfg', s['rps'], l['p50'], l['p99'], s['errors'], end=' ')" >>"$work/rate.tsv"
+    echo "$before $(records "$cfg")" >>"$work/rate.tsv"
   done
 done
 : >"$work/saturation.tsv"
@@ -83,29 +90,46 @@ for cfg in A B C; do
   echo "$cfg $rps $before $after" >>"$work/saturation.tsv"
 done
 
-python3 - "$work/rate.tsv" "$work/saturation.tsv" "$rate" "$seconds" "$rounds" <<'PY'
-import statistics, sys
+python3 - "$work" "$rate" "$seconds" "$rounds" <<'PY'
+import collections, statistics, sys
+work = sys.argv[1]
 names = {"A": "champion only", "B": "2 challengers, 100%", "C": "slow challenger, 100%"}
-rows = {}
-for line in open(sys.argv[1]):
-    name, rps, p50, p99, errors = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors)))
-print(f"open loop at {sys.argv[3]} req/s, {sys.argv[4]} s x {sys.argv[5]} rounds; medians, ms")
-print(f"{'config':<24}{'req/s':>8}{'p50':>8}{'p99':>8}{'errors':>8}{'p99 vs A':>10}{'paired':>10}")
-base = statistics.median(r[2] for r in rows["A"])
+rows, pooled = {}, {}
+for line in open(f"{work}/rate.tsv"):
+    name, rps, p50, p99, errors, c0, t0, c1, t1 = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors), int(c1) - int(c0), int(t1) - int(t0)))
+for name in "ABC":
+    buckets = pooled.setdefault(name, collections.Counter())
+    for r in range(1, int(sys.argv[4]) + 1):
+        for line in list(open(f"{work}/h-{name}-{r}.csv"))[1:]:
+            us, count = line.split(",")
+            buckets[int(us)] += int(count)
+
+def quantile(buckets, q):
+    total, seen = sum(buckets.values()), 0
+    for us in sorted(buckets):
+        seen += buckets[us]
+        if seen >= q * total:
+            return us / 1000
+
+print(f"open loop at {sys.argv[2]} req/s, {sys.argv[3]} s x {sys.argv[4]} rounds; p50 and p99 pooled over rounds, ms")
+print(f"{'config':<24}{'req/s':>8}{'p50':>8}{'p99':>8}{'errors':>8}{'p99 vs A':>10}{'paired':>10}{'coverage':>10}")
+base = quantile(pooled["A"], 0.99)
 for name in "ABC":
     r = rows[name]
-    p99 = statistics.median(x[2] for x in r)
+    p99 = quantile(pooled[name], 0.99)
     # Paired: the median over rounds of this p99 / A's p99 in the same round (runs minutes apart see
     # a different machine here; runs seconds apart less so).
     paired = statistics.median(x[2] / a[2] for x, a in zip(r, rows["A"])) - 1
-    print(f"{names[name]:<24}{statistics.median(x[0] for x in r):>8.0f}{statistics.median(x[1] for x in r):>8.3f}{p99:>8.3f}{sum(x[3] for x in r):>8}{p99 / base - 1:>+10.1%}{paired:>+10.1%}")
+    complete, total = sum(x[4] for x in r), sum(x[5] for x in r)
+    coverage = f"{complete / total:.1%}" if total else "-"
+    print(f"{names[name]:<24}{statistics.median(x[0] for x in r):>8.0f}{quantile(pooled[name], 0.5):>8.3f}{p99:>8.3f}{sum(x[3] for x in r):>8}{p99 / base - 1:>+10.1%}{paired:>+10.1%}{coverage:>10}")
 print("per round, p99 ms (A B C): " + "; ".join(" ".join(f"{rows[n][i][2]:.2f}" for n in "ABC") for i in range(len(rows["A"]))))
 print()
 print("saturation (closed loop, 32 in flight)")
 print(f"{'config':<24}{'req/s':>8}{'vs A':>8}{'coverage':>10}")
 sat = {}
-for line in open(sys.argv[2]):
+for line in open(f"{work}/saturation.tsv"):
     name, rps, c0, t0, c1, t1 = line.split()
     sat[name] = (float(rps), int(c1) - int(c0), int(t1) - int(t0))
 for name in "ABC":

@@ -102,6 +102,10 @@ pub struct Config {
     /// A challenger not finished this long after its request was answered is recorded as `timeout`.
     #[serde(default = "defaults::shadow_deadline_ms")]
     pub shadow_deadline_ms: u64,
+    /// Cores the shadow threads may use together (e.g. 0.25: a quarter of one); they pace
+    /// themselves on their own CPU time, and what they cannot get to is shed or times out.
+    #[serde(default = "defaults::shadow_cpu_budget")]
+    pub shadow_cpu_budget: f64,
     #[serde(default)]
     pub outcomes: OutcomesConfig,
     /// Where the deployments' current state (`deployments.json`) and the audit log of every change
@@ -278,6 +282,9 @@ mod defaults {
     pub fn shadow_deadline_ms() -> u64 {
         250
     }
+    pub fn shadow_cpu_budget() -> f64 {
+        0.05
+    }
     pub fn shadow_sample_rate() -> f64 {
         1.0
     }
@@ -385,6 +392,12 @@ impl Config {
                 return Err(ConfigError::Invalid { key: key.into(), message: "must be greater than 0".into() });
             }
         }
+        if !(self.shadow_cpu_budget > 0.0 && self.shadow_cpu_budget.is_finite()) {
+            return Err(ConfigError::Invalid {
+                key: "shadow_cpu_budget".into(),
+                message: "must be a number of cores greater than 0".into(),
+            });
+        }
         if let Some((key, message)) = self.drift.invalid() {
             return Err(ConfigError::Invalid { key: format!("drift.{key}"), message });
         }
@@ -441,8 +454,13 @@ impl Config {
         Duration::from_micros(self.inline_max_us)
     }
 
-    pub fn shadow_deadline(&self) -> Duration {
-        Duration::from_millis(self.shadow_deadline_ms)
+    pub fn shadow_settings(&self) -> crate::shadow::ShadowSettings {
+        crate::shadow::ShadowSettings {
+            threads: self.shadow_threads,
+            queue: self.shadow_queue,
+            deadline: Duration::from_millis(self.shadow_deadline_ms),
+            cpu_budget: self.shadow_cpu_budget,
+        }
     }
 
     pub fn inference_threads(&self) -> usize {
@@ -548,6 +566,11 @@ mod tests {
         assert!(err.contains("models.x") && err.contains("bakend"), "{err}");
         let err = load(FILE, &[], &["max_concurrent_requests=0"]).unwrap_err().to_string();
         assert!(err.contains("`max_concurrent_requests`"), "{err}");
+        for budget in ["0", "-1", "nan", "inf"] {
+            let err = load(FILE, &[], &[&format!("shadow_cpu_budget={budget}")]).unwrap_err().to_string();
+            assert!(err.contains("`shadow_cpu_budget`"), "{budget}: {err}");
+        }
+        assert_eq!(load(FILE, &[], &["shadow_cpu_budget=1.5"]).unwrap().shadow_cpu_budget, 1.5);
         let err = load("[models.x]\nchampion = \"3\"\nversions = [\"1\"]", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("`models.x.champion`"), "{err}");
         let err = load("[models.x]\nchampion = \"1\"\nchallengers = [\"2\"]\nshadow_sample_rate = 1.5", &[], &[])

@@ -111,9 +111,7 @@ impl Gateway {
         let models: Vec<&str> = registry.models().map(|m| m.name()).collect();
         let shadow = Arc::new(
             Shadow::new(
-                config.shadow_threads,
-                config.shadow_queue,
-                config.shadow_deadline(),
+                config.shadow_settings(),
                 config.outcomes.log_inputs,
                 Arc::clone(&writer),
                 Arc::clone(&feedback),

@@ -16,6 +16,8 @@
 //!   request still counts, as `shed` per challenger and as an incomplete one in coverage.
 //! - Bounded: a job the queue cannot take is `shed`; one that could not start before the deadline
 //!   is skipped and, like one that finished after it, recorded as `timeout`. Each is counted.
+//! - Paced: the threads together use at most `shadow_cpu_budget` cores of CPU time (`Pacer`);
+//!   what that leaves undone is shed or times out, as above.
 //! - A challenger's error or panic is recorded in its result and reaches no client.
 
 use std::collections::HashMap;
@@ -25,6 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::compare::Observation;
+use crate::executor::IdlePoll;
 use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
 use crate::outcomes::feedback::Feedback;
@@ -39,6 +42,19 @@ pub struct Shadow {
     deadline: Duration,
     log_inputs: LogInputs,
     sink: Arc<RecordSink>,
+}
+
+/// The shadow pool's bounds, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ShadowSettings {
+    /// Threads, each at background priority.
+    pub threads: usize,
+    /// Jobs waiting at most; beyond it they are shed.
+    pub queue: usize,
+    /// After this long a member's result is a timeout.
+    pub deadline: Duration,
+    /// Cores the threads may use together, at most (paced on their own CPU time).
+    pub cpu_budget: f64,
 }
 
 /// The answered request, handed over after its response is complete.
@@ -75,6 +91,17 @@ enum Work {
     Finish(Arc<PendingRecord>),
 }
 
+/// How long a shadow thread that found the queue empty first sleeps before it looks again (then
+/// longer, up to `idle_poll_max`, while it stays empty: `IdlePoll`).
+const POLL: Duration = Duration::from_millis(1);
+
+/// The longest sleep between looks at an empty queue: a job that arrives just after a look waits
+/// at most this long to start, a small part of its deadline; and the default queue holds what a
+/// sudden 30k requests a second with two challengers bring in that time.
+fn idle_poll_max(deadline: Duration) -> Duration {
+    (deadline / 8).clamp(POLL, Duration::from_millis(16))
+}
+
 /// Background-priority threads polling one bounded, lock-free queue of `Work`.
 struct ShadowPool {
     shared: Arc<PoolShared>,
@@ -84,17 +111,24 @@ struct ShadowPool {
 struct PoolShared {
     queue: ArrayQueue<Work>,
     closed: AtomicBool,
+    idle_poll_max: Duration,
 }
 
 impl ShadowPool {
-    fn new(threads: usize, capacity: usize) -> std::io::Result<Self> {
-        let shared = Arc::new(PoolShared { queue: ArrayQueue::new(capacity.max(1)), closed: AtomicBool::new(false) });
+    fn new(settings: &ShadowSettings) -> std::io::Result<Self> {
+        let shared = Arc::new(PoolShared {
+            queue: ArrayQueue::new(settings.queue.max(1)),
+            closed: AtomicBool::new(false),
+            idle_poll_max: idle_poll_max(settings.deadline),
+        });
+        let threads = settings.threads.max(1);
+        let share = (settings.cpu_budget / threads as f64).min(1.0);
         let mut handles = Vec::new();
-        for i in 0..threads.max(1) {
+        for i in 0..threads {
             let shared = Arc::clone(&shared);
             handles.push(std::thread::Builder::new().name(format!("shadow-{i}")).spawn(move || {
                 crate::executor::lower_priority();
-                shared.work();
+                shared.work(Pacer::for_this_thread(share));
             })?);
         }
         Ok(Self { shared, handles: parking_lot::Mutex::new(handles) })
@@ -119,8 +153,9 @@ impl ShadowPool {
 }
 
 impl PoolShared {
-    fn work(&self) {
+    fn work(&self, mut pacer: Pacer) {
         let mut taken = Vec::with_capacity(MAX_BATCH);
+        let mut poll = IdlePoll::new(POLL, self.idle_poll_max);
         loop {
             while taken.len() < MAX_BATCH
                 && let Some(work) = self.queue.pop()
@@ -131,9 +166,11 @@ impl PoolShared {
                 if self.closed.load(Ordering::Acquire) && self.queue.is_empty() {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(1));
+                pacer.rest(poll.idle());
                 continue;
             }
+            poll.busy();
+            let cpu = pacer.clock();
             let mut scores = Vec::with_capacity(taken.len());
             for work in taken.drain(..) {
                 match work {
@@ -149,7 +186,76 @@ impl PoolShared {
                 scores = rest;
                 score_group(&version, group);
             }
+            pacer.worked(cpu);
+            // On close the queue is drained at full speed: the server has stopped answering.
+            if let Some(rest) = pacer.due().filter(|_| !self.closed.load(Ordering::Acquire)) {
+                pacer.rest(rest);
+            }
         }
+    }
+}
+
+/// Keeps a shadow thread within its share of `shadow_cpu_budget`. `SCHED_IDLE` already yields
+/// every busy CPU to request threads, but not everything a CPU does shows up as busy: caches the
+/// shadow work evicted, and a container's CPU quota (which idle-priority threads spend like any
+/// other, so the champion is throttled for it) all land on the answered requests. So after work
+/// that took `c` of its own CPU time, a thread rests `c × (1 − share) / share`: over any stretch
+/// it uses at most `share` of a core. What it cannot get to is shed or times out, and is counted.
+/// Idle time banks no credit, so a burst after a quiet spell is paced from its first batch.
+struct Pacer {
+    /// Of one core, in (0, 1]; 1 is not paced.
+    share: f64,
+    /// Rest owed for work done; taken once it is worth a sleep.
+    owed: Duration,
+}
+
+/// Rest shorter than this is carried over rather than slept (a sleep has its own cost).
+const MIN_REST: Duration = Duration::from_millis(1);
+
+impl Pacer {
+    /// A pacer for the calling thread; unpaced (with a warning) where its CPU time cannot be read.
+    fn for_this_thread(share: f64) -> Self {
+        if share < 1.0 && cpu_time::ThreadTime::try_now().is_err() {
+            tracing::warn!("this system does not report a thread's CPU time; shadow_cpu_budget is not applied");
+            return Self::new(1.0);
+        }
+        Self::new(share)
+    }
+
+    fn new(share: f64) -> Self {
+        Self { share, owed: Duration::ZERO }
+    }
+
+    /// The thread's CPU clock, where pacing needs it.
+    fn clock(&self) -> Option<cpu_time::ThreadTime> {
+        (self.share < 1.0).then(|| cpu_time::ThreadTime::try_now().ok()).flatten()
+    }
+
+    /// Owes rest for the CPU time used since `clock`.
+    fn worked(&mut self, clock: Option<cpu_time::ThreadTime>) {
+        if let Some(used) = clock.and_then(|c| c.try_elapsed().ok()) {
+            self.charge(used);
+        }
+    }
+
+    fn charge(&mut self, cpu: Duration) {
+        self.owed += cpu.mul_f64((1.0 - self.share) / self.share);
+    }
+
+    /// The rest owed, once it is worth a sleep.
+    fn due(&self) -> Option<Duration> {
+        (self.owed >= MIN_REST).then_some(self.owed)
+    }
+
+    /// Sleeps; the time slept pays off what is owed (an idle poll pays too).
+    fn rest(&mut self, duration: Duration) {
+        let start = Instant::now();
+        std::thread::sleep(duration);
+        self.rested(start.elapsed());
+    }
+
+    fn rested(&mut self, slept: Duration) {
+        self.owed = self.owed.saturating_sub(slept);
     }
 }
 
@@ -235,19 +341,21 @@ struct PendingRecord {
 
 impl Shadow {
     /// `models`: the served model names (coverage is counted per model).
-    /// `threads` shadow threads at background priority, `queue` jobs waiting at most.
     pub fn new(
-        threads: usize,
-        queue: usize,
-        deadline: Duration,
+        settings: ShadowSettings,
         log_inputs: LogInputs,
         writer: Arc<OutcomeWriter>,
         feedback: Arc<Feedback>,
         models: &[&str],
     ) -> std::io::Result<Self> {
         let coverage = models.iter().map(|&m| (m.to_owned(), ShadowCoverage::new(m))).collect();
-        let pool = ShadowPool::new(threads, queue)?;
-        Ok(Self { pool, deadline, log_inputs, sink: Arc::new(RecordSink { writer, feedback, coverage }) })
+        let pool = ShadowPool::new(&settings)?;
+        Ok(Self {
+            pool,
+            deadline: settings.deadline,
+            log_inputs,
+            sink: Arc::new(RecordSink { writer, feedback, coverage }),
+        })
     }
 
     /// Queues one job per member that did not answer, and returns at once.
@@ -437,5 +545,53 @@ impl RecordSink {
         if let Some(coverage) = self.coverage.get(model) {
             coverage.record(complete);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_paced_thread_rests_so_its_work_is_its_share_of_the_time() {
+        let mut quarter = Pacer::new(0.25);
+        quarter.charge(3 * MS);
+        // 3 ms of work at a quarter of a core: 9 ms of rest, so 3 of every 12 ms are work.
+        assert_eq!(quarter.due(), Some(9 * MS));
+        quarter.rested(4 * MS);
+        assert_eq!(quarter.due(), Some(5 * MS), "a short sleep pays part of it");
+        quarter.rested(5 * MS);
+        assert_eq!(quarter.due(), None);
+    }
+
+    #[test]
+    fn rest_too_short_to_sleep_is_carried_over_and_idle_time_banks_no_credit() {
+        let mut half = Pacer::new(0.5);
+        for _ in 0..9 {
+            half.charge(MS / 10);
+            assert_eq!(half.due(), None, "less than a millisecond owed is not slept yet");
+        }
+        half.charge(MS / 10);
+        assert_eq!(half.due(), Some(MS));
+        half.rested(100 * MS);
+        half.charge(2 * MS);
+        assert_eq!(half.due(), Some(2 * MS), "a long idle spell does not pay for work to come");
+    }
+
+    #[test]
+    fn an_idle_thread_looks_less_often_but_well_within_the_deadline() {
+        assert_eq!(idle_poll_max(Duration::from_millis(80)), 10 * MS);
+        assert_eq!(idle_poll_max(Duration::from_millis(250)), 16 * MS);
+        assert_eq!(idle_poll_max(Duration::from_millis(2)), MS);
+    }
+
+    #[test]
+    fn a_whole_core_is_not_paced() {
+        let mut whole = Pacer::new(1.0);
+        whole.charge(Duration::from_secs(1));
+        assert_eq!(whole.due(), None);
+        assert!(whole.clock().is_none(), "nor is its CPU time read");
     }
 }
