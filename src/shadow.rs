@@ -134,6 +134,10 @@ impl ShadowPool {
         Ok(Self { shared, handles: parking_lot::Mutex::new(handles) })
     }
 
+    fn is_full(&self) -> bool {
+        self.shared.queue.is_full()
+    }
+
     /// Queues without waiting; gives the work back if the queue is full or the pool closed.
     fn push(&self, work: Work) -> Result<(), Work> {
         if self.shared.closed.load(Ordering::Acquire) {
@@ -358,6 +362,27 @@ impl Shadow {
         })
     }
 
+    /// If the queue is full (as it stays while the CPU budget binds), counts the request as shed
+    /// for every member that would shadow it and returns `true`, so the caller does not assemble a
+    /// `ShadowRequest` only to drop it: no allocation, and no touch of the shared `Arc`s' counts.
+    /// A queue that fills after this look is handled by `submit`.
+    pub fn shed_if_full(&self, deployment: &Deployment, answered: &Arc<ModelVersion>) -> bool {
+        if !self.pool.is_full() {
+            return false;
+        }
+        let others = deployment.members().map(|(version, _)| version).filter(|v| !Arc::ptr_eq(v, answered));
+        self.count_all_shed(others, answered.name());
+        true
+    }
+
+    /// A request none of whose members could be queued: counted, with no record (there is no pair).
+    fn count_all_shed<'a>(&self, members: impl Iterator<Item = &'a Arc<ModelVersion>>, model: &str) {
+        for version in members {
+            version.metrics().shadow(Status::Shed.index()).increment(1);
+        }
+        self.sink.coverage(model, false);
+    }
+
     /// Queues one job per member that did not answer, and returns at once.
     pub fn submit(&self, request: ShadowRequest) {
         let slots: Vec<Slot> = request
@@ -386,11 +411,7 @@ impl Shadow {
             }
         }
         if shed == members {
-            // Nothing could run: count it with atomics and write no record (there is no pair).
-            for slot in &pending.slots {
-                slot.version.metrics().shadow(Status::Shed.index()).increment(1);
-            }
-            self.sink.coverage(pending.request.answered.name(), false);
+            self.count_all_shed(pending.slots.iter().map(|slot| &slot.version), pending.request.answered.name());
             return;
         }
         // Release the submitter's report. If every queued job already reported, the record is

@@ -147,8 +147,12 @@ async fn infer_on(
         if !is_direct && Arc::ptr_eq(&answering, deployment.champion()) {
             gateway.drift().observe(&id, &answering, &inputs, &outputs);
         }
-        // Nothing to pair with when no challenger is deployed.
-        if decision.is_some_and(|d| d.shadow) && !deployment.challengers().is_empty() {
+        // Nothing to pair with when no challenger is deployed; nothing to assemble when the shadow
+        // queue is full (then it is counted as shed).
+        if decision.is_some_and(|d| d.shadow)
+            && !deployment.challengers().is_empty()
+            && !gateway.shadow().shed_if_full(&deployment, &answering)
+        {
             gateway.shadow().submit(ShadowRequest {
                 deployment: Arc::clone(&deployment),
                 request_id: id.clone(),
