@@ -191,9 +191,10 @@ impl PoolShared {
                 score_group(&version, group);
             }
             pacer.worked(cpu);
-            // On close the queue is drained at full speed: the server has stopped answering.
-            if let Some(rest) = pacer.due().filter(|_| !self.closed.load(Ordering::Acquire)) {
-                pacer.rest(rest);
+            // In slices, so a close is seen soon: then the queue is drained at full speed (the
+            // server has stopped answering).
+            while let Some(rest) = pacer.due().filter(|_| !self.closed.load(Ordering::Acquire)) {
+                pacer.rest(rest.min(REST_SLICE));
             }
         }
     }
@@ -215,6 +216,8 @@ struct Pacer {
 
 /// Rest shorter than this is carried over rather than slept (a sleep has its own cost).
 const MIN_REST: Duration = Duration::from_millis(1);
+/// The longest single sleep of a rest (a slow challenger's batch can owe seconds of it).
+const REST_SLICE: Duration = Duration::from_millis(50);
 
 impl Pacer {
     /// A pacer for the calling thread; unpaced (with a warning) where its CPU time cannot be read.
