@@ -144,6 +144,8 @@ enum Fault {
     Error,
     Panic,
     Slow(Duration),
+    /// Burns this much CPU (not wall) time per run, then answers.
+    Busy(Duration),
 }
 
 impl Model for Faulty {
@@ -156,6 +158,13 @@ impl Model for Faulty {
             Fault::Panic => std::panic::resume_unwind(Box::new("injected panic")),
             Fault::Slow(delay) => {
                 std::thread::sleep(delay);
+                self.inner.infer(inputs)
+            }
+            Fault::Busy(cpu) => {
+                let start = cpu_time::ThreadTime::now();
+                while start.elapsed() < cpu {
+                    std::hint::spin_loop();
+                }
                 self.inner.infer(inputs)
             }
         }
@@ -224,6 +233,57 @@ async fn failing_panicking_and_slow_challengers_leave_the_champion_alone() {
     ] {
         assert!(metrics.contains(needle), "missing {needle}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_challenger_over_the_cpu_budget_is_not_run_and_is_recorded_as_a_timeout() {
+    // Each run of diabetes 2 burns 10 ms of CPU. At half a percent of a core the shadow thread then
+    // owes about 2 s of rest; the jobs queued meanwhile pass their 1 s deadline and are not run.
+    // The first request goes alone, so that the run it pays for is its alone (not a batch's).
+    let busy = || faults(vec![("diabetes", "2", Fault::Busy(Duration::from_millis(10)))]);
+    let rows = holdout_rows("diabetes");
+    let send = |server: &TestServer| {
+        let url = server.url("/v2/models/diabetes/infer");
+        let bodies: Vec<String> = rows
+            .iter()
+            .take(20)
+            .enumerate()
+            .map(|(i, row)| with_id(std::slice::from_ref(row), &format!("cpu-{i}")).to_string())
+            .collect();
+        async move {
+            let client = reqwest::Client::new();
+            for (i, body) in bodies.into_iter().enumerate() {
+                assert_eq!(client.post(&url).body(body).send().await.unwrap().status(), 200);
+                if i == 0 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    };
+    // The challenger's status in each record, and the size of the batch it ran in (if it ran).
+    let results = |server: &TestServer| -> Vec<(String, u64)> {
+        let result = |r: &Value| (r["status"].as_str().unwrap().to_owned(), r["batch"].as_u64().unwrap_or(1));
+        server.records().iter().map(|r| result(&r["results"][1])).collect()
+    };
+
+    let mut paced =
+        TestServer::start_with_options(&["shadow_cpu_budget=0.005", "shadow_deadline_ms=1000"], busy()).await;
+    send(&paced).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    paced.stop().await.unwrap(); // within a rest: the thread sees the close and drains the queue
+    let paced = results(&paced);
+    let ran: Vec<u64> = paced.iter().filter(|(s, _)| s == "ok").map(|(_, batch)| *batch).collect();
+    assert!(paced.len() == 20 && paced.iter().all(|(s, _)| s == "ok" || s == "timeout"), "{paced:?}");
+    // One run at most: the first request's (with whatever queued beside it, should a busy machine
+    // have kept the shadow thread from it for the first 200 ms).
+    assert!(ran.iter().all(|&batch| batch as usize == ran.len()), "the budget allows one run, no more: {paced:?}");
+
+    // The same traffic with a whole core to spend: every job runs.
+    let mut whole = TestServer::start_with_options(&["shadow_cpu_budget=1"], busy()).await;
+    send(&whole).await;
+    whole.stop().await.unwrap();
+    assert!(results(&whole).iter().all(|(s, _)| s == "ok"));
+    assert_eq!(results(&whole).len(), 20);
 }
 
 #[tokio::test]
