@@ -620,9 +620,10 @@ fn log_rows(path: &Path, model: &str, input: &str) -> anyhow::Result<Vec<Vec<f64
 pub async fn run_and_report(args: &LoadtestArgs) -> anyhow::Result<bool> {
     let summary = run(args).await?;
     if let Some(path) = &args.histogram {
+        use std::fmt::Write as _;
         let mut csv = String::from("microseconds,count\n");
         for (us, count) in &summary.latency_buckets_us {
-            csv.push_str(&format!("{us},{count}\n"));
+            let _ = writeln!(csv, "{us},{count}");
         }
         std::fs::write(path, csv).with_context(|| format!("writing the histogram to {}", path.display()))?;
     }

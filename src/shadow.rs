@@ -373,8 +373,7 @@ impl Shadow {
         if !self.pool.is_full() {
             return false;
         }
-        let others = deployment.members().map(|(version, _)| version).filter(|v| !Arc::ptr_eq(v, answered));
-        self.count_all_shed(others, answered.name());
+        self.count_all_shed(shadowing(deployment, answered).map(|(version, _)| version), answered.name());
         true
     }
 
@@ -388,10 +387,7 @@ impl Shadow {
 
     /// Queues one job per member that did not answer, and returns at once.
     pub fn submit(&self, request: ShadowRequest) {
-        let slots: Vec<Slot> = request
-            .deployment
-            .members()
-            .filter(|(version, _)| !Arc::ptr_eq(version, &request.answered))
+        let slots: Vec<Slot> = shadowing(&request.deployment, &request.answered)
             .map(|(version, role)| Slot { version: Arc::clone(version), role, result: OnceLock::new() })
             .collect();
         if slots.is_empty() {
@@ -554,6 +550,14 @@ impl PendingRecord {
             results,
         }
     }
+}
+
+/// The members that shadow a request: every one but the version that answered it.
+fn shadowing<'a>(
+    deployment: &'a Deployment,
+    answered: &'a Arc<ModelVersion>,
+) -> impl Iterator<Item = (&'a Arc<ModelVersion>, Role)> {
+    deployment.members().filter(move |(version, _)| !Arc::ptr_eq(version, answered))
 }
 
 /// Where finished records go (the log and the live comparison), and the per-model coverage counts.
