@@ -85,6 +85,11 @@ pub struct Config {
     /// Warm-up runs on the reference rows after validation, before a version serves.
     #[serde(default = "defaults::warmup_runs")]
     pub warmup_runs: usize,
+    /// A connection that has not sent a whole request head this long after it opened, or after its
+    /// last response, is closed: neither a slow sender nor an idle keep-alive client holds a
+    /// connection forever. 0: never.
+    #[serde(default = "defaults::header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
     /// How long graceful shutdown waits for in-flight requests.
     #[serde(default = "defaults::shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -270,6 +275,9 @@ mod defaults {
     pub fn shutdown_grace_ms() -> u64 {
         10_000
     }
+    pub fn header_read_timeout_ms() -> u64 {
+        30_000
+    }
     pub fn log_level() -> String {
         "info".to_owned()
     }
@@ -444,6 +452,10 @@ impl Config {
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    pub fn header_read_timeout(&self) -> Option<Duration> {
+        (self.header_read_timeout_ms > 0).then(|| Duration::from_millis(self.header_read_timeout_ms))
     }
 
     pub fn shutdown_grace(&self) -> Duration {

@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{TestServer, assert_close, infer_body, manifest, reference_rows};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -396,6 +398,36 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"model_version\":\"1\""), "{response}");
     server.stop().await.expect("serve returns Ok after a graceful shutdown");
+}
+
+#[tokio::test]
+async fn connections_without_a_whole_request_head_in_time_are_closed() {
+    let server = TestServer::start(&["header_read_timeout_ms=300"]).await;
+    let body = infer_body(&reference_rows("breast-cancer", "1")[..1]).to_string();
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: localhost\r\n").await.unwrap();
+    let mut idle = TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "POST /v2/models/breast-cancer/infer HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    idle.write_all(request.as_bytes()).await.unwrap();
+    // Each read ends only when the gateway closes the connection; the bound is far above 300 ms
+    // and far below hyper's 30 s default, so it fails if the setting is not applied.
+    for (name, mut stream) in [("silent", silent), ("slow", slow), ("idle after a response", idle)] {
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+            .await
+            .unwrap_or_else(|_| panic!("the {name} connection is still open"))
+            .unwrap();
+        let received = String::from_utf8_lossy(&received);
+        if name == "idle after a response" {
+            assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+        } else {
+            assert_eq!(received, "", "{name}: closed without a response");
+        }
+    }
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use axum::http::{Method, Request};
 use axum::response::Response;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -52,7 +52,9 @@ pub fn front(gateway: Arc<Gateway>) -> Front {
 /// connections to finish the requests they have begun (idle keep-alive connections close at once).
 pub async fn serve(listener: TcpListener, front: Front, shutdown: impl Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
-    let builder = http1::Builder::new();
+    let mut builder = http1::Builder::new();
+    // hyper's own default header timeout (30 s) does nothing without a timer: give it one.
+    builder.timer(TokioTimer::new()).header_read_timeout(front.gateway.config.header_read_timeout());
     let mut shutdown = pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
