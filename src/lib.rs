@@ -177,6 +177,8 @@ impl Gateway {
 pub struct Server {
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    /// What the repository held when the gateway loaded: not new to the repository poller.
+    on_disk_at_start: std::collections::BTreeSet<(String, repository::VersionId)>,
 }
 
 impl Server {
@@ -187,9 +189,15 @@ impl Server {
 
     pub async fn bind_with(config: Config, options: ServerOptions) -> anyhow::Result<Self> {
         let listen = config.listen;
-        let gateway = tokio::task::spawn_blocking(move || Gateway::load(config, options)).await??;
+        let (gateway, on_disk_at_start) = tokio::task::spawn_blocking(move || {
+            let gateway = Gateway::load(config, options)?;
+            // Taken here, not when serving starts: a version added once `bind` returned is new.
+            let on_disk = gateway.registry.versions_on_disk();
+            anyhow::Ok((gateway, on_disk))
+        })
+        .await??;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Self { listener, gateway: Arc::new(gateway) })
+        Ok(Self { listener, gateway: Arc::new(gateway), on_disk_at_start })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -199,7 +207,7 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish (at
     /// most `shutdown_grace_ms`) and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, gateway } = self;
+        let Self { listener, gateway, on_disk_at_start } = self;
         crate::metrics::handle();
         let upkeep = tokio::spawn(async {
             let mut tick = tokio::time::interval(http::METRICS_UPKEEP);
@@ -213,9 +221,7 @@ impl Server {
             let every = std::time::Duration::from_secs(gateway.config.repository_poll_s);
             tokio::spawn(async move {
                 // What is on disk at start is the configuration's business, not new.
-                let registry = Arc::clone(&gateway.registry);
-                let mut tried =
-                    tokio::task::spawn_blocking(move || registry.versions_on_disk()).await.unwrap_or_default();
+                let mut tried = on_disk_at_start;
                 let mut tick = tokio::time::interval(every);
                 tick.tick().await;
                 loop {

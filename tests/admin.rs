@@ -339,20 +339,15 @@ async fn a_version_dropped_into_the_repository_starts_shadowing() {
         "models.breast-cancer.challengers=[\"2\"]",
     ])
     .await;
-    // After the poller has taken stock of what was there at start.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The server took stock of what was there when it started: what is copied in now is new.
     let bc = repository.path().join("breast-cancer");
     copy_dir(&bc.join("1"), &bc.join("5"));
     edit_manifest(&bc.join("5"), |m| m["version"] = json!("5"));
-    let mut model = Value::Null;
-    for _ in 0..60 {
-        model = admin(&server, reqwest::Method::GET, "/admin/models/breast-cancer", None).await;
-        if model["challengers"] == json!(["2", "5"]) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    assert_eq!(model["challengers"], json!(["2", "5"]), "{model}");
+    let model = common::eventually("the poller adopts version 5", std::time::Duration::from_secs(30), || async {
+        let model = admin(&server, reqwest::Method::GET, "/admin/models/breast-cancer", None).await;
+        (model["challengers"] == json!(["2", "5"])).then_some(model)
+    })
+    .await;
     let state =
         |v: &str| model["versions"].as_array().unwrap().iter().find(|x| x["version"] == v).unwrap()["state"].clone();
     assert_eq!((state("3"), state("5")), (json!("on_disk"), json!("challenger")));

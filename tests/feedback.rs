@@ -41,14 +41,11 @@ async fn comparison(server: &TestServer, model: &str) -> Report {
 
 /// Waits until the join has taken every label (the last ones are posted after a delay).
 async fn labelled(server: &TestServer, model: &str, rows: u64) -> Report {
-    for _ in 0..100 {
-        let report = comparison(server, model).await;
-        if report.labelled_records == rows {
-            return report;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the comparison of {model} never saw {rows} labelled records");
+    let what = format!("the comparison of {model} sees {rows} labelled records");
+    common::eventually(&what, Duration::from_secs(60), || async {
+        Some(comparison(server, model).await).filter(|r| r.labelled_records == rows)
+    })
+    .await
 }
 
 #[track_caller]
@@ -137,12 +134,10 @@ async fn labels_are_joined_held_or_refused_with_a_reason() {
     let mut server = TestServer::start(&[]).await;
     infer(&server, "known").await;
     // The record is written once the challenger has scored: wait for the join to hold it.
-    for _ in 0..100 {
-        if comparison(&server, "diabetes").await.records == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::eventually("the join holds the record", Duration::from_secs(30), || async {
+        (comparison(&server, "diabetes").await.records == 1).then_some(())
+    })
+    .await;
     assert_eq!(
         post(&server, "diabetes", json!({ "id": "known", "truth": 150.0 })).await,
         (200, json!({ "id": "known", "status": "joined" }))
@@ -154,13 +149,10 @@ async fn labels_are_joined_held_or_refused_with_a_reason() {
     // A label ahead of its record is held, and joins when the record lands.
     assert_eq!(post(&server, "diabetes", json!({ "id": "early", "truth": 90 })).await.0, 202);
     infer(&server, "early").await;
-    for _ in 0..100 {
-        if comparison(&server, "diabetes").await.labelled_records == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(comparison(&server, "diabetes").await.labelled_records, 2);
+    common::eventually("the held label joins its record", Duration::from_secs(30), || async {
+        (comparison(&server, "diabetes").await.labelled_records == 2).then_some(())
+    })
+    .await;
 
     let (status, body) =
         post(&server, "diabetes", json!({ "feedback": [{ "id": "a", "truth": 1.5 }, { "id": "known", "truth": 3 }] }))
@@ -223,18 +215,13 @@ async fn the_policy_promotes_a_better_challenger_on_live_labels() {
     let overrides = [&WORSE_CHAMPION[..], &["models.breast-cancer.policy.min_labelled_pairs=100"]].concat();
     let server = TestServer::start(&overrides).await;
     replay_against_worse_champion(&server, 1_000).await;
-    let mut champion = Value::Null;
-    for _ in 0..100 {
+    let model: Value = common::eventually("the policy promotes version 1", Duration::from_secs(60), || async {
         let model: Value = reqwest::get(server.url("/admin/models/breast-cancer")).await.unwrap().json().await.unwrap();
-        champion = model["champion"].clone();
-        if champion == "1" {
-            // The replaced champion keeps shadowing, so a later reversal can be seen.
-            assert_eq!(model["challengers"], json!(["2"]));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(champion, "1");
+        (model["champion"] == "1").then_some(model)
+    })
+    .await;
+    // The replaced champion keeps shadowing, so a later reversal can be seen.
+    assert_eq!(model["challengers"], json!(["2"]));
     let audit = audit(&server);
     let decision = audit.iter().find(|a| a["actor"] == "policy").expect("the policy's change is audited");
     assert_eq!(
@@ -257,10 +244,15 @@ async fn a_dry_run_policy_records_its_decision_and_changes_nothing() {
     .concat();
     let server = TestServer::start(&overrides).await;
     replay_against_worse_champion(&server, 1_000).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The policy looks as labels join, on the join thread (below request priority): wait for it.
+    let decisions: Vec<Value> =
+        common::eventually("the dry-run policy records a decision", Duration::from_secs(60), || {
+            let decisions: Vec<Value> = audit(&server).into_iter().filter(|a| a["actor"] == "policy").collect();
+            std::future::ready((!decisions.is_empty()).then_some(decisions))
+        })
+        .await;
     let model: Value = reqwest::get(server.url("/admin/models/breast-cancer")).await.unwrap().json().await.unwrap();
     assert_eq!(model["champion"], "2");
-    let decisions: Vec<Value> = audit(&server).into_iter().filter(|a| a["actor"] == "policy").collect();
     assert_eq!(decisions.len(), 1, "{decisions:?}");
     assert_eq!((&decisions[0]["result"], &decisions[0]["version"]), (&json!("dry_run"), &json!("1")));
 }

@@ -242,6 +242,22 @@ async fn a_challenger_over_the_cpu_budget_is_not_run_and_is_recorded_as_a_timeou
     // The first request goes alone, so that the run it pays for is its alone (not a batch's).
     let busy = || faults(vec![("diabetes", "2", Fault::Busy(Duration::from_millis(10)))]);
     let rows = holdout_rows("diabetes");
+    // The challenger's status in each record, and the size of the batch it ran in (if it ran).
+    let results = |server: &TestServer| -> Vec<(String, u64)> {
+        let result = |r: &Value| (r["status"].as_str().unwrap().to_owned(), r["batch"].as_u64().unwrap_or(1));
+        server.records().iter().map(|r| result(&r["results"][1])).collect()
+    };
+    // Records reach the log within its 10 ms flush interval: how the test sees the shadow's progress.
+    let records = |server: &TestServer, n: usize| {
+        let what = format!("{n} records in the outcome log");
+        let server = &*server;
+        async move {
+            common::eventually(&what, Duration::from_secs(60), || {
+                std::future::ready((server.records().len() >= n).then_some(()))
+            })
+            .await
+        }
+    };
     let send = |server: &TestServer| {
         let url = server.url("/v2/models/diabetes/infer");
         let bodies: Vec<String> = rows
@@ -255,31 +271,28 @@ async fn a_challenger_over_the_cpu_budget_is_not_run_and_is_recorded_as_a_timeou
             for (i, body) in bodies.into_iter().enumerate() {
                 assert_eq!(client.post(&url).body(body).send().await.unwrap().status(), 200);
                 if i == 0 {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    // The first request runs alone: its record is in before the others are sent.
+                    records(server, 1).await;
                 }
             }
         }
     };
-    // The challenger's status in each record, and the size of the batch it ran in (if it ran).
-    let results = |server: &TestServer| -> Vec<(String, u64)> {
-        let result = |r: &Value| (r["status"].as_str().unwrap().to_owned(), r["batch"].as_u64().unwrap_or(1));
-        server.records().iter().map(|r| result(&r["results"][1])).collect()
-    };
 
+    let fast_log = "outcomes.flush_interval_ms=10";
     let mut paced =
-        TestServer::start_with_options(&["shadow_cpu_budget=0.005", "shadow_deadline_ms=1000"], busy()).await;
+        TestServer::start_with_options(&["shadow_cpu_budget=0.005", "shadow_deadline_ms=1000", fast_log], busy()).await;
     send(&paced).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    paced.stop().await.unwrap(); // within a rest: the thread sees the close and drains the queue
+    // Every job reports: the first ran; the rest waited out the thread's rest and so their deadline.
+    records(&paced, 20).await;
+    paced.stop().await.unwrap();
     let paced = results(&paced);
     let ran: Vec<u64> = paced.iter().filter(|(s, _)| s == "ok").map(|(_, batch)| *batch).collect();
     assert!(paced.len() == 20 && paced.iter().all(|(s, _)| s == "ok" || s == "timeout"), "{paced:?}");
-    // One run at most: the first request's (with whatever queued beside it, should a busy machine
-    // have kept the shadow thread from it for the first 200 ms).
+    // One run at most: the first request's.
     assert!(ran.iter().all(|&batch| batch as usize == ran.len()), "the budget allows one run, no more: {paced:?}");
 
     // The same traffic with a whole core to spend: every job runs.
-    let mut whole = TestServer::start_with_options(&["shadow_cpu_budget=1"], busy()).await;
+    let mut whole = TestServer::start_with_options(&["shadow_cpu_budget=1", fast_log], busy()).await;
     send(&whole).await;
     whole.stop().await.unwrap();
     assert!(results(&whole).iter().all(|(s, _)| s == "ok"));

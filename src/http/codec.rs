@@ -877,8 +877,10 @@ mod tests {
         let message = |body: &[u8], header: usize| {
             decode_request(body, Some(header), &manifest()).unwrap_err().message().to_owned()
         };
+        let beyond = message(&body, body.len() + 1);
         assert!(
-            message(&body, body.len() + 1).contains("larger than") || message(&body, body.len() + 1).contains("only")
+            beyond.contains(&format!("is {} but the body has only {} bytes", body.len() + 1, body.len())),
+            "{beyond}"
         );
         assert!(message(&body[..body.len() - 4], json.len()).contains("only 8 bytes of binary data remain"));
         let mut extra = body.clone();

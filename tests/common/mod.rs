@@ -107,6 +107,23 @@ impl Drop for TestServer {
     }
 }
 
+/// Polls `probe` every 20 ms until it gives `Some`, and returns that; panics naming `what` if it has
+/// not after `deadline`. Tests wait for an event this way, never for a fixed time.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < until, "{what}: not after {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The manifest of a demo version, as JSON.
 pub fn manifest(model: &str, version: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(models_dir().join(model).join(version).join("manifest.json")).unwrap();
