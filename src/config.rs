@@ -16,10 +16,13 @@ use serde::Deserialize;
 use crate::compare::CompareSettings;
 use crate::compare::policy::PolicySettings;
 use crate::drift::{DriftSettings, Thresholds};
+use crate::join::JoinSettings;
 use crate::model::BackendChoice;
-use crate::outcomes::feedback::FeedbackSettings;
 use crate::outcomes::{LogInputs, WriterSettings};
+use crate::registry::{DeploymentSpec, InitialDeployments, LoadSettings};
 use crate::repository::VersionId;
+pub use crate::secret::Secret;
+use crate::traffic::{Canary, TrafficPlan};
 
 const ENV_PREFIX: &str = "GAUNTLET_";
 /// Variables with the prefix that are not configuration keys.
@@ -78,7 +81,7 @@ pub struct Config {
     /// Jobs waiting for the inference pool; beyond that, 503.
     #[serde(default = "defaults::inference_queue")]
     pub inference_queue: usize,
-    /// A model whose warm-up p99 is at most this runs inline on the async worker (no thread hop);
+    /// A model whose median one-row time at warm-up is at most this runs inline on the async worker (no thread hop);
     /// slower ones run on the inference pool. 0 sends every model to the pool.
     #[serde(default = "defaults::inline_max_us")]
     pub inline_max_us: u64,
@@ -128,7 +131,7 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Bounds of the join of ground-truth labels with paired records.
     #[serde(default)]
-    pub feedback: FeedbackSettings,
+    pub feedback: JoinSettings,
     /// Significance, power and tolerances of the champion–challenger comparison.
     #[serde(default)]
     pub comparison: CompareSettings,
@@ -138,23 +141,6 @@ pub struct Config {
     /// Served models by name. Empty: every model in the repository, its highest version champion.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
-}
-
-/// A value kept out of logs and `Debug` output.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 /// The outcome log: one JSON line per shadowed request.
@@ -464,6 +450,33 @@ impl Config {
 
     pub fn inline_max(&self) -> Duration {
         Duration::from_micros(self.inline_max_us)
+    }
+
+    /// The deployments to start with: the configured models, or with none configured every model
+    /// in the repository.
+    pub fn initial_deployments(&self) -> InitialDeployments {
+        let settings = |backend: Option<BackendChoice>| LoadSettings {
+            backend: backend.unwrap_or(self.backend),
+            warmup_runs: self.warmup_runs,
+            inline_max: self.inline_max(),
+        };
+        if self.models.is_empty() {
+            return InitialDeployments::WholeRepository(settings(None));
+        }
+        let specs = self.models.iter().map(|(name, m)| DeploymentSpec {
+            name: name.clone(),
+            champion: m.champion.clone(),
+            challengers: m.challengers.clone(),
+            versions: m.versions.clone(),
+            settings: settings(m.backend),
+            plan: TrafficPlan {
+                shadow_sample_rate: m.shadow_sample_rate,
+                canary: m.canary.as_ref().map(|c| Canary { version: c.version.clone(), share: c.share }),
+            },
+            canary_key_header: m.canary.as_ref().and_then(|c| c.key_header.as_ref()).map(|h| h.to_ascii_lowercase()),
+            previous: Vec::new(),
+        });
+        InitialDeployments::Configured(specs.collect())
     }
 
     pub fn shadow_settings(&self) -> crate::shadow::ShadowSettings {

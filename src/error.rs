@@ -12,6 +12,8 @@ pub enum ErrorKind {
     NotFound,
     /// The body is larger than `max_request_bytes`.
     PayloadTooLarge,
+    /// The path exists, but not for this method.
+    MethodNotAllowed,
     /// The request conflicts with what is already there (a second label for one request).
     Conflict,
     /// What the request refers to existed but is gone (a label whose record was evicted).
@@ -43,6 +45,7 @@ impl ErrorKind {
             Self::InvalidInput => "invalid_input",
             Self::NotFound => "not_found",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::Gone => "gone",
             Self::Unprocessable => "unprocessable",

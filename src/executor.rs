@@ -11,8 +11,6 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
-use thread_priority::ThreadPriority;
-use thread_priority::unix::NormalThreadSchedulePolicy;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorKind};
@@ -24,8 +22,8 @@ type Job = Box<dyn FnOnce() + Send>;
 /// A fixed set of threads fed by a bounded, lock-free queue.
 ///
 /// No lock is shared between submitters and pool threads: jobs go through an `ArrayQueue` and
-/// sleeping threads are woken with `unpark` (a futex token). (The shadow's background-priority
-/// threads have their own polled queue, `shadow::ShadowPool`, for the same reason: a preempted
+/// sleeping threads are woken with `unpark` (a futex token). (The background threads have
+/// their own polled queue, `background::Worker`, for the same reason: a preempted
 /// background thread holding a lock would stall the request until the CPU next went idle.)
 pub struct InferencePool {
     shared: Arc<Shared>,
@@ -140,58 +138,6 @@ impl Shared {
     }
 }
 
-/// How long a polling background thread sleeps while its queue stays empty: `min` at first,
-/// doubling with each empty look up to `max`; work found starts it over. Busy, the thread looks
-/// every `min` (its senders never pay a wakeup); idle, it wakes about `1/max` times a second
-/// instead of `1/min` (on this VM each wakeup cost about 20 µs of CPU).
-pub(crate) struct IdlePoll {
-    min: Duration,
-    max: Duration,
-    next: Duration,
-}
-
-impl IdlePoll {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max: max.max(min), next: min }
-    }
-
-    /// The sleep due after an empty look; the next one is longer.
-    pub(crate) fn idle(&mut self) -> Duration {
-        let sleep = self.next;
-        self.next = (self.next * 2).min(self.max);
-        sleep
-    }
-
-    /// Work was found: look again soon.
-    pub(crate) fn busy(&mut self) {
-        self.next = self.min;
-    }
-}
-
-/// Lowers the calling thread to background priority (Linux `SCHED_IDLE`), or logs why not.
-pub(crate) fn lower_priority() {
-    set_own_priority(ThreadPriority::Min, NormalThreadSchedulePolicy::Idle);
-}
-
-/// Lowers the calling thread to nice 10, or logs why not: request threads come first, yet unlike
-/// `SCHED_IDLE` it still gets a share of a fully busy CPU (about a tenth of a normal thread's), for
-/// a background thread that requests wait on (the feedback join answers label posts and reports).
-pub(crate) fn lower_priority_somewhat() {
-    // thread-priority maps 0..=99 linearly onto nice 19..=-20: 22 is nice 10.
-    if let Ok(value) = thread_priority::ThreadPriorityValue::try_from(22u8) {
-        set_own_priority(ThreadPriority::Crossplatform(value), NormalThreadSchedulePolicy::Other);
-    }
-}
-
-fn set_own_priority(priority: ThreadPriority, policy: NormalThreadSchedulePolicy) {
-    use thread_priority::unix::{ThreadSchedulePolicy, set_thread_priority_and_policy, thread_native_id};
-    if let Err(error) =
-        set_thread_priority_and_policy(thread_native_id(), priority, ThreadSchedulePolicy::Normal(policy))
-    {
-        tracing::warn!(?error, "could not lower a background thread's priority; it runs at normal priority");
-    }
-}
-
 /// Runs model versions where their placement says.
 pub struct Executor {
     pool: InferencePool,
@@ -240,40 +186,6 @@ impl Executor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The calling thread's nice value and scheduling policy, from /proc.
-    fn nice_and_policy() -> (i64, i64) {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        // Fields after the command (which may hold spaces): state is field 3, nice 19, policy 41.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        (fields[19 - 3].parse().unwrap(), fields[41 - 3].parse().unwrap())
-    }
-
-    #[test]
-    fn background_threads_get_the_priorities_their_comments_promise() {
-        const SCHED_OTHER: i64 = 0;
-        const SCHED_IDLE: i64 = 5;
-        let somewhat = thread::spawn(|| {
-            lower_priority_somewhat();
-            nice_and_policy()
-        });
-        assert_eq!(somewhat.join().unwrap(), (10, SCHED_OTHER));
-        let idle = thread::spawn(|| {
-            lower_priority();
-            nice_and_policy().1
-        });
-        assert_eq!(idle.join().unwrap(), SCHED_IDLE);
-    }
-
-    #[test]
-    fn an_idle_poll_backs_off_and_work_starts_it_over() {
-        let ms = Duration::from_millis;
-        let mut poll = IdlePoll::new(ms(1), ms(5));
-        let sleeps: Vec<Duration> = (0..5).map(|_| poll.idle()).collect();
-        assert_eq!(sleeps, [ms(1), ms(2), ms(4), ms(5), ms(5)]);
-        poll.busy();
-        assert_eq!(poll.idle(), ms(1));
-    }
 
     #[tokio::test]
     async fn pool_runs_jobs_and_survives_panics() {

@@ -5,20 +5,23 @@
 
 #![forbid(unsafe_code)]
 
-pub mod client;
+pub mod background;
+pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod drift;
 pub mod error;
 pub mod executor;
 pub mod http;
+pub mod join;
 mod json;
-pub mod loadtest;
 pub mod metrics;
 pub mod model;
 pub mod outcomes;
+pub mod promotion;
 pub mod registry;
 pub mod repository;
+pub mod secret;
 pub mod shadow;
 pub mod traffic;
 
@@ -33,10 +36,11 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::drift::Drift;
 use crate::executor::{Executor, InferencePool};
+use crate::join::{LabelJoin, Listener};
 use crate::model::{Loader, OnnxRuntime};
-use crate::outcomes::OutcomeWriter;
-use crate::outcomes::feedback::Feedback;
-use crate::registry::{ModelHook, Registry, StateStore};
+use crate::outcomes::{OutcomeWriter, RecordSink};
+use crate::promotion::Promotion;
+use crate::registry::{ModelHook, Registry, StateFiles};
 use crate::repository::Repository;
 use crate::shadow::Shadow;
 
@@ -46,8 +50,9 @@ pub struct Gateway {
     registry: Arc<Registry>,
     executor: Executor,
     shadow: Arc<Shadow>,
-    writer: Arc<OutcomeWriter>,
-    feedback: Arc<Feedback>,
+    /// Where records and labels go: the outcome log (`OutcomeWriter`).
+    records: Arc<dyn RecordSink>,
+    join: Arc<LabelJoin>,
     drift: Arc<Drift>,
     /// Inference requests in flight, at most `max_concurrent_requests`; one more is refused, not queued.
     in_flight: tokio::sync::Semaphore,
@@ -80,41 +85,42 @@ impl Gateway {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let loader = Loader::new(onnxruntime, threads + workers);
         let repository = Repository::open(&config.models_dir)?;
-        let state = StateStore::open(Some(&config.state_dir))
+        let store = StateFiles::open(Some(&config.state_dir))
             .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
-        let registry = Arc::new(Registry::load(&config, repository, loader, options.model_hook, state)?);
+        let registry = Arc::new(Registry::load(
+            config.initial_deployments(),
+            repository,
+            loader,
+            options.model_hook,
+            Box::new(store),
+        )?);
         let pool =
             InferencePool::new("inference", threads, config.inference_queue).context("starting the inference pool")?;
-        let writer = Arc::new(
+        let records: Arc<dyn RecordSink> = Arc::new(
             OutcomeWriter::start(config.outcomes.writer_settings())
                 .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?,
         );
-        let models = registry.models().map(|m| {
-            let policy = config.models.get(m.name()).map(|c| c.policy.clone()).unwrap_or_default();
-            (m.name().to_owned(), m.deployment().champion().manifest().task.clone(), policy)
-        });
         let thresholds = config.models.iter().filter_map(|(name, m)| Some((name.clone(), m.drift?))).collect();
         let drift = Arc::new(
             Drift::start(config.drift.clone(), thresholds, Arc::clone(&registry))
                 .context("starting the drift monitor")?,
         );
-        let feedback = Arc::new(
-            Feedback::start(
-                models.collect(),
-                config.comparison,
-                config.feedback,
-                Arc::clone(&registry),
-                Arc::clone(&drift),
-            )
-            .context("starting the feedback join")?,
+        let policies = config.models.iter().map(|(name, m)| (name.clone(), m.policy.clone())).collect();
+        let listeners: Vec<Box<dyn Listener>> =
+            vec![Box::new(Arc::clone(&drift)), Box::new(Promotion::new(Arc::clone(&registry), policies))];
+        let models =
+            registry.models().map(|m| (m.name().to_owned(), m.deployment().champion().manifest().task.clone()));
+        let join = Arc::new(
+            LabelJoin::start(models.collect(), config.comparison, config.feedback, listeners)
+                .context("starting the feedback join")?,
         );
         let models: Vec<&str> = registry.models().map(|m| m.name()).collect();
         let shadow = Arc::new(
             Shadow::new(
                 config.shadow_settings(),
                 config.outcomes.log_inputs,
-                Arc::clone(&writer),
-                Arc::clone(&feedback),
+                Arc::clone(&records),
+                Arc::clone(&join),
                 &models,
             )
             .context("starting the shadow threads")?,
@@ -125,8 +131,8 @@ impl Gateway {
             registry,
             executor: Executor::new(pool),
             shadow,
-            writer,
-            feedback,
+            records,
+            join,
             drift,
             ready: AtomicBool::new(true),
         })
@@ -148,14 +154,14 @@ impl Gateway {
         &self.shadow
     }
 
-    /// The outcome log (feedback lines go there too).
-    pub fn outcome_log(&self) -> &OutcomeWriter {
-        &self.writer
+    /// Where records and labels go (the outcome log).
+    pub fn records(&self) -> &dyn RecordSink {
+        &*self.records
     }
 
     /// The live join of labels with records, and the comparison.
-    pub fn feedback(&self) -> &Feedback {
-        &self.feedback
+    pub fn join(&self) -> &LabelJoin {
+        &self.join
     }
 
     /// Drift of each deployment's traffic from its champion's training profile.

@@ -17,9 +17,9 @@ enum Command {
     /// Serve the models of a repository over the Open Inference Protocol (KServe V2).
     Serve(gauntlet::config::ServeArgs),
     /// Send rows (CSV) or logged requests to a gateway; exit 2 when an objective is missed.
-    Loadtest(gauntlet::loadtest::LoadtestArgs),
+    Loadtest(gauntlet::cli::loadtest::LoadtestArgs),
     #[command(flatten)]
-    Admin(gauntlet::client::AdminCommand),
+    Admin(gauntlet::cli::admin::AdminCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -47,8 +47,8 @@ fn serve(args: &gauntlet::config::ServeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(gauntlet::run(config, gauntlet::shutdown_signal()))
 }
 
-fn loadtest(args: &gauntlet::loadtest::LoadtestArgs) -> anyhow::Result<bool> {
-    runtime()?.block_on(gauntlet::loadtest::run_and_report(args))
+fn loadtest(args: &gauntlet::cli::loadtest::LoadtestArgs) -> anyhow::Result<bool> {
+    runtime()?.block_on(gauntlet::cli::loadtest::run_and_report(args))
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

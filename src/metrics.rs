@@ -252,72 +252,9 @@ pub fn comparison_records_dropped() {
     counter!(COMPARISON_DROPPED).increment(1);
 }
 
-/// The report's key figures as gauges (set from the join thread every few seconds).
-pub fn comparison_gauges(report: &crate::compare::Report) {
-    let model = report.model.clone();
-    for m in &report.models {
-        let (metric, value) = match (m.accuracy, m.mae) {
-            (Some(a), _) => ("accuracy", a),
-            (None, Some(mae)) => ("mae", mae),
-            _ => continue,
-        };
-        gauge!(COMPARISON_MODEL, "model" => model.clone(), "version" => m.version.clone(), "metric" => metric)
-            .set(value);
-    }
-    for p in &report.pairs {
-        let labels = [("model", model.clone()), ("champion", p.champion.clone()), ("challenger", p.challenger.clone())];
-        gauge!(COMPARISON_LABELLED, &labels).set(p.labelled_pairs as f64);
-        gauge!(COMPARISON_SEQUENTIAL_P_VALUE, &labels).set(p.sequential_p_value);
-        if let Some(a) = p.agreement {
-            gauge!(COMPARISON_AGREEMENT, &labels).set(a);
-        }
-        if let Some(i) = p.improvement {
-            gauge!(COMPARISON_IMPROVEMENT, &labels).set(i);
-        }
-        if let Some(pv) = p.p_value {
-            gauge!(COMPARISON_P_VALUE, &labels).set(pv);
-        }
-    }
-}
-
 /// The counter of drift samples the monitor's queue could not take.
 pub fn drift_samples_dropped() -> Counter {
     counter!(DRIFT_SAMPLES_DROPPED)
-}
-
-/// A drift evaluation as gauges (set from the monitor thread every evaluation).
-pub fn drift_gauges(report: &crate::drift::DriftReport) {
-    use crate::drift::report::State;
-    let model = report.model.clone();
-    let state = match report.state {
-        State::InsufficientData => -1.0,
-        State::Ok => 0.0,
-        State::Warn => 1.0,
-        State::Alert => 2.0,
-    };
-    gauge!(DRIFT_STATE, "model" => model.clone()).set(state);
-    gauge!(DRIFT_ALERTING, "model" => model.clone()).set(f64::from(u8::from(report.alerting)));
-    for window in &report.windows {
-        gauge!(DRIFT_WINDOW_ROWS, "model" => model.clone(), "window" => window.window.clone()).set(window.rows as f64);
-        for s in &window.series {
-            let labels = [("model", model.clone()), ("series", s.name.clone()), ("window", window.window.clone())];
-            if let Some(psi) = s.psi {
-                gauge!(DRIFT_PSI, &labels).set(psi);
-            }
-            if let Some(ks) = s.ks {
-                gauge!(DRIFT_KS, &labels).set(ks);
-            }
-        }
-    }
-    for c in &report.concept {
-        if let Some(value) = c.value {
-            let labels = [("model", model.clone()), ("metric", c.metric.clone()), ("window", c.window.clone())];
-            gauge!(DRIFT_CHAMPION, &labels).set(value);
-        }
-        if let Some(holdout) = c.holdout {
-            gauge!(DRIFT_CHAMPION_HOLDOUT, "model" => model.clone(), "metric" => c.metric.clone()).set(holdout);
-        }
-    }
 }
 
 pub fn drift_transition(model: &str, entered: bool) {

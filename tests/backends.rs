@@ -5,6 +5,7 @@ use std::path::Path;
 
 use gauntlet::model::{BackendChoice, Loader, OnnxRuntime, Tensor, TensorData};
 use gauntlet::registry::{LoadSettings, LoadStep, ModelVersion, load_version};
+use gauntlet::repository::holdout::Holdout;
 use gauntlet::repository::{Repository, VersionId};
 
 fn repository() -> Repository {
@@ -87,15 +88,9 @@ fn auto_without_onnxruntime_falls_back_to_tract_and_says_how_to_get_it() {
 
 /// Every holdout row, as one batch, from the committed CSV.
 fn holdout(model: &str) -> Tensor {
-    let text = std::fs::read_to_string(repository().root().join(model).join("holdout.csv")).unwrap();
-    let mut rows = 0;
-    let mut values = Vec::new();
-    for line in text.lines().skip(1) {
-        let fields: Vec<f32> = line.split(',').map(|f| f.parse().unwrap()).collect();
-        values.extend_from_slice(&fields[..fields.len() - 1]);
-        rows += 1;
-    }
-    let features = values.len() / rows;
+    let holdout = Holdout::read(&repository().root().join(model).join("holdout.csv")).unwrap();
+    let (rows, features) = (holdout.rows.len(), holdout.features.len());
+    let values = holdout.rows.iter().flatten().map(|&x| x as f32).collect();
     Tensor::new(vec![rows, features], TensorData::Fp32(values)).unwrap()
 }
 
@@ -124,8 +119,8 @@ fn holdout_accuracy_matches_the_manifest() {
     // The served model reproduces the training script's holdout metrics: the export, the manifest
     // and the CSV all describe the same model and split.
     let loaded = load(&with_onnxruntime(), "breast-cancer", "1", BackendChoice::Auto).unwrap();
-    let text = std::fs::read_to_string(repository().root().join("breast-cancer/holdout.csv")).unwrap();
-    let truth: Vec<i64> = text.lines().skip(1).map(|l| l.rsplit(',').next().unwrap().parse().unwrap()).collect();
+    let rows = Holdout::read(&repository().root().join("breast-cancer/holdout.csv")).unwrap();
+    let truth: Vec<i64> = rows.truth.unwrap().1.iter().map(|&y| y as i64).collect();
     let outputs = loaded.infer(&[holdout("breast-cancer")]).unwrap();
     let TensorData::Int64(labels) = outputs[0].data() else { panic!("label is INT64") };
     let correct = labels.iter().zip(&truth).filter(|(a, b)| a == b).count();

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
 use common::TestServer;
+use gauntlet::cli::loadtest::{LoadtestArgs, run};
 use gauntlet::drift::DriftReport;
-use gauntlet::drift::profile::SeriesKind;
 use gauntlet::drift::report::{Level, State};
-use gauntlet::loadtest::{LoadtestArgs, run};
+use gauntlet::repository::profile::SeriesKind;
 use parking_lot::Mutex;
 use serde_json::Value;
 
@@ -87,22 +87,19 @@ async fn start_with(receiver: Receiver, extra: &[&str]) -> (TestServer, Receiver
 
 /// The holdout CSV with each `SHIFTED` feature multiplied by its factor.
 fn shifted_holdout(dir: &Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(common::models_dir().join("breast-cancer/holdout.csv")).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    let columns: Vec<(usize, f64)> =
-        SHIFTED.iter().map(|(name, factor)| (header.iter().position(|h| h == name).unwrap(), *factor)).collect();
-    let mut out = header.join(",") + "\n";
-    for line in lines.filter(|l| !l.is_empty()) {
-        let mut cells: Vec<String> = line.split(',').map(str::to_owned).collect();
+    let mut holdout = common::holdout("breast-cancer");
+    let columns: Vec<(usize, f64)> = SHIFTED
+        .iter()
+        .map(|(name, factor)| (holdout.features.iter().position(|h| h == name).unwrap(), *factor))
+        .collect();
+    for row in &mut holdout.rows {
         for &(i, factor) in &columns {
-            let value: f32 = cells[i].parse().unwrap();
-            cells[i] = (value * factor as f32).to_string();
+            // Scaled as an f32, as the gateway reads the feature.
+            row[i] = f64::from(row[i] as f32 * factor as f32);
         }
-        out += &(cells.join(",") + "\n");
     }
     let path = dir.join("shifted.csv");
-    std::fs::write(&path, out).unwrap();
+    holdout.write(&path).unwrap();
     path
 }
 
@@ -248,7 +245,7 @@ async fn alerts_on_exactly_the_shifted_features_and_calls_the_webhook_once() {
     // which holds the same 800 rows.
     let live = report.windows.iter().find(|w| w.window == "time").unwrap();
     assert_eq!(live.rows, 800);
-    let files = gauntlet::compare::offline::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
+    let files = gauntlet::outcomes::reader::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
     let repository = gauntlet::repository::Repository::open(common::models_dir()).unwrap();
     let (offline, summary) = gauntlet::drift::offline::read(&files, &repository, Default::default(), 200).unwrap();
     assert_eq!((summary.records, summary.without_inputs, summary.unusable), (800, 0, 0));

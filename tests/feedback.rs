@@ -7,8 +7,10 @@ mod common;
 use std::time::Duration;
 
 use common::TestServer;
-use gauntlet::compare::{CompareSettings, Report, offline};
-use gauntlet::loadtest::{LoadtestArgs, run};
+use gauntlet::cli::loadtest::{LoadtestArgs, run};
+use gauntlet::compare::offline::OfflineComparison;
+use gauntlet::compare::{CompareSettings, Report};
+use gauntlet::outcomes::reader;
 use serde_json::{Value, json};
 
 fn replay_with_feedback(server: &TestServer, model: &str, rows: u64) -> LoadtestArgs {
@@ -23,8 +25,7 @@ fn replay_with_feedback(server: &TestServer, model: &str, rows: u64) -> Loadtest
 }
 
 fn holdout_rows(model: &str) -> u64 {
-    let text = std::fs::read_to_string(common::models_dir().join(model).join("holdout.csv")).unwrap();
-    text.lines().skip(1).filter(|l| !l.trim().is_empty()).count() as u64
+    common::holdout(model).rows.len() as u64
 }
 
 fn manifest_metric(model: &str, version: &str, metric: &str) -> f64 {
@@ -95,8 +96,10 @@ async fn holdout_labels_reproduce_the_manifest_figures_live_and_offline() {
     }
     server.stop().await.unwrap();
 
-    let files = offline::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
-    let (comparisons, summary) = offline::read(&files, CompareSettings::default()).unwrap();
+    let files = reader::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
+    let mut offline = OfflineComparison::new(CompareSettings::default());
+    reader::each_line(&files, &mut |line| offline.line(line)).unwrap();
+    let (comparisons, summary) = offline.finish(files.len());
     assert_eq!((summary.unmatched_feedback, summary.duplicate_feedback, summary.unreadable_lines), (0, 0, 0));
     for report in &live {
         let offline = comparisons[&report.model].report();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::TestServer;
-use gauntlet::loadtest::{LoadtestArgs, run};
+use gauntlet::cli::loadtest::{LoadtestArgs, run};
 
 fn args(server: &TestServer, model: &str, data: PathBuf) -> LoadtestArgs {
     common::loadtest_args(server, model, data)

@@ -14,16 +14,9 @@ use gauntlet::repository::VersionId;
 use gauntlet::traffic::TrafficPlan;
 use serde_json::{Value, json};
 
-/// The breast-cancer holdout rows (features only).
+/// A model's holdout rows (features only).
 fn holdout_rows(model: &str) -> Vec<Vec<f64>> {
-    let text = std::fs::read_to_string(common::models_dir().join(model).join("holdout.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|line| {
-            let fields: Vec<f64> = line.split(',').map(|f| f.parse().unwrap()).collect();
-            fields[..fields.len() - 1].to_vec()
-        })
-        .collect()
+    common::holdout(model).rows
 }
 
 async fn infer(server: &TestServer, path: &str, body: &Value) -> (u16, String) {
@@ -235,6 +228,28 @@ async fn failing_panicking_and_slow_challengers_leave_the_champion_alone() {
     }
 }
 
+/// Waits until the outcome log holds `n` records: how a test sees the shadow's progress (records
+/// reach the log within its flush interval, set to 10 ms where this is used).
+async fn wait_for_records(server: &TestServer, n: usize) {
+    common::eventually(&format!("{n} records in the outcome log"), Duration::from_secs(60), || {
+        std::future::ready((server.records().len() >= n).then_some(()))
+    })
+    .await
+}
+
+/// Twenty requests of diabetes' holdout rows, the first alone: its record is in before the rest go.
+async fn send_twenty(server: &TestServer, rows: &[Vec<f64>]) {
+    let url = server.url("/v2/models/diabetes/infer");
+    let client = reqwest::Client::new();
+    for (i, row) in rows.iter().take(20).enumerate() {
+        let body = with_id(std::slice::from_ref(row), &format!("cpu-{i}")).to_string();
+        assert_eq!(client.post(&url).body(body).send().await.unwrap().status(), 200);
+        if i == 0 {
+            wait_for_records(server, 1).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenger_over_the_cpu_budget_is_not_run_and_is_recorded_as_a_timeout() {
     // Each run of diabetes 2 burns 10 ms of CPU. At half a percent of a core the shadow thread then
@@ -247,43 +262,12 @@ async fn a_challenger_over_the_cpu_budget_is_not_run_and_is_recorded_as_a_timeou
         let result = |r: &Value| (r["status"].as_str().unwrap().to_owned(), r["batch"].as_u64().unwrap_or(1));
         server.records().iter().map(|r| result(&r["results"][1])).collect()
     };
-    // Records reach the log within its 10 ms flush interval: how the test sees the shadow's progress.
-    let records = |server: &TestServer, n: usize| {
-        let what = format!("{n} records in the outcome log");
-        let server = &*server;
-        async move {
-            common::eventually(&what, Duration::from_secs(60), || {
-                std::future::ready((server.records().len() >= n).then_some(()))
-            })
-            .await
-        }
-    };
-    let send = |server: &TestServer| {
-        let url = server.url("/v2/models/diabetes/infer");
-        let bodies: Vec<String> = rows
-            .iter()
-            .take(20)
-            .enumerate()
-            .map(|(i, row)| with_id(std::slice::from_ref(row), &format!("cpu-{i}")).to_string())
-            .collect();
-        async move {
-            let client = reqwest::Client::new();
-            for (i, body) in bodies.into_iter().enumerate() {
-                assert_eq!(client.post(&url).body(body).send().await.unwrap().status(), 200);
-                if i == 0 {
-                    // The first request runs alone: its record is in before the others are sent.
-                    records(server, 1).await;
-                }
-            }
-        }
-    };
-
     let fast_log = "outcomes.flush_interval_ms=10";
     let mut paced =
         TestServer::start_with_options(&["shadow_cpu_budget=0.005", "shadow_deadline_ms=1000", fast_log], busy()).await;
-    send(&paced).await;
+    send_twenty(&paced, &rows).await;
     // Every job reports: the first ran; the rest waited out the thread's rest and so their deadline.
-    records(&paced, 20).await;
+    wait_for_records(&paced, 20).await;
     paced.stop().await.unwrap();
     let paced = results(&paced);
     let ran: Vec<u64> = paced.iter().filter(|(s, _)| s == "ok").map(|(_, batch)| *batch).collect();
@@ -293,7 +277,7 @@ async fn a_challenger_over_the_cpu_budget_is_not_run_and_is_recorded_as_a_timeou
 
     // The same traffic with a whole core to spend: every job runs.
     let mut whole = TestServer::start_with_options(&["shadow_cpu_budget=1", fast_log], busy()).await;
-    send(&whole).await;
+    send_twenty(&whole, &rows).await;
     whole.stop().await.unwrap();
     assert!(results(&whole).iter().all(|(s, _)| s == "ok"));
     assert_eq!(results(&whole).len(), 20);

@@ -3,7 +3,7 @@
 //! a verdict.
 //!
 //! Invariant: pure. `Comparison` is fed observations and truths and knows nothing of where they
-//! come from: the live join (`outcomes::feedback`) and the offline report over log files
+//! come from: the live join (`join`) and the offline report over log files
 //! (`offline`) drive the same code, so they give the same figures.
 
 pub mod offline;

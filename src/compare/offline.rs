@@ -1,51 +1,16 @@
-//! The comparison from outcome-log files alone: `gauntlet report --log 'outcomes/*.jsonl'`.
+//! The comparison from outcome-log lines alone: `gauntlet report --log 'outcomes/*.jsonl'`.
 //!
-//! Reads outcome records and feedback lines in file order (file names sort by time), joins labels
-//! to records by model and request id as the live join does (the first label of a request stands;
-//! a label read before its record waits for it), and feeds the same `Comparison` the gateway keeps
-//! live.
+//! Fed the log's lines in file order (`outcomes::reader` reads them), it joins labels to records by
+//! model and request id as the live join does (the first label of a request stands; a label read
+//! before its record waits for it), and feeds the same `Comparison` the gateway keeps live. Pure:
+//! no file is opened here.
 
-use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-
-use anyhow::Context;
-use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::{CompareSettings, Comparison, ModelOutcome, Observation, Truth, predictions};
-use crate::outcomes::{Role, Status};
-use crate::repository::{Task, VersionId};
-
-/// One line of the log: an outcome record or a feedback record (fields no reader needs are
-/// skipped). Drift's offline reader (`drift::offline`) reads the same lines.
-#[derive(Deserialize)]
-pub(crate) struct Line {
-    #[serde(default)]
-    pub kind: Option<String>,
-    pub request_id: String,
-    pub model: String,
-    #[serde(default)]
-    pub task: Option<Task>,
-    /// Kept unparsed: only drift reads the inputs.
-    #[serde(default)]
-    pub inputs: Option<Box<serde_json::value::RawValue>>,
-    #[serde(default)]
-    pub results: Vec<LineResult>,
-    #[serde(default)]
-    pub truth: Option<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-pub(crate) struct LineResult {
-    pub version: VersionId,
-    pub role: Role,
-    pub status: Status,
-    #[serde(default)]
-    pub latency_ms: Option<f64>,
-    #[serde(default)]
-    pub outputs: Option<HashMap<String, serde_json::Value>>,
-}
+use crate::outcomes::Status;
+use crate::outcomes::reader::{Line, LineResult};
+use crate::repository::Task;
 
 /// What reading the files found besides the comparisons.
 #[derive(Debug, Default)]
@@ -60,74 +25,75 @@ pub struct ReadSummary {
     pub duplicate_feedback: u64,
 }
 
-/// Expands shell-style patterns (`outcomes/*.jsonl`) and plain paths into files, in name order.
-pub fn expand(patterns: &[String]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
-    for pattern in patterns {
-        let matched: Vec<PathBuf> = glob::glob(pattern)
-            .with_context(|| format!("invalid pattern '{pattern}'"))?
-            .filter_map(Result::ok)
-            .filter(|p| p.is_file())
-            .collect();
-        anyhow::ensure!(!matched.is_empty(), "no file matches '{pattern}'");
-        files.extend(matched);
-    }
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
-/// Every model's comparison over these files.
-pub fn read(
-    files: &[PathBuf],
+/// The join of logged labels with logged records, line by line, into each model's comparison.
+pub struct OfflineComparison {
     settings: CompareSettings,
-) -> anyhow::Result<(BTreeMap<String, Comparison>, ReadSummary)> {
-    let mut summary = ReadSummary { files: files.len(), ..ReadSummary::default() };
-    let mut comparisons: BTreeMap<String, Comparison> = BTreeMap::new();
-    let mut observations: HashMap<(String, String), Observation> = HashMap::new();
+    summary: ReadSummary,
+    comparisons: BTreeMap<String, Comparison>,
+    observations: HashMap<(String, String), Observation>,
     // As the live join does it, in the order the lines were written: a label joins its record when
     // both are there, and one read before its record waits for it. The statistics' sums then add up
     // in the live order too, so both sides give the very same figures.
-    let mut held: HashMap<(String, String), serde_json::Value> = HashMap::new();
-    let mut labelled = std::collections::HashSet::new();
-    for file in files {
-        read_file(file, &mut |line: Option<Line>| {
-            let Some(line) = line else {
-                summary.unreadable_lines += 1;
-                return;
-            };
-            let key = (line.model, line.request_id);
-            if line.kind.as_deref() == Some("feedback") {
-                let Some(truth) = line.truth else { return };
-                summary.feedback += 1;
-                if !labelled.insert(key.clone()) {
-                    summary.duplicate_feedback += 1;
-                } else if let (Some(comparison), Some(observation)) =
-                    (comparisons.get_mut(&key.0), observations.get(&key))
-                {
-                    join(comparison, observation, &truth, &mut summary);
-                } else {
-                    held.insert(key, truth);
-                }
-                return;
-            }
-            let Some(task) = line.task else {
-                summary.unreadable_lines += 1;
-                return;
-            };
-            summary.records += 1;
-            let observation = observation(&task, key.1.clone(), line.results);
-            let comparison =
-                comparisons.entry(key.0.clone()).or_insert_with(|| Comparison::new(key.0.clone(), task, settings));
-            comparison.add(&observation);
-            if let Some(truth) = held.remove(&key) {
-                join(comparison, &observation, &truth, &mut summary);
-            }
-            observations.insert(key, observation);
-        })?;
+    held: HashMap<(String, String), serde_json::Value>,
+    labelled: HashSet<(String, String)>,
+}
+
+impl OfflineComparison {
+    pub fn new(settings: CompareSettings) -> Self {
+        Self {
+            settings,
+            summary: ReadSummary::default(),
+            comparisons: BTreeMap::new(),
+            observations: HashMap::new(),
+            held: HashMap::new(),
+            labelled: HashSet::new(),
+        }
     }
-    summary.unmatched_feedback = held.len() as u64;
-    Ok((comparisons, summary))
+
+    /// Takes one line of the log; `None` for a line that is not one of ours.
+    pub fn line(&mut self, line: Option<Line>) {
+        let summary = &mut self.summary;
+        let Some(line) = line else {
+            summary.unreadable_lines += 1;
+            return;
+        };
+        let key = (line.model, line.request_id);
+        if line.kind.as_deref() == Some("feedback") {
+            let Some(truth) = line.truth else { return };
+            summary.feedback += 1;
+            if !self.labelled.insert(key.clone()) {
+                summary.duplicate_feedback += 1;
+            } else if let (Some(comparison), Some(observation)) =
+                (self.comparisons.get_mut(&key.0), self.observations.get(&key))
+            {
+                join(comparison, observation, &truth, summary);
+            } else {
+                self.held.insert(key, truth);
+            }
+            return;
+        }
+        let Some(task) = line.task else {
+            summary.unreadable_lines += 1;
+            return;
+        };
+        summary.records += 1;
+        let observation = observation(&task, key.1.clone(), line.results);
+        let settings = self.settings;
+        let comparison =
+            self.comparisons.entry(key.0.clone()).or_insert_with(|| Comparison::new(key.0.clone(), task, settings));
+        comparison.add(&observation);
+        if let Some(truth) = self.held.remove(&key) {
+            join(comparison, &observation, &truth, summary);
+        }
+        self.observations.insert(key, observation);
+    }
+
+    /// Every model's comparison, and what the lines held besides (`files`: how many were read).
+    pub fn finish(mut self, files: usize) -> (BTreeMap<String, Comparison>, ReadSummary) {
+        self.summary.files = files;
+        self.summary.unmatched_feedback = self.held.len() as u64;
+        (self.comparisons, self.summary)
+    }
 }
 
 fn join(comparison: &mut Comparison, observation: &Observation, truth: &serde_json::Value, summary: &mut ReadSummary) {
@@ -135,19 +101,6 @@ fn join(comparison: &mut Comparison, observation: &Observation, truth: &serde_js
         Ok(truth) => comparison.add_truth(observation, &truth),
         Err(_) => summary.unreadable_lines += 1,
     }
-}
-
-/// Calls `each` per non-empty line: the parsed line, or `None` when it is not one of ours.
-pub(crate) fn read_file(path: &Path, each: &mut dyn FnMut(Option<Line>)) -> anyhow::Result<()> {
-    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    for line in BufReader::new(file).lines() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        each(serde_json::from_str::<Line>(&line).ok());
-    }
-    Ok(())
 }
 
 fn observation(task: &Task, request_id: String, results: Vec<LineResult>) -> Observation {

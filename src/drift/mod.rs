@@ -5,7 +5,7 @@
 //! monitor thread; it keeps each deployment's recent rows (`window::Watch`), and every
 //! `evaluate_interval_ms` computes per feature and per prediction the population stability index and
 //! the KS statistic against the profile, over a window by count and one by time. Labels joined by
-//! the feedback thread add the champion's accuracy or error per window (concept drift).
+//! the join thread add the champion's accuracy or error per window (concept drift).
 //! A deployment whose drift crosses its thresholds enters the alert state: a gauge, and an event
 //! POSTed to the configured webhook (`webhook`), the hook a team points at its retraining pipeline.
 //!
@@ -18,7 +18,6 @@
 //!   longer the champion (in flight across a swap) are ignored.
 
 pub mod offline;
-pub mod profile;
 pub mod report;
 pub mod stats;
 pub mod webhook;
@@ -26,25 +25,23 @@ pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use crossbeam_queue::ArrayQueue;
-use metrics::Counter;
-use parking_lot::Mutex;
+use metrics::{Counter, gauge};
 use serde::{Deserialize, Serialize};
 
 pub use self::report::DriftReport;
 use self::webhook::{Event, Webhook};
 use self::window::{Transition, Watch};
+use crate::background::{self, Closing, Priority, Work, Worker};
 use crate::compare::{Observation, Prediction, Truth};
-use crate::config::Secret;
 use crate::model::Tensor;
 use crate::outcomes::{Role, Status};
 use crate::registry::{ModelVersion, Registry};
 use crate::repository::VersionId;
+use crate::secret::Secret;
 
 /// The monitor's settings (`[drift]`); thresholds can be set per deployment (`models.<name>.drift`).
 #[derive(Clone, Debug, Deserialize)]
@@ -185,20 +182,19 @@ enum Message {
     Labelled { model: String, version: VersionId, scores: Vec<f64>, at: Instant },
 }
 
-/// The handle: the request path and the feedback thread push, the admin API reads reports.
+/// The handle: the request path and the join thread push, the admin API reads reports.
 pub struct Drift {
     shared: Arc<Shared>,
+    /// The monitor thread; `None` when drift is off.
+    monitor: Option<Worker<Message>>,
     /// Per model: this second's samples, against `max_samples_per_s`.
     budgets: Vec<(String, Budget)>,
     started: Instant,
-    thread: Mutex<Option<JoinHandle<()>>>,
     webhook: Option<Arc<Webhook>>,
 }
 
 struct Shared {
     settings: DriftSettings,
-    queue: ArrayQueue<Message>,
-    closed: AtomicBool,
     /// Per-deployment thresholds that override `settings.thresholds`.
     thresholds: HashMap<String, Thresholds>,
     /// The last evaluation of each deployment, replaced whole after each round: readers on the async
@@ -219,25 +215,36 @@ impl Drift {
             _ => None,
         };
         let shared = Arc::new(Shared {
-            queue: ArrayQueue::new(settings.queue.max(1)),
-            closed: AtomicBool::new(false),
             reports: ArcSwap::default(),
             dropped: crate::metrics::drift_samples_dropped(),
             settings,
             thresholds,
         });
         let budgets = registry.models().map(|m| (m.name().to_owned(), Budget::default())).collect();
-        let thread = if shared.settings.enabled {
-            let mut monitor =
-                Monitor { shared: Arc::clone(&shared), registry, watches: HashMap::new(), webhook: webhook.clone() };
-            Some(std::thread::Builder::new().name("drift".into()).spawn(move || {
-                crate::executor::lower_priority();
-                monitor.run();
-            })?)
+        let monitor = if shared.settings.enabled {
+            let thread = background::Settings {
+                name: "drift",
+                threads: 1,
+                queue: shared.settings.queue,
+                batch: 4096,
+                priority: Priority::Idle,
+                poll: POLL,
+                poll_idle: POLL_IDLE,
+            };
+            let interval = shared.settings.evaluate_interval();
+            let mut monitor = Some(Monitor {
+                shared: Arc::clone(&shared),
+                registry,
+                watches: HashMap::new(),
+                webhook: webhook.clone(),
+                interval,
+                next: Instant::now() + interval,
+            });
+            Some(Worker::start(thread, |_| monitor.take().expect("one monitor thread"))?)
         } else {
             None
         };
-        Ok(Self { shared, budgets, started: Instant::now(), thread: Mutex::new(thread), webhook })
+        Ok(Self { shared, monitor, budgets, started: Instant::now(), webhook })
     }
 
     /// From the request path, after the response is complete: the rows a champion answered.
@@ -269,21 +276,22 @@ impl Drift {
             outputs: Arc::clone(outputs),
             at,
         };
-        if self.shared.queue.push(message).is_err() {
+        self.send(message);
+    }
+
+    fn send(&self, message: Message) {
+        if self.monitor.as_ref().is_some_and(|monitor| monitor.try_send(message).is_err()) {
             self.shared.dropped.increment(1);
         }
     }
 
-    /// From the feedback thread: a label joined with its record.
+    /// From the join thread: a label joined with its record.
     pub fn labelled(&self, model: &str, observation: &Observation, truth: &Truth) {
         if !self.shared.settings.enabled {
             return;
         }
         let Some((version, scores)) = champion_scores(observation, truth) else { return };
-        let message = Message::Labelled { model: model.to_owned(), version, scores, at: Instant::now() };
-        if self.shared.queue.push(message).is_err() {
-            self.shared.dropped.increment(1);
-        }
+        self.send(Message::Labelled { model: model.to_owned(), version, scores, at: Instant::now() });
     }
 
     /// The last evaluation of the deployment `champion` leads, or, if it has had none since it
@@ -298,11 +306,8 @@ impl Drift {
 
     /// Stops the monitor, then gives the webhook until its current delivery ends. Blocking.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.lock().take()
-            && thread.join().is_err()
-        {
-            tracing::error!("the drift monitor thread panicked");
+        if let Some(monitor) = &self.monitor {
+            monitor.close();
         }
         if let Some(webhook) = &self.webhook {
             webhook.close();
@@ -313,6 +318,13 @@ impl Drift {
 impl Drop for Drift {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Joined labels give the champion's accuracy or error over time: concept drift.
+impl crate::join::Listener for Arc<Drift> {
+    fn joined(&mut self, model: &str, observation: &Observation, truth: &Truth) {
+        self.labelled(model, observation, truth);
     }
 }
 
@@ -349,6 +361,9 @@ struct Monitor {
     registry: Arc<Registry>,
     watches: HashMap<String, Watch>,
     webhook: Option<Arc<Webhook>>,
+    interval: Duration,
+    /// When the next evaluation is due.
+    next: Instant,
 }
 
 /// The watch of `model` if `version` is what it watches, a new one if `version` is the champion
@@ -372,39 +387,32 @@ fn watch<'a>(
     watches.get_mut(model)
 }
 
-/// How long the monitor sleeps when its queue is empty: 5 ms, up to 40 ms while it stays empty.
+/// How long the monitor sleeps when its queue is empty: 5 ms, up to 40 ms while it stays empty. It
+/// polls rather than blocks, like the outcome writer: a blocked receiver would make the request path
+/// pay a futex wake per sample.
 const POLL: Duration = Duration::from_millis(5);
 const POLL_IDLE: Duration = Duration::from_millis(40);
 
-impl Monitor {
-    /// Polls rather than blocks, like the outcome writer: a blocked receiver would make the request
-    /// path pay a futex wake per sample.
-    fn run(&mut self) {
-        let interval = self.shared.settings.evaluate_interval();
-        let mut next = Instant::now() + interval;
-        let mut poll = crate::executor::IdlePoll::new(POLL, POLL_IDLE);
-        while !self.shared.closed.load(Ordering::Acquire) {
-            let mut taken = 0;
-            while let Some(message) = self.shared.queue.pop() {
-                self.take(message);
-                taken += 1;
-                if taken == 4096 {
-                    break;
-                }
-            }
-            let now = Instant::now();
-            if now >= next {
-                next = now + interval;
-                self.evaluate(now);
-            }
-            if taken == 0 {
-                std::thread::sleep(poll.idle().min(next.saturating_duration_since(now)));
-            } else {
-                poll.busy();
-            }
+impl Work for Monitor {
+    type Message = Message;
+
+    fn handle(&mut self, messages: &mut Vec<Message>, _: &Closing) {
+        for message in messages.drain(..) {
+            self.take(message);
         }
     }
 
+    /// Evaluates every `evaluate_interval_ms`.
+    fn tick(&mut self, now: Instant) -> Duration {
+        if now >= self.next {
+            self.next = now + self.interval;
+            self.evaluate(now);
+        }
+        self.next.saturating_duration_since(now)
+    }
+}
+
+impl Monitor {
     fn take(&mut self, message: Message) {
         let settings = &self.shared.settings;
         match message {
@@ -427,7 +435,7 @@ impl Monitor {
         let mut reports = HashMap::with_capacity(self.watches.len());
         for (model, watch) in &mut self.watches {
             let (report, transition) = watch.evaluate(now, &self.shared.settings);
-            crate::metrics::drift_gauges(&report);
+            publish_gauges(&report);
             if let Some(transition) = transition {
                 let entered = transition == Transition::Entered;
                 crate::metrics::drift_transition(model, entered);
@@ -443,6 +451,43 @@ impl Monitor {
             reports.insert(model.clone(), Arc::new(report));
         }
         self.shared.reports.store(Arc::new(reports));
+    }
+}
+
+/// A drift evaluation as gauges (set from the monitor thread after every evaluation).
+fn publish_gauges(report: &DriftReport) {
+    use self::report::State;
+    let model = report.model.clone();
+    let state = match report.state {
+        State::InsufficientData => -1.0,
+        State::Ok => 0.0,
+        State::Warn => 1.0,
+        State::Alert => 2.0,
+    };
+    gauge!(crate::metrics::DRIFT_STATE, "model" => model.clone()).set(state);
+    gauge!(crate::metrics::DRIFT_ALERTING, "model" => model.clone()).set(f64::from(u8::from(report.alerting)));
+    for window in &report.windows {
+        gauge!(crate::metrics::DRIFT_WINDOW_ROWS, "model" => model.clone(), "window" => window.window.clone())
+            .set(window.rows as f64);
+        for s in &window.series {
+            let labels = [("model", model.clone()), ("series", s.name.clone()), ("window", window.window.clone())];
+            if let Some(psi) = s.psi {
+                gauge!(crate::metrics::DRIFT_PSI, &labels).set(psi);
+            }
+            if let Some(ks) = s.ks {
+                gauge!(crate::metrics::DRIFT_KS, &labels).set(ks);
+            }
+        }
+    }
+    for c in &report.concept {
+        if let Some(value) = c.value {
+            let labels = [("model", model.clone()), ("metric", c.metric.clone()), ("window", c.window.clone())];
+            gauge!(crate::metrics::DRIFT_CHAMPION, &labels).set(value);
+        }
+        if let Some(holdout) = c.holdout {
+            gauge!(crate::metrics::DRIFT_CHAMPION_HOLDOUT, "model" => model.clone(), "metric" => c.metric.clone())
+                .set(holdout);
+        }
     }
 }
 

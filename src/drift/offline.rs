@@ -12,8 +12,8 @@ use std::time::Instant;
 use super::report::DriftReport;
 use super::window::Watch;
 use super::{DriftSettings, Thresholds};
-use crate::compare::offline::{Line, read_file};
 use crate::model::{Tensor, TensorSpec};
+use crate::outcomes::reader::{Line, each_line};
 use crate::outcomes::{Role, Status};
 use crate::repository::{Repository, VersionId};
 
@@ -50,41 +50,39 @@ pub fn read(
     let mut watches: BTreeMap<(String, VersionId), Option<Version>> = BTreeMap::new();
     let mut summary = DriftReadSummary::default();
     let now = Instant::now();
-    for path in files {
-        read_file(path, &mut |line: Option<Line>| {
-            let Some(line) = line else {
-                summary.unreadable_lines += 1;
-                return;
-            };
-            if line.kind.as_deref().is_some_and(|k| k != "outcome") {
-                return;
-            }
-            summary.records += 1;
-            let champion = line.results.iter().find(|r| r.role == Role::Champion && r.status == Status::Ok);
-            let inputs = line.inputs.as_ref().and_then(|raw| serde_json::from_str::<Logged>(raw.get()).ok());
-            let (Some(inputs), Some(champion)) = (inputs, champion) else {
-                summary.without_inputs += 1;
-                return;
-            };
-            let Some(outputs) = &champion.outputs else {
-                summary.without_inputs += 1;
-                return;
-            };
-            let entry = watches.entry((line.model.clone(), champion.version.clone())).or_insert_with(|| {
-                let manifest = repository.version(&line.model, &champion.version).ok()?.manifest;
-                let watch = Watch::new(&manifest, thresholds, false);
-                Some(Version { watch, inputs: manifest.inputs, outputs: manifest.outputs })
-            });
-            let Some(version) = entry else {
-                summary.unusable += 1;
-                return;
-            };
-            match (tensors(&inputs, &version.inputs), tensors(outputs, &version.outputs)) {
-                (Some(inputs), Some(outputs)) => version.watch.add_rows(now, &inputs, &outputs, &settings),
-                _ => summary.unusable += 1,
-            }
-        })?;
-    }
+    each_line(files, &mut |line: Option<Line>| {
+        let Some(line) = line else {
+            summary.unreadable_lines += 1;
+            return;
+        };
+        if line.kind.as_deref().is_some_and(|k| k != "outcome") {
+            return;
+        }
+        summary.records += 1;
+        let champion = line.results.iter().find(|r| r.role == Role::Champion && r.status == Status::Ok);
+        let inputs = line.inputs.as_ref().and_then(|raw| serde_json::from_str::<Logged>(raw.get()).ok());
+        let (Some(inputs), Some(champion)) = (inputs, champion) else {
+            summary.without_inputs += 1;
+            return;
+        };
+        let Some(outputs) = &champion.outputs else {
+            summary.without_inputs += 1;
+            return;
+        };
+        let entry = watches.entry((line.model.clone(), champion.version.clone())).or_insert_with(|| {
+            let manifest = repository.version(&line.model, &champion.version).ok()?.manifest;
+            let watch = Watch::new(&manifest, thresholds, false);
+            Some(Version { watch, inputs: manifest.inputs, outputs: manifest.outputs })
+        });
+        let Some(version) = entry else {
+            summary.unusable += 1;
+            return;
+        };
+        match (tensors(&inputs, &version.inputs), tensors(outputs, &version.outputs)) {
+            (Some(inputs), Some(outputs)) => version.watch.add_rows(now, &inputs, &outputs, &settings),
+            _ => summary.unusable += 1,
+        }
+    })?;
     let reports = watches
         .into_values()
         .flatten()

@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use super::profile::SeriesKind;
 use super::{DriftSettings, Thresholds};
 use crate::registry::ModelVersion;
+use crate::repository::profile::SeriesKind;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DriftReport {

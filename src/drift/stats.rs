@@ -59,7 +59,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::drift::profile::Distribution;
+    use crate::repository::profile::Distribution;
 
     #[derive(Deserialize)]
     struct Case {

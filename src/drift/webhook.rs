@@ -7,18 +7,14 @@
 //! `Idempotency-Key`, so a receiver can tell a retry from a new event. A 4xx other than 408 and 429
 //! is not retried: the receiver refused the event itself.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
-use parking_lot::Mutex;
 use serde::Serialize;
 
 use super::DriftSettings;
 use super::report::DriftReport;
 use super::window::Transition;
+use crate::background::{self, Closing, Priority, Work, Worker};
 
 /// One event: a deployment entered or left the alert state.
 #[derive(Clone, Debug, Serialize)]
@@ -53,9 +49,7 @@ impl Event {
 }
 
 pub struct Webhook {
-    sender: Sender<Event>,
-    closing: Arc<AtomicBool>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    worker: Worker<Event>,
 }
 
 struct Delivery {
@@ -64,33 +58,45 @@ struct Delivery {
     client: reqwest::Client,
     attempts: u32,
     backoff: Duration,
-    closing: Arc<AtomicBool>,
+    /// Runs each delivery's requests and backoff on the webhook's own thread.
+    runtime: tokio::runtime::Runtime,
 }
+
+/// How long the webhook thread sleeps while no event waits: 10 ms, up to 100 ms.
+const POLL: Duration = Duration::from_millis(10);
+const POLL_IDLE: Duration = Duration::from_millis(100);
 
 impl Webhook {
     pub fn start(url: String, settings: &DriftSettings) -> std::io::Result<Self> {
-        let (sender, receiver) = bounded(settings.webhook_queue.max(1));
-        let closing = Arc::new(AtomicBool::new(false));
         let client = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.webhook_timeout_ms))
             .user_agent(concat!("gauntlet/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
-        let delivery = Delivery {
+        let mut delivery = Some(Delivery {
             url,
             bearer: settings.webhook_bearer_token.as_ref().map(|t| t.expose().to_owned()),
             client,
             attempts: settings.webhook_attempts.max(1),
             backoff: Duration::from_millis(settings.webhook_backoff_ms),
-            closing: Arc::clone(&closing),
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        });
+        let thread = background::Settings {
+            name: "drift-webhook",
+            threads: 1,
+            queue: settings.webhook_queue,
+            batch: 1,
+            priority: Priority::Low,
+            poll: POLL,
+            poll_idle: POLL_IDLE,
         };
-        let thread = std::thread::Builder::new().name("drift-webhook".into()).spawn(move || delivery.run(receiver))?;
-        Ok(Self { sender, closing, thread: Mutex::new(Some(thread)) })
+        let worker = Worker::start(thread, |_| delivery.take().expect("one webhook thread"))?;
+        Ok(Self { worker })
     }
 
     /// Queues without waiting; a full queue drops the event (counted).
     pub fn send(&self, event: Event) {
-        if let Err(TrySendError::Full(event) | TrySendError::Disconnected(event)) = self.sender.try_send(event) {
+        if let Err(event) = self.worker.try_send(event) {
             tracing::warn!(model = event.model, event = event.event, "drift webhook queue full: event dropped");
             crate::metrics::drift_webhook("dropped");
         }
@@ -98,36 +104,27 @@ impl Webhook {
 
     /// Ends retries, lets the current try finish, and stops. Events still queued are given up (counted).
     pub fn close(&self) {
-        self.closing.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.lock().take() {
-            let _ = thread.join();
+        self.worker.close();
+    }
+}
+
+impl Work for Delivery {
+    type Message = Event;
+
+    fn handle(&mut self, events: &mut Vec<Event>, closing: &Closing) {
+        for event in events.drain(..) {
+            if closing.is_closing() {
+                tracing::warn!(model = event.model, event = event.event, "shutting down: drift event not sent");
+                crate::metrics::drift_webhook("abandoned");
+                continue;
+            }
+            self.runtime.block_on(self.deliver(&event, closing));
         }
     }
 }
 
 impl Delivery {
-    fn run(self, receiver: Receiver<Event>) {
-        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(%error, "the drift webhook cannot start; its events will be dropped");
-                return;
-            }
-        };
-        loop {
-            match receiver.recv_timeout(Duration::from_millis(100)) {
-                Ok(event) if self.closing.load(Ordering::Acquire) => {
-                    tracing::warn!(model = event.model, event = event.event, "shutting down: drift event not sent");
-                    crate::metrics::drift_webhook("abandoned");
-                }
-                Ok(event) => runtime.block_on(self.deliver(&event)),
-                Err(RecvTimeoutError::Timeout) if !self.closing.load(Ordering::Acquire) => {}
-                Err(_) => return,
-            }
-        }
-    }
-
-    async fn deliver(&self, event: &Event) {
+    async fn deliver(&self, event: &Event, closing: &Closing) {
         let mut wait = self.backoff;
         for attempt in 1..=self.attempts {
             let mut request = self.client.post(&self.url).header("idempotency-key", &event.id).json(event);
@@ -155,7 +152,7 @@ impl Delivery {
                 break;
             }
             crate::metrics::drift_webhook("retried");
-            if !self.back_off(wait).await {
+            if !back_off(wait, closing).await {
                 tracing::warn!(model = event.model, event = event.event, "shutting down: drift event not retried");
                 crate::metrics::drift_webhook("abandoned");
                 return;
@@ -164,20 +161,20 @@ impl Delivery {
         }
         crate::metrics::drift_webhook("failed");
     }
+}
 
-    /// Waits `wait` unless shutdown begins first (then returns false at once, so a backoff of up to
-    /// a minute cannot hold up shutdown).
-    async fn back_off(&self, wait: Duration) -> bool {
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            if self.closing.load(Ordering::Acquire) {
-                return false;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                return true;
-            }
-            tokio::time::sleep((until - now).min(Duration::from_millis(50))).await;
+/// Waits `wait` unless shutdown begins first (then returns false at once, so a backoff of up to a
+/// minute cannot hold up shutdown).
+async fn back_off(wait: Duration, closing: &Closing) -> bool {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        if closing.is_closing() {
+            return false;
         }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return true;
+        }
+        tokio::time::sleep((until - now).min(Duration::from_millis(50))).await;
     }
 }

@@ -9,10 +9,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::profile::{Profile, SeriesKind};
 use super::report::{ConceptReport, DriftReport, Level, SeriesDrift, State, WindowReport};
 use super::{DriftSettings, Thresholds, stats};
 use crate::model::{Tensor, TensorData};
+use crate::repository::profile::{Profile, SeriesKind};
 use crate::repository::{Manifest, Task, VersionId};
 
 /// Entering or leaving the alert state.

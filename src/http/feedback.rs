@@ -16,24 +16,25 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::openapi::{
+    BadRequest, Conflict, FeedbackRequest, FeedbackResponse, Gone, ModelPath, NotFound, PayloadTooLarge, Unavailable,
+};
 use crate::Gateway;
 use crate::compare::Truth;
 use crate::error::{Error, ErrorKind};
+use crate::join::Joined;
 use crate::outcomes::FeedbackRecord;
-use crate::outcomes::feedback::Joined;
 
 /// Labels in one request, at most.
 pub const MAX_BATCH: usize = 10_000;
 
 /// Ground truth by request id, one label or a batch: joined with the paired records, and logged.
-#[utoipa::path(post, path = "/v2/models/{name}/feedback", tag = "feedback", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
-    request_body = crate::http::openapi::FeedbackRequest,
+#[utoipa::path(post, path = "/v2/models/{name}/feedback", tag = "feedback", params(ModelPath),
+    request_body = FeedbackRequest,
     responses(
-        (status = 200, description = "Joined (one label), or the batch's results", body = crate::http::openapi::FeedbackResponse),
-        (status = 202, description = "Held until its record arrives", body = crate::http::openapi::FeedbackResponse),
-        (status = 400, description = "Malformed, or a truth the model cannot have", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody),
-        (status = 409, description = "The request already has a label", body = crate::http::openapi::ErrorBody), (status = 410, description = "The record is older than the join keeps", body = crate::http::openapi::ErrorBody),
-        (status = 413, description = "Body over the limit", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
+        (status = 200, description = "Joined (one label), or the batch's results", body = FeedbackResponse),
+        (status = 202, description = "Held until its record arrives", body = FeedbackResponse),
+        BadRequest, NotFound, Conflict, Gone, PayloadTooLarge, Unavailable))]
 pub async fn feedback(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -76,16 +77,11 @@ pub async fn feedback(
     }
     let now = SystemTime::now();
     for (id, raw) in ids.iter().zip(&raws) {
-        gateway.outcome_log().try_write(&FeedbackRecord {
-            kind: "feedback",
-            request_id: id,
-            timestamp: now,
-            model: &name,
-            truth: raw,
-        });
+        let label = FeedbackRecord { kind: "feedback", request_id: id, timestamp: now, model: &name, truth: raw };
+        gateway.records().offer(label.to_json_line());
     }
     let answers = gateway
-        .feedback()
+        .join()
         .truths(&name, ids.iter().cloned().zip(truths).collect())
         .await
         .map_err(|_| Error::new(ErrorKind::Overloaded, "the feedback join is behind; retry shortly"))?;

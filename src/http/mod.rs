@@ -2,8 +2,7 @@
 //!
 //! Invariant: the only module that sees hyper/axum/tower types and status codes.
 
-mod admin;
-pub mod admin_models;
+pub mod admin;
 pub mod codec;
 mod error;
 mod feedback;
@@ -11,17 +10,19 @@ mod front;
 pub mod openapi;
 mod v2;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::{Extension, Router};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::{DefaultMakeSpan, TraceLayer};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::Gateway;
 use crate::error::{Error, ErrorKind};
@@ -29,48 +30,54 @@ use crate::error::{Error, ErrorKind};
 pub use self::error::status;
 pub use self::front::{Front, front, serve};
 
-/// The whole HTTP API over one gateway.
+/// The whole HTTP API over one gateway. The routes are also the OpenAPI document: each one registers
+/// its handler's `#[utoipa::path]` as it is routed.
 pub fn router(gateway: Arc<Gateway>) -> Router {
     let config = gateway.config();
     // The handlers guard themselves (in-flight limit, timeout, body limit: `v2::serve_infer`), so
     // that `front` can also reach them without the router.
-    let inference = Router::new()
-        .route("/v2/models/{name}/infer", post(v2::infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(v2::infer_version));
+    let inference = OpenApiRouter::new().routes(routes!(v2::infer)).routes(routes!(v2::infer_version));
 
     // Health, metadata and metrics are outside the in-flight limit: probes must answer under load.
-    let control = Router::new()
-        .route("/v2", get(v2::server_metadata))
-        .route("/v2/health/live", get(v2::live))
-        .route("/v2/health/ready", get(v2::ready))
-        .route("/v2/models/{name}", get(v2::model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
-        .route("/v2/models/{name}/ready", get(v2::model_ready))
-        .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
-        .route("/metrics", get(prometheus))
-        .route("/openapi.json", get(openapi::document));
+    let control = OpenApiRouter::new()
+        .routes(routes!(v2::server_metadata))
+        .routes(routes!(v2::live))
+        .routes(routes!(v2::ready))
+        .routes(routes!(v2::model_metadata))
+        .routes(routes!(v2::version_metadata))
+        .routes(routes!(v2::model_ready))
+        .routes(routes!(v2::version_ready))
+        .routes(routes!(prometheus));
+
+    // The document, filled in below once every route has added itself.
+    let document = Arc::new(OnceLock::new());
+    let own = OpenApiRouter::new().routes(routes!(openapi::document)).layer(Extension(Arc::clone(&document)));
 
     // Labels are small but come in batches: the same body limit as inference, no concurrency limit.
-    let labels = Router::new()
-        .route("/v2/models/{name}/feedback", post(feedback::feedback))
-        .layer(DefaultBodyLimit::max(config.max_request_bytes));
+    let labels =
+        OpenApiRouter::new().routes(routes!(feedback::feedback)).layer(DefaultBodyLimit::max(config.max_request_bytes));
 
-    let admin = Router::new()
-        .route("/admin/models", get(admin_models::list))
-        .route("/admin/models/{name}", get(admin_models::show))
-        .route("/admin/models/{name}/promote", post(admin_models::promote))
-        .route("/admin/models/{name}/rollback", post(admin_models::rollback))
-        .route("/admin/models/{name}/challengers", put(admin_models::challengers))
-        .route("/admin/models/{name}/versions/{version}/load", post(admin_models::load))
-        .route("/admin/models/{name}/versions/{version}", delete(admin_models::unload))
-        .route("/admin/models/{name}/comparison", get(admin::comparison))
-        .route("/admin/models/{name}/drift", get(admin::drift))
+    let admin = OpenApiRouter::new()
+        .routes(routes!(admin::models::list))
+        .routes(routes!(admin::models::show))
+        .routes(routes!(admin::changes::promote))
+        .routes(routes!(admin::changes::rollback))
+        .routes(routes!(admin::changes::challengers))
+        .routes(routes!(admin::changes::load))
+        .routes(routes!(admin::changes::unload))
+        .routes(routes!(admin::reports::comparison))
+        .routes(routes!(admin::reports::drift))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), admin::authorize));
 
-    inference
+    let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(inference)
         .merge(control)
+        .merge(own)
         .merge(labels)
         .merge(admin)
+        .split_for_parts();
+    let _ = document.set(api);
+    routes
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(
@@ -106,13 +113,13 @@ async fn no_route(method: Method, uri: Uri) -> Error {
     Error::not_found(format!("no route for {method} {}", uri.path()))
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let error = serde_json::json!({ "error": format!("{method} is not allowed on {}", uri.path()) });
-    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(error)).into_response()
+async fn method_not_allowed(method: Method, uri: Uri) -> Error {
+    Error::new(ErrorKind::MethodNotAllowed, format!("{method} is not allowed on {}", uri.path()))
 }
 
 /// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
 async fn prometheus() -> Response {
     let body = crate::metrics::handle().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()

@@ -16,6 +16,10 @@ use http_body_util::BodyExt;
 use serde_json::json;
 
 use super::codec::{self, ResponseHead};
+use super::openapi::{
+    BadRequest, InferRequest, InferResponse, Live, ModelFailed, ModelMetadata, ModelPath, ModelReady, NotFound,
+    PayloadTooLarge, Ready, ServerMetadata, Unavailable, UnsupportedMediaType, VersionPath,
+};
 use crate::Gateway;
 use crate::error::{Error, ErrorKind};
 use crate::registry::{Deployment, ModelVersion, ServedModel};
@@ -25,27 +29,23 @@ const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static("inf
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Infer with the champion (or the canary share); challengers shadow it off the critical path.
-#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "inference", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
-    request_body(content = crate::http::openapi::InferRequest, description = "JSON, or the binary tensor extension (application/octet-stream with Inference-Header-Content-Length)"),
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "inference", params(ModelPath),
+    request_body(content = InferRequest, description = "JSON, or the binary tensor extension (application/octet-stream with Inference-Header-Content-Length)"),
     responses(
-        (status = 200, description = "The answer; X-Request-Id carries the request id", content(
-            (crate::http::openapi::InferResponse = "application/json"),
-            (Vec<u8> = "application/octet-stream"))),
-        (status = 400, description = "Malformed or not fitting the signature", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body over the limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Unsupported Content-Encoding", body = crate::http::openapi::ErrorBody), (status = 500, description = "The model failed", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
+        (status = 200, description = "The answer; X-Request-Id carries the request id",
+            content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))),
+        BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, ModelFailed, Unavailable))]
 pub async fn infer(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>, request: Request) -> Response {
     serve_infer(&gateway, &name, None, request).await
 }
 
 /// Infer with one version directly (not shadowed, no canary).
-#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "inference", params(("name" = String, Path, description = "A served model", example = "breast-cancer"), ("version" = String, Path, description = "One of its versions", example = "1")),
-    request_body(content = crate::http::openapi::InferRequest, description = "JSON, or the binary tensor extension"),
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "inference", params(VersionPath),
+    request_body(content = InferRequest, description = "JSON, or the binary tensor extension"),
     responses(
-        (status = 200, description = "The answer", content(
-            (crate::http::openapi::InferResponse = "application/json"),
-            (Vec<u8> = "application/octet-stream"))),
-        (status = 400, description = "Malformed or not fitting the signature", body = crate::http::openapi::ErrorBody), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody), (status = 413, description = "Body over the limit", body = crate::http::openapi::ErrorBody),
-        (status = 415, description = "Unsupported Content-Encoding", body = crate::http::openapi::ErrorBody), (status = 500, description = "The model failed", body = crate::http::openapi::ErrorBody), (status = 503, description = "Overloaded, timed out or shutting down (with Retry-After)", body = crate::http::openapi::ErrorBody)))]
+        (status = 200, description = "The answer",
+            content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))),
+        BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, ModelFailed, Unavailable))]
 pub async fn infer_version(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,
@@ -303,7 +303,7 @@ fn version_of<'d>(deployment: &'d Deployment, name: &str, version: &str) -> Resu
 // === metadata and health ===
 
 /// Server metadata.
-#[utoipa::path(get, path = "/v2", tag = "health", responses((status = 200, body = crate::http::openapi::ServerMetadata)))]
+#[utoipa::path(get, path = "/v2", tag = "health", responses((status = 200, body = ServerMetadata)))]
 pub async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "gauntlet",
@@ -313,14 +313,13 @@ pub async fn server_metadata() -> Json<serde_json::Value> {
 }
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, body = crate::http::openapi::Live)))]
+#[utoipa::path(get, path = "/v2/health/live", tag = "health", responses((status = 200, body = Live)))]
 pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "live": true }))
 }
 
 /// Readiness: every model loaded, not shutting down.
-#[utoipa::path(get, path = "/v2/health/ready", tag = "health",
-    responses((status = 200, body = crate::http::openapi::Ready), (status = 503, description = "Shutting down", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, body = Ready), Unavailable))]
 pub async fn ready(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_json::Value>, Error> {
     if gateway.is_ready() {
         Ok(Json(json!({ "ready": true })))
@@ -330,8 +329,8 @@ pub async fn ready(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_jso
 }
 
 /// A model's metadata (its champion's signature and the served versions).
-#[utoipa::path(get, path = "/v2/models/{name}", tag = "inference", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
-    responses((status = 200, body = crate::http::openapi::ModelMetadata), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "inference", params(ModelPath),
+    responses((status = 200, body = ModelMetadata), NotFound))]
 pub async fn model_metadata(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -342,8 +341,8 @@ pub async fn model_metadata(
 }
 
 /// One version's metadata.
-#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "inference", params(("name" = String, Path, description = "A served model", example = "breast-cancer"), ("version" = String, Path, description = "One of its versions", example = "1")),
-    responses((status = 200, body = crate::http::openapi::ModelMetadata), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "inference", params(VersionPath),
+    responses((status = 200, body = ModelMetadata), NotFound))]
 pub async fn version_metadata(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,
@@ -365,8 +364,8 @@ fn metadata(version: &ModelVersion, versions: &[&str]) -> serde_json::Value {
 }
 
 /// Whether a model serves.
-#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "health", params(("name" = String, Path, description = "A served model", example = "breast-cancer")),
-    responses((status = 200, body = crate::http::openapi::ModelReady), (status = 404, description = "No such model", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "health", params(ModelPath),
+    responses((status = 200, body = ModelReady), NotFound))]
 pub async fn model_ready(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -376,8 +375,8 @@ pub async fn model_ready(
 }
 
 /// Whether a version serves.
-#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "health", params(("name" = String, Path, description = "A served model", example = "breast-cancer"), ("version" = String, Path, description = "One of its versions", example = "1")),
-    responses((status = 200, body = crate::http::openapi::ModelReady), (status = 404, description = "No such model or version", body = crate::http::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "health", params(VersionPath),
+    responses((status = 200, body = ModelReady), NotFound))]
 pub async fn version_ready(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,

@@ -6,11 +6,12 @@
 //! Invariants: every channel is bounded and what overflows is counted; nothing accepted is lost on a
 //! graceful shutdown.
 
-pub mod feedback;
+pub mod reader;
 mod writer;
 
 use std::time::{Duration, SystemTime};
 
+#[cfg(test)]
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
@@ -34,28 +35,29 @@ pub enum LogInputs {
 }
 
 /// One sampled request and every model's result on it.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct OutcomeRecord<'a> {
     /// Always "outcome": tells records from feedback lines in the same files.
     pub kind: &'static str,
     pub request_id: String,
-    #[serde(serialize_with = "rfc3339")]
+    #[cfg_attr(test, serde(serialize_with = "rfc3339"))]
     pub timestamp: SystemTime,
     pub model: String,
     /// The version whose answer the client got.
     pub answered_by: String,
     /// Which outputs hold the prediction (from the manifest): the offline report needs nothing else.
     pub task: &'a Task,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub inputs: Option<NamedTensors<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub inputs_sha256: Option<String>,
     pub results: Vec<ModelResult<'a>>,
 }
 
 impl OutcomeRecord<'_> {
     /// The record as one line of JSON, newline included, byte for byte what its `Serialize` writes
-    /// (a test holds the two equal). Written by hand: this runs for every shadowed request, and serde
+    /// (derived in tests only, as the oracle a test holds it equal to). Written by hand: this runs for every shadowed request, and serde
     /// spent most of its time escaping the constant keys and hashes character by character.
     pub fn to_json_line(&self) -> Vec<u8> {
         use std::io::Write as _;
@@ -131,22 +133,44 @@ pub struct FeedbackRecord<'a> {
     pub truth: &'a serde_json::Value,
 }
 
+impl FeedbackRecord<'_> {
+    /// The label as one line of JSON, newline included (serde's: labels are few beside records).
+    pub fn to_json_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("strings, a time and a JSON value always serialise");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Where assembled records and labels go: the JSON Lines log (`OutcomeWriter`) in one node.
+///
+/// Invariants: `offer` never waits (a full queue drops the line and counts it); `close` writes
+/// everything accepted before it.
+pub trait RecordSink: Send + Sync {
+    /// Takes one record or label, serialised as a JSON line (newline included), without waiting;
+    /// `false` if it was dropped (and counted).
+    fn offer(&self, line: Vec<u8>) -> bool;
+    /// Writes everything accepted so far and stops. Blocking.
+    fn close(&self);
+}
+
 /// One model version's part of a record.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
+#[cfg_attr(test, derive(Serialize))]
 pub struct ModelResult<'a> {
     pub version: String,
     pub role: Role,
     pub sha256: String,
     pub status: Status,
     /// Time in the model alone; absent when it never ran (shed) or was abandoned (timeout).
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "milliseconds")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none", serialize_with = "milliseconds"))]
     pub latency_ms: Option<Duration>,
     /// Requests scored together in one run (shadow batching); the latency is the batch's.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub batch: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub outputs: Option<NamedTensors<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub error: Option<String>,
 }
 
@@ -281,6 +305,7 @@ fn write_values(out: &mut Vec<u8>, data: &TensorData, range: std::ops::Range<usi
     }
 }
 
+#[cfg(test)]
 impl Serialize for NamedTensors<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.tensors.len()))?;
@@ -291,6 +316,7 @@ impl Serialize for NamedTensors<'_> {
     }
 }
 
+#[cfg(test)]
 /// A row-major buffer seen as nested arrays: `shape [2, 3]` gives `[[a, b, c], [d, e, f]]`.
 struct Nested<'a> {
     shape: &'a [usize],
@@ -298,6 +324,7 @@ struct Nested<'a> {
     offset: usize,
 }
 
+#[cfg(test)]
 impl Serialize for Nested<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let Some((&len, inner)) = self.shape.split_first() else {
@@ -343,6 +370,7 @@ pub(crate) fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result
     serializer.collect_str(&humantime::format_rfc3339_millis(*time))
 }
 
+#[cfg(test)]
 fn milliseconds<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
     match duration {
         Some(d) => serializer.serialize_f64(as_milliseconds(*d)),

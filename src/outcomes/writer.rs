@@ -13,11 +13,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError, bounded};
-use parking_lot::Mutex;
+use super::RecordSink;
+use crate::background::{self, Closing, Priority, Work, Worker};
 
 #[derive(Clone, Debug)]
 pub struct WriterSettings {
@@ -29,18 +28,19 @@ pub struct WriterSettings {
     pub rotate_age: Duration,
 }
 
-enum Message {
-    /// One serialised record, newline included.
-    Line(Vec<u8>),
-    Close,
-}
-
+/// The JSON Lines log, the embedded `RecordSink`.
 pub struct OutcomeWriter {
-    sender: Sender<Message>,
+    /// One serialised line each, newline included.
+    worker: Worker<Vec<u8>>,
     /// Counted once a record under overload: the handle is looked up once.
     dropped: metrics::Counter,
-    thread: Mutex<Option<JoinHandle<()>>>,
 }
+
+/// How long the writer sleeps when its queue is empty: 2 ms, up to 16 ms while it stays empty. It
+/// polls rather than blocks: a blocked receiver makes every sender (a shadow thread, per record)
+/// pay a futex wake and the CPU a context switch; polling every `POLL` costs neither.
+const POLL: Duration = Duration::from_millis(2);
+const POLL_IDLE: Duration = Duration::from_millis(16);
 
 impl OutcomeWriter {
     /// Creates the directory, repairs torn last lines, and starts the writer thread.
@@ -51,37 +51,28 @@ impl OutcomeWriter {
             tracing::warn!(files = repaired, dir = %settings.dir.display(), "cut torn last lines left by an abrupt stop");
             crate::metrics::outcome_files_repaired(repaired);
         }
-        let (sender, receiver) = bounded(settings.capacity.max(1));
-        let thread = thread::Builder::new().name("outcome-writer".into()).spawn(move || {
+        let thread = background::Settings {
+            name: "outcome-writer",
+            threads: 1,
+            queue: settings.capacity,
+            batch: 256,
             // The log is for later; answering is now. Under CPU saturation the queue fills and drops
             // (counted); a graceful shutdown still writes everything accepted.
-            crate::executor::lower_priority();
-            Log::new(settings).run(receiver)
-        })?;
-        Ok(Self {
-            sender,
-            thread: Mutex::new(Some(thread)),
-            dropped: crate::metrics::outcome_records_counter("dropped"),
-        })
+            priority: Priority::Idle,
+            poll: POLL,
+            poll_idle: POLL_IDLE,
+        };
+        let mut log = Some(Log::new(settings));
+        let worker = Worker::start(thread, |_| log.take().expect("one writer thread"))?;
+        Ok(Self { worker, dropped: crate::metrics::outcome_records_counter("dropped") })
     }
+}
 
-    /// Queues a record without waiting; a full queue drops it (counted). Returns whether it was accepted.
-    pub fn try_write(&self, record: &impl serde::Serialize) -> bool {
-        let mut line = Vec::with_capacity(1024);
-        if let Err(error) = serde_json::to_writer(&mut line, record) {
-            tracing::error!(%error, "an outcome record did not serialise");
-            crate::metrics::outcome_records("lost", 1);
-            return false;
-        }
-        line.push(b'\n');
-        self.try_write_line(line)
-    }
-
-    /// Queues one line already serialised (newline included), as `try_write` does.
-    pub fn try_write_line(&self, line: Vec<u8>) -> bool {
-        match self.sender.try_send(Message::Line(line)) {
+impl RecordSink for OutcomeWriter {
+    fn offer(&self, line: Vec<u8>) -> bool {
+        match self.worker.try_send(line) {
             Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 self.dropped.increment(1);
                 false
             }
@@ -89,19 +80,8 @@ impl OutcomeWriter {
     }
 
     /// Writes every record accepted so far, syncs the file and stops the thread. Blocking.
-    pub fn close(&self) {
-        let Some(thread) = self.thread.lock().take() else { return };
-        // A blocking send: the queue drains while we wait, and Close lands after every accepted record.
-        let _ = self.sender.send(Message::Close);
-        if thread.join().is_err() {
-            tracing::error!("the outcome writer thread panicked");
-        }
-    }
-}
-
-impl Drop for OutcomeWriter {
-    fn drop(&mut self) {
-        self.close();
+    fn close(&self) {
+        self.worker.close();
     }
 }
 
@@ -109,6 +89,7 @@ impl Drop for OutcomeWriter {
 struct Log {
     settings: WriterSettings,
     file: Option<OpenFile>,
+    last_flush: Instant,
     /// Counted once a record: the handle is looked up once.
     written: metrics::Counter,
 }
@@ -124,46 +105,41 @@ struct OpenFile {
 
 static FILE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-/// How long the writer sleeps when its queue is empty: 2 ms, up to 16 ms while it stays empty.
-const POLL: Duration = Duration::from_millis(2);
-const POLL_IDLE: Duration = Duration::from_millis(16);
+impl Work for Log {
+    type Message = Vec<u8>;
+
+    fn handle(&mut self, lines: &mut Vec<Vec<u8>>, _: &Closing) {
+        for line in lines.drain(..) {
+            self.write_line(&line);
+        }
+    }
+
+    /// Flushes every `flush_interval` and closes a file older than `rotate_age`.
+    fn tick(&mut self, now: Instant) -> Duration {
+        let since = now.saturating_duration_since(self.last_flush);
+        if since < self.settings.flush_interval {
+            return self.settings.flush_interval - since;
+        }
+        self.flush();
+        if self.file.as_ref().is_some_and(|f| f.opened.elapsed() >= self.settings.rotate_age) {
+            self.close_file(false);
+        }
+        self.last_flush = now;
+        self.settings.flush_interval
+    }
+
+    fn finish(&mut self) {
+        self.close_file(true);
+    }
+}
 
 impl Log {
     fn new(settings: WriterSettings) -> Self {
-        Self { settings, file: None, written: crate::metrics::outcome_records_counter("written") }
-    }
-
-    /// Polls rather than blocks: a blocked receiver makes every sender (a shadow thread, per record)
-    /// pay a futex wake and the CPU a context switch; polling every `POLL` costs neither.
-    fn run(mut self, receiver: Receiver<Message>) {
-        let mut last_flush = Instant::now();
-        let mut poll = crate::executor::IdlePoll::new(POLL, POLL_IDLE);
-        loop {
-            match receiver.try_recv() {
-                Ok(Message::Line(line)) => {
-                    self.write_line(&line);
-                    poll.busy();
-                    continue;
-                }
-                Ok(Message::Close) | Err(TryRecvError::Disconnected) => {
-                    // Close is sent after every record it must cover; drain what raced in beside it.
-                    while let Ok(Message::Line(line)) = receiver.try_recv() {
-                        self.write_line(&line);
-                    }
-                    self.close_file(true);
-                    return;
-                }
-                Err(TryRecvError::Empty) => {
-                    thread::sleep(poll.idle().min(self.settings.flush_interval.saturating_sub(last_flush.elapsed())));
-                }
-            }
-            if last_flush.elapsed() >= self.settings.flush_interval {
-                self.flush();
-                if self.file.as_ref().is_some_and(|f| f.opened.elapsed() >= self.settings.rotate_age) {
-                    self.close_file(false);
-                }
-                last_flush = Instant::now();
-            }
+        Self {
+            settings,
+            file: None,
+            last_flush: Instant::now(),
+            written: crate::metrics::outcome_records_counter("written"),
         }
     }
 
@@ -348,7 +324,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = OutcomeWriter::start(settings(dir.path(), 4096)).unwrap();
         for i in 0..2000 {
-            assert!(writer.try_write(&record(i)));
+            assert!(writer.offer(record(i).to_json_line()));
         }
         writer.close();
         let lines = lines(dir.path());
@@ -367,7 +343,7 @@ mod tests {
         let mut s = settings(dir.path(), u64::MAX);
         s.capacity = 1;
         let writer = OutcomeWriter::start(s).unwrap();
-        let accepted = (0..10_000).filter(|&i| writer.try_write(&record(i))).count();
+        let accepted = (0..10_000).filter(|&i| writer.offer(record(i).to_json_line())).count();
         writer.close();
         assert!(accepted < 10_000, "some were dropped");
         assert_eq!(lines(dir.path()).len(), accepted, "every accepted record was written");

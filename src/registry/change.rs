@@ -11,8 +11,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::state::{AuditEntry, DeploymentState};
-use super::{Deployment, LoadError, LoadStep, ModelVersion, Registry, ServedModel, compatible};
+use super::deployment::Deployment;
+use super::load::{LoadError, LoadStep, compatible};
+use super::store::{AuditEntry, DeploymentState};
+use super::version::ModelVersion;
+use super::{Registry, ServedModel};
 use crate::repository::VersionId;
 
 /// Rollback history kept per model.
@@ -111,7 +114,7 @@ impl Registry {
             Ok(next)
         });
         let (from, to) = (current.state(), result.as_ref().ok().map(|d| d.state()));
-        self.state.audit(&AuditEntry {
+        self.store.audit(&AuditEntry {
             timestamp: SystemTime::now(),
             model: name,
             action: change.action(),
@@ -182,7 +185,7 @@ impl Registry {
     pub fn record_decision(&self, name: &str, action: &str, version: &VersionId, origin: Origin<'_>) {
         let Some(model) = self.models.get(name) else { return };
         let from = model.deployment().state();
-        self.state.audit(&AuditEntry {
+        self.store.audit(&AuditEntry {
             timestamp: SystemTime::now(),
             model: name,
             action,
@@ -255,7 +258,7 @@ impl Registry {
         let mut all: BTreeMap<String, DeploymentState> =
             self.models.iter().map(|(n, m)| (n.clone(), m.deployment().state())).collect();
         all.insert(name.to_owned(), state);
-        self.state.save(&all).map_err(ChangeError::Persist)
+        self.store.save(&all).map_err(ChangeError::Persist)
     }
 }
 

@@ -1,6 +1,6 @@
-//! What survives a restart: each model's champion, challengers, sampling and rollback history
-//! (`deployments.json`, replaced atomically), and the audit log of every change (`audit.jsonl`,
-//! appended and synced).
+//! What survives a restart: each model's champion, challengers, sampling and rollback history, and
+//! the audit log of every change, behind `DeploymentStore`. The embedded default is `StateFiles`:
+//! `deployments.json`, replaced atomically, and `audit.jsonl`, appended and synced.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -58,13 +58,26 @@ pub struct AuditEntry<'a> {
     pub evidence: Option<&'a serde_json::Value>,
 }
 
+/// Where deployments are saved and changes audited. The registry saves before it swaps, so a swap
+/// that happened is in the store; it calls the store only while it holds its change lock.
+pub trait DeploymentStore: Send + Sync {
+    /// The saved deployments by model; empty when nothing was saved.
+    fn load(&self) -> io::Result<BTreeMap<String, DeploymentState>>;
+    /// Replaces the saved deployments with `models` (every model's).
+    fn save(&self, models: &BTreeMap<String, DeploymentState>) -> io::Result<()>;
+    /// Appends one entry to the audit log; a failure is logged, not returned (the change stands).
+    fn audit(&self, entry: &AuditEntry<'_>);
+    /// Where the saved deployments are, for messages; `None` when nothing is kept.
+    fn location(&self) -> Option<String>;
+}
+
 /// The state directory; `None` keeps nothing (changes last until restart).
 #[derive(Debug)]
-pub struct StateStore {
+pub struct StateFiles {
     dir: Option<PathBuf>,
 }
 
-impl StateStore {
+impl StateFiles {
     pub fn open(dir: Option<&Path>) -> io::Result<Self> {
         if let Some(dir) = dir {
             fs::create_dir_all(dir)?;
@@ -75,9 +88,11 @@ impl StateStore {
     pub fn state_path(&self) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(STATE_FILE))
     }
+}
 
+impl DeploymentStore for StateFiles {
     /// The persisted deployments, if any were saved.
-    pub fn load(&self) -> io::Result<BTreeMap<String, DeploymentState>> {
+    fn load(&self) -> io::Result<BTreeMap<String, DeploymentState>> {
         let Some(path) = self.state_path() else { return Ok(BTreeMap::new()) };
         match fs::read(&path) {
             Ok(bytes) => {
@@ -91,7 +106,7 @@ impl StateStore {
     }
 
     /// Replaces the state file: write a temporary file, sync it, rename it over, sync the directory.
-    pub fn save(&self, models: &BTreeMap<String, DeploymentState>) -> io::Result<()> {
+    fn save(&self, models: &BTreeMap<String, DeploymentState>) -> io::Result<()> {
         let (Some(dir), Some(path)) = (&self.dir, self.state_path()) else { return Ok(()) };
         let tmp = dir.join(format!(".{STATE_FILE}.tmp"));
         let mut file = File::create(&tmp)?;
@@ -103,7 +118,7 @@ impl StateStore {
     }
 
     /// Appends one audit line and syncs it: changes are rare, and each must be on record.
-    pub fn audit(&self, entry: &AuditEntry<'_>) {
+    fn audit(&self, entry: &AuditEntry<'_>) {
         let Some(dir) = &self.dir else { return };
         let result = (|| {
             let mut file = OpenOptions::new().create(true).append(true).open(dir.join(AUDIT_FILE))?;
@@ -115,5 +130,9 @@ impl StateStore {
         if let Err(error) = result {
             tracing::error!(%error, "could not append to the audit log");
         }
+    }
+
+    fn location(&self) -> Option<String> {
+        self.state_path().map(|path| path.display().to_string())
     }
 }

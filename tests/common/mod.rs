@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gauntlet::cli::loadtest::LoadtestArgs;
 use gauntlet::config::{Config, ServeArgs};
-use gauntlet::loadtest::LoadtestArgs;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -137,6 +137,11 @@ pub fn infer_body(rows: &[Vec<f64>]) -> serde_json::Value {
     serde_json::json!({
         "inputs": [{ "name": "input", "shape": [rows.len(), features], "datatype": "FP32", "data": data }]
     })
+}
+
+/// A demo model's holdout rows, through the reader `loadtest` uses.
+pub fn holdout(model: &str) -> gauntlet::repository::holdout::Holdout {
+    gauntlet::repository::holdout::Holdout::read(&models_dir().join(model).join("holdout.csv")).unwrap()
 }
 
 /// The manifest's reference rows.

@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::compare::{CompareSettings, Report, offline};
+use crate::compare::offline::OfflineComparison;
+use crate::compare::{CompareSettings, Report};
 use crate::drift::DriftReport;
-use crate::http::admin_models::ModelView;
+use crate::http::admin::models::ModelView;
+use crate::outcomes::reader;
 
 /// Where the gateway is and how to reach its admin API.
 #[derive(clap::Args, Debug, Clone)]
@@ -215,10 +217,12 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
     } else if args.drift {
         return offline_drift(args);
     } else {
-        let files = offline::expand(&args.log)?;
+        let files = reader::expand(&args.log)?;
         let settings =
             CompareSettings { alpha: args.alpha, min_labelled_pairs: args.min_labelled_pairs, ..Default::default() };
-        let (comparisons, summary) = offline::read(&files, settings)?;
+        let mut offline = OfflineComparison::new(settings);
+        reader::each_line(&files, &mut |line| offline.line(line))?;
+        let (comparisons, summary) = offline.finish(files.len());
         if !args.connection.json {
             eprintln!(
                 "read {} files: {} records, {} labels ({} without their record, {} duplicates), {} unreadable lines",
@@ -258,7 +262,7 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
 
 /// `report --log … --drift`.
 fn offline_drift(args: &ReportArgs) -> anyhow::Result<()> {
-    let files = offline::expand(&args.log)?;
+    let files = reader::expand(&args.log)?;
     let repository = crate::repository::Repository::open(&args.models)?;
     let defaults = crate::drift::DriftSettings::default();
     let (reports, summary) = crate::drift::offline::read(&files, &repository, defaults.thresholds, defaults.min_rows)?;

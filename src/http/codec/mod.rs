@@ -4,24 +4,35 @@
 //!
 //! Decoding checks the request against the answering version's signature once, here: names, datatypes,
 //! shapes, data length, non-finite values. Everything after works on well-formed tensors.
+//!
+//! The parts: this file (the request's types and every check), `plain` (the common request read in
+//! one pass), `scan` (an input's JSON `data` read into its datatype), `number` (JSON numbers), and
+//! `encode` (the response).
 
 use std::borrow::Cow;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
+mod encode;
+mod number;
+mod plain;
+mod scan;
+
+pub use self::encode::{EncodedResponse, ResponseHead, encode_response};
+use self::scan::scan_data;
 use crate::error::Error;
 use crate::model::{DataType, Tensor, TensorData, TensorSpec};
 use crate::repository::Manifest;
 
 /// A decoded request: inputs in signature order, each checked against it.
 #[derive(Debug)]
-pub struct InferRequest {
+pub struct DecodedRequest {
     pub id: Option<String>,
     pub inputs: Vec<Tensor>,
     pub outputs: OutputSelection,
 }
 
-impl InferRequest {
+impl DecodedRequest {
     pub fn rows(&self) -> usize {
         self.inputs.first().and_then(|t| t.shape().first().copied()).unwrap_or(1)
     }
@@ -106,7 +117,7 @@ struct OutputParameters {
 
 /// Decodes a request body. `header_length` is the `Inference-Header-Content-Length` header: the JSON
 /// is that many bytes and binary tensors follow; without it the whole body is JSON.
-pub fn decode_request(body: &[u8], header_length: Option<usize>, manifest: &Manifest) -> Result<InferRequest, Error> {
+pub fn decode_request(body: &[u8], header_length: Option<usize>, manifest: &Manifest) -> Result<DecodedRequest, Error> {
     let (json, binary) = match header_length {
         Some(n) if n > body.len() => {
             return Err(Error::invalid_input(format!(
@@ -132,7 +143,7 @@ fn decode_parsed(
     mut binary: &[u8],
     has_binary: bool,
     manifest: &Manifest,
-) -> Result<InferRequest, Error> {
+) -> Result<DecodedRequest, Error> {
     let specs = &manifest.inputs;
     let mut inputs: Vec<Option<Tensor>> = vec![None; specs.len()];
     for input in request.inputs {
@@ -190,7 +201,7 @@ fn decode_parsed(
             OutputSelection::Listed(selected)
         }
     };
-    Ok(InferRequest { id: request.id.map(Cow::into_owned), inputs, outputs })
+    Ok(DecodedRequest { id: request.id.map(Cow::into_owned), inputs, outputs })
 }
 
 fn decode_input(
@@ -277,426 +288,9 @@ fn names(specs: &[TensorSpec]) -> String {
     format!("[{}]", names.join(", "))
 }
 
-/// JSON `data` (already checked to be valid JSON): a flat or nested array of numbers or booleans,
-/// read in row-major order straight into `datatype`. Numbers are read as f64 first (FP32 then
-/// rounds, as a JSON client holding Python floats would); integer types take integers and floats
-/// with no fractional part (`2.0`).
-fn scan_data(raw: &str, datatype: DataType) -> Result<TensorData, String> {
-    let bytes = raw.as_bytes();
-    // A number per ~8 bytes is a fair guess for rows of decimals; the vector grows if not.
-    let guess = bytes.len() / 8 + 1;
-    let mut data = match datatype {
-        DataType::Fp32 => TensorData::Fp32(Vec::with_capacity(guess)),
-        DataType::Fp64 => TensorData::Fp64(Vec::with_capacity(guess)),
-        DataType::Int64 => TensorData::Int64(Vec::with_capacity(guess)),
-        DataType::Int32 => TensorData::Int32(Vec::with_capacity(guess)),
-        DataType::Bool => TensorData::Bool(Vec::with_capacity(guess)),
-    };
-    let wrong = |token: &str| format!("{datatype} data cannot hold {token}");
-    let mut i = 0;
-    while i < bytes.len() {
-        let start = i;
-        match bytes[i] {
-            b'[' | b']' | b',' | b' ' | b'\t' | b'\n' | b'\r' => i += 1,
-            b'-' | b'0'..=b'9' => {
-                let (length, plain) = number(&bytes[i..]);
-                i += length;
-                let token = &raw[start..i];
-                let float = || plain.map_or_else(|| token.parse::<f64>().map_err(|_| wrong(token)), Ok);
-                let integer = || {
-                    token.parse::<i64>().or_else(|_| {
-                        let v = float()?;
-                        if v.fract() == 0.0 && v >= i64::MIN as f64 && v < i64::MAX as f64 {
-                            Ok(v as i64)
-                        } else {
-                            Err(wrong(token))
-                        }
-                    })
-                };
-                match &mut data {
-                    TensorData::Fp32(v) => v.push(float()? as f32),
-                    TensorData::Fp64(v) => v.push(float()?),
-                    TensorData::Int64(v) => v.push(integer()?),
-                    TensorData::Int32(v) => v.push(i32::try_from(integer()?).map_err(|_| wrong(token))?),
-                    TensorData::Bool(_) => return Err(wrong(token)),
-                }
-            }
-            b't' | b'f' => {
-                let value = bytes[i] == b't';
-                i += if value { 4 } else { 5 };
-                match &mut data {
-                    TensorData::Bool(v) => v.push(value),
-                    _ => return Err(wrong(if value { "true" } else { "false" })),
-                }
-            }
-            b'"' => return Err(wrong("a string")),
-            b'n' => return Err(wrong("null")),
-            _ => return Err(wrong("an object")),
-        }
-    }
-    Ok(data)
-}
-
-/// The powers of ten that are exact doubles.
-const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20,
-    1e21, 1e22,
-];
-
-/// The common request read in one pass, without serde.
-///
-/// What tritonclient and most clients send for tabular models: `{"id": …, "inputs": [{"name": …,
-/// "shape": […], "datatype": "FP32" or "FP64", "data": [[…], …]}, …]}`, keys in any order, strings
-/// without escapes, numbers in range. Serde would
-/// validate `data` while skipping it and `scan_data` read it again; this reads it once. Anything
-/// else (other keys, escapes, exponents, other datatypes, binary data, and every malformed request)
-/// is `None` and goes through serde, which reads all of it and words every error. For a request
-/// both accept, both give the same request (a property test checks).
-mod plain {
-    use std::borrow::Cow;
-
-    use super::{Data, InputJson, RequestJson};
-
-    /// Deeper nesting goes to serde (whose own limit is 128).
-    const MAX_DEPTH: usize = 32;
-
-    pub(super) fn read(json: &[u8]) -> Option<RequestJson<'_>> {
-        let mut cursor = Cursor { bytes: json, at: 0 };
-        let (mut id, mut inputs) = (None, None);
-        cursor.object(|c, key| {
-            match key {
-                b"id" if id.is_none() => id = Some(c.string()?),
-                b"inputs" if inputs.is_none() => inputs = Some(c.inputs()?),
-                _ => return None,
-            }
-            Some(())
-        })?;
-        cursor.skip_whitespace();
-        (cursor.at == json.len()).then_some(())?;
-        Some(RequestJson { id: id.map(Cow::Borrowed), parameters: None, inputs: inputs?, outputs: None })
-    }
-
-    struct Cursor<'a> {
-        bytes: &'a [u8],
-        at: usize,
-    }
-
-    impl<'a> Cursor<'a> {
-        fn skip_whitespace(&mut self) {
-            while matches!(self.bytes.get(self.at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-                self.at += 1;
-            }
-        }
-
-        /// The next byte after whitespace, not consumed.
-        fn peek(&mut self) -> Option<u8> {
-            self.skip_whitespace();
-            self.bytes.get(self.at).copied()
-        }
-
-        fn eat(&mut self, byte: u8) -> Option<()> {
-            (self.peek()? == byte).then(|| self.at += 1)
-        }
-
-        /// A string without escapes or control characters.
-        fn string(&mut self) -> Option<&'a str> {
-            std::str::from_utf8(self.raw_string()?).ok()
-        }
-
-        /// A string without escapes or control characters, as bytes: keys are compared as such, so
-        /// only the values kept are checked for UTF-8.
-        fn raw_string(&mut self) -> Option<&'a [u8]> {
-            self.eat(b'"')?;
-            let start = self.at;
-            let length = self.bytes[start..].iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            (self.bytes[start + length] == b'"').then_some(())?;
-            self.at = start + length + 1;
-            Some(&self.bytes[start..start + length])
-        }
-
-        /// After an item: `,` (true: another follows) or `close` (false: the end), consumed.
-        fn separator(&mut self, close: u8) -> Option<bool> {
-            let byte = self.peek()?;
-            self.at += 1;
-            match byte {
-                b',' => Some(true),
-                _ => (byte == close).then_some(false),
-            }
-        }
-
-        /// `{"key": value, …}`, not empty; `field` reads each value.
-        fn object(&mut self, mut field: impl FnMut(&mut Self, &'a [u8]) -> Option<()>) -> Option<()> {
-            self.eat(b'{')?;
-            loop {
-                let key = self.raw_string()?;
-                self.eat(b':')?;
-                field(self, key)?;
-                if !self.separator(b'}')? {
-                    return Some(());
-                }
-            }
-        }
-
-        /// `[item, …]` or `[]`; `item` reads each item.
-        fn array(&mut self, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-            self.eat(b'[')?;
-            if self.peek()? == b']' {
-                self.at += 1;
-                return Some(());
-            }
-            loop {
-                item(self)?;
-                if !self.separator(b']')? {
-                    return Some(());
-                }
-            }
-        }
-
-        fn inputs(&mut self) -> Option<Vec<InputJson<'a>>> {
-            let mut inputs = Vec::with_capacity(1);
-            self.array(|c| c.input().map(|input| inputs.push(input)))?;
-            (!inputs.is_empty()).then_some(inputs)
-        }
-
-        fn input(&mut self) -> Option<InputJson<'a>> {
-            let (mut name, mut shape, mut datatype, mut data) = (None, None, None, None);
-            self.object(|c, key| {
-                match key {
-                    b"name" if name.is_none() => name = Some(c.string()?),
-                    b"datatype" if datatype.is_none() => datatype = Some(c.string()?),
-                    b"shape" if shape.is_none() => {
-                        let mut dims = Vec::with_capacity(2);
-                        c.array(|c| c.integer().map(|d| dims.push(d)))?;
-                        shape = Some(dims);
-                    }
-                    b"data" if data.is_none() => {
-                        // About a number per 8 bytes of what is left: no regrowth for one row.
-                        let mut values = Vec::with_capacity((c.bytes.len() - c.at) / 8);
-                        c.values(&mut values, 0)?;
-                        data = Some(values);
-                    }
-                    _ => return None,
-                }
-                Some(())
-            })?;
-            let datatype = datatype.filter(|d| matches!(*d, "FP32" | "FP64"))?;
-            Some(InputJson {
-                name: Cow::Borrowed(name?),
-                shape: shape?,
-                datatype: Cow::Borrowed(datatype),
-                parameters: None,
-                data: Some(Data::Plain(data?)),
-            })
-        }
-
-        /// A nested array of plain decimals, flattened into `values` in row-major order.
-        fn values(&mut self, values: &mut Vec<f64>, depth: usize) -> Option<()> {
-            (depth < MAX_DEPTH).then_some(())?;
-            self.array(|c| {
-                if c.peek()? == b'[' { c.values(values, depth + 1) } else { c.decimal().map(|v| values.push(v)) }
-            })
-        }
-
-        fn digits(&self, at: usize, mantissa: &mut u64) -> usize {
-            super::digits(self.bytes, at, mantissa)
-        }
-
-        /// A JSON number, `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`. Clinger's fast path when
-        /// it applies (at most 19 digits, a mantissa of at most 2^53, at most 22 after the point, no
-        /// exponent), else `str::parse` (numpy's float32 values print with 17 digits): either way the
-        /// value `scan_data` gives. Out of range is serde's to refuse.
-        fn decimal(&mut self) -> Option<f64> {
-            let negative = self.peek()? == b'-';
-            let whole_start = self.at + usize::from(negative);
-            let mut mantissa = 0;
-            let mut at = self.digits(whole_start, &mut mantissa);
-            let whole = at - whole_start;
-            (whole == 1 || (whole > 1 && self.bytes[whole_start] != b'0')).then_some(())?;
-            let mut scale = 0;
-            if self.bytes.get(at) == Some(&b'.') {
-                let fraction_start = at + 1;
-                at = self.digits(fraction_start, &mut mantissa);
-                scale = at - fraction_start;
-                (scale > 0).then_some(())?;
-            }
-            let mut exponent = false;
-            if matches!(self.bytes.get(at), Some(b'e' | b'E')) {
-                let mut digits_start = at + 1;
-                if matches!(self.bytes.get(digits_start), Some(b'+' | b'-')) {
-                    digits_start += 1;
-                }
-                let mut ignored = 0;
-                at = self.digits(digits_start, &mut ignored);
-                (at > digits_start).then_some(())?;
-                exponent = true;
-            }
-            let token = &self.bytes[self.at..at];
-            self.at = at;
-            if let Some(value) = (!exponent).then(|| super::clinger(negative, mantissa, whole + scale, scale)).flatten()
-            {
-                return Some(value);
-            }
-            let value: f64 = std::str::from_utf8(token).ok()?.parse().ok()?;
-            value.is_finite().then_some(value)
-        }
-
-        /// `-?(0|[1-9][0-9]*)` of at most 18 digits, not followed by a fraction or exponent.
-        fn integer(&mut self) -> Option<i64> {
-            let negative = self.peek()? == b'-';
-            let start = self.at + usize::from(negative);
-            let mut magnitude = 0;
-            let end = self.digits(start, &mut magnitude);
-            let digits = end - start;
-            (digits == 1 || ((2..=18).contains(&digits) && self.bytes[start] != b'0')).then_some(())?;
-            (!matches!(self.bytes.get(end), Some(b'.' | b'e' | b'E'))).then_some(())?;
-            self.at = end;
-            let magnitude = i64::try_from(magnitude).ok()?;
-            Some(if negative { -magnitude } else { magnitude })
-        }
-    }
-}
-
-/// The number token at the start of `bytes` (valid JSON: serde checked it): its length, and its value
-/// when it is a plain decimal that [`clinger`] converts exactly (the value `str::parse` gives). Most
-/// numbers in requests are such (`-12.345`, `0.007509`); the rest (exponents, more than 15 digits)
-/// take `str::parse`.
-fn number(bytes: &[u8]) -> (usize, Option<f64>) {
-    let negative = bytes.first() == Some(&b'-');
-    let start = usize::from(negative);
-    let mut mantissa = 0u64;
-    let mut i = digits(bytes, start, &mut mantissa);
-    let mut count = i - start;
-    let mut scale = 0;
-    if bytes.get(i) == Some(&b'.') {
-        let fraction = i + 1;
-        i = digits(bytes, fraction, &mut mantissa);
-        scale = i - fraction;
-        count += scale;
-    }
-    let plain_end = i;
-    while matches!(bytes.get(i), Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')) {
-        i += 1;
-    }
-    let value = if i == plain_end { clinger(negative, mantissa, count, scale) } else { None };
-    (i, value)
-}
-
-/// The digits from `at`, accumulated into `mantissa` (wrapping: `clinger` refuses more than 19); the
-/// index after them.
-fn digits(bytes: &[u8], mut at: usize, mantissa: &mut u64) -> usize {
-    while let Some(d) = bytes.get(at).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
-        *mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(d));
-        at += 1;
-    }
-    at
-}
-
-/// `±mantissa / 10^scale` when Clinger's fast path makes it exact: at most 19 digits read (so the
-/// mantissa did not wrap), a mantissa of at most 2^53 and a power of ten of at most 10^22, both
-/// exact doubles, so their quotient is correctly rounded. The one place both readers convert.
-fn clinger(negative: bool, mantissa: u64, count: usize, scale: usize) -> Option<f64> {
-    let exact = count <= 19 && mantissa <= 1 << 53 && scale < POW10.len();
-    exact.then(|| {
-        let magnitude = mantissa as f64 / POW10[scale];
-        if negative { -magnitude } else { magnitude }
-    })
-}
-
-// === response ===
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum DataJson<'a> {
-    Fp32(&'a [f32]),
-    Fp64(&'a [f64]),
-    Int64(&'a [i64]),
-    Int32(&'a [i32]),
-    Bool(&'a [bool]),
-}
-
-impl<'a> From<&'a TensorData> for DataJson<'a> {
-    fn from(data: &'a TensorData) -> Self {
-        match data {
-            TensorData::Fp32(v) => Self::Fp32(v),
-            TensorData::Fp64(v) => Self::Fp64(v),
-            TensorData::Int64(v) => Self::Int64(v),
-            TensorData::Int32(v) => Self::Int32(v),
-            TensorData::Bool(v) => Self::Bool(v),
-        }
-    }
-}
-
-/// The identity of the answering version and the request, for the response.
-pub struct ResponseHead<'a> {
-    pub model_name: &'a str,
-    pub model_version: &'a str,
-    pub id: Option<&'a str>,
-}
-
-/// An encoded response body, and the JSON header's length when binary tensors follow it.
-pub struct EncodedResponse {
-    pub body: Vec<u8>,
-    pub header_length: Option<usize>,
-}
-
-pub fn encode_response(
-    head: ResponseHead<'_>,
-    specs: &[TensorSpec],
-    outputs: &[Tensor],
-    selection: &OutputSelection,
-) -> EncodedResponse {
-    let selected: &mut dyn Iterator<Item = (usize, bool)> = match selection {
-        OutputSelection::All { binary } => &mut (0..outputs.len()).map(|i| (i, *binary)),
-        OutputSelection::Listed(list) => &mut list.iter().copied(),
-    };
-    // Written by hand, not through a derived `Serialize`: the keys are constants that need no
-    // escaping, and this is on every request's path.
-    let mut body = Vec::with_capacity(256);
-    body.extend_from_slice(b"{\"model_name\":");
-    crate::json::write_str(&mut body, head.model_name);
-    body.extend_from_slice(b",\"model_version\":");
-    crate::json::write_str(&mut body, head.model_version);
-    if let Some(id) = head.id {
-        body.extend_from_slice(b",\"id\":");
-        crate::json::write_str(&mut body, id);
-    }
-    body.extend_from_slice(b",\"outputs\":[");
-    let mut binary_outputs = Vec::new();
-    for (n, (i, binary)) in selected.enumerate() {
-        let tensor = &outputs[i];
-        if n > 0 {
-            body.push(b',');
-        }
-        body.extend_from_slice(b"{\"name\":");
-        crate::json::write_str(&mut body, &specs[i].name);
-        body.extend_from_slice(b",\"datatype\":\"");
-        body.extend_from_slice(tensor.datatype().as_str().as_bytes());
-        body.extend_from_slice(b"\",\"shape\":");
-        crate::json::write(&mut body, tensor.shape());
-        if binary {
-            body.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
-            crate::json::write(&mut body, &(tensor.data().len() * tensor.datatype().size_of()));
-            body.push(b'}');
-            binary_outputs.push(i);
-        } else {
-            body.extend_from_slice(b",\"data\":");
-            crate::json::write(&mut body, &DataJson::from(tensor.data()));
-        }
-        body.push(b'}');
-    }
-    body.extend_from_slice(b"]}");
-    if binary_outputs.is_empty() {
-        return EncodedResponse { body, header_length: None };
-    }
-    let header_length = body.len();
-    for i in binary_outputs {
-        outputs[i].data().write_le_bytes(&mut body);
-    }
-    EncodedResponse { body, header_length: Some(header_length) }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::number::number;
     use super::*;
     use crate::repository::{Reference, Task, Tolerance, VersionId};
 
@@ -724,7 +318,7 @@ mod tests {
         }
     }
 
-    fn decode(json: &str) -> Result<InferRequest, Error> {
+    fn decode(json: &str) -> Result<DecodedRequest, Error> {
         decode_request(json.as_bytes(), None, &manifest())
     }
 

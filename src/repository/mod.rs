@@ -4,6 +4,9 @@
 //! Invariant: a read-only view of the disk. It never holds live models; it hands the registry a
 //! verified `VersionEntry` (manifest parsed, model file's sha256 checked) and nothing else.
 
+pub mod holdout;
+pub mod profile;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -106,7 +109,7 @@ pub struct Manifest {
     pub reference: Reference,
     /// The training data's distribution, which drift is measured against; absent: no drift.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<crate::drift::profile::Profile>,
+    pub profile: Option<profile::Profile>,
 }
 
 fn default_model_file() -> String {

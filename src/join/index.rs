@@ -1,0 +1,141 @@
+//! One model's records awaiting labels, labels awaiting records, and its comparison.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::{JoinSettings, Joined, Listener};
+use crate::compare::{Comparison, Observation, Truth};
+
+/// One model's records awaiting labels, labels awaiting records, and its comparison.
+pub(super) struct ModelIndex {
+    pub(super) comparison: Comparison,
+    records: HashMap<String, Entry>,
+    order: VecDeque<(String, Instant)>,
+    held: HashMap<String, (Truth, Instant)>,
+    held_order: VecDeque<(String, Instant)>,
+    expired: HashSet<String>,
+    expired_order: VecDeque<String>,
+    pub(super) changed: bool,
+}
+
+struct Entry {
+    observation: Observation,
+    labelled: bool,
+}
+
+impl ModelIndex {
+    pub(super) fn new(comparison: Comparison) -> Self {
+        Self {
+            comparison,
+            records: HashMap::new(),
+            order: VecDeque::new(),
+            held: HashMap::new(),
+            held_order: VecDeque::new(),
+            expired: HashSet::new(),
+            expired_order: VecDeque::new(),
+            changed: false,
+        }
+    }
+
+    /// Indexes a paired record (joining the label held for it, if any); returns whether a label joined.
+    pub(super) fn record(
+        &mut self,
+        model: &str,
+        observation: Observation,
+        settings: &JoinSettings,
+        listeners: &mut [Box<dyn Listener>],
+    ) -> bool {
+        self.changed = true;
+        self.comparison.add(&observation);
+        let id = observation.request_id.clone();
+        let mut entry = Entry { observation, labelled: false };
+        let joined_late = self.held.remove(&id).map(|(truth, _)| truth);
+        if let Some(truth) = &joined_late {
+            self.comparison.add_truth(&entry.observation, truth);
+            for listener in listeners.iter_mut() {
+                listener.joined(model, &entry.observation, truth);
+            }
+            entry.labelled = true;
+            crate::metrics::feedback(model, "joined_late");
+        }
+        if self.records.insert(id.clone(), entry).is_none() {
+            self.order.push_back((id, Instant::now()));
+        }
+        while self.records.len() > settings.index_capacity {
+            self.evict_oldest_record(settings.index_capacity);
+        }
+        joined_late.is_some()
+    }
+
+    pub(super) fn truth(
+        &mut self,
+        id: String,
+        truth: Truth,
+        settings: &JoinSettings,
+        listeners: &mut [Box<dyn Listener>],
+    ) -> Joined {
+        if let Some(entry) = self.records.get_mut(&id) {
+            if entry.labelled {
+                return Joined::Duplicate;
+            }
+            entry.labelled = true;
+            self.comparison.add_truth(&entry.observation, &truth);
+            for listener in listeners.iter_mut() {
+                listener.joined(self.comparison.model(), &entry.observation, &truth);
+            }
+            return Joined::Joined;
+        }
+        if self.expired.contains(&id) {
+            return Joined::Expired;
+        }
+        if self.held.contains_key(&id) {
+            return Joined::Duplicate;
+        }
+        let now = Instant::now();
+        self.held.insert(id.clone(), (truth, now));
+        self.held_order.push_back((id, now));
+        while self.held.len() > settings.hold_capacity {
+            let Some((oldest, _)) = self.held_order.pop_front() else { break };
+            if self.held.remove(&oldest).is_some() {
+                crate::metrics::feedback(self.comparison_model(), "unknown");
+            }
+        }
+        Joined::Held
+    }
+
+    fn comparison_model(&self) -> &str {
+        self.comparison.model()
+    }
+
+    fn evict_oldest_record(&mut self, expired_capacity: usize) {
+        let Some((id, _)) = self.order.pop_front() else { return };
+        if self.records.remove(&id).is_some_and(|entry| !entry.labelled) {
+            // Remember it (bounded) so a label that comes now is told `expired`, not held.
+            if self.expired.insert(id.clone()) {
+                self.expired_order.push_back(id);
+            }
+            while self.expired.len() > expired_capacity {
+                let Some(old) = self.expired_order.pop_front() else { break };
+                self.expired.remove(&old);
+            }
+        }
+    }
+
+    /// Ends what outlived its time: records past retention, held labels past their hold.
+    pub(super) fn expire(&mut self, model: &str, now: Instant, settings: &JoinSettings) {
+        let retention = Duration::from_secs(settings.retention_s);
+        while self.order.front().is_some_and(|(_, at)| now.duration_since(*at) > retention) {
+            self.evict_oldest_record(settings.index_capacity);
+        }
+        let hold = Duration::from_secs(settings.hold_s);
+        while let Some((id, at)) = self.held_order.front()
+            && now.duration_since(*at) > hold
+        {
+            if self.held.get(id).is_some_and(|(_, held_at)| held_at == at) {
+                self.held.remove(id);
+                crate::metrics::feedback(model, "unknown");
+            }
+            self.held_order.pop_front();
+        }
+    }
+}

@@ -1,0 +1,277 @@
+//! The live join: ground-truth labels, arriving late by request id, meet the paired records they
+//! belong to, and each model's comparison (`compare::Comparison`) is kept up to date.
+//!
+//! One thread owns every index and comparison; the shadow threads and the HTTP handlers talk to it
+//! through one bounded queue (`background::Worker`), so nothing here is behind a lock. What acts on
+//! the join's results (the promotion policy, concept drift) is a `Listener`, told on that thread.
+//!
+//! Invariants: every structure is bounded. Records are indexed per model up to `index_capacity`
+//! and `retention`; an evicted id is remembered (bounded) so its late label is answered `expired`.
+//! A label whose record has not arrived is held (bounded, `hold`) and joined when it lands; one
+//! still unmatched when its hold ends is counted `unknown`. A full queue drops the record
+//! (counted) and answers feedback with 503.
+
+mod index;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use metrics::gauge;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use self::index::ModelIndex;
+use crate::background::{self, Closing, Priority, Work, Worker};
+use crate::compare::{CompareSettings, Comparison, Observation, Report, Truth};
+use crate::metrics::{
+    COMPARISON_AGREEMENT, COMPARISON_IMPROVEMENT, COMPARISON_LABELLED, COMPARISON_MODEL, COMPARISON_P_VALUE,
+    COMPARISON_SEQUENTIAL_P_VALUE,
+};
+use crate::repository::Task;
+
+/// Bounds of the join.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JoinSettings {
+    /// Records kept per model, waiting for their label.
+    pub index_capacity: usize,
+    /// How long a record waits for its label.
+    pub retention_s: u64,
+    /// Labels held per model whose record has not arrived yet.
+    pub hold_capacity: usize,
+    /// How long such a label waits for its record before it counts as `unknown`.
+    pub hold_s: u64,
+    /// Messages waiting for the join thread.
+    pub queue: usize,
+}
+
+impl Default for JoinSettings {
+    fn default() -> Self {
+        Self { index_capacity: 200_000, retention_s: 7 * 86_400, hold_capacity: 20_000, hold_s: 600, queue: 8_192 }
+    }
+}
+
+/// What became of one label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Joined {
+    /// Matched with its record now.
+    Joined,
+    /// No record yet: held until it lands (or the hold ends).
+    Held,
+    /// The request already has a label; the first one stands.
+    Duplicate,
+    /// The record was evicted before the label came.
+    Expired,
+}
+
+impl Joined {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Joined => "joined",
+            Self::Held => "held",
+            Self::Duplicate => "duplicate",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+/// The join thread is behind: try again shortly.
+#[derive(Debug)]
+pub struct Busy;
+
+/// What acts on the join's results. Told on the join thread: it must not wait long, and whatever
+/// it hands elsewhere it hands over without waiting.
+pub trait Listener: Send {
+    /// A label met its record.
+    fn joined(&mut self, _model: &str, _observation: &Observation, _truth: &Truth) {}
+    /// The model's comparison gained labels since the listener was last told.
+    fn compared(&mut self, _model: &str, _comparison: &Comparison) {}
+}
+
+enum Message {
+    Record { model: String, observation: Observation },
+    Truths { model: String, truths: Vec<(String, Truth)>, reply: oneshot::Sender<Vec<Joined>> },
+    Report { model: String, reply: oneshot::Sender<Option<Report>> },
+}
+
+/// The handle: the shadow threads hand records over, the HTTP handlers labels and report requests.
+pub struct LabelJoin {
+    worker: Worker<Message>,
+}
+
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the join thread sleeps when nothing waits for it: 2 ms, up to 16 ms while nothing does.
+/// It polls rather than blocks, like the outcome writer: a blocked receiver would make every shadow
+/// thread pay a futex wake per record. Feedback and reports wait at most `POLL_IDLE` longer.
+const POLL: Duration = Duration::from_millis(2);
+const POLL_IDLE: Duration = Duration::from_millis(16);
+
+impl LabelJoin {
+    /// Starts the join thread for these models (name, task); `listeners` are told what it joins.
+    pub fn start(
+        models: Vec<(String, Task)>,
+        compare: CompareSettings,
+        settings: JoinSettings,
+        listeners: Vec<Box<dyn Listener>>,
+    ) -> std::io::Result<Self> {
+        let thread = background::Settings {
+            name: "feedback-join",
+            threads: 1,
+            queue: settings.queue,
+            batch: 64,
+            // Below the request threads, not idle: labels and reports wait on this thread.
+            priority: Priority::Low,
+            poll: POLL,
+            poll_idle: POLL_IDLE,
+        };
+        let mut join = Some(JoinThread {
+            settings,
+            listeners,
+            models: models
+                .into_iter()
+                .map(|(name, task)| {
+                    let comparison = Comparison::new(name.clone(), task, compare);
+                    (name, ModelIndex::new(comparison))
+                })
+                .collect(),
+            last_gauges: Instant::now(),
+        });
+        let worker = Worker::start(thread, |_| join.take().expect("one join thread"))?;
+        Ok(Self { worker })
+    }
+
+    /// Hands over a paired record without waiting; a full queue drops it (counted).
+    pub fn record(&self, model: String, observation: Observation) {
+        if self.worker.try_send(Message::Record { model, observation }).is_err() {
+            crate::metrics::comparison_records_dropped();
+        }
+    }
+
+    /// Joins labels of one model; answers once the join thread has taken them.
+    pub async fn truths(&self, model: &str, truths: Vec<(String, Truth)>) -> Result<Vec<Joined>, Busy> {
+        let (reply, answer) = oneshot::channel();
+        self.worker.try_send(Message::Truths { model: model.to_owned(), truths, reply }).map_err(|_| Busy)?;
+        answer.await.map_err(|_| Busy)
+    }
+
+    /// The comparison as it stands; `None` for a model the join does not know.
+    pub async fn report(&self, model: &str) -> Result<Option<Report>, Busy> {
+        let (reply, answer) = oneshot::channel();
+        self.worker.try_send(Message::Report { model: model.to_owned(), reply }).map_err(|_| Busy)?;
+        answer.await.map_err(|_| Busy)
+    }
+
+    /// Takes every message sent so far, then stops the thread. Blocking.
+    pub fn close(&self) {
+        self.worker.close();
+    }
+}
+
+/// The join thread's state: every model's index and comparison.
+struct JoinThread {
+    settings: JoinSettings,
+    listeners: Vec<Box<dyn Listener>>,
+    models: BTreeMap<String, ModelIndex>,
+    last_gauges: Instant,
+}
+
+impl Work for JoinThread {
+    type Message = Message;
+
+    fn handle(&mut self, messages: &mut Vec<Message>, _: &Closing) {
+        for message in messages.drain(..) {
+            match message {
+                Message::Record { model, observation } => self.record(&model, observation),
+                Message::Truths { model, truths, reply } => {
+                    let answers = self.truths(&model, truths);
+                    let _ = reply.send(answers);
+                }
+                Message::Report { model, reply } => {
+                    let _ = reply.send(self.models.get(&*model).map(|m| m.comparison.report()));
+                }
+            }
+        }
+    }
+
+    /// Ends what outlived its time, and every few seconds sets the changed comparisons' gauges.
+    fn tick(&mut self, now: Instant) -> Duration {
+        for (name, index) in &mut self.models {
+            index.expire(name, now, &self.settings);
+        }
+        if now.duration_since(self.last_gauges) >= GAUGE_INTERVAL {
+            self.last_gauges = now;
+            for index in self.models.values_mut().filter(|m| m.changed) {
+                index.changed = false;
+                publish_gauges(&index.comparison.report());
+            }
+        }
+        Duration::MAX
+    }
+
+    fn finish(&mut self) {
+        for index in self.models.values() {
+            publish_gauges(&index.comparison.report());
+        }
+    }
+}
+
+impl JoinThread {
+    fn record(&mut self, model: &str, observation: Observation) {
+        let Some(index) = self.models.get_mut(model) else { return };
+        if index.record(model, observation, &self.settings, &mut self.listeners) {
+            Self::tell_compared(&mut self.listeners, model, &index.comparison);
+        }
+    }
+
+    fn truths(&mut self, model: &str, truths: Vec<(String, Truth)>) -> Vec<Joined> {
+        let Some(index) = self.models.get_mut(model) else { return vec![] };
+        index.changed = true;
+        let answers: Vec<Joined> = truths
+            .into_iter()
+            .map(|(id, truth)| {
+                let joined = index.truth(id, truth, &self.settings, &mut self.listeners);
+                crate::metrics::feedback(model, joined.label());
+                joined
+            })
+            .collect();
+        if answers.contains(&Joined::Joined) {
+            Self::tell_compared(&mut self.listeners, model, &index.comparison);
+        }
+        answers
+    }
+
+    fn tell_compared(listeners: &mut [Box<dyn Listener>], model: &str, comparison: &Comparison) {
+        for listener in listeners {
+            listener.compared(model, comparison);
+        }
+    }
+}
+
+/// The report's key figures as gauges (set from the join thread every few seconds).
+fn publish_gauges(report: &Report) {
+    let model = report.model.clone();
+    for m in &report.models {
+        let (metric, value) = match (m.accuracy, m.mae) {
+            (Some(a), _) => ("accuracy", a),
+            (None, Some(mae)) => ("mae", mae),
+            _ => continue,
+        };
+        gauge!(COMPARISON_MODEL, "model" => model.clone(), "version" => m.version.clone(), "metric" => metric)
+            .set(value);
+    }
+    for p in &report.pairs {
+        let labels = [("model", model.clone()), ("champion", p.champion.clone()), ("challenger", p.challenger.clone())];
+        gauge!(COMPARISON_LABELLED, &labels).set(p.labelled_pairs as f64);
+        gauge!(COMPARISON_SEQUENTIAL_P_VALUE, &labels).set(p.sequential_p_value);
+        if let Some(a) = p.agreement {
+            gauge!(COMPARISON_AGREEMENT, &labels).set(a);
+        }
+        if let Some(i) = p.improvement {
+            gauge!(COMPARISON_IMPROVEMENT, &labels).set(i);
+        }
+        if let Some(pv) = p.p_value {
+            gauge!(COMPARISON_P_VALUE, &labels).set(pv);
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! One loaded, validated, warmed-up model version, and where its inference runs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::metrics::VersionMetrics;
+use crate::model::{Backend, BackendChoice, Model, ModelError, Tensor};
+use crate::repository::{Manifest, VersionId};
+
+/// Wraps each model after it passed validation: how tests inject faults (errors, panics, slowness)
+/// into a real model. Not reachable from configuration.
+pub type ModelHook = Arc<dyn Fn(&str, &VersionId, Box<dyn Model>) -> Box<dyn Model> + Send + Sync>;
+
+/// How a version is loaded: its backend, and the warm-up that times it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadSettings {
+    pub backend: BackendChoice,
+    pub warmup_runs: usize,
+    pub inline_max: Duration,
+}
+
+/// Where a request's inference runs (see `executor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Inline,
+    Pool,
+}
+
+/// One loaded, validated, warmed-up model version.
+pub struct ModelVersion {
+    pub(super) name: String,
+    pub(super) version: VersionId,
+    pub(super) manifest: Manifest,
+    pub(super) model: Box<dyn Model>,
+    /// Median one-row time at warm-up.
+    pub(super) one_row: Duration,
+    pub(super) inline_max: Duration,
+    pub(super) metrics: VersionMetrics,
+}
+
+// === impl ModelVersion ===
+
+impl ModelVersion {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn version(&self) -> &VersionId {
+        &self.version
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.model.backend()
+    }
+
+    pub fn metrics(&self) -> &VersionMetrics {
+        &self.metrics
+    }
+
+    /// Median one-row time measured at warm-up.
+    pub fn one_row(&self) -> Duration {
+        self.one_row
+    }
+
+    /// Inline when `rows` rows should take at most `inline_max` at the warm-up's one-row speed.
+    pub fn placement(&self, rows: usize) -> Placement {
+        if self.one_row.saturating_mul(rows.max(1) as u32) <= self.inline_max {
+            Placement::Inline
+        } else {
+            Placement::Pool
+        }
+    }
+
+    /// Runs the model (synchronously) and records its time.
+    pub fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        let start = Instant::now();
+        let result = self.model.infer(inputs);
+        self.metrics.model_time(start.elapsed());
+        result
+    }
+}
+
+impl fmt::Debug for ModelVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ModelVersion")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("backend", &self.backend())
+            .field("one_row", &self.one_row)
+            .finish()
+    }
+}

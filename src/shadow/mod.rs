@@ -1,0 +1,185 @@
+//! Shadow scoring: the versions that did not answer a sampled request score the same decoded
+//! input off the critical path, and one paired `OutcomeRecord` goes to the outcome log.
+//!
+//! The parts: `thread` (a shadow thread, on the background `Worker`), `pacer` (its CPU budget),
+//! `batch` (one version's queued jobs scored as one run), `record` (a request while its members
+//! report, and the record it becomes).
+//!
+//! Invariants:
+//! - Never delays or changes the answer: the response is complete before `submit` is called, and
+//!   `submit` only queues one job per challenger on a lock-free queue. The request thread shares no
+//!   lock with the shadow threads (they run at background priority; a lock held by one of them,
+//!   preempted, would stall the request) and never assembles or serialises a record.
+//! - Everything after runs on the shadow pool: each challenger's inference, and, in whichever job
+//!   finishes last, assembling, counting and serialising the record.
+//! - Batched: a shadow thread takes up to `MAX_BATCH` queued jobs at once and scores those of one
+//!   version in a single run (rows stacked), so under load a challenger pays its per-run overhead
+//!   once per batch, not once per request. A batch that fails or panics is scored again one
+//!   request at a time, so each result is its own. A batched result's latency is the batch's.
+//! - When no challenger can be queued at all, no record is written (there is nothing to pair); the
+//!   request still counts, as `shed` per challenger and as an incomplete one in coverage.
+//! - Bounded: a job the queue cannot take is `shed`; one that could not start before the deadline
+//!   is skipped and, like one that finished after it, recorded as `timeout`. Each is counted.
+//! - Paced: the threads together use at most `shadow_cpu_budget` cores of CPU time (`Pacer`);
+//!   what that leaves undone is shed or times out, as above.
+//! - A challenger's error or panic is recorded in its result and reaches no client.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use self::pacer::Pacer;
+use self::record::{Job, Outlets, PendingRecord, Slot};
+use self::thread::{MAX_BATCH, POLL, ShadowThread, idle_poll_max};
+use crate::background::{self, Priority, Worker};
+use crate::join::LabelJoin;
+use crate::metrics::ShadowCoverage;
+use crate::model::Tensor;
+use crate::outcomes::{LogInputs, RecordSink, Role, Status};
+use crate::registry::{Deployment, ModelVersion};
+
+mod batch;
+mod pacer;
+mod record;
+mod thread;
+
+pub struct Shadow {
+    /// Background-priority threads polling one bounded, lock-free queue of jobs.
+    pool: Worker<Job>,
+    deadline: Duration,
+    log_inputs: LogInputs,
+    outlets: Arc<Outlets>,
+}
+
+/// The shadow pool's bounds, from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct ShadowSettings {
+    /// Threads, each at background priority.
+    pub threads: usize,
+    /// Jobs waiting at most; beyond it they are shed.
+    pub queue: usize,
+    /// After this long a member's result is a timeout.
+    pub deadline: Duration,
+    /// Cores the threads may use together, at most (paced on their own CPU time).
+    pub cpu_budget: f64,
+}
+
+/// The answered request, handed over after its response is complete.
+pub struct ShadowRequest {
+    pub deployment: Arc<Deployment>,
+    pub request_id: String,
+    pub timestamp: SystemTime,
+    pub inputs: Arc<Vec<Tensor>>,
+    pub answered: Arc<ModelVersion>,
+    pub outputs: Arc<Vec<Tensor>>,
+    pub latency: Duration,
+}
+
+impl Shadow {
+    /// `models`: the served model names (coverage is counted per model). Records go to `records`
+    /// and to `join`.
+    pub fn new(
+        settings: ShadowSettings,
+        log_inputs: LogInputs,
+        records: Arc<dyn RecordSink>,
+        join: Arc<LabelJoin>,
+        models: &[&str],
+    ) -> std::io::Result<Self> {
+        let coverage = models.iter().map(|&m| (m.to_owned(), ShadowCoverage::new(m))).collect();
+        let threads = settings.threads.max(1);
+        let share = (settings.cpu_budget / threads as f64).min(1.0);
+        let thread = background::Settings {
+            name: "shadow",
+            threads,
+            queue: settings.queue,
+            batch: MAX_BATCH,
+            priority: Priority::Idle,
+            poll: POLL,
+            poll_idle: idle_poll_max(settings.deadline),
+        };
+        let pool = Worker::start(thread, |_| ShadowThread { pacer: Pacer::for_this_thread(share) })?;
+        Ok(Self {
+            pool,
+            deadline: settings.deadline,
+            log_inputs,
+            outlets: Arc::new(Outlets { records, join, coverage }),
+        })
+    }
+
+    /// If the queue is full (as it stays while the CPU budget binds), counts the request as shed
+    /// for every member that would shadow it and returns `true`, so the caller does not assemble a
+    /// `ShadowRequest` only to drop it: no allocation, and no touch of the shared `Arc`s' counts.
+    /// A queue that fills after this look is handled by `submit`.
+    pub fn shed_if_full(&self, deployment: &Deployment, answered: &Arc<ModelVersion>) -> bool {
+        if !self.pool.is_full() {
+            return false;
+        }
+        self.count_all_shed(shadowing(deployment, answered).map(|(version, _)| version), answered.name());
+        true
+    }
+
+    /// A request none of whose members could be queued: counted, with no record (there is no pair).
+    fn count_all_shed<'a>(&self, members: impl Iterator<Item = &'a Arc<ModelVersion>>, model: &str) {
+        for version in members {
+            version.metrics().shadow(Status::Shed.index()).increment(1);
+        }
+        self.outlets.coverage(model, false);
+    }
+
+    /// Queues one job per member that did not answer, and returns at once.
+    pub fn submit(&self, request: ShadowRequest) {
+        let slots: Vec<Slot> = shadowing(&request.deployment, &request.answered)
+            .map(|(version, role)| Slot { version: Arc::clone(version), role, result: OnceLock::new() })
+            .collect();
+        if slots.is_empty() {
+            return;
+        }
+        let members = slots.len();
+        let pending = Arc::new(PendingRecord {
+            remaining: AtomicUsize::new(members + 1),
+            slots,
+            request,
+            deadline: Instant::now() + self.deadline,
+            log_inputs: self.log_inputs,
+            outlets: Arc::clone(&self.outlets),
+        });
+        let mut shed = 0;
+        for slot in 0..members {
+            if self.pool.try_send(Job::Score(Arc::clone(&pending), slot)).is_err() {
+                let _ = pending.slots[slot].result.set(Err((Status::Shed, None)));
+                shed += 1;
+            }
+        }
+        if shed == members {
+            self.count_all_shed(pending.slots.iter().map(|slot| &slot.version), pending.request.answered.name());
+            return;
+        }
+        // Release the submitter's report. If every queued job already reported, the record is
+        // assembled on the pool all the same; if even that cannot be queued, it is dropped (counted).
+        if pending.remaining.fetch_sub(1 + shed, Ordering::AcqRel) == 1 + shed
+            && self.pool.try_send(Job::Finish(Arc::clone(&pending))).is_err()
+        {
+            crate::metrics::outcome_records("dropped", 1);
+        }
+    }
+
+    /// Runs every queued shadow job (so every pending record is written), then flushes and
+    /// closes the record sink. Call after the server stopped taking requests.
+    pub async fn close(self: &Arc<Self>) {
+        let shadow = Arc::clone(self);
+        let _ = tokio::task::spawn_blocking(move || {
+            shadow.pool.close();
+            shadow.outlets.records.close();
+        })
+        .await;
+    }
+}
+
+/// The members that shadow a request: every one but the version that answered it.
+fn shadowing<'a>(
+    deployment: &'a Deployment,
+    answered: &'a Arc<ModelVersion>,
+) -> impl Iterator<Item = (&'a Arc<ModelVersion>, Role)> {
+    deployment.members().filter(move |(version, _)| !Arc::ptr_eq(version, answered))
+}

@@ -1,0 +1,189 @@
+//! One shadowed request while its members score it: their results as they report, and, from
+//! whichever reports last, the paired `OutcomeRecord`, its JSON line and its `Observation`.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::ShadowRequest;
+use crate::compare::Observation;
+use crate::join::LabelJoin;
+use crate::metrics::ShadowCoverage;
+use crate::model::Tensor;
+use crate::outcomes::{LogInputs, ModelResult, NamedTensors, OutcomeRecord, RecordSink, Role, Status, inputs_sha256};
+use crate::registry::ModelVersion;
+
+/// One member's result: outputs, model time and the requests in its batch, or why there are none.
+pub(super) type Scored = Result<(Vec<Tensor>, Duration, usize), (Status, Option<String>)>;
+
+/// A result's outputs borrowed, for the record.
+type ScoredView<'a> = Result<(&'a [Tensor], Duration, usize), (Status, Option<String>)>;
+
+fn view(scored: &Scored) -> ScoredView<'_> {
+    match scored {
+        Ok((outputs, latency, batch)) => Ok((outputs.as_slice(), *latency, *batch)),
+        Err((status, error)) => Err((*status, error.clone())),
+    }
+}
+
+/// What a shadow thread does: score one member of a record, or (rarely) assemble a record whose
+/// members all reported before its submitter did.
+pub(super) enum Job {
+    Score(Arc<PendingRecord>, usize),
+    Finish(Arc<PendingRecord>),
+}
+
+/// One shadowing member and, once it reported, its result (set once, without a lock).
+pub(super) struct Slot {
+    pub(super) version: Arc<ModelVersion>,
+    pub(super) role: Role,
+    pub(super) result: OnceLock<Scored>,
+}
+
+/// A record waiting for its challengers; whoever reports last assembles it, on the pool.
+pub(super) struct PendingRecord {
+    pub(super) request: ShadowRequest,
+    /// The members that shadow, in deployment order.
+    pub(super) slots: Vec<Slot>,
+    /// Reports still due: one per queued job, plus the submitter's (which covers shed slots).
+    pub(super) remaining: AtomicUsize,
+    pub(super) deadline: Instant,
+    pub(super) log_inputs: LogInputs,
+    pub(super) outlets: Arc<Outlets>,
+}
+
+impl PendingRecord {
+    /// Runs one member on the shared input (on a shadow thread) and reports its result.
+    pub(super) fn score(&self, slot: usize) {
+        let scored = if Instant::now() >= self.deadline {
+            // Work that can no longer make its deadline is not worth the CPU.
+            Err((Status::Timeout, None))
+        } else {
+            let start = Instant::now();
+            let result = catch_unwind(AssertUnwindSafe(|| self.slots[slot].version.infer(&self.request.inputs)));
+            let latency = start.elapsed();
+            match result {
+                Ok(Ok(outputs)) => self.within_deadline(Ok((outputs, latency, 1))),
+                Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
+                Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
+            }
+        };
+        self.report(slot, scored);
+    }
+
+    /// A result that came after the deadline counts as a timeout.
+    pub(super) fn within_deadline(&self, scored: Scored) -> Scored {
+        match scored {
+            Ok((_, latency, _)) if Instant::now() > self.deadline => Err((
+                Status::Timeout,
+                Some(format!("finished after the deadline, in {:.1} ms", latency.as_secs_f64() * 1e3)),
+            )),
+            other => other,
+        }
+    }
+
+    /// Sets a member's result; whoever reports last writes the record.
+    pub(super) fn report(&self, slot: usize, scored: Scored) {
+        let _ = self.slots[slot].result.set(scored);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.finish();
+        }
+    }
+
+    /// Counts, assembles and writes the record (on a shadow thread).
+    pub(super) fn finish(&self) {
+        let mut complete = true;
+        for slot in &self.slots {
+            let status = match slot.result.get() {
+                Some(Ok(_)) => Status::Ok,
+                Some(Err((status, _))) => *status,
+                None => Status::Shed,
+            };
+            complete &= status == Status::Ok;
+            slot.version.metrics().shadow(status.index()).increment(1);
+        }
+        self.outlets.coverage(self.request.answered.name(), complete);
+        let record = self.assemble();
+        self.outlets.records.offer(record.to_json_line());
+        self.outlets.join.record(record.model.clone(), Observation::of(&record));
+    }
+
+    /// The record, borrowing every tensor from the request and the slots.
+    fn assemble(&self) -> OutcomeRecord<'_> {
+        let request = &self.request;
+        let answered = &request.answered;
+        let mut scored: Vec<(&Arc<ModelVersion>, Role, ScoredView<'_>)> = self
+            .slots
+            .iter()
+            .map(|slot| (&slot.version, slot.role, slot.result.get().map_or(Err((Status::Shed, None)), view)))
+            .collect();
+        scored.push((
+            answered,
+            request.deployment.role_of(answered),
+            Ok((request.outputs.as_slice(), request.latency, 1)),
+        ));
+        // Champion first, then challengers in configured order: the same order in every record.
+        scored.sort_by_key(|(version, _, _)| request.deployment.member_index(version));
+        let manifest = answered.manifest();
+        let (inputs, inputs_sha) = match self.log_inputs {
+            LogInputs::Full => (Some(NamedTensors::new(&manifest.inputs, &request.inputs)), None),
+            LogInputs::Hash => (None, Some(inputs_sha256(&request.inputs))),
+            LogInputs::None => (None, None),
+        };
+        let results = scored
+            .into_iter()
+            .map(|(version, role, scored)| {
+                let manifest = version.manifest();
+                let (status, latency_ms, batch, outputs, error) = match scored {
+                    Ok((outputs, latency, batch)) => (
+                        Status::Ok,
+                        Some(latency),
+                        (batch > 1).then_some(batch),
+                        Some(NamedTensors::new(&manifest.outputs, outputs)),
+                        None,
+                    ),
+                    Err((status, error)) => (status, None, None, None, error),
+                };
+                ModelResult {
+                    version: version.version().to_string(),
+                    role,
+                    sha256: manifest.sha256.clone(),
+                    status,
+                    latency_ms,
+                    batch,
+                    outputs,
+                    error,
+                }
+            })
+            .collect();
+        OutcomeRecord {
+            kind: "outcome",
+            task: &manifest.task,
+            request_id: request.request_id.clone(),
+            timestamp: request.timestamp,
+            model: answered.name().to_owned(),
+            answered_by: answered.version().to_string(),
+            inputs,
+            inputs_sha256: inputs_sha,
+            results,
+        }
+    }
+}
+
+/// Where finished records go (the outcome log and the live join), and the per-model coverage counts.
+pub(super) struct Outlets {
+    pub(super) records: Arc<dyn RecordSink>,
+    pub(super) join: Arc<LabelJoin>,
+    /// Built once at start and never changed: read without a lock.
+    pub(super) coverage: HashMap<String, ShadowCoverage>,
+}
+
+impl Outlets {
+    pub(super) fn coverage(&self, model: &str, complete: bool) {
+        if let Some(coverage) = self.coverage.get(model) {
+            coverage.record(complete);
+        }
+    }
+}
