@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Instructions per request on the request threads, by callgrind: the figure that repeats on a shared,
+# noisy host where wall-clock time does not.
+#
+#   benches/callgrind.sh [seconds=10] [--set key=value ...]
+#
+# Starts the release gateway under valgrind (breast-cancer champion only unless --set says otherwise),
+# warms it up with wrk, zeroes the counters, runs wrk (16 connections, the body of benches/load.sh: one
+# holdout row as JSON) for `seconds`, dumps the counters, and prints the user-space instructions of
+# the threads that served the requests (those whose profile holds `serve_infer`: the async workers)
+# divided by the requests wrk counted. BENCH_GAUNTLET=path measures another build. Needs valgrind and
+# wrk (`apt-get install valgrind wrk`). Traffic goes to 127.0.0.1 only.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+seconds="${1:-10}"
+shift || true
+gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
+[ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet
+for tool in valgrind wrk; do
+  command -v "$tool" >/dev/null || { echo "$tool is needed: apt-get install valgrind wrk" >&2; exit 1; }
+done
+
+work="$(mktemp -d)"
+port="${BENCH_PORT:-19150}"
+pid=""
+cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$work/cg.out" \
+  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --set log_level=warn \
+  --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" --set "state_dir=$work/state" \
+  "$@" 2>"$work/gateway.log" &
+pid=$!
+for _ in $(seq 600); do
+  curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break
+  kill -0 "$pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+  sleep 0.5
+done
+python3 - "$work/body.json" <<'PY'
+import csv, json, sys
+row = next(r for i, r in enumerate(csv.reader(open("models/breast-cancer/holdout.csv"))) if i == 1)
+body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [float(v) for v in row[:-1]]}]}
+open(sys.argv[1], "w").write(json.dumps(body))
+PY
+cat >"$work/post.lua" <<LUA
+wrk.method = "POST"
+local f = io.open("$work/body.json", "r"); wrk.body = f:read("*a"); f:close()
+done = function(summary, latency, requests)
+  io.write(string.format("REQUESTS %d %d\n", summary.requests,
+    summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+LUA
+url="http://127.0.0.1:$port/v2/models/breast-cancer/infer"
+wrk -t2 -c16 -d5s -s "$work/post.lua" "$url" >/dev/null
+callgrind_control -z "$pid" >/dev/null 2>&1
+wrk -t2 -c16 -d"${seconds}s" -s "$work/post.lua" "$url" | awk '/^REQUESTS/ {print $2, $3}' >"$work/requests"
+callgrind_control -d "$pid" >/dev/null 2>&1
+python3 - "$work" <<'EOF'
+import glob, sys
+work = sys.argv[1]
+requests, errors = map(int, open(f"{work}/requests").read().split())
+# wrk counts the requests still in flight when it stops as errors: a few, against thousands.
+assert requests > 0 and errors <= 32, f"{requests} requests, {errors} errors"
+total, threads = 0, 0
+for path in glob.glob(f"{work}/cg.out*"):
+    text = open(path, errors="replace").read()
+    if "serve_infer" not in text:
+        continue
+    # The last dump of each thread holds the counts since the zeroing.
+    for line in text.splitlines():
+        if line.startswith("summary:") or line.startswith("totals:"):
+            value = int(line.split()[1])
+    total += value
+    threads += 1
+print(f"{total / requests:.0f} instructions per request on {threads} request threads ({requests} requests, {errors} cut off)")
+EOF
