@@ -37,20 +37,15 @@ for _ in $(seq 600); do
   kill -0 "$pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
   sleep 0.5
 done
-python3 - "$work/body.json" <<'PY'
-import csv, json, sys
-row = next(r for i, r in enumerate(csv.reader(open("models/breast-cancer/holdout.csv"))) if i == 1)
-body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [float(v) for v in row[:-1]]}]}
-open(sys.argv[1], "w").write(json.dumps(body))
-PY
-cat >"$work/post.lua" <<LUA
-wrk.method = "POST"
-local f = io.open("$work/body.json", "r"); wrk.body = f:read("*a"); f:close()
+. benches/body.sh
+write_body "$work"
+{ cat "$work/body.lua"; cat <<LUA
 done = function(summary, latency, requests)
   io.write(string.format("REQUESTS %d %d\n", summary.requests,
     summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 LUA
+} >"$work/post.lua"
 url="http://127.0.0.1:$port/v2/models/breast-cancer/infer"
 wrk -t2 -c16 -d5s -s "$work/post.lua" "$url" >/dev/null
 callgrind_control -z "$pid" >/dev/null 2>&1

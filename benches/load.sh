@@ -38,21 +38,15 @@ for port in $floor_port $gateway_port $nodrift_port $shadowed_port; do
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
 done
 
-# One holdout row of breast-cancer, as a JSON OIP request (the common client shape).
-python3 - "$work/body.json" <<'PY'
-import csv, json, sys
-row = next(r for i, r in enumerate(csv.reader(open("models/breast-cancer/holdout.csv"))) if i == 1)
-body = {"inputs": [{"name": "input", "shape": [1, 30], "datatype": "FP32", "data": [float(v) for v in row[:-1]]}]}
-open(sys.argv[1], "w").write(json.dumps(body))
-PY
-cat >"$work/post.lua" <<LUA
-wrk.method = "POST"
-local f = io.open("$work/body.json", "r"); wrk.body = f:read("*a"); f:close()
+. benches/body.sh
+write_body "$work"
+{ cat "$work/body.lua"; cat <<LUA
 done = function(summary, latency, requests)
   io.write(string.format("RESULT %.1f %.1f %.1f %d\n", summary.requests / (summary.duration / 1e6),
     latency:percentile(50), latency:percentile(99), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 LUA
+} >"$work/post.lua"
 
 run() { # name url
   wrk -t2 -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$2" | awk -v n="$1" '/^RESULT/ {print n, $2, $3, $4, $5}'
