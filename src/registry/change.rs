@@ -9,11 +9,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::deployment::Deployment;
 use super::load::{LoadError, LoadStep, compatible};
-use super::store::{AuditEntry, DeploymentState};
+use super::store::{AuditEntry, DeploymentState, StoreError};
 use super::version::ModelVersion;
 use super::{Registry, ServedModel};
 use crate::repository::VersionId;
@@ -78,7 +79,7 @@ pub enum ChangeError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error("saving the deployment state failed, so nothing changed: {0}")]
-    Persist(std::io::Error),
+    Persist(StoreError),
 }
 
 /// Who asks for a change, why, and (for the policy) on what evidence.
@@ -108,8 +109,9 @@ impl Registry {
         let current = model.deployment();
         let result = target(&current, change).and_then(|target| self.build(model, &current, target)).and_then(|next| {
             let next = Arc::new(next);
-            self.save_with(name, next.state())?;
+            let revision = self.save_with(model, next.state())?;
             model.deployment.store(Arc::clone(&next));
+            model.applied.store(revision, Ordering::Release);
             next.publish_roles(Some(&current));
             Ok(next)
         });
@@ -134,6 +136,55 @@ impl Registry {
             Err(error) => tracing::warn!(model = name, action = change.action(), %error, "change refused"),
         }
         result
+    }
+
+    /// Makes model `name` the deployment `state`, saved by another replica at `revision`, through
+    /// the same loading path and swap as `apply`, without saving it again (nor auditing: the
+    /// replica that made the change did). Returns whether anything changed: a revision this
+    /// replica already has (its own change, come back as a notification) is left alone. A version
+    /// that cannot load here leaves what serves as it was.
+    pub fn follow(&self, name: &str, state: &DeploymentState, revision: u64) -> Result<bool, ChangeError> {
+        let model = self.models.get(name).ok_or_else(|| ChangeError::NoModel(name.to_owned()))?;
+        let _serialised = self.changes.lock();
+        if model.applied.load(Ordering::Acquire) >= revision {
+            return Ok(false);
+        }
+        let current = model.deployment();
+        if current.state() == *state {
+            // Already so (a seed that lost its race to an identical one): only the revision moves.
+            model.applied.store(revision, Ordering::Release);
+            return Ok(true);
+        }
+        let target = Target {
+            champion: state.champion.clone(),
+            challengers: state.challengers.clone(),
+            shadow_sample_rate: state.shadow_sample_rate,
+            versions: state.versions.iter().chain([&state.champion]).chain(&state.challengers).cloned().collect(),
+            previous: state.previous.clone(),
+            fresh: None,
+        };
+        let next = Arc::new(self.build(model, &current, target)?);
+        model.deployment.store(Arc::clone(&next));
+        model.applied.store(revision, Ordering::Release);
+        next.publish_roles(Some(&current));
+        tracing::info!(model = name, revision, champion = %state.champion, "deployment follows the store");
+        Ok(true)
+    }
+
+    /// Saves model `name`'s deployment as the store's first revision of it, when the store has
+    /// none yet (the first replica seeds the cluster from its configuration). Returns the revision
+    /// saved; `None` when the model already had one here. A `Conflict` means another replica
+    /// seeded it first: follow the store's.
+    pub fn seed(&self, name: &str) -> Result<Option<u64>, ChangeError> {
+        let model = self.models.get(name).ok_or_else(|| ChangeError::NoModel(name.to_owned()))?;
+        let _serialised = self.changes.lock();
+        if model.applied.load(Ordering::Acquire) > 0 {
+            return Ok(None);
+        }
+        let revision = self.save_with(model, model.deployment().state())?;
+        model.applied.store(revision, Ordering::Release);
+        tracing::info!(model = name, revision, "deployment seeded into the store from the configuration");
+        Ok(Some(revision))
     }
 
     /// Loads, as challengers, the versions on disk that this registry has neither loaded nor tried
@@ -253,12 +304,13 @@ impl Registry {
         })
     }
 
-    /// Saves every model's state, with `name`'s replaced by `state`.
-    fn save_with(&self, name: &str, state: DeploymentState) -> Result<(), ChangeError> {
+    /// Saves `model`'s new state over the revision it has, returning the store's new revision.
+    fn save_with(&self, model: &ServedModel, state: DeploymentState) -> Result<u64, ChangeError> {
         let mut all: BTreeMap<String, DeploymentState> =
             self.models.iter().map(|(n, m)| (n.clone(), m.deployment().state())).collect();
-        all.insert(name.to_owned(), state);
-        self.store.save(&all).map_err(ChangeError::Persist)
+        all.insert(model.name.clone(), state.clone());
+        let base = model.applied.load(Ordering::Acquire);
+        self.store.save(&model.name, &state, base, &all).map_err(ChangeError::Persist)
     }
 }
 

@@ -6,7 +6,8 @@
 //! rows → warm up (and time, to decide where it runs). A failed step leaves what serves unchanged
 //! and names the step. Startup assembles each deployment from what it loaded; every later change
 //! (`change`) goes through the same loading path, is saved (`store`: a
-//! `DeploymentStore`, files by default) and swapped in whole.
+//! `DeploymentStore`, files by default) and swapped in whole. In a cluster, a change saved by
+//! another replica arrives through `follow`: the same loading path and swap, without saving again.
 
 mod change;
 mod deployment;
@@ -16,6 +17,7 @@ mod version;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
@@ -23,7 +25,7 @@ use parking_lot::Mutex;
 pub use self::change::{Change, ChangeError, Origin};
 pub use self::deployment::{Deployment, DeploymentSpec};
 pub use self::load::{LoadError, LoadStep, load_version, validate};
-pub use self::store::{AuditEntry, DeploymentState, DeploymentStore, StateFiles};
+pub use self::store::{AuditEntry, DeploymentState, DeploymentStore, Saved, StateFiles, StoreError};
 pub use self::version::{LoadSettings, ModelHook, ModelVersion, Placement};
 
 use crate::model::Loader;
@@ -47,6 +49,9 @@ pub struct ServedModel {
     name: String,
     deployment: ArcSwap<Deployment>,
     settings: LoadSettings,
+    /// The store's revision this deployment is (0: none yet, as when the store was unreachable at
+    /// start). Written under the change lock.
+    applied: AtomicU64,
 }
 
 // === impl Registry ===
@@ -55,7 +60,9 @@ impl Registry {
     /// Loads every configured model (or, with none configured, every model in the repository with
     /// its highest version as champion), with the saved state, when there is one, taking precedence
     /// over configuration for the models it names. A version that fails is refused and logged; a
-    /// champion that fails stops startup.
+    /// champion that fails stops startup, except that a shared store's champion this replica
+    /// cannot load (or a shared store out of reach) leaves the model at the configuration's
+    /// deployment and revision 0, for the cluster's follower to bring up to date.
     pub fn load(
         initial: InitialDeployments,
         repository: Repository,
@@ -63,27 +70,45 @@ impl Registry {
         hook: Option<ModelHook>,
         store: Box<dyn DeploymentStore>,
     ) -> Result<Self, RegistryError> {
-        let saved = store.load().map_err(RegistryError::State)?;
+        let saved = match store.load() {
+            Ok(saved) => saved,
+            Err(StoreError::Unavailable(reason)) if store.is_shared() => {
+                tracing::warn!(%reason, "the deployment store is out of reach: starting from the configuration, not ready until it is read");
+                BTreeMap::new()
+            }
+            Err(error) => return Err(RegistryError::State(error)),
+        };
         let specs = initial.specs(&repository)?;
         let mut registry = Self { models: BTreeMap::new(), repository, loader, hook, store, changes: Mutex::new(()) };
         for mut spec in specs {
+            let configured = spec.clone();
+            let mut revision = 0;
             if let Some(saved) = saved.get(&spec.name) {
-                tracing::info!(model = %spec.name, champion = %saved.champion, "deployment restored from the saved state");
-                spec.restore(saved);
+                tracing::info!(model = %spec.name, champion = %saved.state.champion, revision = saved.revision, "deployment restored from the saved state");
+                spec.restore(&saved.state);
+                revision = saved.revision;
             }
-            let deployment =
-                Deployment::load(&registry, &spec).map_err(|error| match (error, registry.store.location()) {
-                    (RegistryError::Champion(e), Some(location)) if saved.contains_key(&spec.name) => {
-                        RegistryError::SavedChampion(e, location)
-                    }
-                    (error, _) => error,
-                })?;
+            let deployment = match Deployment::load(&registry, &spec) {
+                Ok(deployment) => deployment,
+                Err(RegistryError::Champion(error)) if revision > 0 && registry.store.is_shared() => {
+                    tracing::error!(model = %spec.name, %error, "the store's champion cannot serve here: starting from the configuration, not converged");
+                    revision = 0;
+                    spec = configured;
+                    Deployment::load(&registry, &spec)?
+                }
+                Err(RegistryError::Champion(e)) if revision > 0 => {
+                    let location = registry.store.location().unwrap_or_default();
+                    return Err(RegistryError::SavedChampion(e, location));
+                }
+                Err(error) => return Err(error),
+            };
             deployment.publish_roles(None);
             let name = spec.name;
             let served = ServedModel {
                 name: name.clone(),
                 deployment: ArcSwap::from_pointee(deployment),
                 settings: spec.settings,
+                applied: AtomicU64::new(revision),
             };
             registry.models.insert(name, served);
         }
@@ -166,6 +191,11 @@ impl ServedModel {
     pub fn deployment(&self) -> Arc<Deployment> {
         self.deployment.load_full()
     }
+
+    /// The store's revision the current deployment is; 0 before it has one.
+    pub fn revision(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,5 +207,5 @@ pub enum RegistryError {
     #[error(transparent)]
     Repository(#[from] RepositoryError),
     #[error("reading the saved deployment state: {0}")]
-    State(std::io::Error),
+    State(StoreError),
 }

@@ -15,7 +15,7 @@ use crate::http::openapi::{
     AdminDenied, BadRequest, Conflict, ModelPath, NotFound, Unavailable, Unprocessable, VersionPath,
 };
 use crate::http::v2::served;
-use crate::registry::{Change, ChangeError, Origin};
+use crate::registry::{Change, ChangeError, Origin, StoreError};
 use crate::repository::VersionId;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -163,6 +163,8 @@ fn change_error(error: ChangeError) -> Error {
         ChangeError::Conflict(_) => ErrorKind::Conflict,
         ChangeError::Invalid(_) => ErrorKind::InvalidInput,
         ChangeError::Load(_) => ErrorKind::Unprocessable,
+        // Another replica's change was saved first (a cluster's compare-and-set).
+        ChangeError::Persist(StoreError::Conflict { .. }) => ErrorKind::Conflict,
         ChangeError::Persist(_) => ErrorKind::Unavailable,
     };
     Error::new(kind, error.to_string())
