@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cluster::ClusterSettings;
 use crate::compare::CompareSettings;
 use crate::compare::policy::PolicySettings;
 use crate::drift::{DriftSettings, Thresholds};
@@ -138,6 +139,10 @@ pub struct Config {
     /// Drift monitoring against each champion's training profile, and its alert webhook.
     #[serde(default)]
     pub drift: DriftSettings,
+    /// Several replicas sharing one deployment through PostgreSQL; without `database_url`, one
+    /// node with its state in `state_dir`.
+    #[serde(default)]
+    pub cluster: ClusterSettings,
     /// Served models by name. Empty: every model in the repository, its highest version champion.
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
@@ -394,6 +399,9 @@ impl Config {
         }
         if let Some((key, message)) = self.drift.invalid() {
             return Err(ConfigError::Invalid { key: format!("drift.{key}"), message });
+        }
+        if let Some((key, message)) = self.cluster.invalid() {
+            return Err(ConfigError::Invalid { key: format!("cluster.{key}"), message });
         }
         for (name, model) in &self.models {
             let invalid =

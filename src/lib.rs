@@ -7,6 +7,7 @@
 
 pub mod background;
 pub mod cli;
+pub mod cluster;
 pub mod compare;
 pub mod config;
 pub mod drift;
@@ -33,6 +34,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::drift::Drift;
 use crate::executor::{Executor, InferencePool};
@@ -40,7 +42,7 @@ use crate::join::{LabelJoin, Listener};
 use crate::model::{Loader, OnnxRuntime};
 use crate::outcomes::{OutcomeWriter, RecordSink};
 use crate::promotion::Promotion;
-use crate::registry::{ModelHook, Registry, StateFiles};
+use crate::registry::{DeploymentStore, ModelHook, Registry, StateFiles};
 use crate::repository::Repository;
 use crate::shadow::Shadow;
 
@@ -57,6 +59,8 @@ pub struct Gateway {
     /// Inference requests in flight, at most `max_concurrent_requests`; one more is refused, not queued.
     in_flight: tokio::sync::Semaphore,
     ready: AtomicBool,
+    /// The replicas this one shares its deployments with (`[cluster] database_url`); `None`: one node.
+    cluster: Option<Cluster>,
 }
 
 /// What a program embedding the gateway (or a test) can add to its configuration.
@@ -85,15 +89,19 @@ impl Gateway {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let loader = Loader::new(onnxruntime, threads + workers);
         let repository = Repository::open(&config.models_dir)?;
-        let store = StateFiles::open(Some(&config.state_dir))
-            .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
-        let registry = Arc::new(Registry::load(
-            config.initial_deployments(),
-            repository,
-            loader,
-            options.model_hook,
-            Box::new(store),
-        )?);
+        let (cluster, store): (Option<Cluster>, Box<dyn DeploymentStore>) = match &config.cluster.database_url {
+            Some(_) => {
+                let (cluster, store) = Cluster::open(&config.cluster)?;
+                (Some(cluster), Box::new(store))
+            }
+            None => {
+                let files = StateFiles::open(Some(&config.state_dir))
+                    .with_context(|| format!("opening the state directory {}", config.state_dir.display()))?;
+                (None, Box::new(files))
+            }
+        };
+        let registry =
+            Arc::new(Registry::load(config.initial_deployments(), repository, loader, options.model_hook, store)?);
         let pool =
             InferencePool::new("inference", threads, config.inference_queue).context("starting the inference pool")?;
         let records: Arc<dyn RecordSink> = Arc::new(
@@ -135,6 +143,7 @@ impl Gateway {
             join,
             drift,
             ready: AtomicBool::new(true),
+            cluster,
         })
     }
 
@@ -173,9 +182,29 @@ impl Gateway {
         &self.in_flight
     }
 
-    /// False once shutdown has begun: readiness probes then fail so traffic moves elsewhere.
+    /// The cluster this replica belongs to; `None` for one node.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// False once shutdown has begun, and in a cluster until the store has been read: readiness
+    /// probes then fail so traffic goes elsewhere.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.not_ready().is_none()
+    }
+
+    /// Why the gateway is not ready, if it is not.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Some("the gateway is shutting down".to_owned());
+        }
+        match &self.cluster {
+            Some(cluster) if !cluster.is_ready() => Some(format!(
+                "this replica has not read the cluster's deployments from {} yet, so it does not know the champion",
+                cluster.location()
+            )),
+            _ => None,
+        }
     }
 }
 
@@ -203,6 +232,9 @@ impl Server {
         })
         .await??;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        if let Some(cluster) = &gateway.cluster {
+            cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?);
+        }
         Ok(Self { listener, gateway: Arc::new(gateway), on_disk_at_start })
     }
 
@@ -277,6 +309,13 @@ impl Server {
         gateway.shadow.close().await;
         let drift = Arc::clone(&gateway.drift);
         let _ = tokio::task::spawn_blocking(move || drift.close()).await;
+        let leaving = Arc::clone(&gateway);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(cluster) = leaving.cluster() {
+                cluster.close();
+            }
+        })
+        .await;
         result.context("the server task failed")?;
         tracing::info!("stopped");
         Ok(())

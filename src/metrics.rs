@@ -40,6 +40,10 @@ pub const DRIFT_CHAMPION_HOLDOUT: &str = "gauntlet_drift_champion_holdout_metric
 pub const DRIFT_TRANSITIONS: &str = "gauntlet_drift_alert_transitions_total";
 pub const DRIFT_SAMPLES_DROPPED: &str = "gauntlet_drift_samples_dropped_total";
 pub const DRIFT_WEBHOOK: &str = "gauntlet_drift_webhook_events_total";
+pub const CLUSTER_STORE_UP: &str = "gauntlet_cluster_store_up";
+pub const CLUSTER_CONVERGED: &str = "gauntlet_cluster_converged";
+pub const CLUSTER_REVISION: &str = "gauntlet_cluster_deployment_revision";
+pub const CLUSTER_FOLLOW_FAILURES: &str = "gauntlet_cluster_follow_failures_total";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -118,6 +122,19 @@ fn describe() {
     describe_counter!(
         DRIFT_WEBHOOK,
         "Drift webhook events: delivered, retried, failed, dropped (queue full), abandoned (shutdown)."
+    );
+    describe_gauge!(CLUSTER_STORE_UP, "1 while this replica's follower is connected to the cluster store.");
+    describe_gauge!(
+        CLUSTER_CONVERGED,
+        "1 when this replica serves the cluster store's latest revision of every model it has."
+    );
+    describe_gauge!(
+        CLUSTER_REVISION,
+        "The cluster store's revision of each model's deployment that this replica serves."
+    );
+    describe_counter!(
+        CLUSTER_FOLLOW_FAILURES,
+        "Revisions from the cluster store this replica could not apply, by model."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the gateway's version as a label.");
 }

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["repository"],
     &["traffic", "outcomes"],
     &["registry"],
-    &["executor", "compare"],
+    &["executor", "compare", "cluster"],
     &["join"],
     &["drift", "promotion"],
     &["shadow"],

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
+use crate::cluster::ClusterView;
 use crate::compare::offline::OfflineComparison;
 use crate::compare::{CompareSettings, Report};
 use crate::drift::DriftReport;
@@ -40,10 +41,14 @@ pub struct VersionChange {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AdminCommand {
-    /// What a running gateway serves: champion, challengers, every version and its state.
+    /// What a running gateway serves: champion, challengers, every version and its state; in a
+    /// cluster, then every replica and whether it converged.
     Status {
         /// One model; all when left out.
         model: Option<String>,
+        /// Only the cluster: every replica, its address, heartbeat and applied revisions.
+        #[arg(long, conflicts_with = "model")]
+        cluster: bool,
         #[command(flatten)]
         connection: Connection,
     },
@@ -81,12 +86,25 @@ impl AdminCommand {
         let reason = |r: &Option<String>| json!({ "reason": r });
         let (connection, method, path, body) = match self {
             Self::Report(args) => return report(args).await,
-            Self::Status { model: None, connection } => {
+            Self::Status { cluster: true, connection, .. } => {
+                let Some(view) = cluster(connection).await? else {
+                    bail!("{} is one node, not a cluster (no [cluster] database_url)", connection.url)
+                };
+                return print(connection, &view, cluster_table(&view));
+            }
+            Self::Status { model: None, connection, .. } => {
                 let models: Vec<ModelView> =
                     serde_json::from_value(call(connection, "GET", "/admin/models", None).await?)?;
-                return print(connection, &models, models.iter().map(status_table).collect::<Vec<_>>().join("\n"));
+                let mut table = models.iter().map(status_table).collect::<Vec<_>>().join("\n");
+                if !connection.json
+                    && let Some(view) = cluster(connection).await?
+                {
+                    table.push('\n');
+                    table.push_str(&cluster_table(&view));
+                }
+                return print(connection, &models, table);
             }
-            Self::Status { model: Some(model), connection } => {
+            Self::Status { model: Some(model), connection, .. } => {
                 (connection, "GET", format!("/admin/models/{model}"), None)
             }
             Self::Promote { model, version, reason: why, drop_previous, connection } => (
@@ -146,6 +164,46 @@ fn status_table(model: &ModelView) -> String {
     out
 }
 
+/// The cluster's view, or `None` from a gateway that is one node.
+async fn cluster(connection: &Connection) -> anyhow::Result<Option<ClusterView>> {
+    match call(connection, "GET", "/admin/cluster", None).await {
+        Ok(view) => Ok(Some(serde_json::from_value(view)?)),
+        Err(error) if error.downcast_ref::<NotFound>().is_some() => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+fn cluster_table(view: &ClusterView) -> String {
+    let mut out = String::new();
+    let revisions: Vec<String> = view.deployments.iter().map(|(m, r)| format!("{m} at revision {r}")).collect();
+    let _ = writeln!(out, "cluster: {}; {}", view.store, revisions.join(", "));
+    for replica in &view.replicas {
+        let applied: Vec<String> = replica.applied.iter().map(|(m, r)| format!("{m}@{r}")).collect();
+        let age = replica.heartbeat_at.elapsed().map_or(0.0, |d| d.as_secs_f64());
+        let state = match (replica.stale, replica.converged) {
+            (true, _) => "stale",
+            (false, true) => "converged",
+            (false, false) => "behind",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<22} {:<10} heartbeat {:>5.1} s ago  {}{}",
+            replica.id,
+            replica.address,
+            state,
+            age,
+            applied.join(" "),
+            replica.problem.as_ref().map_or(String::new(), |p| format!("  ({p})")),
+        );
+    }
+    out
+}
+
+/// An admin call answered 404.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct NotFound(String);
+
 /// One admin call; an error answer becomes an error naming the status and the gateway's message.
 async fn call(connection: &Connection, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let url = format!("{}{path}", connection.url.trim_end_matches('/'));
@@ -163,7 +221,11 @@ async fn call(connection: &Connection, method: &str, path: &str, body: Option<Va
     let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
     if !status.is_success() {
         let message = value["error"].as_str().map(str::to_owned).unwrap_or_else(|| value.to_string());
-        bail!("{method} {url} answered {status}: {message}");
+        let message = format!("{method} {url} answered {status}: {message}");
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(NotFound(message).into());
+        }
+        bail!(message);
     }
     Ok(value)
 }

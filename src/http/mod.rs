@@ -67,6 +67,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .routes(routes!(admin::changes::unload))
         .routes(routes!(admin::reports::comparison))
         .routes(routes!(admin::reports::drift))
+        .routes(routes!(admin::cluster::show))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), admin::authorize));
 
     let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())

@@ -318,13 +318,12 @@ pub async fn live() -> Json<serde_json::Value> {
     Json(json!({ "live": true }))
 }
 
-/// Readiness: every model loaded, not shutting down.
+/// Readiness: every model loaded, not shutting down, and in a cluster the store read once.
 #[utoipa::path(get, path = "/v2/health/ready", tag = "health", responses((status = 200, body = Ready), Unavailable))]
 pub async fn ready(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_json::Value>, Error> {
-    if gateway.is_ready() {
-        Ok(Json(json!({ "ready": true })))
-    } else {
-        Err(Error::new(ErrorKind::Unavailable, "the gateway is shutting down"))
+    match gateway.not_ready() {
+        None => Ok(Json(json!({ "ready": true }))),
+        Some(reason) => Err(Error::new(ErrorKind::Unavailable, reason)),
     }
 }
 

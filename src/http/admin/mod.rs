@@ -1,11 +1,12 @@
 //! The admin API under `/admin`: what data scientists and operators ask of a running gateway, by
 //! resource: `models` (what is deployed), `changes` (promote, roll back, challengers, load, unload),
-//! `reports` (the comparison and drift).
+//! `reports` (the comparison and drift), `cluster` (the replicas sharing the deployments).
 //!
 //! Access: with `admin_token` configured, every call needs `Authorization: Bearer <token>`
 //! (compared in constant time); without one, only clients on loopback are answered.
 
 pub mod changes;
+pub mod cluster;
 pub mod models;
 pub mod reports;
 

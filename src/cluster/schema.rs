@@ -1,0 +1,93 @@
+//! The cluster's tables, created and migrated by the gateway itself at start.
+//!
+//! Versioned (`schema_migrations`), idempotent, and under a transaction-scoped advisory lock, so
+//! replicas starting together take turns and the second finds the work done. Migrations only add
+//! (tables, columns with defaults, indexes): a replica of the previous release keeps working
+//! beside one of this release during a rolling upgrade. A schema newer than this binary is refused
+//! with a message, not used.
+
+use postgres::Client;
+
+/// What this binary creates and understands.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Migration `i + 1`, with `{s}` for the schema. Append only: never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // 1: deployments (one row per model), the audit log, the replicas' heartbeats.
+    "CREATE TABLE {s}.deployments (
+        model text PRIMARY KEY,
+        revision bigint NOT NULL CHECK (revision > 0),
+        spec jsonb NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now(),
+        updated_by text NOT NULL
+     );
+     CREATE TABLE {s}.audit (
+        id bigserial PRIMARY KEY,
+        at timestamptz NOT NULL DEFAULT now(),
+        replica text NOT NULL,
+        model text NOT NULL,
+        entry jsonb NOT NULL
+     );
+     CREATE INDEX audit_model_id ON {s}.audit (model, id);
+     CREATE TABLE {s}.replicas (
+        id text PRIMARY KEY,
+        address text NOT NULL,
+        started_at timestamptz NOT NULL,
+        heartbeat_at timestamptz NOT NULL,
+        applied jsonb NOT NULL DEFAULT '{}',
+        converged boolean NOT NULL DEFAULT false,
+        problem text,
+        binary_version text NOT NULL
+     );",
+];
+
+#[derive(Debug)]
+pub enum MigrateError {
+    TooNew { found: i32, known: i32 },
+    Sql(postgres::Error),
+}
+
+impl From<postgres::Error> for MigrateError {
+    fn from(error: postgres::Error) -> Self {
+        Self::Sql(error)
+    }
+}
+
+/// Brings schema `s` (a checked identifier) to `SCHEMA_VERSION`.
+pub fn migrate(client: &mut Client, s: &str) -> Result<(), MigrateError> {
+    // Current already: one read, no lock (every reconnect comes here).
+    if let Ok(row) = client.query_one(&format!("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"), &[]) {
+        let found: i32 = row.get(0);
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if found > SCHEMA_VERSION {
+            return Err(MigrateError::TooNew { found, known: SCHEMA_VERSION });
+        }
+    }
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&format!("gauntlet-migrate:{s}")])?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {s};
+         CREATE TABLE IF NOT EXISTS {s}.schema_migrations (
+            version integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now(),
+            binary_version text NOT NULL
+         );"
+    ))?;
+    let found: i32 = tx.query_one(&format!("SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"), &[])?.get(0);
+    if found > SCHEMA_VERSION {
+        return Err(MigrateError::TooNew { found, known: SCHEMA_VERSION });
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(&migration.replace("{s}", s))?;
+        tx.execute(
+            &format!("INSERT INTO {s}.schema_migrations (version, binary_version) VALUES ($1, $2)"),
+            &[&version, &env!("CARGO_PKG_VERSION")],
+        )?;
+        tracing::info!(schema = s, version, "cluster store migrated");
+    }
+    tx.commit()?;
+    Ok(())
+}

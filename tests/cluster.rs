@@ -1,0 +1,566 @@
+//! Several gateway processes sharing one deployment through the suite's own PostgreSQL: a change
+//! through one replica reaches the others, races are refused, restarts take the store's champion,
+//! a replica that cannot apply says so, and the database going away stops changes, not serving.
+
+mod common;
+#[path = "common/postgres.rs"]
+mod pg;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pg::Postgres;
+use serde_json::{Value, json};
+
+const MODEL: &str = "breast-cancer";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One gateway process, killed if the test ends early.
+struct Replica {
+    child: Option<Child>,
+    addr: SocketAddr,
+    /// Its stderr, for the failure message.
+    log: Arc<Mutex<Vec<String>>>,
+    config: PathBuf,
+}
+
+/// Where a replica keeps its files, and what it is told.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// A config for replica `id` against `url`, over `models` (the demo's, unless a copy).
+    fn config(&self, id: &str, url: &str, models: &Path, extra: &str) -> PathBuf {
+        let base = self.dir.path().join(id);
+        std::fs::create_dir_all(&base).unwrap();
+        let text = format!(
+            r#"
+listen = "127.0.0.1:0"
+models_dir = "{models}"
+log_format = "json"
+shutdown_grace_ms = 2000
+state_dir = "{base}/state"
+[outcomes]
+dir = "{base}/outcomes"
+log_inputs = "none"
+[drift]
+enabled = false
+[cluster]
+database_url = "{url}"
+replica_id = "{id}"
+{extra}
+[models.{MODEL}]
+champion = "1"
+versions = ["1", "2"]
+challengers = ["2"]
+"#,
+            models = models.display(),
+            base = base.display(),
+        );
+        let path = base.join("gauntlet.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A copy of the demo's `model` without `missing` versions.
+    fn models_without(&self, missing: &[&str]) -> PathBuf {
+        let dir = self.dir.path().join(format!("models-without-{}", missing.join("-")));
+        let source = common::models_dir().join(MODEL);
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if missing.contains(&name.as_str()) {
+                continue;
+            }
+            copy(&entry.path(), &dir.join(MODEL).join(&name));
+        }
+        dir
+    }
+}
+
+fn copy(from: &Path, to: &Path) {
+    if from.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            copy(&entry.path(), &to.join(entry.file_name()));
+        }
+    } else {
+        std::fs::copy(from, to).unwrap();
+    }
+}
+
+impl Replica {
+    /// Starts `gauntlet serve` and waits for the address it binds (not for readiness).
+    fn spawn(config: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .env("GAUNTLET_LOG_LEVEL", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let lines = Arc::clone(&log);
+        std::thread::spawn(move || {
+            // Read to the end, always: a full pipe would stall the gateway.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["fields"]["message"] == "serving the Open Inference Protocol"
+                    && let Some(addr) = event["fields"]["address"].as_str()
+                {
+                    let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                }
+                lines.lock().push(line);
+            }
+        });
+        let addr = match rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => panic!("replica did not bind: {}", log.lock().join("\n")),
+        };
+        Self { child: Some(child), addr, log, config: config.to_owned() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIGTERM, and the exit status.
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+        child.wait().unwrap()
+    }
+
+    fn logs(&self) -> String {
+        self.log.lock().join("\n")
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn row() -> Vec<f64> {
+    common::holdout(MODEL).rows[0].clone()
+}
+
+/// One inference: the status and the answering version.
+async fn infer(client: &reqwest::Client, replica: &Replica) -> (u16, Option<String>) {
+    infer_at(client, replica.addr).await
+}
+
+async fn infer_at(client: &reqwest::Client, addr: SocketAddr) -> (u16, Option<String>) {
+    let body = common::infer_body(&[row()]);
+    match client.post(format!("http://{addr}/v2/models/{MODEL}/infer")).json(&body).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let answer: Value = response.json().await.unwrap_or(Value::Null);
+            (status, answer["model_version"].as_str().map(str::to_owned))
+        }
+        Err(_) => (0, None),
+    }
+}
+
+async fn admin(client: &reqwest::Client, replica: &Replica, path: &str, body: Value) -> (u16, Value) {
+    let response = client.post(replica.url(path)).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(client: &reqwest::Client, replica: &Replica, path: &str) -> (u16, Value) {
+    let response = client.get(replica.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn wait_ready(client: &reqwest::Client, replica: &Replica) {
+    common::eventually(&format!("replica {} ready", replica.addr), WAIT, || async {
+        (get(client, replica, "/v2/health/ready").await.0 == 200).then_some(())
+    })
+    .await;
+}
+
+async fn champion(client: &reqwest::Client, replica: &Replica) -> String {
+    let (status, view) = get(client, replica, &format!("/admin/models/{MODEL}")).await;
+    assert_eq!(status, 200, "{view}");
+    view["champion"].as_str().unwrap().to_owned()
+}
+
+/// Waits until every replica answers inference with `version`.
+async fn converge(client: &reqwest::Client, replicas: &[&Replica], version: &str) {
+    for replica in replicas {
+        common::eventually(&format!("{} answers with {version}", replica.addr), WAIT, || async {
+            (infer(client, replica).await == (200, Some(version.to_owned()))).then_some(())
+        })
+        .await;
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_every_replica_and_races_have_one_winner() {
+    let pg = Postgres::start();
+    let setup = Setup::new();
+    let url = pg.url("postgres");
+    let models = common::models_dir();
+    let replicas: Vec<Replica> =
+        (1..=3).map(|i| Replica::spawn(&setup.config(&format!("r{i}"), &url, &models, ""))).collect();
+    let client = reqwest::Client::new();
+    for replica in &replicas {
+        wait_ready(&client, replica).await;
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    converge(&client, &all, "1").await;
+
+    // Two promotions at once, through two replicas, each of a version neither has loaded (so
+    // both are still loading when the first is saved): one wins, the other is told what it lost to.
+    let promote = format!("/admin/models/{MODEL}/promote");
+    let (a, b) = tokio::join!(
+        admin(&client, &replicas[0], &promote, json!({"version": "3", "reason": "race a"})),
+        admin(&client, &replicas[1], &promote, json!({"version": "4", "reason": "race b"})),
+    );
+    let statuses = BTreeSet::from([a.0, b.0]);
+    assert_eq!(statuses, BTreeSet::from([200, 409]), "{a:?} {b:?}");
+    let (winner, loser) = if a.0 == 200 { ("3", &b.1) } else { ("4", &a.1) };
+    let message = loser["error"].as_str().unwrap();
+    assert!(message.contains("revision 2"), "{message}");
+    converge(&client, &all, winner).await;
+    for replica in &replicas {
+        assert_eq!(champion(&client, replica).await, winner);
+    }
+
+    // Traffic on all three while 20 changes go through replica 1: no request fails, every answer
+    // is a version that was the cluster's champion at some moment, and all follow every change.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers = Arc::new(Mutex::new(Vec::<(u16, Option<String>)>::new()));
+    let counts: Arc<[AtomicUsize; 3]> = Arc::new(Default::default());
+    let mut load = Vec::new();
+    for (i, replica) in replicas.iter().enumerate() {
+        let (client, stop, answers, addr) = (client.clone(), Arc::clone(&stop), Arc::clone(&answers), replica.addr);
+        let counts = Arc::clone(&counts);
+        load.push(tokio::spawn(async move {
+            // Paced, so the three replicas and PostgreSQL keep some of the two cores.
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let answer = infer_at(&client, addr).await;
+                answers.lock().push(answer);
+                counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let mut champions = BTreeSet::from(["1".to_owned(), winner.to_owned()]);
+    let mut current = winner.to_owned();
+    let mut propagation = Vec::new();
+    let mut cycle = ["1", "2", "3", "4"].into_iter().cycle();
+    for i in 0..20 {
+        let (path, body, next) = if i % 4 == 3 {
+            // A rollback returns to the champion before.
+            (format!("/admin/models/{MODEL}/rollback"), json!({"reason": "rollback under load"}), None)
+        } else {
+            let next = cycle.by_ref().find(|v| *v != current).unwrap();
+            let body = json!({"version": next, "reason": "promotion under load"});
+            (format!("/admin/models/{MODEL}/promote"), body, Some(next))
+        };
+        let (status, view) = admin(&client, &replicas[0], &path, body).await;
+        assert_eq!(status, 200, "change {i}: {view}");
+        let written = Instant::now();
+        let now = view["champion"].as_str().unwrap().to_owned();
+        if let Some(next) = next {
+            assert_eq!(now, next);
+        }
+        champions.insert(now.clone());
+        current = now;
+        // The time from the write to the last of replicas 2 and 3 answering with the new champion.
+        let mut waiting: Vec<&Replica> = replicas[1..].iter().collect();
+        while !waiting.is_empty() {
+            assert!(written.elapsed() < WAIT, "change {i} did not reach every replica");
+            let mut still = Vec::new();
+            for replica in waiting {
+                if infer(&client, replica).await.1.as_deref() != Some(current.as_str()) {
+                    still.push(replica);
+                }
+            }
+            waiting = still;
+        }
+        propagation.push(written.elapsed());
+        // Each replica serves the new champion to the load for a while before the next change.
+        let seen: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        common::eventually("the load goes on between changes", WAIT, || async {
+            counts.iter().zip(&seen).all(|(c, s)| c.load(Ordering::Relaxed) >= s + 10).then_some(())
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let answers = std::mem::take(&mut *answers.lock());
+    let failed: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(failed.is_empty(), "{} of {} requests failed across the changes: {failed:?}", failed.len(), answers.len());
+    let answered: BTreeSet<String> = answers.iter().filter_map(|(_, v)| v.clone()).collect();
+    assert!(answered.is_subset(&champions), "answers from {answered:?}, champions {champions:?}");
+    propagation.sort();
+    eprintln!(
+        "propagation over {} changes, write to the last replica answering: p50 {:?}, max {:?}; {} requests under load, 0 failed",
+        propagation.len(),
+        percentile(&propagation, 0.5),
+        propagation.last().unwrap(),
+        answers.len()
+    );
+
+    // The store's view: every replica converged on the last revision.
+    let view = common::eventually("every replica converged", WAIT, || async {
+        let (status, view) = get(&client, &replicas[2], "/admin/cluster").await;
+        assert_eq!(status, 200, "{view}");
+        let replicas = view["replicas"].as_array().unwrap();
+        (replicas.len() == 3 && replicas.iter().all(|r| r["converged"] == true)).then_some(view)
+    })
+    .await;
+    let revision = view["deployments"][MODEL].as_u64().unwrap();
+    assert_eq!(revision, 22, "{view}");
+    for replica in view["replicas"].as_array().unwrap() {
+        assert_eq!(replica["applied"][MODEL], revision, "{view}");
+        assert!(replica["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{view}");
+    }
+    assert_eq!(view["analyst"], Value::Null);
+    // Every change is in the shared audit log, from the replica that made it.
+    let audited: i64 = pg.sql(|c| {
+        c.query_one("SELECT count(*) FROM gauntlet.audit WHERE entry->>'result' = 'ok' AND replica = 'r1'", &[])
+            .unwrap()
+            .get(0)
+    });
+    assert!(audited >= 20, "{audited} audit entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_take_the_store_and_a_replica_without_the_files_says_so() {
+    let pg = Postgres::start();
+    let setup = Setup::new();
+    let url = pg.url("postgres");
+    let models = common::models_dir();
+    // Replica 3's disk lacks version 4.
+    let partial = setup.models_without(&["4"]);
+    let mut r1 = Replica::spawn(&setup.config("r1", &url, &models, ""));
+    let mut r2 = Replica::spawn(&setup.config("r2", &url, &models, ""));
+    let r3 = Replica::spawn(&setup.config("r3", &url, &partial, "poll_interval_ms = 500"));
+    let client = reqwest::Client::new();
+    for replica in [&r1, &r2, &r3] {
+        wait_ready(&client, replica).await;
+    }
+    let (status, view) = admin(&client, &r1, &format!("/admin/models/{MODEL}/promote"), json!({"version": "4"})).await;
+    assert_eq!(status, 200, "{view}");
+    converge(&client, &[&r1, &r2], "4").await;
+
+    // Replica 3 cannot load 4: it keeps serving 1, ready, and says it is not converged.
+    let view = common::eventually("replica 3 reports itself not converged", WAIT, || async {
+        let (_, view) = get(&client, &r1, "/admin/cluster").await;
+        let r3 = view["replicas"].as_array()?.iter().find(|r| r["id"] == "r3")?.clone();
+        (r3["converged"] == false && r3["problem"].as_str().is_some_and(|p| p.contains("4"))).then_some(view)
+    })
+    .await;
+    assert!(
+        view["replicas"].as_array().unwrap().iter().filter(|r| r["id"] != "r3").all(|r| r["converged"] == true),
+        "{view}"
+    );
+    assert_eq!(infer(&client, &r3).await, (200, Some("1".to_owned())));
+    assert_eq!(get(&client, &r3, "/v2/health/ready").await.0, 200);
+    // `gauntlet status` shows the same, as an operator reads it.
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+        .args(["status", "--url", &r1.url("")])
+        .output()
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{table}{}", String::from_utf8_lossy(&status.stderr));
+    let line = |id: &str| table.lines().find(|l| l.trim_start().starts_with(id)).unwrap_or_default().to_owned();
+    assert!(table.contains("cluster: postgres://postgres@127.0.0.1:"), "{table}");
+    assert!(line("r3 ").contains("behind") && line("r3 ").contains("cannot apply revision 2"), "{table}");
+    assert!(line("r1 ").contains("converged") && line("r1 ").contains(&format!("{MODEL}@2")), "{table}");
+    let metrics = client.get(r3.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gauntlet_cluster_converged 0"), "{metrics}");
+    // A change through the replica that is behind loses to the revision it has not applied.
+    let (status, refused) =
+        admin(&client, &r3, &format!("/admin/models/{MODEL}/promote"), json!({"version": "3"})).await;
+    assert_eq!(status, 409, "{refused}");
+
+    // Its files arrive: it catches up on its own.
+    copy(&common::models_dir().join(MODEL).join("4"), &partial.join(MODEL).join("4"));
+    converge(&client, &[&r3], "4").await;
+    common::eventually("replica 3 converged", WAIT, || async {
+        let (_, view) = get(&client, &r1, "/admin/cluster").await;
+        view["replicas"].as_array()?.iter().all(|r| r["converged"] == true).then_some(())
+    })
+    .await;
+
+    // A restarted replica serves the store's champion, not its file's ("1").
+    assert!(r2.terminate().success(), "{}", r2.logs());
+    let (_, view) = get(&client, &r1, "/admin/cluster").await;
+    assert!(view["replicas"].as_array().unwrap().iter().all(|r| r["id"] != "r2"), "a stopped replica leaves: {view}");
+    let r2 = Replica::spawn(&r2.config.clone());
+    wait_ready(&client, &r2).await;
+    assert_eq!(infer(&client, &r2).await, (200, Some("4".to_owned())));
+    assert_eq!(champion(&client, &r2).await, "4");
+    assert!(r1.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_down_replicas_serve_and_changes_wait() {
+    let pg = Postgres::start();
+    let setup = Setup::new();
+    let url = pg.url("postgres");
+    let models = common::models_dir();
+    let replicas: Vec<Replica> =
+        (1..=3).map(|i| Replica::spawn(&setup.config(&format!("r{i}"), &url, &models, ""))).collect();
+    let client = reqwest::Client::new();
+    for replica in &replicas {
+        wait_ready(&client, replica).await;
+    }
+    let all: Vec<&Replica> = replicas.iter().collect();
+    let (status, _) =
+        admin(&client, &replicas[0], &format!("/admin/models/{MODEL}/promote"), json!({"version": "2"})).await;
+    assert_eq!(status, 200);
+    converge(&client, &all, "2").await;
+
+    pg.stop();
+    // Serving goes on from what each replica applied.
+    let mut served = 0;
+    for _ in 0..50 {
+        for replica in &replicas {
+            assert_eq!(infer(&client, replica).await, (200, Some("2".to_owned())));
+            served += 1;
+        }
+    }
+    // A change answers 503, naming the store; nothing changed.
+    let (status, refused) =
+        admin(&client, &replicas[1], &format!("/admin/models/{MODEL}/promote"), json!({"version": "3"})).await;
+    assert_eq!(status, 503, "{refused}");
+    let message = refused["error"].as_str().unwrap();
+    assert!(message.contains("cluster store") && message.contains(&format!("127.0.0.1:{}", pg.port)), "{message}");
+    assert!(!message.contains(pg::PASSWORD), "{message}");
+    assert_eq!(champion(&client, &replicas[1]).await, "2");
+    assert_eq!(get(&client, &replicas[0], "/admin/cluster").await.0, 503);
+    // A replica that starts now does not know the champion: alive, not ready.
+    let late = Replica::spawn(&setup.config("r4", &url, &models, ""));
+    common::eventually("the late replica answers liveness", WAIT, || async {
+        (get(&client, &late, "/v2/health/live").await.0 == 200).then_some(())
+    })
+    .await;
+    let (status, not_ready) = get(&client, &late, "/v2/health/ready").await;
+    assert_eq!(status, 503, "{not_ready}");
+    assert!(not_ready["error"].as_str().unwrap().contains("cluster"), "{not_ready}");
+    for _ in 0..20 {
+        for replica in &replicas {
+            assert_eq!(infer(&client, replica).await.0, 200);
+            served += 1;
+        }
+    }
+
+    pg.resume();
+    wait_ready(&client, &late).await;
+    // The store's champion, not the late replica's configuration's.
+    assert_eq!(infer(&client, &late).await, (200, Some("2".to_owned())));
+    let (status, view) = common::eventually("a change succeeds again", WAIT, || async {
+        let answer =
+            admin(&client, &replicas[1], &format!("/admin/models/{MODEL}/promote"), json!({"version": "3"})).await;
+        (answer.0 != 503).then_some(answer)
+    })
+    .await;
+    assert_eq!(status, 200, "{view}");
+    let everyone: Vec<&Replica> = replicas.iter().chain([&late]).collect();
+    converge(&client, &everyone, "3").await;
+    common::eventually("all four converged", WAIT, || async {
+        let (_, view) = get(&client, &replicas[2], "/admin/cluster").await;
+        let replicas = view["replicas"].as_array()?;
+        (replicas.len() == 4 && replicas.iter().all(|r| r["converged"] == true)).then_some(())
+    })
+    .await;
+    eprintln!("during the outage: {served} requests served, 0 failed; after it, every replica converged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_cluster_configuration_stops_startup_naming_the_cause() {
+    let pg = Postgres::start();
+    let setup = Setup::new();
+    let models = common::models_dir();
+    // A newer binary's schema, in a schema of its own.
+    pg.sql(|c| {
+        c.batch_execute(
+            "CREATE SCHEMA future; CREATE TABLE future.schema_migrations (version integer PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now(), binary_version text NOT NULL); \
+             INSERT INTO future.schema_migrations (version, binary_version) VALUES (99, '9.0.0');",
+        )
+        .unwrap()
+    });
+    let wrong_password = pg.url("postgres").replace(pg::PASSWORD, "wrong");
+    let cases: [(&str, String, &str, &[&str]); 4] = [
+        ("unparsable", "postgres://127.0.0.1:notaport/x".to_owned(), "", &["`cluster.database_url`"]),
+        ("password", wrong_password, "", &["refused", "password"]),
+        ("database", pg.url("missing"), "", &["refused", "\"missing\" does not exist"]),
+        ("schema", pg.url("postgres"), "name = \"future\"", &["schema version 99", "upgrade"]),
+    ];
+    for (case, url, extra, needles) in cases {
+        let config = setup.config(case, &url, &models, extra);
+        let output = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{case}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for needle in needles {
+            assert!(stderr.contains(needle), "{case}: {needle} not in {stderr}");
+        }
+        assert!(!stderr.contains(pg::PASSWORD), "{case}: the password is in the message: {stderr}");
+    }
+    // Replicas starting together migrate once: the schema is there, at one version.
+    let configs: Vec<PathBuf> =
+        (1..=3).map(|i| setup.config(&format!("m{i}"), &pg.url("postgres"), &models, "name = \"together\"")).collect();
+    let mut started: Vec<Replica> = configs.iter().map(|c| Replica::spawn(c)).collect();
+    let client = reqwest::Client::new();
+    for replica in &started {
+        wait_ready(&client, replica).await;
+    }
+    let versions: Vec<i32> = pg.sql(|c| {
+        c.query("SELECT version FROM together.schema_migrations", &[]).unwrap().iter().map(|r| r.get(0)).collect()
+    });
+    assert_eq!(versions, vec![gauntlet::cluster::SCHEMA_VERSION], "{}", started[0].logs());
+    let seeded: BTreeMap<String, i64> = pg.sql(|c| {
+        c.query("SELECT model, revision FROM together.deployments", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    });
+    // Ready means seeded or following: whichever replica seeded, the others took its row.
+    assert_eq!(seeded, BTreeMap::from([(MODEL.to_owned(), 1)]));
+    for replica in &mut started {
+        assert!(replica.terminate().success(), "{}", replica.logs());
+    }
+}
