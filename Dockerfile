@@ -18,16 +18,25 @@ RUN cargo build --release --locked --bin gauntlet \
  && cp target/onnxruntime/libonnxruntime.so.* /out/lib/libonnxruntime.so
 
 FROM debian:bookworm-slim
+# CA certificates: the cluster store's TLS (`sslmode=require`) checks the server against them.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --no-create-home --uid 10001 gauntlet
 WORKDIR /opt/gauntlet
-# The binary finds ONNX Runtime at ../lib/libonnxruntime.so beside itself.
+# The binary finds ONNX Runtime at ../lib/libonnxruntime.so beside itself. Everything under
+# /opt/gauntlet is root's and read-only to the gateway; it writes only under /var/lib/gauntlet (a
+# volume in Kubernetes, where the root file system is read-only).
 COPY --from=build /out/bin/gauntlet bin/gauntlet
 COPY --from=build /out/lib/libonnxruntime.so lib/libonnxruntime.so
 COPY models models
 COPY gauntlet.toml gauntlet.toml
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/gauntlet /var/lib/gauntlet/state /var/lib/gauntlet/outcomes
 USER 10001
-ENV GAUNTLET_LISTEN=0.0.0.0:8000 GAUNTLET_LOG_FORMAT=json
+ENV GAUNTLET_LISTEN=0.0.0.0:8000 GAUNTLET_LOG_FORMAT=json GAUNTLET_MODELS_DIR=/opt/gauntlet/models \
+    GAUNTLET_STATE_DIR=/var/lib/gauntlet/state GAUNTLET_OUTCOMES__DIR=/var/lib/gauntlet/outcomes
 EXPOSE 8000
+VOLUME /var/lib/gauntlet
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/gauntlet/bin/gauntlet"]
 CMD ["serve", "--config", "/opt/gauntlet/gauntlet.toml"]
