@@ -564,3 +564,38 @@ async fn bad_cluster_configuration_stops_startup_naming_the_cause() {
         assert!(replica.terminate().success(), "{}", replica.logs());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_over_tls_checks_the_certificate() {
+    let pg = Postgres::start_tls();
+    let setup = Setup::new();
+    let models = common::models_dir();
+    let url = format!("{}?sslmode=require", pg.url("postgres"));
+    let ca = pg.ca.clone().unwrap();
+    let client = reqwest::Client::new();
+    // Without the CA the server's certificate is not trusted: the replica never reads the store,
+    // so it is not ready, and its log says why.
+    let untrusting = Replica::spawn(&setup.config("untrusting", &url, &models, ""));
+    common::eventually("the untrusting replica says why", WAIT, || async {
+        untrusting.logs().contains("certificate").then_some(())
+    })
+    .await;
+    assert_eq!(get(&client, &untrusting, "/v2/health/ready").await.0, 503);
+    // With it, TLS all the way: ready, changes work, and the server sees only TLS sessions from it.
+    let trusting = Replica::spawn(&setup.config("trusting", &url, &models, &format!("ca_file = \"{}\"", ca.display())));
+    wait_ready(&client, &trusting).await;
+    let (status, view) =
+        admin(&client, &trusting, &format!("/admin/models/{MODEL}/promote"), json!({"version": "2"})).await;
+    assert_eq!(status, 200, "{view}");
+    let (tls, plain): (i64, i64) = pg.sql(|c| {
+        let row = c
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl) FROM pg_stat_ssl s \
+                 JOIN pg_stat_activity a USING (pid) WHERE a.application_name = 'gauntlet'",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    });
+    assert!(tls >= 2 && plain == 0, "{tls} TLS sessions, {plain} without");
+}

@@ -18,11 +18,23 @@ pub struct Postgres {
     bin: PathBuf,
     pub port: u16,
     root: bool,
+    /// With TLS: the PEM file of the CA that signed the server's certificate.
+    pub ca: Option<PathBuf>,
 }
 
 impl Postgres {
     /// A new, running server with an empty `postgres` database.
     pub fn start() -> Self {
+        Self::init(false)
+    }
+
+    /// As `start`, but TCP clients must use TLS; the server's certificate (for 127.0.0.1) is
+    /// signed by a CA of its own, in `ca`.
+    pub fn start_tls() -> Self {
+        Self::init(true)
+    }
+
+    fn init(tls: bool) -> Self {
         let bin = binaries();
         let root = is_root();
         let dir = tempfile::Builder::new().prefix("gauntlet-pg-").tempdir().expect("a temporary directory");
@@ -35,7 +47,7 @@ impl Postgres {
             run(Command::new("chown").arg("postgres:postgres").arg(&pwfile));
         }
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let server = Self { dir, bin, port, root };
+        let mut server = Self { dir, bin, port, root, ca: None };
         server.pg(
             "initdb",
             &[
@@ -52,8 +64,49 @@ impl Postgres {
                 "--no-sync",
             ],
         );
+        if tls {
+            server.ca = Some(server.certify());
+        }
         server.resume();
         server
+    }
+
+    /// Makes a CA and a server certificate for 127.0.0.1, turns TLS on and requires it of TCP
+    /// clients (`hostssl`); returns the CA's PEM file.
+    fn certify(&self) -> PathBuf {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        let data = self.data();
+        std::fs::write(data.join("server.crt"), server.pem()).unwrap();
+        std::fs::write(data.join("server.key"), key.serialize_pem()).unwrap();
+        run(Command::new("chmod").arg("600").arg(data.join("server.key")));
+        if self.root {
+            run(Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(data.join("server.crt"))
+                .arg(data.join("server.key")));
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        let hba = data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        let text: String = text
+            .lines()
+            .map(|l| if l.starts_with("host ") { format!("hostssl{}\n", &l[4..]) } else { format!("{l}\n") })
+            .collect();
+        std::fs::write(&hba, text).unwrap();
+        let ca_file = self.dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
+        ca_file
     }
 
     fn data(&self) -> PathBuf {
@@ -78,7 +131,7 @@ impl Postgres {
             &["-D", &self.data().display().to_string(), "-l", &log, "-o", &options, "-w", "-t", "60", "start"],
         );
         let until = Instant::now() + Duration::from_secs(60);
-        while !blocking(|| postgres::Client::connect(&self.url("postgres"), postgres::NoTls).is_ok()) {
+        while !blocking(|| self.local().connect(postgres::NoTls).is_ok()) {
             assert!(Instant::now() < until, "PostgreSQL did not accept connections: {}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -89,11 +142,17 @@ impl Postgres {
         self.pg("pg_ctl", &["-D", &self.data().display().to_string(), "-m", "fast", "-w", "stop"]);
     }
 
+    /// The server's own connection: its Unix socket, as the superuser (no TLS, no password).
+    fn local(&self) -> postgres::Config {
+        let mut config = postgres::Config::new();
+        config.host_path(self.dir.path()).port(self.port).user("postgres").dbname("postgres");
+        config
+    }
+
     /// Runs `f` on a new connection to the `postgres` database (from async tests too).
     pub fn sql<T>(&self, f: impl FnOnce(&mut postgres::Client) -> T) -> T {
         blocking(|| {
-            let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls)
-                .expect("connecting to the test database");
+            let mut client = self.local().connect(postgres::NoTls).expect("connecting to the test database");
             f(&mut client)
         })
     }
