@@ -164,6 +164,12 @@ impl<M: Send + 'static> Worker<M> {
         Ok(Self { shared, threads: Mutex::new(threads) })
     }
 
+    /// Starts one thread running `work` (`settings.threads` is taken as 1).
+    pub fn start_one<W: Work<Message = M>>(settings: Settings, work: W) -> std::io::Result<Self> {
+        let mut work = Some(work);
+        Self::start(Settings { threads: 1, ..settings }, |_| work.take().expect("one thread, one work"))
+    }
+
     /// Queues without waiting; hands the message back if the queue is full or the worker closed.
     pub fn try_send(&self, message: M) -> Result<(), M> {
         let shared = &*self.shared;

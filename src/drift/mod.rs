@@ -232,15 +232,15 @@ impl Drift {
                 poll_idle: POLL_IDLE,
             };
             let interval = shared.settings.evaluate_interval();
-            let mut monitor = Some(Monitor {
+            let monitor = Monitor {
                 shared: Arc::clone(&shared),
                 registry,
                 watches: HashMap::new(),
                 webhook: webhook.clone(),
                 interval,
                 next: Instant::now() + interval,
-            });
-            Some(Worker::start(thread, |_| monitor.take().expect("one monitor thread"))?)
+            };
+            Some(Worker::start_one(thread, monitor)?)
         } else {
             None
         };

@@ -73,14 +73,14 @@ impl Webhook {
             .user_agent(concat!("gauntlet/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(std::io::Error::other)?;
-        let mut delivery = Some(Delivery {
+        let delivery = Delivery {
             url,
             bearer: settings.webhook_bearer_token.as_ref().map(|t| t.expose().to_owned()),
             client,
             attempts: settings.webhook_attempts.max(1),
             backoff: Duration::from_millis(settings.webhook_backoff_ms),
             runtime: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        });
+        };
         let thread = background::Settings {
             name: "drift-webhook",
             threads: 1,
@@ -90,7 +90,7 @@ impl Webhook {
             poll: POLL,
             poll_idle: POLL_IDLE,
         };
-        let worker = Worker::start(thread, |_| delivery.take().expect("one webhook thread"))?;
+        let worker = Worker::start_one(thread, delivery)?;
         Ok(Self { worker })
     }
 

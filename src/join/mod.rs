@@ -125,7 +125,7 @@ impl LabelJoin {
             poll: POLL,
             poll_idle: POLL_IDLE,
         };
-        let mut join = Some(JoinThread {
+        let join = JoinThread {
             settings,
             listeners,
             models: models
@@ -136,8 +136,8 @@ impl LabelJoin {
                 })
                 .collect(),
             last_gauges: Instant::now(),
-        });
-        let worker = Worker::start(thread, |_| join.take().expect("one join thread"))?;
+        };
+        let worker = Worker::start_one(thread, join)?;
         Ok(Self { worker })
     }
 

@@ -62,8 +62,7 @@ impl OutcomeWriter {
             poll: POLL,
             poll_idle: POLL_IDLE,
         };
-        let mut log = Some(Log::new(settings));
-        let worker = Worker::start(thread, |_| log.take().expect("one writer thread"))?;
+        let worker = Worker::start_one(thread, Log::new(settings))?;
         Ok(Self { worker, dropped: crate::metrics::outcome_records_counter("dropped") })
     }
 }
