@@ -8,8 +8,10 @@
 # warms it up with wrk, zeroes the counters, runs wrk (16 connections, the body of benches/load.sh: one
 # holdout row as JSON) for `seconds`, dumps the counters, and prints the user-space instructions of
 # the threads that served the requests (those whose profile holds `serve_infer`: the async workers)
-# divided by the requests wrk counted. BENCH_GAUNTLET=path measures another build. Needs valgrind and
-# wrk (`apt-get install valgrind wrk`). Traffic goes to 127.0.0.1 only.
+# divided by the requests wrk counted. BENCH_GAUNTLET=path measures another build. BENCH_CLUSTER=1
+# runs the gateway in cluster mode against a PostgreSQL of the script's own (Debian's `postgresql`;
+# initdb and pg_ctl as the `postgres` user when run as root), to show the store stays off the
+# request path. Needs valgrind and wrk (`apt-get install valgrind wrk`). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -24,8 +26,26 @@ done
 work="$(mktemp -d)"
 port="${BENCH_PORT:-19150}"
 pid=""
-cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+pgbin=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  wait 2>/dev/null || true
+  [ -n "$pgbin" ] && as_postgres "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1
+  rm -rf "$work"
+}
 trap cleanup EXIT
+if [ -n "${BENCH_CLUSTER:-}" ]; then
+  pgbin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
+  chmod 755 "$work"
+  mkdir -p "$work/pg"
+  [ "$(id -u)" = 0 ] && chown postgres: "$work/pg"
+  as_postgres "$pgbin/initdb" -D "$work/pg/data" -U postgres --auth=trust --no-sync >/dev/null
+  pgport=$((port + 1))
+  as_postgres "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
+    -o "-p $pgport -c listen_addresses=127.0.0.1 -k $work/pg" start >/dev/null
+  set -- "$@" --set "cluster.database_url=postgres://postgres@127.0.0.1:$pgport/postgres"
+fi
 
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$work/cg.out" \
   "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --set log_level=warn \
