@@ -233,7 +233,7 @@ impl Server {
         .await??;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         if let Some(cluster) = &gateway.cluster {
-            cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?);
+            cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?, gateway.config.outcomes.dir.clone());
         }
         Ok(Self { listener, gateway: Arc::new(gateway), on_disk_at_start })
     }

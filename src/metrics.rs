@@ -44,6 +44,9 @@ pub const CLUSTER_STORE_UP: &str = "gauntlet_cluster_store_up";
 pub const CLUSTER_CONVERGED: &str = "gauntlet_cluster_converged";
 pub const CLUSTER_REVISION: &str = "gauntlet_cluster_deployment_revision";
 pub const CLUSTER_FOLLOW_FAILURES: &str = "gauntlet_cluster_follow_failures_total";
+pub const CLUSTER_FORWARDED: &str = "gauntlet_cluster_forwarded_total";
+pub const CLUSTER_SPOOL_BYTES: &str = "gauntlet_cluster_spool_bytes";
+pub const CLUSTER_SPOOL_DROPPED: &str = "gauntlet_cluster_spool_dropped_total";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -135,6 +138,15 @@ fn describe() {
     describe_counter!(
         CLUSTER_FOLLOW_FAILURES,
         "Revisions from the cluster store this replica could not apply, by model."
+    );
+    describe_counter!(
+        CLUSTER_FORWARDED,
+        "Lines of the outcome log loaded into the cluster store, by kind (record, label, unreadable)."
+    );
+    describe_gauge!(CLUSTER_SPOOL_BYTES, "Bytes of the outcome log not yet in the cluster store.");
+    describe_counter!(
+        CLUSTER_SPOOL_DROPPED,
+        "Lines of the outcome log given up on for the cluster store (the spool was past cluster.spool_bytes)."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the gateway's version as a label.");
 }

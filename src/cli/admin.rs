@@ -240,6 +240,13 @@ pub struct ReportArgs {
     /// (repeat the flag for more).
     #[arg(long)]
     pub log: Vec<String>,
+    /// Report from a cluster's store instead: its `records` and `labels` tables, in time order
+    /// (a PostgreSQL URL, as `[cluster] database_url`).
+    #[arg(long, conflicts_with = "log", value_name = "URL")]
+    pub database: Option<String>,
+    /// With --database: the cluster's schema (`[cluster] name`).
+    #[arg(long, default_value = "gauntlet", requires = "database")]
+    pub schema: String,
     /// Offline only (a gateway uses its own configuration): significance level.
     #[arg(long, default_value_t = CompareSettings::default().alpha)]
     pub alpha: f64,
@@ -258,7 +265,7 @@ pub struct ReportArgs {
 
 pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
     let mut drift = None;
-    let reports = if args.log.is_empty() {
+    let reports = if args.log.is_empty() && args.database.is_none() {
         let Some(model) = &args.model else { bail!("name the model to report on (or give --log files)") };
         // The drift report is shown with --drift, and after the comparison's table (not its JSON).
         if args.drift || !args.connection.json {
@@ -277,18 +284,36 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
         }
         vec![fetch_report(args, model).await?]
     } else if args.drift {
+        if args.database.is_some() {
+            bail!("--drift reads outcome-log files (--log); the store's drift is not there yet");
+        }
         return offline_drift(args);
     } else {
-        let files = reader::expand(&args.log)?;
         let settings =
             CompareSettings { alpha: args.alpha, min_labelled_pairs: args.min_labelled_pairs, ..Default::default() };
         let mut offline = OfflineComparison::new(settings);
-        reader::each_line(&files, &mut |line| offline.line(line))?;
-        let (comparisons, summary) = offline.finish(files.len());
+        let (source, files) = match &args.database {
+            Some(url) => {
+                let (url, schema) = (url.clone(), args.schema.clone());
+                // The blocking client runs a runtime of its own: off this one.
+                let (offline_back, location) = tokio::task::spawn_blocking(move || {
+                    let location = crate::cluster::read_outcomes(&url, &schema, &mut |line| offline.line(line))?;
+                    anyhow::Ok((offline, location))
+                })
+                .await??;
+                offline = offline_back;
+                (location, 0)
+            }
+            None => {
+                let files = reader::expand(&args.log)?;
+                reader::each_line(&files, &mut |line| offline.line(line))?;
+                (format!("{} files", files.len()), files.len())
+            }
+        };
+        let (comparisons, summary) = offline.finish(files);
         if !args.connection.json {
             eprintln!(
-                "read {} files: {} records, {} labels ({} without their record, {} duplicates), {} unreadable lines",
-                summary.files,
+                "read {source}: {} records, {} labels ({} without their record, {} duplicates), {} unreadable lines",
                 summary.records,
                 summary.feedback,
                 summary.unmatched_feedback,

@@ -18,6 +18,7 @@
 //! `DeploymentStore` and the connection, `follower` the thread that keeps a replica in step.
 
 mod follower;
+mod forward;
 mod schema;
 mod store;
 
@@ -64,6 +65,13 @@ pub struct ClusterSettings {
     /// Connecting to the store gives up after this (a change then answers 503).
     #[serde(default = "defaults::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Records and labels not yet in the store (the local outcome log is the spool) beyond which
+    /// the oldest are given up on (they stay on disk; counted).
+    #[serde(default = "defaults::spool_bytes")]
+    pub spool_bytes: u64,
+    /// Days of records and labels the store keeps (daily partitions are dropped after).
+    #[serde(default = "defaults::retention_days")]
+    pub retention_days: u32,
 }
 
 mod defaults {
@@ -78,6 +86,12 @@ mod defaults {
     }
     pub fn connect_timeout_ms() -> u64 {
         2000
+    }
+    pub fn spool_bytes() -> u64 {
+        1 << 30
+    }
+    pub fn retention_days() -> u32 {
+        30
     }
 }
 
@@ -106,6 +120,8 @@ impl ClusterSettings {
             ("poll_interval_ms", self.poll_interval_ms),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
+            ("spool_bytes", self.spool_bytes),
+            ("retention_days", u64::from(self.retention_days)),
         ] {
             if value == 0 {
                 return Some((key, "must be greater than 0".into()));
@@ -134,7 +150,8 @@ pub enum ClusterError {
 pub struct Cluster {
     connector: Arc<Connector>,
     shared: Arc<Shared>,
-    follower: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The follower and the forwarder.
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 /// State the follower writes and the HTTP side reads.
@@ -160,23 +177,33 @@ impl Cluster {
         }
         let connector = Arc::new(Connector::new(settings)?);
         let store = PgStore::open(Arc::clone(&connector))?;
-        let cluster = Self { connector, shared: Arc::default(), follower: Mutex::new(None) };
+        let cluster = Self { connector, shared: Arc::default(), threads: Mutex::new(Vec::new()) };
         Ok((cluster, store))
     }
 
-    /// Starts the follower for the replica serving at `address` (the bound listen address).
-    pub fn start(&self, registry: Arc<Registry>, address: SocketAddr) {
+    /// Starts the follower for the replica serving at `address` (the bound listen address), and
+    /// the forwarder of the outcome log in `outcomes` (its spool) to the store.
+    pub fn start(&self, registry: Arc<Registry>, address: SocketAddr, outcomes: PathBuf) {
         let address = advertised(address);
         let id = self.connector.settings().replica_id.clone().unwrap_or_else(|| address.clone());
         self.connector.set_replica(&id);
         tracing::info!(replica = %id, store = %self.connector.location(), "joining the cluster");
-        let follower =
-            follower::Follower::new(Arc::clone(&self.connector), Arc::clone(&self.shared), registry, id, address);
-        let handle = std::thread::Builder::new()
-            .name("gauntlet-cluster".into())
-            .spawn(move || follower.run())
-            .expect("spawning the cluster follower");
-        *self.follower.lock() = Some(handle);
+        let (connector, shared) = (Arc::clone(&self.connector), Arc::clone(&self.shared));
+        let forwarder = forward::Forwarder::new(Arc::clone(&connector), Arc::clone(&shared), outcomes, id.clone());
+        let follower = follower::Follower::new(connector, shared, registry, id, address);
+        let mut threads = self.threads.lock();
+        threads.push(
+            std::thread::Builder::new()
+                .name("gauntlet-cluster".into())
+                .spawn(move || follower.run())
+                .expect("spawning the cluster follower"),
+        );
+        threads.push(
+            std::thread::Builder::new()
+                .name("gauntlet-forward".into())
+                .spawn(move || forwarder.run())
+                .expect("spawning the outcome forwarder"),
+        );
     }
 
     /// Whether this replica has read the store and serves a revision of every model from it.
@@ -194,14 +221,50 @@ impl Cluster {
         self.connector.status(stale_after)
     }
 
-    /// Stops the follower and takes this replica's row out of the store. Blocking.
+    /// Stops the follower and takes this replica's row out of the store; the forwarder sends what
+    /// the outcome log holds (call it after the log is closed), for a few seconds at most. Blocking.
     pub fn close(&self) {
         self.shared.closing.store(true, Ordering::Release);
-        if let Some(handle) = self.follower.lock().take() {
+        for handle in self.threads.lock().drain(..) {
             let _ = handle.join();
         }
         self.connector.disconnect();
     }
+}
+
+/// Every record and label in a cluster's store, in time order (a record before a label of the same
+/// instant), as the outcome log's lines: what `gauntlet report --database` reads. Returns where
+/// it read from (without the password). Blocking.
+pub fn read_outcomes(
+    url: &str,
+    schema: &str,
+    each: &mut dyn FnMut(Option<crate::outcomes::reader::Line>),
+) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use postgres::fallible_iterator::FallibleIterator;
+    let settings = ClusterSettings {
+        database_url: Some(Secret::from(url.to_owned())),
+        name: schema.to_owned(),
+        ..ClusterSettings::default()
+    };
+    if let Some((key, message)) = settings.invalid() {
+        anyhow::bail!("--schema: {key}: {message}");
+    }
+    let connector = Connector::new(&settings)?;
+    let location = connector.location();
+    let mut client = connector.connect().with_context(|| format!("connecting to {location}"))?;
+    let s = schema;
+    let query = format!(
+        "SELECT line::text FROM (SELECT at, 0 AS kind, record AS line FROM {s}.records \
+         UNION ALL SELECT at, 1, label FROM {s}.labels) t ORDER BY at, kind"
+    );
+    let mut rows =
+        client.query_raw(&query, std::iter::empty::<i32>()).with_context(|| format!("reading {location}"))?;
+    while let Some(row) = rows.next().with_context(|| format!("reading {location}"))? {
+        let text: String = row.get(0);
+        each(serde_json::from_str(&text).ok());
+    }
+    Ok(location)
 }
 
 /// The address other replicas and operators reach this one at: the listen address, with the host

@@ -39,6 +39,39 @@ const MIGRATIONS: &[&str] = &[
         problem text,
         binary_version text NOT NULL
      );",
+    // 2: paired records and labels, each row the JSON line the outcome log holds, partitioned by
+    // day (`forward` makes the partitions and drops those past retention; the default partition
+    // takes what falls outside them), idempotent on (model, request id, time); and a view that
+    // pairs each record with its first label.
+    "CREATE TABLE {s}.records (
+        model text NOT NULL,
+        request_id text NOT NULL,
+        at timestamptz NOT NULL,
+        answered_by text NOT NULL,
+        replica text NOT NULL,
+        record jsonb NOT NULL,
+        PRIMARY KEY (model, request_id, at)
+     ) PARTITION BY RANGE (at);
+     CREATE TABLE {s}.records_default PARTITION OF {s}.records DEFAULT;
+     CREATE TABLE {s}.labels (
+        model text NOT NULL,
+        request_id text NOT NULL,
+        at timestamptz NOT NULL,
+        replica text NOT NULL,
+        label jsonb NOT NULL,
+        PRIMARY KEY (model, request_id, at)
+     ) PARTITION BY RANGE (at);
+     CREATE TABLE {s}.labels_default PARTITION OF {s}.labels DEFAULT;
+     CREATE INDEX labels_request ON {s}.labels (model, request_id);
+     CREATE VIEW {s}.outcomes AS
+        SELECT r.model, r.request_id, r.at AS scored_at, r.answered_by, r.replica,
+               l.at AS labelled_at, l.label -> 'truth' AS truth, r.record
+        FROM {s}.records r
+        LEFT JOIN LATERAL (
+            SELECT at, label FROM {s}.labels l
+            WHERE l.model = r.model AND l.request_id = r.request_id
+            ORDER BY at LIMIT 1
+        ) l ON true;",
 ];
 
 #[derive(Debug)]

@@ -84,7 +84,8 @@ impl Connector {
     /// A new connection, with the schema migrated (cheap when it is current).
     pub fn connect(&self) -> Result<Client, postgres::Error> {
         let mut client = self.config.connect(self.tls.clone())?;
-        client.batch_execute("SET statement_timeout = '10s'")?;
+        // UTC: the tables' daily partitions are UTC days.
+        client.batch_execute("SET statement_timeout = '10s'; SET TIME ZONE 'UTC'")?;
         Ok(client)
     }
 
