@@ -487,6 +487,11 @@ impl Config {
         InitialDeployments::Configured(specs.collect())
     }
 
+    /// Each model's promotion policy.
+    pub fn policies(&self) -> BTreeMap<String, PolicySettings> {
+        self.models.iter().map(|(name, m)| (name.clone(), m.policy.clone())).collect()
+    }
+
     pub fn shadow_settings(&self) -> crate::shadow::ShadowSettings {
         crate::shadow::ShadowSettings {
             threads: self.shadow_threads,

@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod analyst;
 pub mod background;
 pub mod cli;
 pub mod cluster;
@@ -34,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::analyst::Analyst;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::drift::Drift;
@@ -61,6 +63,8 @@ pub struct Gateway {
     ready: AtomicBool,
     /// The replicas this one shares its deployments with (`[cluster] database_url`); `None`: one node.
     cluster: Option<Cluster>,
+    /// In a cluster: this replica's bid to be the analyst, started once the listener is bound.
+    analyst: Option<Analyst>,
 }
 
 /// What a program embedding the gateway (or a test) can add to its configuration.
@@ -113,9 +117,11 @@ impl Gateway {
             Drift::start(config.drift.clone(), thresholds, Arc::clone(&registry))
                 .context("starting the drift monitor")?,
         );
-        let policies = config.models.iter().map(|(name, m)| (name.clone(), m.policy.clone())).collect();
-        let listeners: Vec<Box<dyn Listener>> =
-            vec![Box::new(Arc::clone(&drift)), Box::new(Promotion::new(Arc::clone(&registry), policies))];
+        let mut listeners: Vec<Box<dyn Listener>> = vec![Box::new(Arc::clone(&drift))];
+        // In a cluster the policy acts on the cluster's comparison, on the analyst only.
+        if cluster.is_none() {
+            listeners.push(Box::new(Promotion::new(Arc::clone(&registry), config.policies())));
+        }
         let models =
             registry.models().map(|m| (m.name().to_owned(), m.deployment().champion().manifest().task.clone()));
         let join = Arc::new(
@@ -144,6 +150,7 @@ impl Gateway {
             drift,
             ready: AtomicBool::new(true),
             cluster,
+            analyst: None,
         })
     }
 
@@ -232,8 +239,13 @@ impl Server {
         })
         .await??;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let mut gateway = gateway;
         if let Some(cluster) = &gateway.cluster {
             cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?, gateway.config.outcomes.dir.clone());
+            let policy = Promotion::new(Arc::clone(&gateway.registry), gateway.config.policies());
+            let analyst = Analyst::start(cluster.connector(), gateway.config.comparison, vec![Box::new(policy)])
+                .context("starting the analyst")?;
+            gateway.analyst = Some(analyst);
         }
         Ok(Self { listener, gateway: Arc::new(gateway), on_disk_at_start })
     }
@@ -311,6 +323,9 @@ impl Server {
         let _ = tokio::task::spawn_blocking(move || drift.close()).await;
         let leaving = Arc::clone(&gateway);
         let _ = tokio::task::spawn_blocking(move || {
+            if let Some(analyst) = &leaving.analyst {
+                analyst.close();
+            }
             if let Some(cluster) = leaving.cluster() {
                 cluster.close();
             }

@@ -43,6 +43,24 @@ impl Setup {
 
     /// A config for replica `id` against `url`, over `models` (the demo's, unless a copy).
     fn config(&self, id: &str, url: &str, models: &Path, extra: &str) -> PathBuf {
+        self.config_with(id, url, models, extra, "champion = \"1\"\nchallengers = [\"2\"]")
+    }
+
+    /// The same config for one node (no `[cluster]`), as the reference a cluster must equal.
+    fn single(&self, id: &str, models: &Path, deployment: &str) -> PathBuf {
+        let path = self.config_with(id, "", models, "", deployment);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("database_url") && !l.starts_with("replica_id"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A config whose model section holds `deployment` (champion, challengers, policy).
+    fn config_with(&self, id: &str, url: &str, models: &Path, extra: &str, deployment: &str) -> PathBuf {
         let base = self.dir.path().join(id);
         std::fs::create_dir_all(&base).unwrap();
         let text = format!(
@@ -51,6 +69,8 @@ listen = "127.0.0.1:0"
 models_dir = "{models}"
 log_format = "json"
 shutdown_grace_ms = 2000
+# The challengers' records are about the models, not about how busy this host is.
+shadow_deadline_ms = 10000
 state_dir = "{base}/state"
 [outcomes]
 dir = "{base}/outcomes"
@@ -62,9 +82,8 @@ database_url = "{url}"
 replica_id = "{id}"
 {extra}
 [models.{MODEL}]
-champion = "1"
 versions = ["1", "2"]
-challengers = ["2"]
+{deployment}
 "#,
             models = models.display(),
             base = base.display(),
@@ -348,7 +367,8 @@ async fn changes_reach_every_replica_and_races_have_one_winner() {
         assert_eq!(replica["applied"][MODEL], revision, "{view}");
         assert!(replica["address"].as_str().unwrap().starts_with("127.0.0.1:"), "{view}");
     }
-    assert_eq!(view["analyst"], Value::Null);
+    let analyst = view["analyst"].as_str().unwrap();
+    assert!(["r1", "r2", "r3"].contains(&analyst), "one of them is the analyst: {view}");
     // Every change is in the shared audit log, from the replica that made it.
     let audited: i64 = pg.sql(|c| {
         c.query_one("SELECT count(*) FROM gauntlet.audit WHERE entry->>'result' = 'ok' AND replica = 'r1'", &[])
@@ -728,4 +748,148 @@ fn assert_same(a: &Value, b: &Value, path: &str) {
         }
         _ => assert_eq!(a, b, "{path}"),
     }
+}
+
+/// The report of `replica` once it counts `labels` labelled records (and as many records).
+async fn report_with(client: &reqwest::Client, replica: &Replica, labels: u64) -> Value {
+    common::eventually(&format!("{} reports {labels} labelled records", replica.addr), WAIT, || async {
+        let (status, report) = get(client, replica, &format!("/admin/models/{MODEL}/comparison")).await;
+        (status == 200 && report["labelled_records"] == labels && report["records"] == labels).then_some(report)
+    })
+    .await
+}
+
+/// The report without what no two processes share: latencies, and the cluster's snapshot note.
+fn figures(mut report: Value) -> Value {
+    report.as_object_mut().unwrap().remove("snapshot");
+    for model in report["models"].as_array_mut().unwrap() {
+        let model = model.as_object_mut().unwrap();
+        model.retain(|key, _| !key.starts_with("latency_"));
+    }
+    report
+}
+
+fn analyst_of(view: &Value) -> Option<String> {
+    view["analyst"].as_str().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_comparison_across_replicas_through_a_failover_and_an_outage() {
+    let pg = Postgres::start();
+    let setup = Setup::new();
+    let url = pg.url("postgres");
+    let models = common::models_dir();
+    let mut replicas: Vec<Replica> =
+        (1..=3).map(|i| Replica::spawn(&setup.config(&format!("r{i}"), &url, &models, ""))).collect();
+    // One node given the same requests and labels: the figures the cluster must equal.
+    let single = Replica::spawn(&setup.single("single", &models, "champion = \"1\"\nchallengers = [\"2\"]"));
+    let client = reqwest::Client::new();
+    for replica in replicas.iter().chain([&single]) {
+        wait_ready(&client, replica).await;
+    }
+    // Request i scored by one replica in turn and labelled through the next; the same to one node.
+    let pair = |i: usize, replicas: &[Replica]| {
+        let (scorer, labeller) =
+            (addressed(replicas[i % replicas.len()].addr), addressed(replicas[(i + 1) % replicas.len()].addr));
+        let (client, one) = (client.clone(), addressed(single.addr));
+        async move {
+            let (id, row) = (format!("pair-{i}"), i % common::holdout(MODEL).rows.len());
+            score_and_label(&client, &scorer, &labeller, row, &id).await;
+            score_and_label(&client, &one, &one, row, &id).await;
+        }
+    };
+    for i in 0..40 {
+        pair(i, &replicas).await;
+    }
+    let mut sent = 40;
+    let view = common::eventually("an analyst", WAIT, || async {
+        analyst_of(&get(&client, &replicas[0], "/admin/cluster").await.1)
+    })
+    .await;
+    for replica in &replicas {
+        report_with(&client, replica, sent).await;
+    }
+
+    // The analyst dies (SIGKILL: its lock goes with its connection); another takes over.
+    let index = replicas.iter().position(|r| r.config.parent().unwrap().ends_with(&view)).unwrap();
+    let mut dead = replicas.remove(index);
+    let killed = Instant::now();
+    dead.child.take().unwrap().kill().unwrap();
+    let next = common::eventually("another analyst", WAIT, || async {
+        analyst_of(&get(&client, &replicas[0], "/admin/cluster").await.1).filter(|a| *a != view)
+    })
+    .await;
+    let failover = killed.elapsed();
+    for i in 40..70 {
+        pair(i, &replicas).await;
+    }
+    sent += 30;
+    // The database goes away mid-traffic: requests are served, labels accepted, nothing lost.
+    pg.stop();
+    for i in 70..100 {
+        pair(i, &replicas).await;
+    }
+    sent += 30;
+    pg.resume();
+    let mut reports = Vec::new();
+    for replica in &replicas {
+        reports.push(report_with(&client, replica, sent).await);
+    }
+    let reference = report_with(&client, &single, sent).await;
+    // The outage cut every analyst's connection, so any live replica may hold the lock now.
+    let now = analyst_of(&get(&client, &replicas[0], "/admin/cluster").await.1).unwrap();
+    for report in &reports {
+        assert_eq!(report["snapshot"]["analyst"], json!(now), "{report}");
+        assert_ne!(now, view);
+        assert_same(&figures(report.clone()), &figures(reference.clone()), "");
+    }
+    eprintln!(
+        "analyst failover: {view} killed, {next} took over in {failover:?}; {sent} labels each counted once, \
+         the figures equal one node's"
+    );
+}
+
+/// A `Replica` value for an address (not a process of its own: dropping it stops nothing).
+fn addressed(addr: SocketAddr) -> Replica {
+    Replica { child: None, addr, log: Arc::default(), config: PathBuf::new() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analysts_policy_promotes_and_every_replica_follows() {
+    let pg = Postgres::start();
+    let setup = Setup::new();
+    let url = pg.url("postgres");
+    let models = common::models_dir();
+    // Version 2 (95.8% on the holdout) champions, version 1 (98.6%) challenges.
+    let deployment = "champion = \"2\"\nchallengers = [\"1\"]\npolicy = { enabled = true, min_labelled_pairs = 100 }";
+    let replicas: Vec<Replica> =
+        (1..=3).map(|i| Replica::spawn(&setup.config_with(&format!("r{i}"), &url, &models, "", deployment))).collect();
+    let client = reqwest::Client::new();
+    for replica in &replicas {
+        wait_ready(&client, replica).await;
+    }
+    // Labelled traffic through two replicas; neither alone would see it all.
+    let data = common::models_dir().join(MODEL).join("holdout.csv");
+    let replay = |addr| gauntlet::cli::loadtest::LoadtestArgs {
+        concurrency: Some(2),
+        connections: 2,
+        requests: Some(500),
+        feedback: true,
+        feedback_delay: Duration::from_millis(20),
+        ..common::loadtest_args_at(addr, MODEL, data.clone())
+    };
+    let (a, b) = (replay(replicas[0].addr), replay(replicas[1].addr));
+    let (a, b) = tokio::join!(gauntlet::cli::loadtest::run(&a), gauntlet::cli::loadtest::run(&b));
+    assert_eq!((a.unwrap().errors, b.unwrap().errors), (0, 0));
+    converge(&client, &replicas.iter().collect::<Vec<_>>(), "1").await;
+    // One decision, by the analyst, audited once.
+    let decisions: Vec<(String, String)> = pg.sql(|c| {
+        c.query("SELECT replica, entry->>'action' FROM gauntlet.audit WHERE entry->>'actor' = 'policy'", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    });
+    let view = get(&client, &replicas[2], "/admin/cluster").await.1;
+    assert_eq!(decisions, vec![(analyst_of(&view).unwrap(), "promote".to_owned())], "{view}");
 }

@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use self::schema::SCHEMA_VERSION;
-pub use self::store::{Connector, PgStore};
+pub use self::store::{Connect, Connector, PgStore};
 
 use crate::registry::{Registry, StoreError};
 use crate::secret::Secret;
@@ -213,6 +213,17 @@ impl Cluster {
 
     pub fn location(&self) -> String {
         self.connector.location()
+    }
+
+    /// How to reach the store (for the analyst's own connection).
+    pub fn connector(&self) -> Arc<Connector> {
+        Arc::clone(&self.connector)
+    }
+
+    /// The analyst's latest report of model `name`, with its age; `None` before it wrote one.
+    /// Blocking.
+    pub fn report(&self, name: &str) -> Result<Option<crate::compare::Report>, StoreError> {
+        self.connector.report(name)
     }
 
     /// Every replica's heartbeat and each model's revision, read from the store. Blocking.

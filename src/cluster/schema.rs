@@ -42,7 +42,8 @@ const MIGRATIONS: &[&str] = &[
     // 2: paired records and labels, each row the JSON line the outcome log holds, partitioned by
     // day (`forward` makes the partitions and drops those past retention; the default partition
     // takes what falls outside them), idempotent on (model, request id, time); and a view that
-    // pairs each record with its first label.
+    // pairs each record with its first label. `seen`: taken into the analyst's comparison.
+    // `reports`: the analyst's snapshots; `analyst`: which replica it is.
     "CREATE TABLE {s}.records (
         model text NOT NULL,
         request_id text NOT NULL,
@@ -50,8 +51,10 @@ const MIGRATIONS: &[&str] = &[
         answered_by text NOT NULL,
         replica text NOT NULL,
         record jsonb NOT NULL,
+        seen boolean NOT NULL DEFAULT false,
         PRIMARY KEY (model, request_id, at)
      ) PARTITION BY RANGE (at);
+     CREATE INDEX records_unseen ON {s}.records (at) WHERE NOT seen;
      CREATE TABLE {s}.records_default PARTITION OF {s}.records DEFAULT;
      CREATE TABLE {s}.labels (
         model text NOT NULL,
@@ -59,8 +62,10 @@ const MIGRATIONS: &[&str] = &[
         at timestamptz NOT NULL,
         replica text NOT NULL,
         label jsonb NOT NULL,
+        seen boolean NOT NULL DEFAULT false,
         PRIMARY KEY (model, request_id, at)
      ) PARTITION BY RANGE (at);
+     CREATE INDEX labels_unseen ON {s}.labels (at) WHERE NOT seen;
      CREATE TABLE {s}.labels_default PARTITION OF {s}.labels DEFAULT;
      CREATE INDEX labels_request ON {s}.labels (model, request_id);
      CREATE VIEW {s}.outcomes AS
@@ -71,7 +76,19 @@ const MIGRATIONS: &[&str] = &[
             SELECT at, label FROM {s}.labels l
             WHERE l.model = r.model AND l.request_id = r.request_id
             ORDER BY at LIMIT 1
-        ) l ON true;",
+        ) l ON true;
+     CREATE TABLE {s}.reports (
+        model text PRIMARY KEY,
+        report jsonb NOT NULL,
+        at timestamptz NOT NULL,
+        analyst text NOT NULL
+     );
+     CREATE TABLE {s}.analyst (
+        one boolean PRIMARY KEY DEFAULT true CHECK (one),
+        id text NOT NULL,
+        since timestamptz NOT NULL,
+        heartbeat_at timestamptz NOT NULL
+     );",
 ];
 
 #[derive(Debug)]

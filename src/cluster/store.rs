@@ -90,7 +90,7 @@ impl Connector {
     }
 
     /// A connection, the schema migrated, with a fatal refusal told apart from an outage.
-    pub(super) fn connect_migrated(&self) -> Result<Client, Connect> {
+    pub fn connect_migrated(&self) -> Result<Client, Connect> {
         let mut client = self.connect().map_err(|e| self.classify(e))?;
         schema::migrate(&mut client, self.schema()).map_err(|e| match e {
             schema::MigrateError::TooNew { found, known } => {
@@ -191,7 +191,36 @@ impl Connector {
                 }
             })
             .collect();
-        Ok(ClusterView { store: self.location(), deployments, replicas, analyst: None })
+        let analyst = self.with(|client| {
+            let row = client.query_opt(
+                &format!("SELECT id FROM {s}.analyst WHERE heartbeat_at > now() - $1::float8 * interval '1 second'"),
+                &[&stale_after.as_secs_f64()],
+            )?;
+            Ok(row.map(|r| r.get::<_, String>(0)))
+        })?;
+        Ok(ClusterView { store: self.location(), deployments, replicas, analyst })
+    }
+
+    pub(super) fn report(&self, name: &str) -> Result<Option<crate::compare::Report>, StoreError> {
+        let s = self.schema().to_owned();
+        let row = self.with(|client| {
+            Ok(client.query_opt(
+                &format!(
+                    "SELECT report, at, analyst, extract(epoch from now() - at)::float8 FROM {s}.reports WHERE model = $1"
+                ),
+                &[&name],
+            )?)
+        })?;
+        let Some(row) = row else { return Ok(None) };
+        let mut report: crate::compare::Report = serde_json::from_value(row.get(0)).map_err(|e| {
+            StoreError::Unavailable(format!("the store's report of {name} is not one this binary reads: {e}"))
+        })?;
+        report.snapshot = Some(crate::compare::Snapshot {
+            analyst: row.get(2),
+            as_of: humantime::format_rfc3339_millis(row.get::<_, std::time::SystemTime>(1)).to_string(),
+            age_s: row.get::<_, f64>(3).max(0.0),
+        });
+        Ok(Some(report))
     }
 }
 
@@ -221,7 +250,7 @@ fn drop_blocking(client: Option<Client>) {
 }
 
 /// How a connection attempt failed.
-pub(super) enum Connect {
+pub enum Connect {
     /// Out of reach for now: try again.
     Down(StoreError),
     /// Refused for good (credentials, database, schema): stop.

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcomes::{OutcomeRecord, Role, Status};
 use crate::repository::{Task, VersionId};
 
-pub use self::report::{ModelReport, PairReport, Report, Verdict};
+pub use self::report::{ModelReport, PairReport, Report, Snapshot, Verdict};
 
 /// What one model said about one row.
 #[derive(Clone, Debug, PartialEq)]

@@ -88,6 +88,16 @@ impl OfflineComparison {
         self.observations.insert(key, observation);
     }
 
+    /// The models with a comparison so far.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.comparisons.keys().map(String::as_str)
+    }
+
+    /// Model `name`'s comparison so far.
+    pub fn comparison(&self, name: &str) -> Option<&Comparison> {
+        self.comparisons.get(name)
+    }
+
     /// Every model's comparison, and what the lines held besides (`files`: how many were read).
     pub fn finish(mut self, files: usize) -> (BTreeMap<String, Comparison>, ReadSummary) {
         self.summary.files = files;

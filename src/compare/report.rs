@@ -21,6 +21,19 @@ pub struct Report {
     pub min_labelled_pairs: u64,
     pub models: Vec<ModelReport>,
     pub pairs: Vec<PairReport>,
+    /// In a cluster: the analyst's snapshot this is, and how old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Where a cluster's report came from: the analyst replica that computed it, and when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Snapshot {
+    pub analyst: String,
+    /// RFC 3339.
+    pub as_of: String,
+    /// Seconds between `as_of` and the answer.
+    pub age_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -123,6 +136,7 @@ impl Comparison {
                 .into_iter()
                 .map(|((a, b), pair)| self.pair_report(a.as_str(), b.as_str(), pair, classification))
                 .collect(),
+            snapshot: None,
         }
     }
 

@@ -184,8 +184,13 @@ pub fn python() -> PathBuf {
 
 /// `gauntlet loadtest` against `server`: 200 requests, closed loop, quiet, no error allowed.
 pub fn loadtest_args(server: &TestServer, model: &str, data: PathBuf) -> LoadtestArgs {
+    loadtest_args_at(server.addr, model, data)
+}
+
+/// `loadtest_args` against the gateway at `addr`.
+pub fn loadtest_args_at(addr: SocketAddr, model: &str, data: PathBuf) -> LoadtestArgs {
     LoadtestArgs {
-        url: format!("http://{}", server.addr),
+        url: format!("http://{addr}"),
         model: model.into(),
         version: None,
         data,

@@ -17,6 +17,20 @@ use crate::http::v2::served;
     responses((status = 200, body = Report), NotFound, AdminDenied, Unavailable))]
 pub async fn comparison(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<Report>, Error> {
     served(&gateway, &name)?;
+    if gateway.cluster().is_some() {
+        // The cluster's figures: the analyst's latest snapshot, from the store.
+        let model = name.clone();
+        let read = tokio::task::spawn_blocking(move || gateway.cluster().map(|c| c.report(&model)))
+            .await
+            .map_err(|_| Error::new(ErrorKind::Internal, "reading the cluster's report panicked"))?;
+        return match read {
+            Some(Ok(Some(report))) => Ok(Json(report)),
+            Some(Ok(None)) | None => {
+                Err(Error::not_found(format!("model '{name}' has no comparison in the cluster store yet")))
+            }
+            Some(Err(error)) => Err(Error::new(ErrorKind::Unavailable, error.to_string())),
+        };
+    }
     match gateway.join().report(&name).await {
         Ok(Some(report)) => Ok(Json(report)),
         Ok(None) => Err(Error::not_found(format!("model '{name}' has no comparison"))),
