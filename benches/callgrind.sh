@@ -26,25 +26,17 @@ done
 work="$(mktemp -d)"
 port="${BENCH_PORT:-19150}"
 pid=""
-as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
-pgbin=""
+. benches/postgres.sh
 cleanup() {
   [ -n "$pid" ] && kill "$pid" 2>/dev/null
   wait 2>/dev/null || true
-  [ -n "$pgbin" ] && as_postgres "$pgbin/pg_ctl" -D "$work/pg/data" -m immediate stop >/dev/null 2>&1
+  stop_postgres "$work/pg"
   rm -rf "$work"
 }
 trap cleanup EXIT
 if [ -n "${BENCH_CLUSTER:-}" ]; then
-  pgbin="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
-  chmod 755 "$work"
-  mkdir -p "$work/pg"
-  [ "$(id -u)" = 0 ] && chown postgres: "$work/pg"
-  as_postgres "$pgbin/initdb" -D "$work/pg/data" -U postgres --auth=trust --no-sync >/dev/null
-  pgport=$((port + 1))
-  as_postgres "$pgbin/pg_ctl" -D "$work/pg/data" -l "$work/pg/log" -w \
-    -o "-p $pgport -c listen_addresses=127.0.0.1 -k $work/pg" start >/dev/null
-  set -- "$@" --set "cluster.database_url=postgres://postgres@127.0.0.1:$pgport/postgres"
+  start_postgres "$work/pg" $((port + 1))
+  set -- "$@" --set "cluster.database_url=$POSTGRES_URL"
 fi
 
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$work/cg.out" \

@@ -41,14 +41,16 @@ pub struct Analyst {
 }
 
 impl Analyst {
-    /// Starts the thread; `listeners` hear of every comparison it updates (the policy).
+    /// Starts the thread; `listeners` hear of every comparison it updates (the policy), and
+    /// `holding` is true while this replica is the analyst (drift alerts go out only then).
     pub fn start(
         connector: Arc<Connector>,
         settings: CompareSettings,
         listeners: Vec<Box<dyn Listener>>,
+        holding: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
         let closing = Arc::new(AtomicBool::new(false));
-        let work = Work { connector, settings, listeners, closing: Arc::clone(&closing) };
+        let work = Work { connector, settings, listeners, closing: Arc::clone(&closing), holding };
         let thread = std::thread::Builder::new().name("gauntlet-analyst".into()).spawn(move || work.run())?;
         Ok(Self { closing, thread: Mutex::new(Some(thread)) })
     }
@@ -67,6 +69,7 @@ struct Work {
     settings: CompareSettings,
     listeners: Vec<Box<dyn Listener>>,
     closing: Arc<AtomicBool>,
+    holding: Arc<AtomicBool>,
 }
 
 impl Work {
@@ -83,7 +86,10 @@ impl Work {
                 }
             };
             backoff = Duration::from_millis(200);
-            match self.serve(&mut client) {
+            let served = self.serve(&mut client);
+            // The lock went with the connection (or was given back).
+            self.holding.store(false, Ordering::Release);
+            match served {
                 Ok(()) => return,
                 Err(error) => tracing::warn!(%error, "analyst: lost the cluster store"),
             }
@@ -112,6 +118,7 @@ impl Work {
             ),
             &[&replica],
         )?;
+        self.holding.store(true, Ordering::Release);
         let started = Instant::now();
         let (mut offline, rows) = self.rebuild(client)?;
         tracing::info!(

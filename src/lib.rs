@@ -65,6 +65,8 @@ pub struct Gateway {
     cluster: Option<Cluster>,
     /// In a cluster: this replica's bid to be the analyst, started once the listener is bound.
     analyst: Option<Analyst>,
+    /// True while this replica is the analyst (shared with the drift monitor).
+    analyst_holds: Option<Arc<AtomicBool>>,
 }
 
 /// What a program embedding the gateway (or a test) can add to its configuration.
@@ -113,8 +115,10 @@ impl Gateway {
                 .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?,
         );
         let thresholds = config.models.iter().filter_map(|(name, m)| Some((name.clone(), m.drift?))).collect();
+        // In a cluster only the analyst sends drift alerts: each transition once, not once a replica.
+        let analyst_holds = cluster.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
         let drift = Arc::new(
-            Drift::start(config.drift.clone(), thresholds, Arc::clone(&registry))
+            Drift::start(config.drift.clone(), thresholds, Arc::clone(&registry), analyst_holds.clone())
                 .context("starting the drift monitor")?,
         );
         let mut listeners: Vec<Box<dyn Listener>> = vec![Box::new(Arc::clone(&drift))];
@@ -151,6 +155,7 @@ impl Gateway {
             ready: AtomicBool::new(true),
             cluster,
             analyst: None,
+            analyst_holds,
         })
     }
 
@@ -243,7 +248,8 @@ impl Server {
         if let Some(cluster) = &gateway.cluster {
             cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?, gateway.config.outcomes.dir.clone());
             let policy = Promotion::new(Arc::clone(&gateway.registry), gateway.config.policies());
-            let analyst = Analyst::start(cluster.connector(), gateway.config.comparison, vec![Box::new(policy)])
+            let holds = gateway.analyst_holds.clone().unwrap_or_default();
+            let analyst = Analyst::start(cluster.connector(), gateway.config.comparison, vec![Box::new(policy)], holds)
                 .context("starting the analyst")?;
             gateway.analyst = Some(analyst);
         }

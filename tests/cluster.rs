@@ -124,9 +124,15 @@ fn copy(from: &Path, to: &Path) {
 impl Replica {
     /// Starts `gauntlet serve` and waits for the address it binds (not for readiness).
     fn spawn(config: &Path) -> Self {
+        Self::spawn_with(config, &[])
+    }
+
+    /// As `spawn`, with configuration from the environment on top (`GAUNTLET_…`).
+    fn spawn_with(config: &Path, env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_gauntlet"))
             .args(["serve", "--config"])
             .arg(config)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .env("GAUNTLET_LOG_LEVEL", "info")
             .stdout(Stdio::null())
@@ -678,6 +684,12 @@ async fn records_and_labels_reach_the_store_through_an_outage() {
         (row.get(0), row.get(1))
     });
     assert_eq!((pairs, rows), (60, 60), "the view pairs each record with its label");
+    // The README's query, as a data scientist would run it.
+    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
+    let query = readme.split("```sql\n").nth(1).unwrap().split("```").next().unwrap().to_owned();
+    let by_version: Vec<(String, i64, i64)> =
+        pg.sql(|c| c.query(&query, &[]).unwrap().iter().map(|r| (r.get(1), r.get(2), r.get(3))).collect());
+    assert_eq!(by_version, vec![("1".to_owned(), 60, 60)]);
 
     // A replica that forwards its spool again (its checkpoint lost) stores nothing twice.
     let config = replicas[0].config.clone();
@@ -892,4 +904,88 @@ async fn the_analysts_policy_promotes_and_every_replica_follows() {
     });
     let view = get(&client, &replicas[2], "/admin/cluster").await.1;
     assert_eq!(decisions, vec![(analyst_of(&view).unwrap(), "promote".to_owned())], "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_alerts_once_for_the_cluster_from_the_analyst() {
+    // A webhook receiver on loopback that counts what it is sent.
+    let calls = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let received = Arc::clone(&calls);
+    let app = axum::Router::new().route(
+        "/hooks/drift",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let received = Arc::clone(&received);
+            async move {
+                received.lock().push(body.0);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hooks/drift", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let pg = Postgres::start();
+    let setup = Setup::new();
+    let url = pg.url("postgres");
+    let models = common::models_dir();
+    let env = [
+        ("GAUNTLET_DRIFT__ENABLED", "true"),
+        ("GAUNTLET_DRIFT__WINDOW_ROWS", "286"),
+        ("GAUNTLET_DRIFT__MIN_ROWS", "200"),
+        ("GAUNTLET_DRIFT__EVALUATE_INTERVAL_MS", "50"),
+        ("GAUNTLET_DRIFT__MAX_SAMPLES_PER_S", "0"),
+        ("GAUNTLET_DRIFT__MAX_WINDOW_ROWS", "3000000"),
+        ("GAUNTLET_DRIFT__WEBHOOK_URL", hook.as_str()),
+    ];
+    let replicas: Vec<Replica> =
+        (1..=2).map(|i| Replica::spawn_with(&setup.config(&format!("r{i}"), &url, &models, ""), &env)).collect();
+    let client = reqwest::Client::new();
+    for replica in &replicas {
+        wait_ready(&client, replica).await;
+    }
+    common::eventually("an analyst", WAIT, || async {
+        analyst_of(&get(&client, &replicas[0], "/admin/cluster").await.1)
+    })
+    .await;
+    // The holdout with one feature scaled by 1.5, to both replicas: each sees the drift.
+    let mut holdout = common::holdout(MODEL);
+    let column = holdout.features.iter().position(|f| f == "mean radius").unwrap();
+    for row in &mut holdout.rows {
+        row[column] = f64::from(row[column] as f32 * 1.5);
+    }
+    let data = setup.dir.path().join("shifted.csv");
+    holdout.write(&data).unwrap();
+    let replay = |addr| gauntlet::cli::loadtest::LoadtestArgs {
+        concurrency: Some(2),
+        connections: 2,
+        requests: Some(572),
+        ..common::loadtest_args_at(addr, MODEL, data.clone())
+    };
+    let (a, b) = (replay(replicas[0].addr), replay(replicas[1].addr));
+    let (a, b) = tokio::join!(gauntlet::cli::loadtest::run(&a), gauntlet::cli::loadtest::run(&b));
+    assert_eq!((a.unwrap().errors, b.unwrap().errors), (0, 0));
+    // Both replicas are in the alert state; the cluster sent one alert, and the other replica
+    // counts the one it left to the analyst.
+    for replica in &replicas {
+        common::eventually(&format!("{} alerts", replica.addr), WAIT, || async {
+            let (_, report) = get(&client, replica, &format!("/admin/models/{MODEL}/drift")).await;
+            (report["alerting"] == true).then_some(())
+        })
+        .await;
+    }
+    common::eventually("the analyst's alert arrives", WAIT, || async { (!calls.lock().is_empty()).then_some(()) })
+        .await;
+    common::eventually("the other replica held its alert back", WAIT, || async {
+        for replica in &replicas {
+            let metrics = client.get(replica.url("/metrics")).send().await.ok()?.text().await.ok()?;
+            if metrics.contains("gauntlet_drift_webhook_events_total{result=\"not_analyst\"} 1") {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await;
+    let events = calls.lock().clone();
+    assert_eq!(events.len(), 1, "{events:?}");
 }

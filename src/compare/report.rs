@@ -260,6 +260,13 @@ impl Report {
             "{} ({}): {} paired records, {} with ground truth",
             self.model, self.task, self.records, self.labelled_records
         );
+        if let Some(snapshot) = &self.snapshot {
+            let _ = writeln!(
+                out,
+                "the cluster's figures, by its analyst {} at {} ({:.1} s ago)",
+                snapshot.analyst, snapshot.as_of, snapshot.age_s
+            );
+        }
         let _ = writeln!(out);
         let metric_header =
             if self.task == "classification" { "accuracy  log_loss  brier" } else { "     mae      rmse" };

@@ -25,7 +25,7 @@ pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -201,14 +201,19 @@ struct Shared {
     /// workers never wait for the (background-priority) monitor.
     reports: ArcSwap<HashMap<String, Arc<DriftReport>>>,
     dropped: Counter,
+    /// In a cluster: whether this replica is the one that sends alerts (the analyst), so the
+    /// cluster sends each transition once; `None`: one node, it always does.
+    sends_alerts: Option<Arc<AtomicBool>>,
 }
 
 impl Drift {
-    /// Starts the monitor for the registry's deployments; `thresholds` overrides the defaults per model.
+    /// Starts the monitor for the registry's deployments; `thresholds` overrides the defaults per
+    /// model. With `sends_alerts`, webhook events go out only while it is true.
     pub fn start(
         settings: DriftSettings,
         thresholds: HashMap<String, Thresholds>,
         registry: Arc<Registry>,
+        sends_alerts: Option<Arc<AtomicBool>>,
     ) -> std::io::Result<Self> {
         let webhook = match (&settings.webhook_url, settings.enabled) {
             (Some(url), true) => Some(Arc::new(Webhook::start(url.clone(), &settings)?)),
@@ -219,6 +224,7 @@ impl Drift {
             dropped: crate::metrics::drift_samples_dropped(),
             settings,
             thresholds,
+            sends_alerts,
         });
         let budgets = registry.models().map(|m| (m.name().to_owned(), Budget::default())).collect();
         let monitor = if shared.settings.enabled {
@@ -444,8 +450,12 @@ impl Monitor {
                 } else {
                     tracing::info!(model, "drift: the deployment left the alert state");
                 }
-                if let Some(webhook) = &self.webhook {
-                    webhook.send(Event::new(transition, &report));
+                let here = self.shared.sends_alerts.as_ref().is_none_or(|gate| gate.load(Ordering::Acquire));
+                match &self.webhook {
+                    Some(webhook) if here => webhook.send(Event::new(transition, &report)),
+                    // Another replica (the cluster's analyst) sends the cluster's alerts.
+                    Some(_) => crate::metrics::drift_webhook("not_analyst"),
+                    None => {}
                 }
             }
             reports.insert(model.clone(), Arc::new(report));

@@ -1,0 +1,19 @@
+# Sourced by the benches: start_postgres <dir> <port> starts a throwaway PostgreSQL (Debian's
+# `postgresql`; initdb and pg_ctl as the `postgres` user when run as root) and sets POSTGRES_URL;
+# stop_postgres <dir> stops it.
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+postgres_bin() { ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1; }
+start_postgres() {
+  local dir="$1" port="$2" bin
+  bin="$(postgres_bin)"
+  chmod 755 "$(dirname "$dir")"
+  mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown postgres: "$dir"
+  as_postgres "$bin/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
+  as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/log" -w \
+    -o "-p $port -c listen_addresses=127.0.0.1 -k $dir" start >/dev/null
+  POSTGRES_URL="postgres://postgres@127.0.0.1:$port/postgres"
+}
+stop_postgres() {
+  [ -d "$1/data" ] && as_postgres "$(postgres_bin)/pg_ctl" -D "$1/data" -m immediate stop >/dev/null 2>&1 || true
+}
