@@ -14,7 +14,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-records="${1:-20000}"
+requests="${1:-20000}"
 gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
 [ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet
 work="$(mktemp -d)"
@@ -43,32 +43,46 @@ metric() { curl -sf "http://127.0.0.1:$port/metrics" | awk -v m="$1" 'index($0, 
 
 serve
 "$gauntlet" loadtest --url "http://127.0.0.1:$port" --model breast-cancer --data models/breast-cancer/holdout.csv \
-  --concurrency 8 --requests "$records" --feedback --feedback-delay 1ms --quiet >/dev/null
+  --concurrency 2 --requests "$requests" --feedback --feedback-delay 1ms --quiet >/dev/null
 kill -TERM "$pid"; wait "$pid" || true; pid=""
-lines=$(cat "$work"/outcomes/*.jsonl | wc -l)
-echo "spool: $lines lines ($(du -sh "$work/outcomes" | cut -f1)) from $records labelled requests"
+records=$(cat "$work"/outcomes/*.jsonl | grep -c '"kind":"outcome"' || true)
+labels=$(cat "$work"/outcomes/*.jsonl | grep -c '"kind":"feedback"' || true)
+echo "spool: $records records and $labels labels ($(du -sh "$work/outcomes" | cut -f1)) from $requests labelled requests"
 
 start_postgres "$work/pg" $((port + 1))
 serve --set "cluster.database_url=$POSTGRES_URL"
-start=$(date +%s.%N)
-forwarded="" joined=""
-while [ -z "$forwarded" ] || [ -z "$joined" ]; do
-  now=$(date +%s.%N)
-  if [ -z "$forwarded" ]; then
-    r=$(metric 'gauntlet_cluster_forwarded_total{kind="record"}'); l=$(metric 'gauntlet_cluster_forwarded_total{kind="label"}')
-    if [ "${r%.*}" -ge "$records" ] 2>/dev/null && [ "${l%.*}" -ge "$records" ] 2>/dev/null; then forwarded=$now; fi
-  fi
-  if [ -z "$joined" ]; then
-    labelled=$(curl -sf "http://127.0.0.1:$port/admin/models/breast-cancer/comparison" | python3 -c 'import json,sys; print(json.load(sys.stdin)["labelled_records"])' 2>/dev/null || echo 0)
-    [ "$labelled" -ge "$records" ] 2>/dev/null && joined=$now
-  fi
-  python3 -c "import sys; sys.exit(0 if float('$now') - float('$start') < 600 else 1)" || { echo "timed out" >&2; exit 1; }
-  sleep 0.05
-done
-python3 - "$start" "$forwarded" "$joined" "$records" <<'PY'
-import sys
-start, forwarded, joined, n = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-f, j = forwarded - start, joined - start
-print(f"forwarded {n} records and {n} labels in {f:.2f} s from the replica turning ready: {n / f:,.0f} records/s "
-      f"(and as many labels); the analyst's report counted all {n} labels {j:.2f} s after it: {n / j:,.0f} labels joined/s")
+python3 - "$port" "$records" "$labels" "$work/outcomes" <<'PY'
+import glob, json, sys, time, urllib.request
+port, records, labels = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+# Labels whose record is in the spool (the shadow sheds records under this load, counted): what the
+# analyst can join.
+scored, labelled_ids = set(), set()
+for path in glob.glob(sys.argv[4] + "/*.jsonl"):
+    for line in open(path):
+        line = json.loads(line)
+        (labelled_ids if line["kind"] == "feedback" else scored).add(line["request_id"])
+joinable = len(scored & labelled_ids)
+base = f"http://127.0.0.1:{port}"
+def metric(name):
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    return next((float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + " ")), 0.0)
+def labelled():
+    try:
+        with urllib.request.urlopen(base + "/admin/models/breast-cancer/comparison", timeout=10) as r:
+            return json.load(r)["labelled_records"]
+    except Exception:
+        return 0
+start, forwarded, joined = time.time(), None, None
+while forwarded is None or joined is None:
+    now = time.time()
+    assert now - start < 300, "timed out"
+    if forwarded is None and metric('gauntlet_cluster_forwarded_total{kind="record"}') >= records \
+            and metric('gauntlet_cluster_forwarded_total{kind="label"}') >= labels:
+        forwarded = now - start
+    if joined is None and labelled() >= joinable:
+        joined = now - start
+    time.sleep(0.05)
+print(f"forwarded {records} records and {labels} labels in {forwarded:.2f} s from the replica turning ready: "
+      f"{records / forwarded:,.0f} records/s and {labels / forwarded:,.0f} labels/s; the analyst's report counted "
+      f"all {joinable} joinable labels {joined:.2f} s after it: {joinable / joined:,.0f} labels joined/s")
 PY
