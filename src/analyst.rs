@@ -41,16 +41,18 @@ pub struct Analyst {
 }
 
 impl Analyst {
-    /// Starts the thread; `listeners` hear of every comparison it updates (the policy), and
-    /// `holding` is true while this replica is the analyst (drift alerts go out only then).
+    /// Starts the thread; `listeners` hear of every comparison it updates (the policy),
+    /// `holding` is true while this replica is the analyst (drift alerts go out only then), and
+    /// `drift` gives this replica's drift reports by model, as JSON, for the cluster's snapshot.
     pub fn start(
         connector: Arc<Connector>,
         settings: CompareSettings,
         listeners: Vec<Box<dyn Listener>>,
         holding: Arc<AtomicBool>,
+        drift: DriftReports,
     ) -> std::io::Result<Self> {
         let closing = Arc::new(AtomicBool::new(false));
-        let work = Work { connector, settings, listeners, closing: Arc::clone(&closing), holding };
+        let work = Work { connector, settings, listeners, closing: Arc::clone(&closing), holding, drift };
         let thread = std::thread::Builder::new().name("gauntlet-analyst".into()).spawn(move || work.run())?;
         Ok(Self { closing, thread: Mutex::new(Some(thread)) })
     }
@@ -70,7 +72,11 @@ struct Work {
     listeners: Vec<Box<dyn Listener>>,
     closing: Arc<AtomicBool>,
     holding: Arc<AtomicBool>,
+    drift: DriftReports,
 }
+
+/// This replica's drift reports, by model, as JSON.
+pub type DriftReports = Box<dyn Fn() -> Vec<(String, serde_json::Value)> + Send>;
 
 impl Work {
     fn run(mut self) {
@@ -221,6 +227,16 @@ impl Work {
             client.execute(
                 &format!(
                     "INSERT INTO {s}.reports (model, report, at, analyst) VALUES ($1, $2, now(), $3) \
+                     ON CONFLICT (model) DO UPDATE SET report = EXCLUDED.report, at = now(), analyst = EXCLUDED.analyst"
+                ),
+                &[&model, &report, &replica],
+            )?;
+        }
+        // The drift state the cluster alerts on is the analyst's: every replica shows it.
+        for (model, report) in (self.drift)() {
+            client.execute(
+                &format!(
+                    "INSERT INTO {s}.drift (model, report, at, analyst) VALUES ($1, $2, now(), $3) \
                      ON CONFLICT (model) DO UPDATE SET report = EXCLUDED.report, at = now(), analyst = EXCLUDED.analyst"
                 ),
                 &[&model, &report, &replica],

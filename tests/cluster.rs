@@ -988,4 +988,17 @@ async fn drift_alerts_once_for_the_cluster_from_the_analyst() {
     .await;
     let events = calls.lock().clone();
     assert_eq!(events.len(), 1, "{events:?}");
+    // Every replica shows the cluster's alert state: the analyst's report, saying whose it is.
+    let analyst = analyst_of(&get(&client, &replicas[0], "/admin/cluster").await.1).unwrap();
+    for replica in &replicas {
+        let report = common::eventually(&format!("{} shows the analyst's drift", replica.addr), WAIT, || async {
+            let (_, report) = get(&client, replica, &format!("/admin/models/{MODEL}/drift")).await;
+            (report["snapshot"]["analyst"] == json!(analyst) && report["alerting"] == true).then_some(report)
+        })
+        .await;
+        assert!(
+            report["drifted"].as_array().unwrap().iter().any(|s| s.as_str().unwrap().contains("mean radius")),
+            "{report}"
+        );
+    }
 }

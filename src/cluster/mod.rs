@@ -220,6 +220,12 @@ impl Cluster {
         Arc::clone(&self.connector)
     }
 
+    /// The analyst's latest drift report of model `name` (the cluster's alert state) as JSON, and
+    /// which analyst wrote it when; `None` before it wrote one. Blocking.
+    pub fn drift(&self, name: &str) -> Result<Option<(serde_json::Value, crate::compare::Snapshot)>, StoreError> {
+        self.connector.snapshot("drift", name)
+    }
+
     /// The analyst's latest report of model `name`, with its age; `None` before it wrote one.
     /// Blocking.
     pub fn report(&self, name: &str) -> Result<Option<crate::compare::Report>, StoreError> {

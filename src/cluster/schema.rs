@@ -43,7 +43,7 @@ const MIGRATIONS: &[&str] = &[
     // day (`forward` makes the partitions and drops those past retention; the default partition
     // takes what falls outside them), idempotent on (model, request id, time); and a view that
     // pairs each record with its first label. `seen`: taken into the analyst's comparison.
-    // `reports`: the analyst's snapshots; `analyst`: which replica it is.
+    // `reports`, `drift`: the analyst's snapshots; `analyst`: which replica it is.
     "CREATE TABLE {s}.records (
         model text NOT NULL,
         request_id text NOT NULL,
@@ -78,6 +78,12 @@ const MIGRATIONS: &[&str] = &[
             ORDER BY at LIMIT 1
         ) l ON true;
      CREATE TABLE {s}.reports (
+        model text PRIMARY KEY,
+        report jsonb NOT NULL,
+        at timestamptz NOT NULL,
+        analyst text NOT NULL
+     );
+     CREATE TABLE {s}.drift (
         model text PRIMARY KEY,
         report jsonb NOT NULL,
         at timestamptz NOT NULL,

@@ -202,25 +202,38 @@ impl Connector {
     }
 
     pub(super) fn report(&self, name: &str) -> Result<Option<crate::compare::Report>, StoreError> {
+        let Some((value, snapshot)) = self.snapshot("reports", name)? else { return Ok(None) };
+        let mut report: crate::compare::Report = serde_json::from_value(value).map_err(|e| {
+            StoreError::Unavailable(format!("the store's report of {name} is not one this binary reads: {e}"))
+        })?;
+        report.snapshot = Some(snapshot);
+        Ok(Some(report))
+    }
+
+    /// Model `name`'s row of the analyst's snapshot table `table` (`reports`, `drift`), and which
+    /// analyst wrote it when.
+    pub(super) fn snapshot(
+        &self,
+        table: &str,
+        name: &str,
+    ) -> Result<Option<(serde_json::Value, crate::compare::Snapshot)>, StoreError> {
         let s = self.schema().to_owned();
         let row = self.with(|client| {
             Ok(client.query_opt(
                 &format!(
-                    "SELECT report, at, analyst, extract(epoch from now() - at)::float8 FROM {s}.reports WHERE model = $1"
+                    "SELECT report, at, analyst, extract(epoch from now() - at)::float8 FROM {s}.{table} WHERE model = $1"
                 ),
                 &[&name],
             )?)
         })?;
-        let Some(row) = row else { return Ok(None) };
-        let mut report: crate::compare::Report = serde_json::from_value(row.get(0)).map_err(|e| {
-            StoreError::Unavailable(format!("the store's report of {name} is not one this binary reads: {e}"))
-        })?;
-        report.snapshot = Some(crate::compare::Snapshot {
-            analyst: row.get(2),
-            as_of: humantime::format_rfc3339_millis(row.get::<_, std::time::SystemTime>(1)).to_string(),
-            age_s: row.get::<_, f64>(3).max(0.0),
-        });
-        Ok(Some(report))
+        Ok(row.map(|row| {
+            let snapshot = crate::compare::Snapshot {
+                analyst: row.get(2),
+                as_of: humantime::format_rfc3339_millis(row.get::<_, std::time::SystemTime>(1)).to_string(),
+                age_s: row.get::<_, f64>(3).max(0.0),
+            };
+            (row.get(0), snapshot)
+        }))
     }
 }
 

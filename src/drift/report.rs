@@ -34,6 +34,9 @@ pub struct DriftReport {
     /// The champion's accuracy (classification) or mean absolute error (regression) over labelled
     /// rows, per window, beside its holdout figure from the manifest.
     pub concept: Vec<ConceptReport>,
+    /// In a cluster: the analyst's report this is (the cluster's alert state), and how old.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<crate::compare::Snapshot>,
 }
 
 /// A deployment's drift, worst series first.
@@ -127,6 +130,7 @@ impl DriftReport {
             warned: Vec::new(),
             windows: Vec::new(),
             concept: Vec::new(),
+            snapshot: None,
         }
     }
 

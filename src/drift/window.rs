@@ -224,6 +224,7 @@ impl Watch {
             warned,
             windows,
             concept,
+            snapshot: None,
         };
         (report, transition)
     }

@@ -40,8 +40,29 @@ pub async fn comparison(State(gateway): State<Arc<Gateway>>, Path(name): Path<St
 
 /// Drift of the deployment's traffic from its champion's training profile, as last evaluated.
 #[utoipa::path(get, path = "/admin/models/{name}/drift", tag = "admin", params(ModelPath),
-    responses((status = 200, body = DriftReport), NotFound, AdminDenied))]
+    responses((status = 200, body = DriftReport), NotFound, AdminDenied, Unavailable))]
 pub async fn drift(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<DriftReport>, Error> {
     let model = served(&gateway, &name)?;
-    Ok(Json(gateway.drift().report(model.deployment().champion())))
+    let local = gateway.drift().report(model.deployment().champion());
+    if gateway.cluster().is_none() {
+        return Ok(Json(local));
+    }
+    // The cluster's alert state: the analyst's report, from the store (this replica's own until
+    // the analyst has written one).
+    let model = name.clone();
+    let worker = Arc::clone(&gateway);
+    let read = tokio::task::spawn_blocking(move || worker.cluster().map(|c| c.drift(&model)))
+        .await
+        .map_err(|_| Error::new(ErrorKind::Internal, "reading the cluster's drift panicked"))?;
+    match read {
+        Some(Ok(Some((value, snapshot)))) => {
+            let mut report: DriftReport = serde_json::from_value(value).map_err(|e| {
+                Error::new(ErrorKind::Unavailable, format!("the store's drift report is unreadable: {e}"))
+            })?;
+            report.snapshot = Some(snapshot);
+            Ok(Json(report))
+        }
+        Some(Ok(None)) | None => Ok(Json(local)),
+        Some(Err(error)) => Err(Error::new(ErrorKind::Unavailable, error.to_string())),
+    }
 }
