@@ -716,6 +716,10 @@ async fn records_and_labels_reach_the_store_through_an_outage() {
         (row.get(0), row.get(1))
     });
     assert_eq!(counts, (60, 60));
+    eprintln!(
+        "outage: 30 requests served and 30 labels accepted with the database down, 0 failed; all 60 records \
+         and 60 labels reached the tables (by request id); a spool sent again stored nothing twice"
+    );
 
     // The report from the tables is the report from the replicas' logs, field for field.
     for replica in &mut replicas {
