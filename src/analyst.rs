@@ -41,18 +41,19 @@ pub struct Analyst {
 }
 
 impl Analyst {
-    /// Starts the thread; `listeners` hear of every comparison it updates (the policy),
+    /// Starts the thread, keeping at most `capacity` records waiting for labels (and labels for
+    /// records) per the join's bound; `listeners` hear of every comparison it updates (the policy),
     /// `holding` is true while this replica is the analyst (drift alerts go out only then), and
     /// `drift` gives this replica's drift reports by model, as JSON, for the cluster's snapshot.
     pub fn start(
         connector: Arc<Connector>,
-        settings: CompareSettings,
+        (settings, capacity): (CompareSettings, usize),
         listeners: Vec<Box<dyn Listener>>,
         holding: Arc<AtomicBool>,
         drift: DriftReports,
     ) -> std::io::Result<Self> {
         let closing = Arc::new(AtomicBool::new(false));
-        let work = Work { connector, settings, listeners, closing: Arc::clone(&closing), holding, drift };
+        let work = Work { connector, settings, capacity, listeners, closing: Arc::clone(&closing), holding, drift };
         let thread = std::thread::Builder::new().name("gauntlet-analyst".into()).spawn(move || work.run())?;
         Ok(Self { closing, thread: Mutex::new(Some(thread)) })
     }
@@ -69,6 +70,7 @@ impl Analyst {
 struct Work {
     connector: Arc<Connector>,
     settings: CompareSettings,
+    capacity: usize,
     listeners: Vec<Box<dyn Listener>>,
     closing: Arc<AtomicBool>,
     holding: Arc<AtomicBool>,
@@ -165,7 +167,7 @@ impl Work {
     /// Every row of both tables, in time order, in one snapshot that also marks them seen.
     fn rebuild(&self, client: &mut Client) -> Result<(OfflineComparison, u64), postgres::Error> {
         let s = self.connector.schema();
-        let mut offline = OfflineComparison::new(self.settings);
+        let mut offline = OfflineComparison::bounded(self.settings, self.capacity);
         let mut tx = client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
         let query = format!(
             "SELECT line::text FROM (SELECT at, 0 AS kind, record AS line FROM {s}.records \

@@ -249,14 +249,18 @@ impl Server {
             cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?, gateway.config.outcomes.dir.clone());
             let policy = Promotion::new(Arc::clone(&gateway.registry), gateway.config.policies());
             let holds = gateway.analyst_holds.clone().unwrap_or_default();
+            // The analyst's join is bounded as each replica's is (per model there; over all here).
+            let comparing = (
+                gateway.config.comparison,
+                gateway.config.feedback.index_capacity * gateway.registry.models().count().max(1),
+            );
             let (drift, registry) = (Arc::clone(&gateway.drift), Arc::clone(&gateway.registry));
             let reports = Box::new(move || {
                 let reports = registry.models().map(|m| (m.name().to_owned(), drift.report(m.deployment().champion())));
                 reports.filter_map(|(name, report)| Some((name, serde_json::to_value(report).ok()?))).collect()
             });
-            let analyst =
-                Analyst::start(cluster.connector(), gateway.config.comparison, vec![Box::new(policy)], holds, reports)
-                    .context("starting the analyst")?;
+            let analyst = Analyst::start(cluster.connector(), comparing, vec![Box::new(policy)], holds, reports)
+                .context("starting the analyst")?;
             gateway.analyst = Some(analyst);
         }
         Ok(Self { listener, gateway: Arc::new(gateway), on_disk_at_start })

@@ -5,7 +5,7 @@
 //! before its record waits for it), and feeds the same `Comparison` the gateway keeps live. Pure:
 //! no file is opened here.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::{CompareSettings, Comparison, ModelOutcome, Observation, Truth, predictions};
 use crate::outcomes::Status;
@@ -36,6 +36,29 @@ pub struct OfflineComparison {
     // in the live order too, so both sides give the very same figures.
     held: HashMap<(String, String), serde_json::Value>,
     labelled: HashSet<(String, String)>,
+    /// With a capacity (a long-running reader: the cluster's analyst), the keys of each of the
+    /// three in the order they came, oldest first, so the oldest go beyond it, as the live join's
+    /// bounded index does; without, a report over files keeps everything it read.
+    bound: Option<Bound>,
+}
+
+struct Bound {
+    capacity: usize,
+    observations: VecDeque<(String, String)>,
+    held: VecDeque<(String, String)>,
+    labelled: VecDeque<(String, String)>,
+}
+
+/// Keeps `map`'s keys to `capacity`, dropping the oldest `order` names (those still there).
+fn trim<K: std::hash::Hash + Eq, M>(order: &mut VecDeque<K>, capacity: usize, mut remove: M)
+where
+    M: FnMut(&K),
+{
+    while order.len() > capacity {
+        if let Some(key) = order.pop_front() {
+            remove(&key);
+        }
+    }
 }
 
 impl OfflineComparison {
@@ -47,7 +70,20 @@ impl OfflineComparison {
             observations: HashMap::new(),
             held: HashMap::new(),
             labelled: HashSet::new(),
+            bound: None,
         }
+    }
+
+    /// As `new`, keeping at most `capacity` records waiting for labels, labels waiting for
+    /// records, and labelled request ids (for duplicates), oldest dropped first.
+    pub fn bounded(settings: CompareSettings, capacity: usize) -> Self {
+        let bound = Bound {
+            capacity: capacity.max(1),
+            observations: VecDeque::new(),
+            held: VecDeque::new(),
+            labelled: VecDeque::new(),
+        };
+        Self { bound: Some(bound), ..Self::new(settings) }
     }
 
     /// Takes one line of the log; `None` for a line that is not one of ours.
@@ -63,11 +99,25 @@ impl OfflineComparison {
             summary.feedback += 1;
             if !self.labelled.insert(key.clone()) {
                 summary.duplicate_feedback += 1;
-            } else if let (Some(comparison), Some(observation)) =
+                return;
+            }
+            if let Some(bound) = &mut self.bound {
+                bound.labelled.push_back(key.clone());
+                trim(&mut bound.labelled, bound.capacity, |k| {
+                    self.labelled.remove(k);
+                });
+            }
+            if let (Some(comparison), Some(observation)) =
                 (self.comparisons.get_mut(&key.0), self.observations.get(&key))
             {
                 join(comparison, observation, &truth, summary);
             } else {
+                if let Some(bound) = &mut self.bound {
+                    bound.held.push_back(key.clone());
+                    trim(&mut bound.held, bound.capacity, |k| {
+                        self.held.remove(k);
+                    });
+                }
                 self.held.insert(key, truth);
             }
             return;
@@ -84,6 +134,12 @@ impl OfflineComparison {
         comparison.add(&observation);
         if let Some(truth) = self.held.remove(&key) {
             join(comparison, &observation, &truth, summary);
+        }
+        if let Some(bound) = &mut self.bound {
+            bound.observations.push_back(key.clone());
+            trim(&mut bound.observations, bound.capacity, |k| {
+                self.observations.remove(k);
+            });
         }
         self.observations.insert(key, observation);
     }

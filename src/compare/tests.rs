@@ -246,3 +246,35 @@ fn the_policy_promotes_only_within_latency_and_error_bounds_and_rolls_back() {
     }
     assert_eq!(policy::decide(&comparison, &one, challengers, None, &settings), None);
 }
+
+/// A log line: the record of request `id` (champion 1 says class 1, challenger 2 class 0), or its label.
+fn line(id: &str, label: Option<i64>) -> Option<crate::outcomes::reader::Line> {
+    let text = match label {
+        Some(truth) => format!(r#"{{"kind":"feedback","request_id":"{id}","model":"m","truth":{truth}}}"#),
+        None => format!(
+            r#"{{"kind":"outcome","request_id":"{id}","model":"m","task":{{"kind":"classification","classes":[0,1],"label_output":"label"}},
+                "results":[{{"version":"1","role":"champion","status":"ok","outputs":{{"label":[1]}}}},
+                           {{"version":"2","role":"challenger","status":"ok","outputs":{{"label":[0]}}}}]}}"#
+        ),
+    };
+    Some(serde_json::from_str(&text).expect("a log line"))
+}
+
+#[test]
+fn a_bounded_offline_join_forgets_its_oldest_records_as_the_live_index_does() {
+    for (capacity, joined) in [(None, 3), (Some(2), 2)] {
+        let mut offline = match capacity {
+            Some(c) => offline::OfflineComparison::bounded(CompareSettings::default(), c),
+            None => offline::OfflineComparison::new(CompareSettings::default()),
+        };
+        for id in ["a", "b", "c"] {
+            offline.line(line(id, None));
+        }
+        for id in ["a", "b", "c"] {
+            offline.line(line(id, Some(1)));
+        }
+        let (comparisons, summary) = offline.finish(0);
+        assert_eq!(comparisons["m"].report().labelled_records, joined, "{capacity:?}");
+        assert_eq!(summary.unmatched_feedback, 3 - joined, "{capacity:?}");
+    }
+}
