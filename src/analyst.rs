@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
 
-use crate::background::{Priority, lower_priority};
-use crate::cluster::Connector;
+use crate::background::{Priority, lower_priority, sleep_unless};
+use crate::cluster::{Connector, SnapshotTable, lines_in_time_order, write_snapshot};
 use crate::compare::CompareSettings;
 use crate::compare::offline::OfflineComparison;
 use crate::join::Listener;
@@ -134,7 +134,7 @@ impl Work {
             took_ms = started.elapsed().as_millis() as u64,
             "this replica is the cluster's analyst: the comparison is rebuilt from the store"
         );
-        let mut changed: BTreeSet<String> = offline_models(&offline);
+        let mut changed: BTreeSet<String> = offline.models().map(str::to_owned).collect();
         let mut last_snapshot = Instant::now() - EVERY;
         loop {
             if self.closing() {
@@ -169,10 +169,7 @@ impl Work {
         let s = self.connector.schema();
         let mut offline = OfflineComparison::bounded(self.settings, self.capacity);
         let mut tx = client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
-        let query = format!(
-            "SELECT line::text FROM (SELECT at, 0 AS kind, record AS line FROM {s}.records \
-             UNION ALL SELECT at, 1, label FROM {s}.labels) t ORDER BY at, kind"
-        );
+        let query = lines_in_time_order(s);
         let mut rows = 0;
         {
             let mut lines = tx.query_raw(&query, std::iter::empty::<i32>())?;
@@ -226,23 +223,11 @@ impl Work {
         for model in std::mem::take(changed) {
             let Some(comparison) = offline.comparison(&model) else { continue };
             let Ok(report) = serde_json::to_value(comparison.report()) else { continue };
-            client.execute(
-                &format!(
-                    "INSERT INTO {s}.reports (model, report, at, analyst) VALUES ($1, $2, now(), $3) \
-                     ON CONFLICT (model) DO UPDATE SET report = EXCLUDED.report, at = now(), analyst = EXCLUDED.analyst"
-                ),
-                &[&model, &report, &replica],
-            )?;
+            write_snapshot(client, s, SnapshotTable::Reports, &model, &report, replica)?;
         }
         // The drift state the cluster alerts on is the analyst's: every replica shows it.
         for (model, report) in (self.drift)() {
-            client.execute(
-                &format!(
-                    "INSERT INTO {s}.drift (model, report, at, analyst) VALUES ($1, $2, now(), $3) \
-                     ON CONFLICT (model) DO UPDATE SET report = EXCLUDED.report, at = now(), analyst = EXCLUDED.analyst"
-                ),
-                &[&model, &report, &replica],
-            )?;
+            write_snapshot(client, s, SnapshotTable::Drift, &model, &report, replica)?;
         }
         client.execute(&format!("UPDATE {s}.analyst SET heartbeat_at = now() WHERE id = $1"), &[&replica])?;
         Ok(())
@@ -253,17 +238,6 @@ impl Work {
     }
 
     fn sleep(&self, total: Duration) {
-        let until = Instant::now() + total;
-        while !self.closing() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            std::thread::sleep(left.min(Duration::from_millis(100)));
-        }
+        sleep_unless(&self.closing, total, Duration::from_millis(100));
     }
-}
-
-fn offline_models(offline: &OfflineComparison) -> BTreeSet<String> {
-    offline.models().map(str::to_owned).collect()
 }

@@ -35,6 +35,19 @@ pub enum Priority {
     Low,
 }
 
+/// Sleeps `total` in steps of at most `tick`, returning early once `closing` is set: for the
+/// threads that wait on a store rather than on a queue (the cluster's follower, the analyst).
+pub fn sleep_unless(closing: &AtomicBool, total: Duration, tick: Duration) {
+    let until = Instant::now() + total;
+    while !closing.load(Ordering::Acquire) {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        thread::sleep(left.min(tick));
+    }
+}
+
 /// Lowers the calling thread to `priority`, or logs why not.
 pub fn lower_priority(priority: Priority) {
     let (value, policy) = match priority {

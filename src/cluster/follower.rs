@@ -4,7 +4,7 @@
 //! and writes this replica's heartbeat. It is the only code that waits on the store's answers
 //! without a caller waiting on it; requests never do.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,7 +15,7 @@ use postgres::fallible_iterator::FallibleIterator;
 
 use super::Shared;
 use super::store::{Connect, Connector};
-use crate::background::{Priority, lower_priority};
+use crate::background::{Priority, lower_priority, sleep_unless};
 use crate::metrics as names;
 use crate::registry::{ChangeError, DeploymentState, Registry, StoreError};
 
@@ -130,11 +130,11 @@ impl Follower {
         let s = self.connector.schema().to_owned();
         let rows = client.query(&format!("SELECT model, revision, spec FROM {s}.deployments"), &[])?;
         let mut again = false;
-        let mut in_store = BTreeMap::new();
+        let mut in_store = BTreeSet::new();
         for row in rows {
             let model: String = row.get(0);
             let revision = row.get::<_, i64>(1) as u64;
-            in_store.insert(model.clone(), ());
+            in_store.insert(model.clone());
             let Some(served) = self.registry.model(&model) else { continue };
             self.latest.insert(model.clone(), revision);
             if served.revision() >= revision {
@@ -159,7 +159,7 @@ impl Follower {
             }
         }
         let unseeded: Vec<String> =
-            self.registry.models().map(|m| m.name().to_owned()).filter(|m| !in_store.contains_key(m)).collect();
+            self.registry.models().map(|m| m.name().to_owned()).filter(|m| !in_store.contains(m)).collect();
         for model in unseeded {
             match self.registry.seed(&model) {
                 Ok(revision) => {
@@ -247,15 +247,7 @@ impl Follower {
         self.shared.closing.load(Ordering::Acquire)
     }
 
-    /// Sleeps `total`, in ticks, waking early when closing.
     fn sleep(&self, total: Duration) {
-        let until = Instant::now() + total;
-        while !self.closing() {
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            std::thread::sleep(left.min(TICK));
-        }
+        sleep_unless(&self.shared.closing, total, TICK);
     }
 }

@@ -223,7 +223,7 @@ impl Cluster {
     /// The analyst's latest drift report of model `name` (the cluster's alert state) as JSON, and
     /// which analyst wrote it when; `None` before it wrote one. Blocking.
     pub fn drift(&self, name: &str) -> Result<Option<(serde_json::Value, crate::compare::Snapshot)>, StoreError> {
-        self.connector.snapshot("drift", name)
+        self.connector.snapshot(SnapshotTable::Drift, name)
     }
 
     /// The analyst's latest report of model `name`, with its age; `None` before it wrote one.
@@ -270,11 +270,7 @@ pub fn read_outcomes(
     let connector = Connector::new(&settings)?;
     let location = connector.location();
     let mut client = connector.connect().with_context(|| format!("connecting to {location}"))?;
-    let s = schema;
-    let query = format!(
-        "SELECT line::text FROM (SELECT at, 0 AS kind, record AS line FROM {s}.records \
-         UNION ALL SELECT at, 1, label FROM {s}.labels) t ORDER BY at, kind"
-    );
+    let query = lines_in_time_order(schema);
     let mut rows =
         client.query_raw(&query, std::iter::empty::<i32>()).with_context(|| format!("reading {location}"))?;
     while let Some(row) = rows.next().with_context(|| format!("reading {location}"))? {
@@ -282,6 +278,51 @@ pub fn read_outcomes(
         each(serde_json::from_str(&text).ok());
     }
     Ok(location)
+}
+
+/// The query of every record and label line of schema `s` as text, in time order (a record before
+/// a label of the same instant): the offline report's and a new analyst's read.
+pub fn lines_in_time_order(s: &str) -> String {
+    format!(
+        "SELECT line::text FROM (SELECT at, 0 AS kind, record AS line FROM {s}.records \
+         UNION ALL SELECT at, 1, label FROM {s}.labels) t ORDER BY at, kind"
+    )
+}
+
+/// Which of the analyst's snapshots (`Cluster::report`, `Cluster::drift` read them).
+#[derive(Clone, Copy, Debug)]
+pub enum SnapshotTable {
+    Reports,
+    Drift,
+}
+
+impl SnapshotTable {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Reports => "reports",
+            Self::Drift => "drift",
+        }
+    }
+}
+
+/// Writes `analyst`'s snapshot `report` of `model` into `table` of schema `s`, replacing the last.
+pub fn write_snapshot(
+    client: &mut postgres::Client,
+    s: &str,
+    table: SnapshotTable,
+    model: &str,
+    report: &serde_json::Value,
+    analyst: &str,
+) -> Result<(), postgres::Error> {
+    let table = table.name();
+    client.execute(
+        &format!(
+            "INSERT INTO {s}.{table} (model, report, at, analyst) VALUES ($1, $2, now(), $3) \
+             ON CONFLICT (model) DO UPDATE SET report = EXCLUDED.report, at = now(), analyst = EXCLUDED.analyst"
+        ),
+        &[&model, report, &analyst],
+    )?;
+    Ok(())
 }
 
 /// The address other replicas and operators reach this one at: the listen address, with the host

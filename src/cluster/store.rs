@@ -11,7 +11,7 @@ use postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::schema;
-use super::{ClusterError, ClusterSettings, ClusterView, ReplicaView};
+use super::{ClusterError, ClusterSettings, ClusterView, ReplicaView, SnapshotTable};
 use crate::registry::{AuditEntry, DeploymentState, DeploymentStore, Saved, StoreError};
 
 /// How to reach the store: the parsed URL, TLS, timeouts and the schema.
@@ -202,7 +202,7 @@ impl Connector {
     }
 
     pub(super) fn report(&self, name: &str) -> Result<Option<crate::compare::Report>, StoreError> {
-        let Some((value, snapshot)) = self.snapshot("reports", name)? else { return Ok(None) };
+        let Some((value, snapshot)) = self.snapshot(SnapshotTable::Reports, name)? else { return Ok(None) };
         let mut report: crate::compare::Report = serde_json::from_value(value).map_err(|e| {
             StoreError::Unavailable(format!("the store's report of {name} is not one this binary reads: {e}"))
         })?;
@@ -210,14 +210,13 @@ impl Connector {
         Ok(Some(report))
     }
 
-    /// Model `name`'s row of the analyst's snapshot table `table` (`reports`, `drift`), and which
-    /// analyst wrote it when.
+    /// Model `name`'s row of the analyst's snapshot `table`, and which analyst wrote it when.
     pub(super) fn snapshot(
         &self,
-        table: &str,
+        table: SnapshotTable,
         name: &str,
     ) -> Result<Option<(serde_json::Value, crate::compare::Snapshot)>, StoreError> {
-        let s = self.schema().to_owned();
+        let (s, table) = (self.schema().to_owned(), table.name());
         let row = self.with(|client| {
             Ok(client.query_opt(
                 &format!(
