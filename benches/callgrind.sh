@@ -27,12 +27,6 @@ work="$(mktemp -d)"
 port="${BENCH_PORT:-19150}"
 pid=""
 . benches/postgres.sh
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null
-  wait 2>/dev/null || true
-  stop_postgres "$work/pg"
-  rm -rf "$work"
-}
 trap cleanup EXIT
 if [ -n "${BENCH_CLUSTER:-}" ]; then
   start_postgres "$work/pg" $((port + 1))

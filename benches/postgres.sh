@@ -1,6 +1,7 @@
 # Sourced by the benches: start_postgres <dir> <port> starts a throwaway PostgreSQL (Debian's
 # `postgresql`; initdb and pg_ctl as the `postgres` user when run as root) and sets POSTGRES_URL;
-# stop_postgres <dir> stops it.
+# stop_postgres <dir> stops it; `cleanup` (the benches' EXIT trap) stops the gateway `$pid`, the
+# PostgreSQL under `$work/pg` if one was started, and removes `$work`.
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 postgres_bin() { ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1; }
 start_postgres() {
@@ -16,4 +17,10 @@ start_postgres() {
 }
 stop_postgres() {
   [ -d "$1/data" ] && as_postgres "$(postgres_bin)/pg_ctl" -D "$1/data" -m immediate stop >/dev/null 2>&1 || true
+}
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  wait 2>/dev/null || true
+  stop_postgres "$work/pg"
+  rm -rf "$work"
 }

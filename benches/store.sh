@@ -22,12 +22,6 @@ work="$(mktemp -d)"
 port="${BENCH_PORT:-19160}"
 pid=""
 . benches/postgres.sh
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null
-  wait 2>/dev/null || true
-  stop_postgres "$work/pg"
-  rm -rf "$work"
-}
 trap cleanup EXIT
 serve() {
   "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --set log_level=warn \

@@ -43,7 +43,7 @@ impl Setup {
 
     /// A config for replica `id` against `url`, over `models` (the demo's, unless a copy).
     fn config(&self, id: &str, url: &str, models: &Path, extra: &str) -> PathBuf {
-        self.config_with(id, url, models, extra, "champion = \"1\"\nchallengers = [\"2\"]")
+        self.config_with(id, url, models, extra, DEMO)
     }
 
     /// The same config for one node (no `[cluster]`), as the reference a cluster must equal.
@@ -187,6 +187,41 @@ impl Drop for Replica {
     }
 }
 
+/// The suite's own PostgreSQL, the replicas' files, and replicas r1..rn of the demo model, ready.
+/// Bind `pg` and `setup` for the whole test (`_name`, not `_` or `..`): dropping them stops the
+/// database and removes the replicas' directories.
+struct Fleet {
+    pg: Postgres,
+    setup: Setup,
+    url: String,
+    replicas: Vec<Replica>,
+    client: reqwest::Client,
+}
+
+/// The deployment the replicas' configuration holds unless a test says otherwise.
+const DEMO: &str = "champion = \"1\"\nchallengers = [\"2\"]";
+
+impl Fleet {
+    async fn start(n: usize) -> Self {
+        Self::start_with(n, DEMO, &[]).await
+    }
+
+    /// `n` replicas whose model section is `deployment`, with `env` on top of their configuration.
+    async fn start_with(n: usize, deployment: &str, env: &[(&str, &str)]) -> Self {
+        let (pg, setup) = (Postgres::start(), Setup::new());
+        let url = pg.url("postgres");
+        let models = common::models_dir();
+        let replicas: Vec<Replica> = (1..=n)
+            .map(|i| Replica::spawn_with(&setup.config_with(&format!("r{i}"), &url, &models, "", deployment), env))
+            .collect();
+        let client = reqwest::Client::new();
+        for replica in &replicas {
+            wait_ready(&client, replica).await;
+        }
+        Self { pg, setup, url, replicas, client }
+    }
+}
+
 fn row() -> Vec<f64> {
     common::holdout(MODEL).rows[0].clone()
 }
@@ -249,16 +284,7 @@ fn percentile(sorted: &[Duration], q: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_reach_every_replica_and_races_have_one_winner() {
-    let pg = Postgres::start();
-    let setup = Setup::new();
-    let url = pg.url("postgres");
-    let models = common::models_dir();
-    let replicas: Vec<Replica> =
-        (1..=3).map(|i| Replica::spawn(&setup.config(&format!("r{i}"), &url, &models, ""))).collect();
-    let client = reqwest::Client::new();
-    for replica in &replicas {
-        wait_ready(&client, replica).await;
-    }
+    let Fleet { pg, setup: _files, url: _, replicas, client } = Fleet::start(3).await;
     let all: Vec<&Replica> = replicas.iter().collect();
     converge(&client, &all, "1").await;
 
@@ -457,16 +483,8 @@ async fn restarts_take_the_store_and_a_replica_without_the_files_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_database_down_replicas_serve_and_changes_wait() {
-    let pg = Postgres::start();
-    let setup = Setup::new();
-    let url = pg.url("postgres");
+    let Fleet { pg, setup, url, replicas, client } = Fleet::start(3).await;
     let models = common::models_dir();
-    let replicas: Vec<Replica> =
-        (1..=3).map(|i| Replica::spawn(&setup.config(&format!("r{i}"), &url, &models, ""))).collect();
-    let client = reqwest::Client::new();
-    for replica in &replicas {
-        wait_ready(&client, replica).await;
-    }
     let all: Vec<&Replica> = replicas.iter().collect();
     let (status, _) =
         admin(&client, &replicas[0], &format!("/admin/models/{MODEL}/promote"), json!({"version": "2"})).await;
@@ -651,16 +669,7 @@ fn stored_ids(pg: &Postgres, table: &str) -> BTreeSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_labels_reach_the_store_through_an_outage() {
-    let pg = Postgres::start();
-    let setup = Setup::new();
-    let url = pg.url("postgres");
-    let models = common::models_dir();
-    let mut replicas: Vec<Replica> =
-        (1..=2).map(|i| Replica::spawn(&setup.config(&format!("r{i}"), &url, &models, ""))).collect();
-    let client = reqwest::Client::new();
-    for replica in &replicas {
-        wait_ready(&client, replica).await;
-    }
+    let Fleet { pg, setup, url, mut replicas, client } = Fleet::start(2).await;
     // Each request scored by one replica, its label posted to the other; half of them while the
     // database is down.
     let mut ids = BTreeSet::new();
@@ -791,18 +800,10 @@ fn analyst_of(view: &Value) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_comparison_across_replicas_through_a_failover_and_an_outage() {
-    let pg = Postgres::start();
-    let setup = Setup::new();
-    let url = pg.url("postgres");
-    let models = common::models_dir();
-    let mut replicas: Vec<Replica> =
-        (1..=3).map(|i| Replica::spawn(&setup.config(&format!("r{i}"), &url, &models, ""))).collect();
+    let Fleet { pg, setup, url: _, mut replicas, client } = Fleet::start(3).await;
     // One node given the same requests and labels: the figures the cluster must equal.
-    let single = Replica::spawn(&setup.single("single", &models, "champion = \"1\"\nchallengers = [\"2\"]"));
-    let client = reqwest::Client::new();
-    for replica in replicas.iter().chain([&single]) {
-        wait_ready(&client, replica).await;
-    }
+    let single = Replica::spawn(&setup.single("single", &common::models_dir(), DEMO));
+    wait_ready(&client, &single).await;
     // Request i scored by one replica in turn and labelled through the next; the same to one node.
     let pair = |i: usize, replicas: &[Replica]| {
         let (scorer, labeller) =
@@ -872,18 +873,9 @@ fn addressed(addr: SocketAddr) -> Replica {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_analysts_policy_promotes_and_every_replica_follows() {
-    let pg = Postgres::start();
-    let setup = Setup::new();
-    let url = pg.url("postgres");
-    let models = common::models_dir();
     // Version 2 (95.8% on the holdout) champions, version 1 (98.6%) challenges.
     let deployment = "champion = \"2\"\nchallengers = [\"1\"]\npolicy = { enabled = true, min_labelled_pairs = 100 }";
-    let replicas: Vec<Replica> =
-        (1..=3).map(|i| Replica::spawn(&setup.config_with(&format!("r{i}"), &url, &models, "", deployment))).collect();
-    let client = reqwest::Client::new();
-    for replica in &replicas {
-        wait_ready(&client, replica).await;
-    }
+    let Fleet { pg, setup: _files, url: _, replicas, client } = Fleet::start_with(3, deployment, &[]).await;
     // Labelled traffic through two replicas; neither alone would see it all.
     let data = common::models_dir().join(MODEL).join("holdout.csv");
     let replay = |addr| gauntlet::cli::loadtest::LoadtestArgs {
@@ -929,10 +921,6 @@ async fn drift_alerts_once_for_the_cluster_from_the_analyst() {
     let hook = format!("http://{}/hooks/drift", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let pg = Postgres::start();
-    let setup = Setup::new();
-    let url = pg.url("postgres");
-    let models = common::models_dir();
     let env = [
         ("GAUNTLET_DRIFT__ENABLED", "true"),
         ("GAUNTLET_DRIFT__WINDOW_ROWS", "286"),
@@ -942,12 +930,7 @@ async fn drift_alerts_once_for_the_cluster_from_the_analyst() {
         ("GAUNTLET_DRIFT__MAX_WINDOW_ROWS", "3000000"),
         ("GAUNTLET_DRIFT__WEBHOOK_URL", hook.as_str()),
     ];
-    let replicas: Vec<Replica> =
-        (1..=2).map(|i| Replica::spawn_with(&setup.config(&format!("r{i}"), &url, &models, ""), &env)).collect();
-    let client = reqwest::Client::new();
-    for replica in &replicas {
-        wait_ready(&client, replica).await;
-    }
+    let Fleet { pg: _database, setup, url: _, replicas, client } = Fleet::start_with(2, DEMO, &env).await;
     common::eventually("an analyst", WAIT, || async {
         analyst_of(&get(&client, &replicas[0], "/admin/cluster").await.1)
     })
