@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The gateway with the demo models: `docker build -t gauntlet . && docker run -p 8000:8000 gauntlet`.
+# The gateway with the demo models: `docker build -t gauntlet . && docker run -p 8000:8000 -p 8001:8001 gauntlet`.
 # Multi-stage: the build stage compiles and fetches ONNX Runtime from PyPI (build.rs); the runtime
 # stage is debian-slim with the binary, the ONNX Runtime library and the models, run as non-root.
 
@@ -33,9 +33,9 @@ COPY models models
 COPY gauntlet.toml gauntlet.toml
 RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/gauntlet /var/lib/gauntlet/state /var/lib/gauntlet/outcomes
 USER 10001
-ENV GAUNTLET_LISTEN=0.0.0.0:8000 GAUNTLET_LOG_FORMAT=json GAUNTLET_MODELS_DIR=/opt/gauntlet/models \
+ENV GAUNTLET_LISTEN=0.0.0.0:8000 GAUNTLET_GRPC_LISTEN=0.0.0.0:8001 GAUNTLET_LOG_FORMAT=json GAUNTLET_MODELS_DIR=/opt/gauntlet/models \
     GAUNTLET_STATE_DIR=/var/lib/gauntlet/state GAUNTLET_OUTCOMES__DIR=/var/lib/gauntlet/outcomes
-EXPOSE 8000
+EXPOSE 8000 8001
 VOLUME /var/lib/gauntlet
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/gauntlet/bin/gauntlet"]

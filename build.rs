@@ -5,6 +5,10 @@
 //! while PyPI usually is; a fresh clone then needs no manual step for `cargo run` or `cargo test`.
 //! Failure is not fatal: the gateway then serves with tract and says how to get ONNX Runtime.
 //! Opt out with `GAUNTLET_BUILD_FETCH_ONNXRUNTIME=0` (e.g. when `ORT_DYLIB_PATH` points at a system copy).
+//!
+//! It also generates the gRPC code from `proto/open_inference_grpc.proto` with protox (a protobuf
+//! compiler in Rust: no system `protoc`) and tonic-prost-build, and writes the encoded file
+//! descriptor set that server reflection serves.
 
 use std::env;
 use std::fs;
@@ -21,6 +25,7 @@ fn main() {
     println!("cargo:rustc-env=GAUNTLET_BUILD_ONNXRUNTIME={}", library.display());
     println!("cargo:rustc-env=GAUNTLET_BUILD_ONNXRUNTIME_VERSION={ORT_VERSION}");
     export_allocator();
+    generate_grpc();
     if library.exists() || env::var("GAUNTLET_BUILD_FETCH_ONNXRUNTIME").as_deref() == Ok("0") {
         return;
     }
@@ -84,6 +89,23 @@ fn export_allocator() {
     for kind in ["bins", "examples", "benches"] {
         println!("cargo:rustc-link-arg-{kind}=-Wl,--dynamic-list={}", list.display());
     }
+}
+
+/// The Open Inference Protocol's messages and service, into OUT_DIR (`inference.rs` and
+/// `inference_descriptor.bin`). Byte fields are `bytes::Bytes`: raw tensor contents are sliced
+/// out of the received buffer, not copied.
+fn generate_grpc() {
+    let proto = "proto/open_inference_grpc.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let descriptors = protox::compile([proto], ["proto"]).unwrap_or_else(|e| panic!("compiling {proto}: {e}"));
+    fs::write(out.join("inference_descriptor.bin"), protox::prost::Message::encode_to_vec(&descriptors))
+        .expect("writing the file descriptor set");
+    tonic_prost_build::configure()
+        .bytes(".inference")
+        .emit_rerun_if_changed(false)
+        .compile_fds(descriptors)
+        .unwrap_or_else(|e| panic!("generating the gRPC code: {e}"));
 }
 
 /// `target/` (or `CARGO_TARGET_DIR`): OUT_DIR is `<target>/<profile>/build/<pkg>-<hash>/out`.

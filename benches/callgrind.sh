@@ -34,7 +34,7 @@ if [ -n "${BENCH_CLUSTER:-}" ]; then
 fi
 
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$work/cg.out" \
-  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --set log_level=warn \
+  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --grpc-listen "" --set log_level=warn \
   --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" --set "state_dir=$work/state" \
   "$@" 2>"$work/gateway.log" &
 pid=$!

@@ -46,6 +46,7 @@ start() { # name...: a fresh gateway for each, returns when all are ready
   for name in "$@"; do
     cat >"$work/$name.toml" <<TOML
 listen = "127.0.0.1:${port[$name]}"
+grpc_listen = ""
 models_dir = "$work/models"
 log_level = "warn"
 shadow_deadline_ms = 250

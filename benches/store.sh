@@ -24,7 +24,7 @@ pid=""
 . benches/postgres.sh
 trap cleanup EXIT
 serve() {
-  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --set log_level=warn \
+  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --grpc-listen "" --set log_level=warn \
     --set "outcomes.dir=$work/outcomes" --set "state_dir=$work/state" --set drift.enabled=false \
     --set shadow_cpu_budget=2 --set shadow_deadline_ms=10000 "$@" 2>>"$work/gateway.log" &
   pid=$!

@@ -85,9 +85,14 @@ for dirpath, dirnames, filenames in os.walk(root):
         if os.stat(path).st_uid == 0:
             os.chmod(path, os.stat(path).st_mode & ~0o022)
 
-port = socket.socket(); port.bind(("127.0.0.1", 0)); free = port.getsockname()[1]; port.close()
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); n = s.getsockname()[1]; s.close()
+    return n
+free, free_grpc = free_port(), free_port()
 child_env = {k: rewrite(v) for k, v in env.items()}
-child_env.update(PATH="/usr/bin:/bin", GAUNTLET_LISTEN=f"127.0.0.1:{free}", HOME="/nonexistent")
+assert "GAUNTLET_GRPC_LISTEN" in child_env, "the image sets GAUNTLET_GRPC_LISTEN"
+child_env.update(PATH="/usr/bin:/bin", GAUNTLET_LISTEN=f"127.0.0.1:{free}", GAUNTLET_GRPC_LISTEN=f"127.0.0.1:{free_grpc}",
+                 HOME="/nonexistent")
 command = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", "--"] + [rewrite(a) for a in entrypoint + cmd]
 print("container-check:", " ".join(command), flush=True)
 started = time.time()

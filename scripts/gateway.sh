@@ -8,7 +8,7 @@ start_gateway() {
     url=http://127.0.0.1:$port
     work=$(mktemp -d)
     GAUNTLET_OUTCOMES__DIR=$work/outcomes GAUNTLET_STATE_DIR=$work/state \
-        "$binary" serve --config "$config" --listen "127.0.0.1:$port" >"$work/gateway.log" 2>&1 &
+        "$binary" serve --config "$config" --listen "127.0.0.1:$port" --grpc-listen "" >"$work/gateway.log" 2>&1 &
     gateway=$!
     trap stop_gateway EXIT
     for _ in $(seq 1 120); do

@@ -41,6 +41,9 @@ pub struct ServeArgs {
     /// Address to listen on, e.g. 127.0.0.1:8000 (key `listen`).
     #[arg(long)]
     pub listen: Option<String>,
+    /// Address for gRPC, e.g. 127.0.0.1:8001; empty: no gRPC (key `grpc_listen`).
+    #[arg(long)]
+    pub grpc_listen: Option<String>,
     /// Backend for every model without its own: auto, ort or tract (key `backend`).
     #[arg(long)]
     pub backend: Option<String>,
@@ -58,6 +61,11 @@ pub struct Config {
     /// Address the HTTP server binds.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
+    /// Address the gRPC server binds: the Open Inference Protocol's `inference.GRPCInferenceService`,
+    /// `grpc.health.v1` and server reflection. Empty: no gRPC. The default pairs with `listen` as
+    /// Triton's and KServe's ports do.
+    #[serde(default = "defaults::grpc_listen", deserialize_with = "optional_address")]
+    pub grpc_listen: Option<SocketAddr>,
     /// The model repository: `<models_dir>/<model>/<version>/{model.onnx,manifest.json}`.
     #[serde(default = "defaults::models_dir")]
     pub models_dir: PathBuf,
@@ -235,12 +243,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// An address, or the empty string for none.
+fn optional_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!("'{text}' is not an address such as 127.0.0.1:8001 (empty: none)"))
+    })
+}
+
 mod defaults {
     use std::net::SocketAddr;
     use std::path::PathBuf;
 
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8000))
+    }
+    pub fn grpc_listen() -> Option<SocketAddr> {
+        Some(SocketAddr::from(([127, 0, 0, 1], 8001)))
     }
     pub fn models_dir() -> PathBuf {
         PathBuf::from("models")
@@ -342,6 +364,7 @@ impl Config {
         let flags = [
             ("models_dir", args.models.as_ref().map(|p| p.display().to_string())),
             ("listen", args.listen.clone()),
+            ("grpc_listen", args.grpc_listen.clone()),
             ("backend", args.backend.clone()),
             ("log_format", args.log_format.clone()),
         ];

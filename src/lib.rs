@@ -14,7 +14,9 @@ pub mod config;
 pub mod drift;
 pub mod error;
 pub mod executor;
+pub mod grpc;
 pub mod http;
+pub mod inference;
 pub mod join;
 mod json;
 pub mod metrics;
@@ -223,6 +225,8 @@ impl Gateway {
 /// A gateway bound to its listening socket, not yet serving.
 pub struct Server {
     listener: TcpListener,
+    /// gRPC's listener (`grpc_listen`), if it is on.
+    grpc: Option<TcpListener>,
     gateway: Arc<Gateway>,
     /// What the repository held when the gateway loaded: not new to the repository poller.
     on_disk_at_start: std::collections::BTreeSet<(String, repository::VersionId)>,
@@ -243,7 +247,13 @@ impl Server {
             anyhow::Ok((gateway, on_disk))
         })
         .await??;
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen} (`listen`)"))?;
+        let grpc = match gateway.config.grpc_listen {
+            Some(address) => {
+                Some(TcpListener::bind(address).await.with_context(|| format!("binding {address} (`grpc_listen`)"))?)
+            }
+            None => None,
+        };
         let mut gateway = gateway;
         if let Some(cluster) = &gateway.cluster {
             cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?, gateway.config.outcomes.dir.clone());
@@ -263,17 +273,22 @@ impl Server {
                 .context("starting the analyst")?;
             gateway.analyst = Some(analyst);
         }
-        Ok(Self { listener, gateway: Arc::new(gateway), on_disk_at_start })
+        Ok(Self { listener, grpc, gateway: Arc::new(gateway), on_disk_at_start })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
+    /// The gRPC listener's address; `None` when `grpc_listen` is empty.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish (at
     /// most `shutdown_grace_ms`) and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, gateway, on_disk_at_start } = self;
+        let Self { listener, grpc, gateway, on_disk_at_start } = self;
         crate::metrics::handle();
         let upkeep = tokio::spawn(async {
             let mut tick = tokio::time::interval(http::METRICS_UPKEEP);
@@ -306,25 +321,43 @@ impl Server {
             })
         });
         let grace = gateway.config.shutdown_grace();
-        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel();
+        // Both listeners stop accepting at once, then drain within the one grace period.
+        let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
+        let draining = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|draining| *draining).await;
+        };
         let signal = {
             let gateway = Arc::clone(&gateway);
             async move {
                 shutdown.await;
                 gateway.ready.store(false, Ordering::Relaxed);
                 tracing::info!("shutting down: no new connections, finishing in-flight requests");
-                let _ = draining_tx.send(());
+                let _ = draining_tx.send(true);
             }
         };
+        tokio::spawn(signal);
         let app = http::front(Arc::clone(&gateway));
-        let mut server = tokio::spawn(http::serve(listener, app, signal));
+        let rest = tokio::spawn(http::serve(listener, app, draining(draining_rx.clone())));
+        let grpc = grpc.map(|listener| {
+            let shutdown = draining(draining_rx.clone());
+            tokio::spawn(grpc::serve(listener, Arc::clone(&gateway), shutdown))
+        });
+        let aborts: Vec<_> =
+            std::iter::once(rest.abort_handle()).chain(grpc.as_ref().map(|g| g.abort_handle())).collect();
+        let mut servers = std::pin::pin!(async move {
+            rest.await.context("the HTTP server task failed")?;
+            if let Some(grpc) = grpc {
+                grpc.await.context("the gRPC server task failed")?.context("the gRPC server failed")?;
+            }
+            anyhow::Ok(())
+        });
         let result = tokio::select! {
-            finished = &mut server => finished,
-            Ok(()) = draining_rx => match tokio::time::timeout(grace, &mut server).await {
+            finished = &mut servers => finished,
+            () = draining(draining_rx) => match tokio::time::timeout(grace, &mut servers).await {
                 Ok(finished) => finished,
                 Err(_) => {
                     tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests outlived the shutdown grace; closing");
-                    server.abort();
+                    aborts.iter().for_each(tokio::task::AbortHandle::abort);
                     Ok(())
                 }
             },
@@ -347,7 +380,7 @@ impl Server {
             }
         })
         .await;
-        result.context("the server task failed")?;
+        result?;
         tracing::info!("stopped");
         Ok(())
     }
@@ -356,7 +389,10 @@ impl Server {
 /// Loads, binds and serves until `shutdown`.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
-    tracing::info!(address = %server.local_addr()?, "serving the Open Inference Protocol");
+    match server.grpc_addr() {
+        Some(grpc) => tracing::info!(address = %server.local_addr()?, %grpc, "serving the Open Inference Protocol"),
+        None => tracing::info!(address = %server.local_addr()?, "serving the Open Inference Protocol"),
+    }
     server.serve(shutdown).await
 }
 

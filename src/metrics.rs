@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const REQUESTS: &str = "gauntlet_inference_requests_total";
 pub const REQUEST_DURATION: &str = "gauntlet_inference_request_duration_seconds";
 pub const MODEL_DURATION: &str = "gauntlet_model_inference_duration_seconds";
+pub const REQUESTS_BY_PROTOCOL: &str = "gauntlet_inference_requests_by_protocol_total";
 pub const REJECTED: &str = "gauntlet_requests_rejected_total";
 pub const MODEL_LOADED: &str = "gauntlet_model_version_loaded";
 pub const MODEL_LOAD_FAILURES: &str = "gauntlet_model_version_load_failures_total";
@@ -80,6 +81,7 @@ fn describe() {
         metrics::Unit::Seconds,
         "Inference request time inside the gateway: decode, model, encode."
     );
+    describe_counter!(REQUESTS_BY_PROTOCOL, "Inference requests by the protocol they came in by (rest, grpc).");
     describe_histogram!(MODEL_DURATION, metrics::Unit::Seconds, "Time in the model's backend alone.");
     describe_counter!(
         REJECTED,
@@ -217,6 +219,11 @@ impl VersionMetrics {
 }
 
 /// A request refused before a model version was chosen (unknown model, overload, bad body).
+/// The counter of inference requests that came in by `protocol` (`inference` keeps one per protocol).
+pub fn requests_by_protocol(protocol: &'static str) -> Counter {
+    counter!(REQUESTS_BY_PROTOCOL, "protocol" => protocol)
+}
+
 pub fn rejected(kind: &'static str) {
     counter!(REJECTED, "kind" => kind).increment(1);
 }

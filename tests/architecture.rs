@@ -19,7 +19,9 @@ const LAYERS: &[&[&str]] = &[
     &["drift", "promotion", "analyst"],
     &["shadow"],
     &["config"],
-    &["http"],
+    // The request path REST and gRPC share once a request is decoded.
+    &["inference"],
+    &["http", "grpc"],
     // The CLI reads the admin API's answers into the API's own view types.
     &["cli"],
 ];

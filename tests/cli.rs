@@ -74,7 +74,17 @@ fn invalid_config_fails_at_start_naming_the_key() {
 #[test]
 fn serves_then_exits_zero_on_sigterm() {
     let mut child = gauntlet()
-        .args(["serve", "--config", "gauntlet.toml", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--config",
+            "gauntlet.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -133,7 +143,17 @@ fn serves_then_exits_zero_on_sigterm() {
 /// Starts `gauntlet serve` on a free port with `env`; returns the child and its address.
 fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (Gateway, String) {
     let mut child = gauntlet()
-        .args(["serve", "--config", "gauntlet.toml", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args([
+            "serve",
+            "--config",
+            "gauntlet.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stderr(Stdio::piped())
         .spawn()

@@ -66,6 +66,7 @@ impl Setup {
         let text = format!(
             r#"
 listen = "127.0.0.1:0"
+grpc_listen = "127.0.0.1:0"
 models_dir = "{models}"
 log_format = "json"
 shutdown_grace_ms = 2000

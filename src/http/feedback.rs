@@ -40,7 +40,7 @@ pub async fn feedback(
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Error> {
-    let deployment = super::v2::served(&gateway, &name)?.deployment();
+    let deployment = crate::inference::served(&gateway, &name)?.deployment();
     let task = &deployment.champion().manifest().task;
     let body = body.map_err(|rejection| super::v2::body_error(&rejection, gateway.config().max_request_bytes))?;
     let value: Value = serde_json::from_slice(&body)

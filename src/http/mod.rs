@@ -91,18 +91,6 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// An inference request over the in-flight limit: 503 with Retry-After, counted.
-fn overloaded() -> Error {
-    crate::metrics::rejected(ErrorKind::Overloaded.label());
-    Error::new(ErrorKind::Overloaded, "too many requests in flight; retry shortly")
-}
-
-/// An inference request past `request_timeout_ms`: 503 with Retry-After, counted.
-fn timed_out() -> Error {
-    crate::metrics::rejected(ErrorKind::Timeout.label());
-    Error::new(ErrorKind::Timeout, "the request timed out")
-}
-
 /// A handler that panicked: a 500 in the error shape (the router's `CatchPanicLayer` and
 /// `v2::serve_infer` both answer with it).
 fn panicked() -> Response {

@@ -1,8 +1,6 @@
 //! Handlers of the Open Inference Protocol's REST endpoints.
 
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use axum::Json;
 use axum::body::{Body, Bytes};
@@ -11,7 +9,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use serde_json::json;
 
@@ -22,8 +19,8 @@ use super::openapi::{
 };
 use crate::Gateway;
 use crate::error::{Error, ErrorKind};
-use crate::registry::{Deployment, ModelVersion, ServedModel};
-use crate::shadow::ShadowRequest;
+use crate::inference::{self, Inference, Protocol, served, version_of};
+use crate::registry::ModelVersion;
 
 const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -54,10 +51,10 @@ pub async fn infer_version(
     serve_infer(&gateway, &name, Some(&version), request).await
 }
 
-/// One inference request, guarded: over `max_concurrent_requests` in flight it is refused at once
-/// (503, never queued); past `request_timeout_ms` it answers 503 and gives its slot back; a body over
-/// `max_request_bytes` is a 413; a panic is a 500. Both the router and the front's direct path
-/// (`super::front`) come here, so the guards and the limit are one for all inference.
+/// One inference request, guarded (`inference::guarded`): over `max_concurrent_requests` in flight
+/// it is refused at once (503, never queued); past `request_timeout_ms` it answers 503 and gives its
+/// slot back; a body over `max_request_bytes` is a 413; a panic is a 500. Both the router and the
+/// front's direct path (`super::front`) come here, and gRPC shares the guard and the limit.
 pub(super) async fn serve_infer<B>(
     gateway: &Gateway,
     name: &str,
@@ -68,20 +65,16 @@ where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let Ok(_permit) = gateway.in_flight().try_acquire() else {
-        return super::overloaded().into_response();
-    };
     let (parts, body) = request.into_parts();
     let limit = gateway.config().max_request_bytes;
     let work = async {
         let body = read_body(body, limit).await;
         infer_on(gateway, name, version, &parts.headers, body).await
     };
-    let guarded = AssertUnwindSafe(tokio::time::timeout(gateway.config().request_timeout(), work)).catch_unwind();
-    match guarded.await {
-        Ok(Ok(response)) => response,
-        Ok(Err(_elapsed)) => super::timed_out().into_response(),
-        Err(_panic) => super::panicked(),
+    match inference::guarded(gateway, work).await {
+        Ok(response) => response,
+        Err(error) if error.kind() == ErrorKind::Internal => super::panicked(),
+        Err(error) => error.into_response(),
     }
 }
 
@@ -92,102 +85,34 @@ async fn infer_on(
     headers: &HeaderMap,
     body: Result<Bytes, Error>,
 ) -> Response {
-    let start = Instant::now();
     let header_id =
         headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|id| !id.is_empty() && id.len() <= 256);
-    // One snapshot for the whole request: the champion, challengers and plan it sees stay together.
-    let target = served(gateway, name).and_then(|model| {
-        let deployment = model.deployment();
-        let direct = version.map(|v| version_of(&deployment, name, v).cloned()).transpose()?;
-        Ok((deployment, direct))
-    });
-    let (deployment, direct) = match target {
-        Ok(target) => target,
-        Err(error) => {
-            crate::metrics::rejected(error.kind().label());
-            return with_request_id(error.into_response(), header_id.map(str::to_owned));
-        }
+    let mut call = match Inference::begin(gateway, name, version, Protocol::Rest) {
+        Ok(call) => call,
+        Err(error) => return with_request_id(error.into_response(), header_id.map(str::to_owned)),
     };
-    let is_direct = direct.is_some();
-    let mut answering = direct.unwrap_or_else(|| Arc::clone(deployment.champion()));
+    let mut id = None;
     let result = async {
         let body = body?;
         check_encoding(headers)?;
-        // Challengers and a canary share the champion's signature (checked at load), so one decode serves all.
-        let mut request = codec::decode_request(&body, header_length(headers)?, answering.manifest())?;
+        let mut request = codec::decode_request(&body, header_length(headers)?, call.manifest())?;
         drop(body);
-        let id = request.id.take().or_else(|| header_id.map(str::to_owned)).unwrap_or_else(|| {
-            uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned()
-        });
-        // Direct calls to a version are neither shadowed nor redirected to a canary, and with neither
-        // challengers nor a canary there is nothing to decide.
-        let plays = !deployment.challengers().is_empty() || deployment.canary().is_some();
-        let decision = (!is_direct && plays).then(|| {
-            let key = deployment.canary_key_header().and_then(|h| headers.get(h)).and_then(|v| v.to_str().ok());
-            deployment.plan().decide(&id, key)
-        });
-        if decision.is_some_and(|d| d.canary)
-            && let Some(canary) = deployment.canary()
-        {
-            answering = Arc::clone(canary);
-        }
-        let inputs = Arc::new(request.inputs);
-        let model_start = Instant::now();
-        let outputs = gateway
-            .executor()
-            .infer(&answering, &inputs)
-            .await
-            .map_err(|error| Failure { error, id: Some(id.clone()) })?;
-        let latency = model_start.elapsed();
-        let response = respond(&answering, &id, &outputs, &request.outputs);
-        // Shared, not copied, by the drift monitor and the shadow.
-        let outputs = Arc::new(outputs);
-        // Drift is measured against the champion's profile: what a canary or a direct call answered
-        // is not the champion's traffic.
-        if !is_direct && Arc::ptr_eq(&answering, deployment.champion()) {
-            gateway.drift().observe(&id, &answering, &inputs, &outputs);
-        }
-        // Nothing to pair with when no challenger is deployed; nothing to assemble when the shadow
-        // queue is full (then it is counted as shed).
-        if decision.is_some_and(|d| d.shadow)
-            && !deployment.challengers().is_empty()
-            && !gateway.shadow().shed_if_full(&deployment, &answering)
-        {
-            gateway.shadow().submit(ShadowRequest {
-                deployment: Arc::clone(&deployment),
-                request_id: id.clone(),
-                timestamp: SystemTime::now(),
-                inputs,
-                answered: Arc::clone(&answering),
-                outputs,
-                latency,
-            });
-        }
-        Ok::<_, Failure>((response, id))
+        let request_id = id.insert(inference::request_id(request.id.take().or_else(|| header_id.map(str::to_owned))));
+        let key = |header: &str| headers.get(header).and_then(|v| v.to_str().ok());
+        let ran = call.run(request_id, key, request.inputs).await?;
+        Ok::<_, Error>(respond(call.answering(), request_id, &ran.outputs, &request.outputs))
     }
     .await;
-    let elapsed = start.elapsed();
+    let id = id.or_else(|| header_id.map(str::to_owned));
     match result {
-        Ok((response, id)) => {
-            answering.metrics().request_ok(elapsed);
-            with_request_id(response, Some(id))
+        Ok(response) => {
+            call.finish(Ok(()));
+            with_request_id(response, id)
         }
-        Err(Failure { error, id }) => {
-            answering.metrics().request_failed(error.kind().label(), elapsed);
-            with_request_id(error.into_response(), id.or_else(|| header_id.map(str::to_owned)))
+        Err(error) => {
+            call.finish(Err(error.kind()));
+            with_request_id(error.into_response(), id)
         }
-    }
-}
-
-/// A failed request, with its id once the body has given one.
-struct Failure {
-    error: Error,
-    id: Option<String>,
-}
-
-impl From<Error> for Failure {
-    fn from(error: Error) -> Self {
-        Self { error, id: None }
     }
 }
 
@@ -281,23 +206,6 @@ fn header_length(headers: &HeaderMap) -> Result<Option<usize>, Error> {
                 .ok_or_else(|| Error::invalid_input("Inference-Header-Content-Length must be a non-negative integer"))
         })
         .transpose()
-}
-
-pub(super) fn served<'g>(gateway: &'g Gateway, name: &str) -> Result<&'g ServedModel, Error> {
-    gateway.registry().model(name).ok_or_else(|| {
-        let names: Vec<&str> = gateway.registry().models().map(ServedModel::name).collect();
-        Error::not_found(format!("model '{name}' is not served; served models: {names:?}"))
-    })
-}
-
-fn version_of<'d>(deployment: &'d Deployment, name: &str, version: &str) -> Result<&'d Arc<ModelVersion>, Error> {
-    deployment.version(version).ok_or_else(|| match deployment.refused().iter().find(|(v, _)| v.as_str() == version) {
-        Some((_, reason)) => Error::not_found(format!("version '{version}' of model '{name}' is not served: {reason}")),
-        None => {
-            let versions: Vec<&str> = deployment.versions().map(|v| v.version().as_str()).collect();
-            Error::not_found(format!("model '{name}' has no version '{version}'; served versions: {versions:?}"))
-        }
-    })
 }
 
 // === metadata and health ===

@@ -20,7 +20,11 @@ pub fn models_dir() -> PathBuf {
 
 /// The demo configuration with `overrides` (`key=value`, as `--set` takes them), on a free port.
 pub fn config(overrides: &[&str]) -> Config {
-    let mut set = vec!["listen=127.0.0.1:0".to_owned(), format!("models_dir={}", models_dir().display())];
+    let mut set = vec![
+        "listen=127.0.0.1:0".to_owned(),
+        "grpc_listen=127.0.0.1:0".to_owned(),
+        format!("models_dir={}", models_dir().display()),
+    ];
     set.extend(overrides.iter().map(|s| s.to_string()));
     let args = ServeArgs { config: Some(root().join("gauntlet.toml")), set, ..Default::default() };
     Config::load_from(&args, &[]).expect("test config is valid")
@@ -28,6 +32,8 @@ pub fn config(overrides: &[&str]) -> Config {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The gRPC listener (a free port too), unless the overrides turned it off.
+    pub grpc: Option<SocketAddr>,
     /// The outcome log's directory, removed with the server.
     pub outcomes: tempfile::TempDir,
     /// The state directory (saved deployments, audit log), unless the overrides name one.
@@ -56,11 +62,12 @@ impl TestServer {
         let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
         let server = gauntlet::Server::bind_with(config(&overrides), options).await.expect("gateway starts");
         let addr = server.local_addr().unwrap();
+        let grpc = server.grpc_addr();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.serve(async move {
             let _ = rx.await;
         }));
-        Self { addr, outcomes, state, shutdown: Some(tx), task: Some(task) }
+        Self { addr, grpc, outcomes, state, shutdown: Some(tx), task: Some(task) }
     }
 
     /// Every outcome record written so far, in file (time) order.
@@ -191,6 +198,8 @@ pub fn loadtest_args(server: &TestServer, model: &str, data: PathBuf) -> Loadtes
 pub fn loadtest_args_at(addr: SocketAddr, model: &str, data: PathBuf) -> LoadtestArgs {
     LoadtestArgs {
         url: format!("http://{addr}"),
+        protocol: Default::default(),
+        grpc_url: None,
         model: model.into(),
         version: None,
         data,

@@ -6,8 +6,18 @@ use std::path::Path;
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
-use super::send::Body;
+use crate::grpc::pb::ModelInferRequest;
+use crate::grpc::pb::model_infer_request::InferInputTensor;
+use crate::model::{DataType, TensorData};
 use crate::repository::holdout::Holdout;
+
+/// One request body, serialised once, and its rows' truth when the data has it.
+pub(super) struct Body {
+    pub(super) bytes: bytes::Bytes,
+    /// The same rows as a gRPC message (its byte fields are shared, not copied, per send).
+    pub(super) message: ModelInferRequest,
+    pub(super) truth: Option<Value>,
+}
 
 /// The model's single input: name, datatype and feature count, from its metadata.
 pub(super) struct InputSpec {
@@ -33,8 +43,15 @@ pub(super) async fn input_of(client: &reqwest::Client, base: &str, model: &str) 
     })
 }
 
-/// Request bodies, each `batch` rows, serialised once before the run, with their truth if known.
-pub(super) fn bodies(data: &Path, model: &str, input: &InputSpec, batch: usize) -> anyhow::Result<Vec<Body>> {
+/// Request bodies, each `batch` rows, serialised once before the run (as JSON, and as a gRPC
+/// message with the rows in `raw_input_contents`), with their truth if known.
+pub(super) fn bodies(
+    data: &Path,
+    model: &str,
+    input: &InputSpec,
+    batch: usize,
+    version: Option<&str>,
+) -> anyhow::Result<Vec<Body>> {
     let (rows, truths) = if data.extension().is_some_and(|e| e == "jsonl") {
         (log_rows(data, model, &input.name)?, None)
     } else {
@@ -56,9 +73,36 @@ pub(super) fn bodies(data: &Path, model: &str, input: &InputSpec, batch: usize) 
                 let rows = &t[n * batch..(n + 1) * batch];
                 if batch == 1 { json!(rows[0]) } else { json!(rows) }
             });
-            Body { bytes: bytes::Bytes::from(body.to_string()), truth }
+            let message = grpc_message(model, version, input, chunk);
+            Body { bytes: bytes::Bytes::from(body.to_string()), message, truth }
         })
         .collect())
+}
+
+/// The same rows as a ModelInfer request, each element in the input's datatype, little-endian.
+fn grpc_message(model: &str, version: Option<&str>, input: &InputSpec, rows: &[Vec<f64>]) -> ModelInferRequest {
+    let values = rows.iter().flatten().copied();
+    let data = match DataType::parse(&input.datatype) {
+        Some(DataType::Fp64) | None => TensorData::Fp64(values.collect()),
+        Some(DataType::Fp32) => TensorData::Fp32(values.map(|v| v as f32).collect()),
+        Some(DataType::Int64) => TensorData::Int64(values.map(|v| v as i64).collect()),
+        Some(DataType::Int32) => TensorData::Int32(values.map(|v| v as i32).collect()),
+        Some(DataType::Bool) => TensorData::Bool(values.map(|v| v != 0.0).collect()),
+    };
+    let mut raw = Vec::with_capacity(data.len() * data.datatype().size_of());
+    data.write_le_bytes(&mut raw);
+    ModelInferRequest {
+        model_name: model.to_owned(),
+        model_version: version.unwrap_or_default().to_owned(),
+        inputs: vec![InferInputTensor {
+            name: input.name.clone(),
+            datatype: input.datatype.clone(),
+            shape: vec![rows.len() as i64, input.features as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![bytes::Bytes::from(raw)],
+        ..Default::default()
+    }
 }
 
 /// Rows from an outcome log's `inputs` (logged `full`), one per row of each record of `model`.

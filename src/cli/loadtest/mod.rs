@@ -5,10 +5,11 @@
 //! behind cannot hide its queueing (no coordinated omission). Every run is bounded by a duration or
 //! a request count, and sends traffic only to the URL it is given.
 //!
-//! The parts: `data` (the bodies, built once), `send` (the connections and the recorder), `labels`
-//! (`--feedback`).
+//! The parts: `data` (the bodies, built once), `send` (the connections and the recorder), `grpc`
+//! (`--protocol grpc`'s clients), `labels` (`--feedback`).
 
 mod data;
+mod grpc;
 mod labels;
 mod send;
 
@@ -23,14 +24,32 @@ use anyhow::{Context, ensure};
 use serde::Serialize;
 
 use self::data::{bodies, input_of};
+use self::grpc::GrpcClients;
 use self::labels::{FEEDBACK_QUEUE, post_feedback};
-use self::send::{Recorder, Target, drive, progress};
+use self::send::{Recorder, Sender, Target, drive, progress};
+
+/// How requests are sent.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// REST, JSON bodies (`POST /v2/models/{name}/infer`).
+    #[default]
+    Http,
+    /// gRPC ModelInfer with `raw_input_contents`, as tritonclient.grpc sends it.
+    Grpc,
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadtestArgs {
-    /// The gateway, e.g. http://127.0.0.1:8000.
+    /// The gateway, e.g. http://127.0.0.1:8000 (REST; labels go here with --feedback).
     #[arg(long)]
     pub url: String,
+    /// How to send the requests: http (REST, JSON) or grpc.
+    #[arg(long, value_enum, default_value_t = Protocol::Http)]
+    pub protocol: Protocol,
+    /// The gateway's gRPC address with --protocol grpc, e.g. http://127.0.0.1:8001; default:
+    /// --url's host, port 8001.
+    #[arg(long)]
+    pub grpc_url: Option<String>,
     /// The served model to call.
     #[arg(long)]
     pub model: String,
@@ -47,7 +66,8 @@ pub struct LoadtestArgs {
     /// Open loop: this many requests a second, on schedule, whatever the server does.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Open loop: connections that carry the scheduled requests.
+    /// Open loop: connections that carry the scheduled requests. gRPC: HTTP/2 connections the
+    /// requests are spread over (at most one per request in flight).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
     /// Stop after this long (e.g. 30s, 2m).
@@ -149,8 +169,22 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
         .timeout(Duration::from_millis(args.timeout_ms))
         .pool_max_idle_per_host(1024)
         .build()?;
-    let input = input_of(&client, &base, &args.model).await?;
-    let bodies = Arc::new(bodies(&args.data, &args.model, &input, args.batch)?);
+    let grpc = match args.protocol {
+        Protocol::Http => None,
+        Protocol::Grpc => {
+            let url = match &args.grpc_url {
+                Some(url) => url.clone(),
+                None => grpc_url_beside(&base)?,
+            };
+            let workers = args.rate.map_or(args.concurrency.unwrap_or(16), |_| args.connections).max(1);
+            Some(GrpcClients::connect(&url, args.connections.clamp(1, workers)).await?)
+        }
+    };
+    let input = match &grpc {
+        Some(grpc) => grpc.input_of(&args.model, args.version.as_deref()).await?,
+        None => input_of(&client, &base, &args.model).await?,
+    };
+    let bodies = Arc::new(bodies(&args.data, &args.model, &input, args.batch, args.version.as_deref())?);
     if args.feedback {
         ensure!(
             bodies.iter().all(|b| b.truth.is_some()),
@@ -162,6 +196,10 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     let path = match &args.version {
         Some(v) => format!("{base}/v2/models/{}/versions/{v}/infer", args.model),
         None => format!("{base}/v2/models/{}/infer", args.model),
+    };
+    let sender = match grpc {
+        Some(grpc) => Sender::Grpc(Arc::new(grpc), Duration::from_millis(args.timeout_ms)),
+        None => Sender::Http { client: client.clone(), path: Arc::from(path) },
     };
     let recorder = Arc::new(Recorder::new());
     let started = Instant::now();
@@ -175,8 +213,7 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     };
     let id_prefix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let target = Target {
-        client,
-        path: Arc::from(path),
+        sender,
         bodies,
         recorder: Arc::clone(&recorder),
         labels,
@@ -223,6 +260,14 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     }
     summary.feedback = feedback;
     Ok(summary)
+}
+
+/// The gRPC address beside a REST URL: the same host, port 8001 (as Triton and KServe pair them).
+fn grpc_url_beside(base: &str) -> anyhow::Result<String> {
+    let url = reqwest::Url::parse(base).with_context(|| format!("--url {base} is not a URL"))?;
+    let host = url.host_str().with_context(|| format!("--url {base} has no host"))?;
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
+    Ok(format!("http://{host}:8001"))
 }
 
 impl Summary {

@@ -8,15 +8,15 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use serde_json::Value;
 
+use super::data::Body;
+use super::grpc::GrpcClients;
 use super::labels::Label;
 use super::{Latencies, LoadtestArgs, Summary};
 
 #[derive(Clone)]
 pub(super) struct Target {
-    pub(super) client: reqwest::Client,
-    pub(super) path: Arc<str>,
+    pub(super) sender: Sender,
     pub(super) bodies: Arc<Vec<Body>>,
     pub(super) recorder: Arc<Recorder>,
     /// With `--feedback`: where answered requests' labels go.
@@ -25,35 +25,38 @@ pub(super) struct Target {
     pub(super) id_prefix: Arc<str>,
 }
 
-/// One request body, serialised once, and its rows' truth when the data has it.
-pub(super) struct Body {
-    pub(super) bytes: bytes::Bytes,
-    pub(super) truth: Option<Value>,
+/// How requests go out.
+#[derive(Clone)]
+pub(super) enum Sender {
+    Http {
+        client: reqwest::Client,
+        path: Arc<str>,
+    },
+    /// The clients, and the deadline each call carries (`grpc-timeout`) and is held to.
+    Grpc(Arc<GrpcClients>, Duration),
 }
 
 impl Target {
     /// Sends request number `i`; its latency counts from `scheduled`.
     async fn send(&self, i: u64, scheduled: Instant) {
         let body = &self.bodies[(i % self.bodies.len() as u64) as usize];
-        let mut request = self.client.post(&*self.path).body(body.bytes.clone());
         let id = self.labels.as_ref().map(|_| format!("{}-{i}", self.id_prefix));
-        if let Some(id) = &id {
-            // The gateway takes the request id from this header when the body has none.
-            request = request.header("x-request-id", id.as_str());
-        }
-        let outcome = match request.send().await {
-            Ok(response) => {
-                let status = response.status().as_u16();
-                match response.bytes().await {
-                    Ok(_) if status == 200 => Ok(()),
-                    Ok(_) => Err(status.to_string()),
-                    Err(e) if e.is_timeout() => Err("timeout".to_owned()),
-                    Err(_) => Err("read".to_owned()),
+        let outcome = match &self.sender {
+            Sender::Http { client, path } => {
+                let mut request = client.post(&**path).body(body.bytes.clone());
+                if let Some(id) = &id {
+                    // The gateway takes the request id from this header when the body has none.
+                    request = request.header("x-request-id", id.as_str());
                 }
+                send_http(request).await
             }
-            Err(e) if e.is_timeout() => Err("timeout".to_owned()),
-            Err(e) if e.is_connect() => Err("connect".to_owned()),
-            Err(_) => Err("request".to_owned()),
+            Sender::Grpc(clients, timeout) => {
+                let mut message = body.message.clone();
+                if let Some(id) = &id {
+                    message.id.clone_from(id);
+                }
+                clients.infer(i, message, *timeout).await
+            }
         };
         let ok = outcome.is_ok();
         self.recorder.record(scheduled.elapsed(), outcome);
@@ -63,6 +66,23 @@ impl Target {
                 self.recorder.labels_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+}
+
+async fn send_http(request: reqwest::RequestBuilder) -> Result<(), String> {
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            match response.bytes().await {
+                Ok(_) if status == 200 => Ok(()),
+                Ok(_) => Err(status.to_string()),
+                Err(e) if e.is_timeout() => Err("timeout".to_owned()),
+                Err(_) => Err("read".to_owned()),
+            }
+        }
+        Err(e) if e.is_timeout() => Err("timeout".to_owned()),
+        Err(e) if e.is_connect() => Err("connect".to_owned()),
+        Err(_) => Err("request".to_owned()),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{
     AdminDenied, BadRequest, Conflict, ModelPath, NotFound, Unavailable, Unprocessable, VersionPath,
 };
-use crate::http::v2::served;
+use crate::inference::served;
 use crate::registry::{Change, ChangeError, Origin, StoreError};
 use crate::repository::VersionId;
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::Gateway;
 use crate::error::Error;
 use crate::http::openapi::{AdminDenied, ModelPath, NotFound};
-use crate::http::v2::served;
+use crate::inference::served;
 use crate::registry::{Deployment, ServedModel};
 use crate::repository::VersionId;
 

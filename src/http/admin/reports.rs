@@ -10,7 +10,7 @@ use crate::compare::Report;
 use crate::drift::DriftReport;
 use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{AdminDenied, ModelPath, NotFound, Unavailable};
-use crate::http::v2::served;
+use crate::inference::served;
 
 /// The live champion–challenger comparison.
 #[utoipa::path(get, path = "/admin/models/{name}/comparison", tag = "admin", params(ModelPath),

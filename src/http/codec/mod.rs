@@ -21,7 +21,8 @@ mod scan;
 pub use self::encode::{EncodedResponse, ResponseHead, encode_response};
 use self::scan::scan_data;
 use crate::error::Error;
-use crate::model::{DataType, Tensor, TensorData, TensorSpec};
+use crate::inference::signature::{self, Inputs};
+use crate::model::{DataType, Tensor, TensorData};
 use crate::repository::Manifest;
 
 /// A decoded request: inputs in signature order, each checked against it.
@@ -144,17 +145,9 @@ fn decode_parsed(
     has_binary: bool,
     manifest: &Manifest,
 ) -> Result<DecodedRequest, Error> {
-    let specs = &manifest.inputs;
-    let mut inputs: Vec<Option<Tensor>> = vec![None; specs.len()];
+    let mut inputs = Inputs::new(manifest);
     for input in request.inputs {
-        let index = specs.iter().position(|s| s.name == input.name).ok_or_else(|| {
-            Error::invalid_input(format!("unknown input '{}'; the model expects {}", input.name, names(specs)))
-        })?;
-        if inputs[index].is_some() {
-            return Err(Error::invalid_input(format!("input '{}' is given more than once", input.name)));
-        }
-        let tensor = decode_input(input, &specs[index], &mut binary, has_binary, manifest)?;
-        inputs[index] = Some(tensor);
+        decode_input(input, &mut inputs, &mut binary, has_binary)?;
     }
     if !binary.is_empty() {
         return Err(Error::invalid_input(format!(
@@ -162,36 +155,14 @@ fn decode_parsed(
             binary.len()
         )));
     }
-    let inputs: Vec<Tensor> = inputs
-        .into_iter()
-        .zip(specs)
-        .map(|(t, spec)| {
-            t.ok_or_else(|| {
-                Error::invalid_input(format!("missing input '{}'; the model expects {}", spec.name, names(specs)))
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let rows = inputs[0].shape().first();
-    if let Some(other) = inputs.iter().find(|t| t.shape().first() != rows) {
-        return Err(Error::invalid_input(format!(
-            "inputs disagree on the batch size: {:?} and {:?} rows",
-            rows,
-            other.shape().first()
-        )));
-    }
+    let inputs = inputs.finish()?;
     let binary_output = request.parameters.unwrap_or_default().binary_data_output;
     let outputs = match request.outputs {
         None => OutputSelection::All { binary: binary_output },
         Some(list) => {
             let mut selected = Vec::with_capacity(list.len());
             for output in list {
-                let index = manifest.outputs.iter().position(|s| s.name == output.name).ok_or_else(|| {
-                    Error::invalid_input(format!(
-                        "unknown output '{}'; the model has {}",
-                        output.name,
-                        names(&manifest.outputs)
-                    ))
-                })?;
+                let index = signature::output(manifest, &output.name)?;
                 if selected.iter().any(|&(i, _)| i == index) {
                     return Err(Error::invalid_input(format!("output '{}' is requested more than once", output.name)));
                 }
@@ -206,37 +177,13 @@ fn decode_parsed(
 
 fn decode_input(
     input: InputJson<'_>,
-    spec: &TensorSpec,
+    inputs: &mut Inputs<'_>,
     binary: &mut &[u8],
     has_binary: bool,
-    manifest: &Manifest,
-) -> Result<Tensor, Error> {
-    let name = &spec.name;
-    let datatype = DataType::parse(&input.datatype).ok_or_else(|| {
-        Error::invalid_input(format!(
-            "input '{name}' has unsupported datatype '{}'; supported: FP32, FP64, INT64, INT32, BOOL",
-            input.datatype
-        ))
-    })?;
-    if datatype != spec.datatype {
-        return Err(Error::invalid_input(format!(
-            "input '{name}' has datatype {datatype} but the model expects {}",
-            spec.datatype
-        )));
-    }
-    let shape: Vec<usize> =
-        input.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| {
-            Error::invalid_input(format!("input '{name}' has a negative dimension in shape {:?}", input.shape))
-        })?;
-    if !spec.accepts_shape(&shape) {
-        return Err(Error::invalid_input(format!(
-            "input '{name}' has shape {shape:?} but the model expects {:?} (-1: any size)",
-            spec.shape
-        )));
-    }
-    if shape.first() == Some(&0) {
-        return Err(Error::invalid_input(format!("input '{name}' has no rows")));
-    }
+) -> Result<(), Error> {
+    let head = inputs.head(&input.name, &input.datatype, &input.shape)?;
+    let name = &input.name;
+    let datatype = head.datatype;
     let binary_size = input.parameters.unwrap_or_default().binary_data_size;
     let data = match (input.data, binary_size) {
         (Some(_), Some(_)) => {
@@ -270,28 +217,14 @@ fn decode_input(
                 .map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?
         }
     };
-    let tensor = Tensor::new(shape, data).map_err(|e| Error::invalid_input(format!("input '{name}': {e}")))?;
-    if !manifest.allow_non_finite.iter().any(|n| n == name)
-        && let Some(at) = tensor.data().first_non_finite()
-    {
-        let per_row = tensor.data().len() / tensor.shape()[0].max(1);
-        return Err(Error::invalid_input(format!(
-            "input '{name}' has NaN or infinity at element {at} (row {}); this model does not accept non-finite values",
-            at / per_row.max(1)
-        )));
-    }
-    Ok(tensor)
-}
-
-fn names(specs: &[TensorSpec]) -> String {
-    let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    format!("[{}]", names.join(", "))
+    inputs.put(head, data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::number::number;
     use super::*;
+    use crate::model::TensorSpec;
     use crate::repository::{Reference, Task, Tolerance, VersionId};
 
     fn manifest() -> Manifest {

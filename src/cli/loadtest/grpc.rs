@@ -1,0 +1,61 @@
+//! `--protocol grpc`: ModelInfer over HTTP/2 connections of tonic's client.
+
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use tonic::transport::{Channel, Endpoint};
+
+use super::data::InputSpec;
+use crate::grpc::GrpcInferenceServiceClient;
+use crate::grpc::pb::{ModelInferRequest, ModelMetadataRequest};
+
+/// gRPC clients, one HTTP/2 connection each; request `i` goes over connection `i % n`.
+pub(super) struct GrpcClients {
+    clients: Vec<GrpcInferenceServiceClient<Channel>>,
+}
+
+impl GrpcClients {
+    pub(super) async fn connect(url: &str, connections: usize) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("--grpc-url {url}"))?;
+        let mut clients = Vec::with_capacity(connections);
+        for _ in 0..connections {
+            let channel =
+                endpoint.clone().tcp_nodelay(true).connect().await.with_context(|| format!("connecting to {url}"))?;
+            // The gateway's own limit (`max_request_bytes`) decides; the client does not cut first.
+            clients.push(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(usize::MAX));
+        }
+        Ok(Self { clients })
+    }
+
+    /// The model's single input, from its gRPC metadata.
+    pub(super) async fn input_of(&self, model: &str, version: Option<&str>) -> anyhow::Result<InputSpec> {
+        let request = ModelMetadataRequest { name: model.to_owned(), version: version.unwrap_or_default().to_owned() };
+        let metadata = self.clients[0]
+            .clone()
+            .model_metadata(request)
+            .await
+            .map_err(|status| anyhow::anyhow!("ModelMetadata {model}: {:?}: {}", status.code(), status.message()))?
+            .into_inner();
+        ensure!(
+            metadata.inputs.len() == 1,
+            "loadtest sends models with one input; {model} has {}",
+            metadata.inputs.len()
+        );
+        let input = &metadata.inputs[0];
+        ensure!(input.shape.len() == 2, "loadtest sends [rows, features] inputs; {model}'s is {:?}", input.shape);
+        let features = usize::try_from(input.shape[1]).context("feature count is not fixed")?;
+        Ok(InputSpec { name: input.name.clone(), datatype: input.datatype.clone(), features })
+    }
+
+    pub(super) async fn infer(&self, i: u64, message: ModelInferRequest, timeout: Duration) -> Result<(), String> {
+        let mut client = self.clients[(i % self.clients.len() as u64) as usize].clone();
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.model_infer(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => Err("timeout".to_owned()),
+            Ok(Err(status)) => Err(format!("grpc {:?}", status.code())),
+            Err(_) => Err("timeout".to_owned()),
+        }
+    }
+}
