@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Makes (once) the Python environment the tests and the training script use: target/python.
-# Needs only python3 with pip and access to PyPI. Prints the interpreter's path.
+# Makes (once) a Python environment the tests and the training script use, and prints its
+# interpreter's path. Needs only python3 with pip and access to PyPI.
+#   scripts/python-env.sh          target/python: models/requirements.txt + tests/python/requirements.txt
+#   scripts/python-env.sh kserve   target/python-kserve: tests/python/kserve-requirements.txt
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-venv="$root/target/python"
+case "${1:-}" in
+  "") venv="$root/target/python"; requirements=("$root/models/requirements.txt" "$root/tests/python/requirements.txt") ;;
+  kserve) venv="$root/target/python-kserve"; requirements=("$root/tests/python/kserve-requirements.txt") ;;
+  *) echo "usage: $0 [kserve]" >&2; exit 2 ;;
+esac
 stamp="$venv/.requirements"
-wanted="$(cat "$root/models/requirements.txt" "$root/tests/python/requirements.txt")"
+wanted="$(cat "${requirements[@]}")"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   python3 -m venv "$venv" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -r "$root/models/requirements.txt" -r "$root/tests/python/requirements.txt" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${requirements[@]/#/-r}" >&2
   printf '%s' "$wanted" > "$stamp"
 fi
 echo "$venv/bin/python"

@@ -180,8 +180,14 @@ pub fn python() -> PathBuf {
     if let Some(path) = std::env::var_os("GAUNTLET_TEST_PYTHON") {
         return PathBuf::from(path);
     }
+    python_env(None)
+}
+
+/// The interpreter of `scripts/python-env.sh [name]`'s environment, made on first use.
+pub fn python_env(name: Option<&str>) -> PathBuf {
     let output = std::process::Command::new("bash")
         .arg(root().join("scripts/python-env.sh"))
+        .args(name)
         .stderr(std::process::Stdio::inherit())
         .output()
         .expect("bash runs scripts/python-env.sh");
