@@ -11,7 +11,9 @@
 # divided by the requests wrk counted. BENCH_GAUNTLET=path measures another build. BENCH_CLUSTER=1
 # runs the gateway in cluster mode against a PostgreSQL of the script's own (Debian's `postgresql`;
 # initdb and pg_ctl as the `postgres` user when run as root), to show the store stays off the
-# request path. Needs valgrind and wrk (`apt-get install valgrind wrk`). Traffic goes to 127.0.0.1 only.
+# request path. BENCH_PROTOCOL=grpc sends ModelInfer over gRPC instead, with `gauntlet loadtest
+# --protocol grpc` (16 in flight) as the load generator, and counts the threads whose profile holds
+# `model_infer`. Needs valgrind and wrk (`apt-get install valgrind wrk`). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -34,7 +36,7 @@ if [ -n "${BENCH_CLUSTER:-}" ]; then
 fi
 
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$work/cg.out" \
-  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --grpc-listen "" --set log_level=warn \
+  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$((port + 2))" --set log_level=warn \
   --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" --set "state_dir=$work/state" \
   "$@" 2>"$work/gateway.log" &
 pid=$!
@@ -53,9 +55,20 @@ end
 LUA
 } >"$work/post.lua"
 url="http://127.0.0.1:$port/v2/models/breast-cancer/infer"
-wrk -t2 -c16 -d5s -s "$work/post.lua" "$url" >/dev/null
-callgrind_control -z "$pid" >/dev/null 2>&1
-wrk -t2 -c16 -d"${seconds}s" -s "$work/post.lua" "$url" | awk '/^REQUESTS/ {print $2, $3}' >"$work/requests"
+grpc_load() { # seconds
+  "$gauntlet" loadtest --url "http://127.0.0.1:$port" --grpc-url "http://127.0.0.1:$((port + 2))" --protocol grpc \
+    --model breast-cancer --data models/breast-cancer/holdout.csv --concurrency 16 --connections 16 \
+    --duration "$1s" --quiet --json
+}
+if [ "${BENCH_PROTOCOL:-http}" = grpc ]; then
+  grpc_load 5 >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  grpc_load "$seconds" | python3 -c 'import json, sys; s = json.load(sys.stdin); print(s["requests"], s["errors"])' >"$work/requests"
+else
+  wrk -t2 -c16 -d5s -s "$work/post.lua" "$url" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  wrk -t2 -c16 -d"${seconds}s" -s "$work/post.lua" "$url" | awk '/^REQUESTS/ {print $2, $3}' >"$work/requests"
+fi
 callgrind_control -d "$pid" >/dev/null 2>&1
 python3 - "$work" <<'EOF'
 import glob, sys
@@ -66,7 +79,7 @@ assert requests > 0 and errors <= 32, f"{requests} requests, {errors} errors"
 total, threads = 0, 0
 for path in glob.glob(f"{work}/cg.out*"):
     text = open(path, errors="replace").read()
-    if "serve_infer" not in text:
+    if "serve_infer" not in text and "model_infer" not in text:
         continue
     # The last dump of each thread holds the counts since the zeroing.
     for line in text.splitlines():

@@ -623,6 +623,10 @@ mod tests {
         assert!(err.contains("`max_request_bytes`"), "{err}");
         let err = load("listen = \"nowhere\"", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("`listen`"), "{err}");
+        let err = load("grpc_listen = \"nowhere\"", &[], &[]).unwrap_err().to_string();
+        assert!(err.contains("`grpc_listen`") && err.contains("127.0.0.1:8001"), "{err}");
+        assert_eq!(load(FILE, &[], &[]).unwrap().grpc_listen, Some("127.0.0.1:8001".parse().unwrap()));
+        assert_eq!(load(FILE, &[("GAUNTLET_GRPC_LISTEN", "")], &[]).unwrap().grpc_listen, None);
         let err = load("[models.x]\nchampion = \"1\"\nbakend = \"ort\"", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("models.x") && err.contains("bakend"), "{err}");
         let err = load(FILE, &[], &["max_concurrent_requests=0"]).unwrap_err().to_string();
