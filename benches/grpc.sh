@@ -3,7 +3,7 @@
 # (breast-cancer champion only), the same load generator (`gauntlet loadtest`, closed loop), the same
 # holdout rows, alternating rounds so machine noise hits both alike.
 #
-#   benches/grpc.sh [rounds=3] [seconds=10] [concurrency=16]
+#   benches/grpc.sh [rounds=3] [seconds=10] [concurrency=16] [rows per request=1]
 #
 # REST: `loadtest --protocol http` (JSON bodies over HTTP/1.1 keep-alive, one connection per request
 # in flight). gRPC: `loadtest --protocol grpc` (ModelInfer with raw_input_contents, as tritonclient
@@ -11,7 +11,7 @@
 # with gRPC's ratio to REST. Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds="${1:-3}" seconds="${2:-10}" concurrency="${3:-16}"
+rounds="${1:-3}" seconds="${2:-10}" concurrency="${3:-16}" batch="${4:-1}"
 cd "$root"
 gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
 [ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet
@@ -33,7 +33,7 @@ done
 load() { # protocol seconds
   "$gauntlet" loadtest --url "http://127.0.0.1:$port" --grpc-url "http://127.0.0.1:$((port + 1))" \
     --protocol "$1" --model breast-cancer --data models/breast-cancer/holdout.csv \
-    --concurrency "$concurrency" --connections "$concurrency" --duration "$2s" --quiet --json
+    --concurrency "$concurrency" --connections "$concurrency" --batch "$batch" --duration "$2s" --quiet --json
 }
 load http 3 >/dev/null
 load grpc 3 >/dev/null

@@ -14,6 +14,7 @@ mod tensors;
 use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::http;
 use futures_util::TryFutureExt;
@@ -80,6 +81,10 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().expect("the built-in descriptors are valid");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
+        // A peer that vanished without closing (a killed pod, a dropped NAT entry) is found and its
+        // connection closed: HTTP/2 pings every minute, answered within 20 s.
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .layer(tower::layer::layer_fn(Codes))
         .add_service(inference)
         .add_service(health::server(gateway))
