@@ -98,7 +98,10 @@ async fn holdout_labels_reproduce_the_manifest_figures_live_and_offline() {
 
     let files = reader::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
     let mut offline = OfflineComparison::new(CompareSettings::default());
-    reader::each_line(&files, &mut |line| offline.line(line)).unwrap();
+    reader::each_line(&files, &mut |line| {
+        offline.line(line);
+    })
+    .unwrap();
     let (comparisons, summary) = offline.finish(files.len());
     assert_eq!((summary.unmatched_feedback, summary.duplicate_feedback, summary.unreadable_lines), (0, 0, 0));
     for report in &live {
@@ -236,6 +239,47 @@ async fn the_policy_promotes_a_better_challenger_on_live_labels() {
     assert!(evidence["improvement"].as_f64().unwrap() > 0.0 && evidence["labelled_pairs"].as_u64().unwrap() >= 100);
     // Only one change: version 2 is worse than the new champion, so there is nothing to undo.
     assert_eq!(audit.iter().filter(|a| a["actor"] == "policy").count(), 1);
+}
+
+/// `report --log … --policy` on the log of a run whose policy was live lists the very decisions the
+/// live policy took, with the same evidence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_replayed_on_the_log_decides_as_the_live_one_did() {
+    let overrides = [&WORSE_CHAMPION[..], &["models.breast-cancer.policy.min_labelled_pairs=100"]].concat();
+    let mut server = TestServer::start(&overrides).await;
+    replay_against_worse_champion(&server, 1_000).await;
+    common::eventually("the policy promotes version 1", Duration::from_secs(60), || async {
+        let model: Value = reqwest::get(server.url("/admin/models/breast-cancer")).await.unwrap().json().await.unwrap();
+        (model["champion"] == "1").then_some(())
+    })
+    .await;
+    // Labels after the promotion too, so the replay goes on past the decision.
+    replay_against_worse_champion(&server, 300).await;
+    server.stop().await.unwrap();
+    let live: Vec<Value> = audit(&server).into_iter().filter(|a| a["actor"] == "policy").collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+
+    let pattern = format!("{}/*.jsonl", server.outcomes.path().display());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_gauntlet"));
+    command.args(["report", "breast-cancer", "--log", &pattern, "--policy", "--json", "--config"]);
+    command.arg(common::root().join("gauntlet.toml"));
+    for set in &overrides {
+        command.args(["--set", set]);
+    }
+    let output = command.output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let replayed = report["policy"]["decisions"].as_array().unwrap();
+    assert_eq!(replayed.len(), live.len(), "{replayed:?} against {live:?}");
+    for (replayed, live) in replayed.iter().zip(&live) {
+        assert_eq!((&replayed["action"], &replayed["version"]), (&live["action"], &live["version"]));
+        assert_eq!(replayed["labelled_pairs"], live["evidence"]["labelled_pairs"]);
+        // The same figures: the same labels in the same order.
+        assert_eq!(replayed["evidence"], live["evidence"], "replayed {replayed} against live {live}");
+        assert!(replayed["at"].as_str().is_some_and(|at| at.starts_with("20")), "{replayed}");
+    }
+    assert_eq!((&report["policy"]["started_with"], &report["policy"]["champion"]), (&json!("2"), &json!("1")));
+    assert_eq!(report["correction"].as_str().map(|c| c.starts_with("holm")), Some(true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

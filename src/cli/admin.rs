@@ -1,14 +1,17 @@
 //! The commands that talk to a running gateway or read its logs, for data scientists:
 //! `gauntlet status | promote | rollback | load | unload | report`.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::cluster::ClusterView;
-use crate::compare::offline::OfflineComparison;
-use crate::compare::{CompareSettings, Report};
+use crate::compare::offline::{OfflineComparison, ReadSummary};
+use crate::compare::policy::PolicySettings;
+use crate::compare::replay::{PolicyReplay, Replayed};
+use crate::compare::{CompareSettings, Comparison, Report};
 use crate::drift::DriftReport;
 use crate::http::admin::models::ModelView;
 use crate::outcomes::reader;
@@ -261,6 +264,16 @@ pub struct ReportArgs {
     /// Offline drift only: the model repository holding the champions' profiles.
     #[arg(long, default_value = "models")]
     pub models: std::path::PathBuf,
+    /// Offline: replay each model's promotion policy over the records and labels in time order and
+    /// list what it would have decided and when (enabled or not; the policy --config and --set give).
+    #[arg(long)]
+    pub policy: bool,
+    /// With --policy: the configuration whose `models.<name>.policy` is replayed.
+    #[arg(long, default_value = "gauntlet.toml", requires = "policy")]
+    pub config: std::path::PathBuf,
+    /// With --policy: a key of it as KEY=VALUE, e.g. `models.breast-cancer.policy.alpha=0.01`; repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE", requires = "policy")]
+    pub set: Vec<String>,
 }
 
 pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
@@ -291,26 +304,38 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
     } else {
         let settings =
             CompareSettings { alpha: args.alpha, min_labelled_pairs: args.min_labelled_pairs, ..Default::default() };
-        let mut offline = OfflineComparison::new(settings);
+        let policies = if args.policy {
+            let serve = crate::config::ServeArgs {
+                config: Some(args.config.clone()),
+                set: args.set.clone(),
+                ..Default::default()
+            };
+            let config = crate::config::Config::load_from(&serve, &[])
+                .with_context(|| format!("reading the policies of {}", args.config.display()))?;
+            Some(config.policies())
+        } else {
+            None
+        };
+        let mut offline = Offline::new(settings, policies);
         let (source, files) = match &args.database {
             Some(url) => {
-                let (url, schema) = (url.clone(), args.schema.clone());
-                // The blocking client runs a runtime of its own: off this one.
-                let (offline_back, location) = tokio::task::spawn_blocking(move || {
-                    let location = crate::cluster::read_outcomes(&url, &schema, &mut |line| offline.line(line))?;
-                    anyhow::Ok((offline, location))
-                })
-                .await??;
-                offline = offline_back;
+                // The blocking client runs a runtime of its own: not on an async worker.
+                let location = tokio::task::block_in_place(|| {
+                    crate::cluster::read_outcomes(url, &args.schema, &mut |line| {
+                        offline.line(line);
+                    })
+                })?;
                 (location, 0)
             }
             None => {
                 let files = reader::expand(&args.log)?;
-                reader::each_line(&files, &mut |line| offline.line(line))?;
+                reader::each_line(&files, &mut |line| {
+                    offline.line(line);
+                })?;
                 (format!("{} files", files.len()), files.len())
             }
         };
-        let (comparisons, summary) = offline.finish(files);
+        let (comparisons, mut replayed, summary) = offline.finish(files);
         if !args.connection.json {
             eprintln!(
                 "read {source}: {} records, {} labels ({} without their record, {} duplicates), {} unreadable lines",
@@ -324,7 +349,11 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
         let reports: Vec<Report> = comparisons
             .values()
             .filter(|c| args.model.as_deref().is_none_or(|m| m == c.model()))
-            .map(|c| c.report())
+            .map(|c| {
+                let mut report = c.report();
+                report.policy = replayed.remove(c.model());
+                report
+            })
             .collect();
         if let Some(model) = &args.model
             && reports.is_empty()
@@ -345,6 +374,43 @@ pub async fn report(args: &ReportArgs) -> anyhow::Result<()> {
         print!("{}", tables.join("\n"));
     }
     Ok(())
+}
+
+/// The offline report's reader: the comparison alone, or with the policy replayed on it.
+enum Offline {
+    Report(OfflineComparison),
+    Replay(PolicyReplay),
+}
+
+impl Offline {
+    fn new(settings: CompareSettings, policies: Option<BTreeMap<String, PolicySettings>>) -> Self {
+        match policies {
+            Some(policies) => Self::Replay(PolicyReplay::new(settings, policies)),
+            None => Self::Report(OfflineComparison::new(settings)),
+        }
+    }
+
+    fn line(&mut self, line: Option<reader::Line>) {
+        match self {
+            Self::Report(offline) => {
+                offline.line(line);
+            }
+            Self::Replay(replay) => replay.line(line),
+        }
+    }
+
+    fn finish(self, files: usize) -> (BTreeMap<String, Comparison>, BTreeMap<String, Replayed>, ReadSummary) {
+        match self {
+            Self::Report(offline) => {
+                let (comparisons, summary) = offline.finish(files);
+                (comparisons, BTreeMap::new(), summary)
+            }
+            Self::Replay(replay) => {
+                let (replayed, comparisons, summary) = replay.finish(files);
+                (comparisons, replayed, summary)
+            }
+        }
+    }
 }
 
 /// `report --log … --drift`.

@@ -8,6 +8,7 @@
 
 pub mod offline;
 pub mod policy;
+pub mod replay;
 mod report;
 pub mod stats;
 
@@ -167,6 +168,11 @@ pub struct Comparison {
     /// (champion, challenger) as the records named them; a handful, searched in place (a record
     /// allocates no key).
     pairs: Vec<((VersionId, VersionId), PairStats)>,
+    /// The champion the latest record named, and how many times that changed: each change starts
+    /// every pair's evidence afresh (`Fresh`), and the policy's `policy::level` spends its error
+    /// once per decision.
+    champion: Option<VersionId>,
+    changes: u32,
 }
 
 struct ModelStats {
@@ -211,6 +217,30 @@ struct PairStats {
     differences: Ring,
     /// Largest mixture likelihood ratio seen so far (its inverse is the always-valid p-value).
     max_ln_ratio: f64,
+    /// The same evidence counted only from labels that joined since the champion last changed:
+    /// what the policy decides on, so a decision never rests on evidence an earlier one used.
+    fresh: Fresh,
+}
+
+/// The paired evidence since the champion last changed.
+#[derive(Clone, Copy, Default)]
+struct Fresh {
+    labelled: u64,
+    only_champion: u64,
+    only_challenger: u64,
+    d_sum: f64,
+    d_squares: f64,
+    max_ln_ratio: f64,
+}
+
+impl Fresh {
+    fn push(&mut self, d: f64, only_champion: bool, only_challenger: bool) {
+        self.labelled += 1;
+        self.only_champion += u64::from(only_champion);
+        self.only_challenger += u64::from(only_challenger);
+        self.d_sum += d;
+        self.d_squares += d * d;
+    }
 }
 
 /// The most recent values, at most `SAMPLE_CAPACITY`.
@@ -286,6 +316,8 @@ impl Comparison {
             mismatched_truths: 0,
             models: BTreeMap::new(),
             pairs: Vec::new(),
+            champion: None,
+            changes: 0,
         }
     }
 
@@ -321,6 +353,15 @@ impl Comparison {
             }
         }
         let Some(champion) = observation.results.iter().find(|r| r.role == Role::Champion) else { return };
+        if self.champion.as_ref() != Some(&champion.version) {
+            if self.champion.is_some() {
+                self.changes += 1;
+                for (_, pair) in &mut self.pairs {
+                    pair.fresh = Fresh::default();
+                }
+            }
+            self.champion = Some(champion.version.clone());
+        }
         let tolerance = self.settings.agreement_tolerance;
         for challenger in observation.results.iter().filter(|r| r.role == Role::Challenger) {
             let pair =
@@ -415,6 +456,7 @@ impl Comparison {
                         let d = f64::from(u8::from(rb)) - f64::from(u8::from(ra));
                         pair.d_sum += d;
                         pair.d_squares += d * d;
+                        pair.fresh.push(d, ra && !rb, rb && !ra);
                     }
                     (Prediction::Value(a), Prediction::Value(b)) => {
                         let (ea, eb) = ((a - y).abs(), (b - y).abs());
@@ -425,12 +467,22 @@ impl Comparison {
                         pair.d_sum += ea - eb;
                         pair.d_squares += (ea - eb) * (ea - eb);
                         pair.differences.push(ea - eb);
+                        pair.fresh.push(ea - eb, false, false);
                     }
                     _ => {}
                 }
             }
-            let ln_ratio = pair.ln_ratio(matches!(self.task, Task::Classification { .. }));
-            pair.max_ln_ratio = pair.max_ln_ratio.max(ln_ratio);
+            let classification = matches!(self.task, Task::Classification { .. });
+            let total = Fresh {
+                labelled: pair.labelled,
+                only_champion: pair.only_champion,
+                only_challenger: pair.only_challenger,
+                d_sum: pair.d_sum,
+                d_squares: pair.d_squares,
+                max_ln_ratio: 0.0,
+            };
+            pair.max_ln_ratio = pair.max_ln_ratio.max(ln_ratio(&total, classification));
+            pair.fresh.max_ln_ratio = pair.fresh.max_ln_ratio.max(ln_ratio(&pair.fresh, classification));
         }
     }
 }
@@ -446,21 +498,21 @@ impl PairStats {
     fn new(classes: usize) -> Self {
         Self { champion_classes: vec![0; classes], challenger_classes: vec![0; classes], ..Self::default() }
     }
+}
 
-    /// The mixture SPRT's log likelihood ratio against "no difference", now.
-    fn ln_ratio(&self, classification: bool) -> f64 {
-        if classification {
-            stats::sequential::ln_bernoulli_mixture(self.only_challenger, self.only_champion)
-        } else {
-            let n = self.labelled as f64;
-            if n < 2.0 {
-                return 0.0;
-            }
-            let mean = self.d_sum / n;
-            let variance = (self.d_squares - self.d_sum * mean) / (n - 1.0);
-            // Prior on the mean difference: a tenth of a standard deviation (an effect worth finding).
-            stats::sequential::ln_normal_mixture(self.labelled, mean, variance, 0.01 * variance)
+/// The mixture SPRT's log likelihood ratio against "no difference", on `evidence` now.
+fn ln_ratio(evidence: &Fresh, classification: bool) -> f64 {
+    if classification {
+        stats::sequential::ln_bernoulli_mixture(evidence.only_challenger, evidence.only_champion)
+    } else {
+        let n = evidence.labelled as f64;
+        if n < 2.0 {
+            return 0.0;
         }
+        let mean = evidence.d_sum / n;
+        let variance = (evidence.d_squares - evidence.d_sum * mean) / (n - 1.0);
+        // Prior on the mean difference: a tenth of a standard deviation (an effect worth finding).
+        stats::sequential::ln_normal_mixture(evidence.labelled, mean, variance, 0.01 * variance)
     }
 }
 
@@ -485,3 +537,6 @@ fn brier(probabilities: &[f64], truth: usize) -> f64 {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod simulations;

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::{CompareSettings, Comparison, ModelOutcome, Observation, Truth, predictions};
-use crate::outcomes::Status;
 use crate::outcomes::reader::{Line, LineResult};
+use crate::outcomes::{Role, Status};
 use crate::repository::Task;
 
 /// What reading the files found besides the comparisons.
@@ -40,6 +40,9 @@ pub struct OfflineComparison {
     /// three in the order they came, oldest first, so the oldest go beyond it, as the live join's
     /// bounded index does; without, a report over files keeps everything it read.
     bound: Option<Bound>,
+    /// Per model, the version to read as the champion of every record that holds it (a replayed
+    /// policy's promotion: `set_champion`); the others are read as challengers.
+    champions: HashMap<String, crate::repository::VersionId>,
 }
 
 struct Bound {
@@ -71,7 +74,14 @@ impl OfflineComparison {
             held: HashMap::new(),
             labelled: HashSet::new(),
             bound: None,
+            champions: HashMap::new(),
         }
+    }
+
+    /// From now on, reads `version` as `model`'s champion in every record that holds it: what the
+    /// deployment would have been had a replayed decision been applied.
+    pub fn set_champion(&mut self, model: &str, version: crate::repository::VersionId) {
+        self.champions.insert(model.to_owned(), version);
     }
 
     /// As `new`, keeping at most `capacity` records waiting for labels, labels waiting for
@@ -86,20 +96,21 @@ impl OfflineComparison {
         Self { bound: Some(bound), ..Self::new(settings) }
     }
 
-    /// Takes one line of the log; `None` for a line that is not one of ours.
-    pub fn line(&mut self, line: Option<Line>) {
+    /// Takes one line of the log; `None` for a line that is not one of ours. True when a label
+    /// joined its record with it (the moment the live join tells its listeners).
+    pub fn line(&mut self, line: Option<Line>) -> bool {
         let summary = &mut self.summary;
         let Some(line) = line else {
             summary.unreadable_lines += 1;
-            return;
+            return false;
         };
         let key = (line.model, line.request_id);
         if line.kind.as_deref() == Some("feedback") {
-            let Some(truth) = line.truth else { return };
+            let Some(truth) = line.truth else { return false };
             summary.feedback += 1;
             if !self.labelled.insert(key.clone()) {
                 summary.duplicate_feedback += 1;
-                return;
+                return false;
             }
             if let Some(bound) = &mut self.bound {
                 bound.labelled.push_back(key.clone());
@@ -110,7 +121,7 @@ impl OfflineComparison {
             if let (Some(comparison), Some(observation)) =
                 (self.comparisons.get_mut(&key.0), self.observations.get(&key))
             {
-                join(comparison, observation, &truth, summary);
+                return join(comparison, observation, &truth, summary);
             } else {
                 if let Some(bound) = &mut self.bound {
                     bound.held.push_back(key.clone());
@@ -120,21 +131,29 @@ impl OfflineComparison {
                 }
                 self.held.insert(key, truth);
             }
-            return;
+            return false;
         }
         let Some(task) = line.task else {
             summary.unreadable_lines += 1;
-            return;
+            return false;
         };
         summary.records += 1;
-        let observation = observation(&task, key.1.clone(), line.results);
+        let mut observation = observation(&task, key.1.clone(), line.results);
+        if let Some(champion) = self.champions.get(&key.0)
+            && observation.results.iter().any(|r| r.version == *champion)
+        {
+            for result in &mut observation.results {
+                result.role = if result.version == *champion { Role::Champion } else { Role::Challenger };
+            }
+        }
         let settings = self.settings;
         let comparison =
             self.comparisons.entry(key.0.clone()).or_insert_with(|| Comparison::new(key.0.clone(), task, settings));
         comparison.add(&observation);
-        if let Some(truth) = self.held.remove(&key) {
-            join(comparison, &observation, &truth, summary);
-        }
+        let joined = match self.held.remove(&key) {
+            Some(truth) => join(comparison, &observation, &truth, summary),
+            None => false,
+        };
         if let Some(bound) = &mut self.bound {
             bound.observations.push_back(key.clone());
             trim(&mut bound.observations, bound.capacity, |k| {
@@ -142,6 +161,7 @@ impl OfflineComparison {
             });
         }
         self.observations.insert(key, observation);
+        joined
     }
 
     /// The models with a comparison so far.
@@ -162,10 +182,21 @@ impl OfflineComparison {
     }
 }
 
-fn join(comparison: &mut Comparison, observation: &Observation, truth: &serde_json::Value, summary: &mut ReadSummary) {
+fn join(
+    comparison: &mut Comparison,
+    observation: &Observation,
+    truth: &serde_json::Value,
+    summary: &mut ReadSummary,
+) -> bool {
     match Truth::parse(truth, comparison.task()) {
-        Ok(truth) => comparison.add_truth(observation, &truth),
-        Err(_) => summary.unreadable_lines += 1,
+        Ok(truth) => {
+            comparison.add_truth(observation, &truth);
+            true
+        }
+        Err(_) => {
+            summary.unreadable_lines += 1;
+            false
+        }
     }
 }
 

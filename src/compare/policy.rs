@@ -11,7 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Comparison, PairStats};
+use super::Comparison;
 use crate::outcomes::Status;
 use crate::repository::VersionId;
 
@@ -61,16 +61,24 @@ pub enum Decision {
 }
 
 /// The figures behind a decision, for the audit log.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
     pub champion: String,
     pub challenger: String,
+    /// Labelled pairs since the champion last changed: the only ones the decision rests on.
     pub labelled_pairs: u64,
-    /// Challenger's improvement: accuracy gained, or absolute error saved per row.
+    /// Challenger's improvement over those pairs: accuracy gained, or absolute error saved per row.
     pub improvement: f64,
-    /// The always-valid p-value, `1 / max Λ`.
+    /// The always-valid p-value over those pairs, `1 / max Λ`.
     pub sequential_p_value: f64,
+    /// `family` times it: the decision is taken when this is at most `alpha`.
+    pub adjusted_sequential_p_value: f64,
     pub alpha: f64,
+    /// Challengers tested together (the family `alpha` holds for).
+    pub family: usize,
+    /// Champion changes the comparison's records show before this decision: the evidence is what
+    /// joined after the last of them.
+    pub changes_before: u32,
     pub challenger_p99_ms: Option<f64>,
     pub challenger_error_rate: f64,
 }
@@ -92,14 +100,16 @@ pub fn decide(
     previous: Option<&VersionId>,
     settings: &PolicySettings,
 ) -> Option<Decision> {
-    let threshold = (1.0 / settings.alpha).ln();
+    let family = challengers.len().max(1);
+    let threshold = (family as f64 / settings.alpha).ln();
     let mut best: Option<(VersionId, Evidence)> = None;
     for challenger in challengers {
         let Some(pair) = comparison.pair(champion, challenger) else { continue };
-        let improvement = pair.improvement();
+        let fresh = &pair.fresh;
+        let improvement = if fresh.labelled == 0 { 0.0 } else { fresh.d_sum / fresh.labelled as f64 };
         // Cheap tests first: this runs after every label.
-        if pair.labelled < settings.min_labelled_pairs
-            || pair.max_ln_ratio < threshold
+        if fresh.labelled < settings.min_labelled_pairs
+            || fresh.max_ln_ratio < threshold
             || improvement <= settings.min_improvement.max(0.0)
             || best.as_ref().is_some_and(|(_, e)| e.improvement >= improvement)
         {
@@ -113,13 +123,17 @@ pub fn decide(
         if settings.max_p99_ms.is_some_and(|max| p99.is_none_or(|p| p > max)) || error_rate > settings.max_error_rate {
             continue;
         }
+        let sequential_p_value = (-fresh.max_ln_ratio).exp().min(1.0);
         let evidence = Evidence {
             champion: champion.to_string(),
             challenger: challenger.to_string(),
-            labelled_pairs: pair.labelled,
+            labelled_pairs: fresh.labelled,
             improvement,
-            sequential_p_value: (-pair.max_ln_ratio).exp().min(1.0),
+            sequential_p_value,
+            adjusted_sequential_p_value: (sequential_p_value * family as f64).min(1.0),
             alpha: settings.alpha,
+            family,
+            changes_before: comparison.changes,
             challenger_p99_ms: p99,
             challenger_error_rate: error_rate,
         };
@@ -130,12 +144,5 @@ pub fn decide(
         settings.rollback.then_some(Decision::Rollback { version, evidence })
     } else {
         Some(Decision::Promote { version, evidence })
-    }
-}
-
-impl PairStats {
-    /// Mean improvement of the challenger per labelled row.
-    fn improvement(&self) -> f64 {
-        if self.labelled == 0 { 0.0 } else { self.d_sum / self.labelled as f64 }
     }
 }

@@ -19,11 +19,20 @@ pub struct Report {
     pub mismatched_truths: u64,
     pub alpha: f64,
     pub min_labelled_pairs: u64,
+    /// How `alpha` is held for all of a champion's challengers together: the paired tests' p-values
+    /// Holm-adjusted, the sequential ones Bonferroni-adjusted (their ratios are e-processes), each
+    /// over the challengers compared with the same champion. Verdicts use the adjusted values.
+    #[serde(default)]
+    pub correction: String,
     pub models: Vec<ModelReport>,
     pub pairs: Vec<PairReport>,
     /// In a cluster: the analyst's snapshot this is, and how old.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<Snapshot>,
+    /// `report --policy`: what the policy would have decided over these records and labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub policy: Option<super::replay::Replayed>,
 }
 
 /// Where a cluster's report came from: the analyst replica that computed it, and when.
@@ -111,9 +120,16 @@ pub struct PairReport {
     pub improvement_ci: Option<[f64; 2]>,
     /// "mcnemar_exact" or "wilcoxon_signed_rank", and its two-sided p-value.
     pub test: String,
+    /// The paired test's own p-value, and Holm's adjustment over the champion's challengers.
     pub p_value: Option<f64>,
-    /// Always-valid p-value of the mixture SPRT: valid however often it is looked at.
+    #[serde(default)]
+    pub adjusted_p_value: Option<f64>,
+    /// Always-valid p-value of the mixture SPRT: valid however often it is looked at; and times
+    /// the number of the champion's challengers (capped at 1).
     pub sequential_p_value: f64,
+    #[serde(default)]
+    pub adjusted_sequential_p_value: f64,
+    /// From the adjusted p-value.
     pub verdict: Verdict,
     /// Labelled pairs still needed to detect the current effect (power as configured), if it is not 0.
     pub more_pairs_needed: Option<u64>,
@@ -130,13 +146,17 @@ impl Comparison {
             mismatched_truths: self.mismatched_truths,
             alpha: self.settings.alpha,
             min_labelled_pairs: self.settings.min_labelled_pairs,
+            correction: CORRECTION.into(),
             models: self.models.iter().map(|(v, s)| model_report(v.as_str(), s)).collect(),
-            pairs: self
-                .sorted_pairs()
-                .into_iter()
-                .map(|((a, b), pair)| self.pair_report(a.as_str(), b.as_str(), pair, classification))
-                .collect(),
+            pairs: adjusted(
+                self.sorted_pairs()
+                    .into_iter()
+                    .map(|((a, b), pair)| self.pair_report(a.as_str(), b.as_str(), pair, classification))
+                    .collect(),
+                &self.settings,
+            ),
             snapshot: None,
+            policy: None,
         }
     }
 
@@ -169,13 +189,6 @@ impl Comparison {
         let improvement = (n > 0).then(|| pair.d_sum / n as f64);
         let more_pairs_needed =
             needed.map(|needed| (needed.ceil() as u64).max(settings.min_labelled_pairs).saturating_sub(n));
-        let verdict = match (p_value, improvement) {
-            _ if n < settings.min_labelled_pairs => Verdict::NotEnoughData,
-            (Some(p), Some(d)) if p < settings.alpha && d > 0.0 => Verdict::Better,
-            (Some(p), Some(d)) if p < settings.alpha && d < 0.0 => Verdict::Worse,
-            _ if more_pairs_needed.is_some_and(|more| more > 0) => Verdict::NotEnoughData,
-            _ => Verdict::NoSignificantDifference,
-        };
         let (divergence, divergence_measure) = if classification {
             (
                 stats::jensen_shannon(&to_f64(&pair.champion_classes), &to_f64(&pair.challenger_classes)),
@@ -201,15 +214,50 @@ impl Comparison {
             improvement_ci: difference.map(|d| [d.ci_low, d.ci_high]),
             test: test.into(),
             p_value,
+            adjusted_p_value: p_value,
             sequential_p_value: (-pair.max_ln_ratio).exp().min(1.0),
-            verdict,
-            more_pairs_needed: if matches!(verdict, Verdict::Better | Verdict::Worse) {
-                None
-            } else {
-                more_pairs_needed
-            },
+            adjusted_sequential_p_value: (-pair.max_ln_ratio).exp().min(1.0),
+            // Judged in `adjusted`, once every pair's p-value is known.
+            verdict: Verdict::NotEnoughData,
+            more_pairs_needed,
         }
     }
+}
+
+const CORRECTION: &str = "holm (paired tests), bonferroni (sequential), over each champion's challengers";
+
+/// The pairs with their p-values adjusted over each champion's challengers, then judged.
+fn adjusted(mut pairs: Vec<PairReport>, settings: &super::CompareSettings) -> Vec<PairReport> {
+    let champions: std::collections::BTreeSet<String> = pairs.iter().map(|p| p.champion.clone()).collect();
+    for champion in champions {
+        let family: Vec<usize> = (0..pairs.len()).filter(|&i| pairs[i].champion == champion).collect();
+        let k = family.len() as f64;
+        for &i in &family {
+            pairs[i].adjusted_sequential_p_value = (pairs[i].sequential_p_value * k).min(1.0);
+        }
+        // Holm: the i-th smallest of m p-values times (m - i), kept monotone, capped at 1.
+        let mut tested: Vec<(usize, f64)> = family.iter().filter_map(|&i| Some((i, pairs[i].p_value?))).collect();
+        tested.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let m = tested.len();
+        let mut running: f64 = 0.0;
+        for (rank, (i, p)) in tested.into_iter().enumerate() {
+            running = running.max((p * (m - rank) as f64).min(1.0));
+            pairs[i].adjusted_p_value = Some(running);
+        }
+    }
+    for pair in &mut pairs {
+        pair.verdict = match (pair.adjusted_p_value, pair.improvement) {
+            _ if pair.labelled_pairs < settings.min_labelled_pairs => Verdict::NotEnoughData,
+            (Some(p), Some(d)) if p < settings.alpha && d > 0.0 => Verdict::Better,
+            (Some(p), Some(d)) if p < settings.alpha && d < 0.0 => Verdict::Worse,
+            _ if pair.more_pairs_needed.is_some_and(|more| more > 0) => Verdict::NotEnoughData,
+            _ => Verdict::NoSignificantDifference,
+        };
+        if matches!(pair.verdict, Verdict::Better | Verdict::Worse) {
+            pair.more_pairs_needed = None;
+        }
+    }
+    pairs
 }
 
 fn p_value(p: f64) -> String {
@@ -307,6 +355,10 @@ impl Report {
                 metrics
             );
         }
+        if !self.pairs.is_empty() && !self.correction.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(out, "alpha {} for each champion's challengers together: {}", self.alpha, self.correction);
+        }
         for p in &self.pairs {
             let _ = writeln!(out);
             let _ = writeln!(out, "champion {} vs challenger {}: {}", p.champion, p.challenger, p.verdict);
@@ -322,7 +374,7 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {} labelled pairs: {} {} vs {}, improvement {} (95% CI {}), {} p = {}, sequential p = {}",
+                "  {} labelled pairs: {} {} vs {}, improvement {} (95% CI {}), {} p = {} (adjusted {}), sequential p = {} (adjusted {})",
                 p.labelled_pairs,
                 p.metric,
                 opt(p.champion_metric, 4),
@@ -331,11 +383,40 @@ impl Report {
                 p.improvement_ci.map_or("-".into(), |[lo, hi]| format!("{lo:.4} .. {hi:.4}")),
                 p.test,
                 p.p_value.map_or("-".into(), p_value),
-                p_value(p.sequential_p_value)
+                p.adjusted_p_value.map_or("-".into(), p_value),
+                p_value(p.sequential_p_value),
+                p_value(p.adjusted_sequential_p_value)
             );
             if let Some(more) = p.more_pairs_needed.filter(|m| *m > 0) {
                 let _ =
                     writeln!(out, "  about {more} more labelled pairs would show whether the current effect is real");
+            }
+        }
+        if let Some(policy) = &self.policy {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "policy replayed: started with champion {}, ends with {} (challengers {})",
+                policy.started_with.as_deref().unwrap_or("-"),
+                policy.champion.as_deref().unwrap_or("-"),
+                policy.challengers.join(", ")
+            );
+            if policy.decisions.is_empty() {
+                let _ = writeln!(out, "  no decision");
+            }
+            for d in &policy.decisions {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: {} {} over {} labelled pairs since the last change, improvement {:.4}, sequential p = {} (adjusted {})",
+                    d.at.as_deref().unwrap_or("-"),
+                    d.from,
+                    d.action,
+                    d.version,
+                    d.labelled_pairs,
+                    d.evidence.improvement,
+                    p_value(d.evidence.sequential_p_value),
+                    p_value(d.evidence.adjusted_sequential_p_value)
+                );
             }
         }
         out

@@ -85,7 +85,7 @@ pub struct Busy;
 pub trait Listener: Send {
     /// A label met its record.
     fn joined(&mut self, _model: &str, _observation: &Observation, _truth: &Truth) {}
-    /// The model's comparison gained labels since the listener was last told.
+    /// The model's comparison gained a label (told after each one that joins).
     fn compared(&mut self, _model: &str, _comparison: &Comparison) {}
 }
 
@@ -227,18 +227,19 @@ impl JoinThread {
     fn truths(&mut self, model: &str, truths: Vec<(String, Truth)>) -> Vec<Joined> {
         let Some(index) = self.models.get_mut(model) else { return vec![] };
         index.changed = true;
-        let answers: Vec<Joined> = truths
+        // Listeners are told after each label that joins, not once a batch: the policy then decides
+        // at the very label a replay of the log (`compare::replay`) decides at, whatever the batches.
+        truths
             .into_iter()
             .map(|(id, truth)| {
                 let joined = index.truth(id, truth, &self.settings, &mut self.listeners);
                 crate::metrics::feedback(model, joined.label());
+                if joined == Joined::Joined {
+                    Self::tell_compared(&mut self.listeners, model, &index.comparison);
+                }
                 joined
             })
-            .collect();
-        if answers.contains(&Joined::Joined) {
-            Self::tell_compared(&mut self.listeners, model, &index.comparison);
-        }
-        answers
+            .collect()
     }
 
     fn tell_compared(listeners: &mut [Box<dyn Listener>], model: &str, comparison: &Comparison) {

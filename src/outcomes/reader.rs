@@ -19,6 +19,9 @@ pub struct Line {
     #[serde(default)]
     pub kind: Option<String>,
     pub request_id: String,
+    /// RFC 3339, as the line was written.
+    #[serde(default)]
+    pub timestamp: Option<String>,
     pub model: String,
     #[serde(default)]
     pub task: Option<Task>,
