@@ -11,6 +11,10 @@ case "${1:-}" in
   *) echo "usage: $0 [kserve]" >&2; exit 2 ;;
 esac
 stamp="$venv/.requirements"
+# Tests running at once ask for the same environment: one makes it, the others wait for it.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 wanted="$(cat "${requirements[@]}")"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
   python3 -m venv "$venv" >&2
