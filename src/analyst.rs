@@ -142,13 +142,16 @@ impl Work {
                 return Ok(());
             }
             let (lines, models) = self.pass(client)?;
+            // As the live join does: the listeners (the policy) after every label that joins, so a
+            // replay of the store (`report --database … --policy`) decides at the same labels.
             for line in lines {
-                offline.line(line);
-            }
-            for model in &models {
-                if let Some(comparison) = offline.comparison(model) {
+                let model = line.as_ref().map(|l| l.model.clone());
+                if offline.line(line)
+                    && let Some(model) = model
+                    && let Some(comparison) = offline.comparison(&model)
+                {
                     for listener in &mut self.listeners {
-                        listener.compared(model, comparison);
+                        listener.compared(&model, comparison);
                     }
                 }
             }
