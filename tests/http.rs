@@ -513,7 +513,7 @@ async fn every_documented_operation_is_routed() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 22);
+    assert_eq!(operations, 23);
     // The old hand-kept list of routes, now read from the router's own document.
     let paths: Vec<&str> = document["paths"].as_object().unwrap().keys().map(String::as_str).collect();
     for path in [
@@ -546,5 +546,52 @@ async fn every_documented_operation_is_routed() {
         ["ErrorBody", "InferRequest", "InferResponse", "ModelView", "Report", "DriftReport", "FeedbackRequest"]
     {
         assert!(document["components"]["schemas"][schema].is_object(), "{schema} missing from the components");
+    }
+}
+
+/// The console's files carry the strict Content-Security-Policy; the audit endpoint lists changes
+/// newest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_with_its_policy_and_the_audit_log_newest_first() {
+    let server = TestServer::start(&[]).await;
+    let client = reqwest::Client::new();
+    for (path, kind) in [("/ui/", "text/html"), ("/ui/console.js", "text/javascript"), ("/ui/console.css", "text/css")]
+    {
+        let response = client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        assert!(headers[reqwest::header::CONTENT_TYPE].to_str().unwrap().starts_with(kind), "{path}");
+        let policy = headers[reqwest::header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(policy.contains("script-src 'self'") && policy.contains("default-src 'none'"), "{policy}");
+        assert!(!policy.contains("unsafe"), "{policy}");
+        assert_eq!(headers[reqwest::header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+    let redirect = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let response = redirect.get(server.url("/ui")).send().await.unwrap();
+    assert_eq!(response.headers()[reqwest::header::LOCATION], "/ui/");
+    for (action, body) in [
+        ("promote", serde_json::json!({ "version": "2", "reason": "first" })),
+        ("rollback", serde_json::json!({ "reason": "second" })),
+    ] {
+        let response =
+            client.post(server.url(&format!("/admin/models/diabetes/{action}"))).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let (status, audit) = get(&server, "/admin/models/diabetes/audit?limit=1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(audit["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        (&audit["entries"][0]["action"], &audit["entries"][0]["reason"]),
+        (&serde_json::json!("rollback"), &serde_json::json!("second"))
+    );
+    let (_, audit) = get(&server, "/admin/models/diabetes/audit").await;
+    let reasons: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
+    assert_eq!(reasons, ["second", "first"]);
+    assert_eq!(get(&server, "/admin/models/nope/audit").await.0, StatusCode::NOT_FOUND);
+    for bad in ["limit=many", "limit=-1", "colour=red"] {
+        let (status, body) = get(&server, &format!("/admin/models/diabetes/audit?{bad}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body["error"].is_string(), "{bad}: {body}");
     }
 }

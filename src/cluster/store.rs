@@ -381,6 +381,18 @@ impl DeploymentStore for PgStore {
         }
     }
 
+    fn history(&self, name: &str, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+        let s = self.connector.schema().to_owned();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.connector.with(|client| {
+            let rows = client.query(
+                &format!("SELECT entry FROM {s}.audit WHERE model = $1 ORDER BY id DESC LIMIT $2"),
+                &[&name, &limit],
+            )?;
+            Ok(rows.iter().map(|row| row.get::<_, serde_json::Value>(0)).collect())
+        })
+    }
+
     fn location(&self) -> Option<String> {
         Some(self.connector.location())
     }

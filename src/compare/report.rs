@@ -56,6 +56,11 @@ pub struct ModelReport {
     pub shed: u64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
+    /// The latency distribution: `[upper bound in ms, results]` per bucket, bounds doubling from
+    /// 16 µs, up to the slowest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Vec<f64>>)]
+    pub latency_histogram_ms: Vec<[f64; 2]>,
     /// Share of its predicted rows per class (classification).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub class_shares: Vec<f64>,
@@ -268,6 +273,16 @@ fn to_f64(counts: &[u64]) -> Vec<f64> {
     counts.iter().map(|&c| c as f64).collect()
 }
 
+fn histogram(latency_us: &hdrhistogram::Histogram<u64>) -> Vec<[f64; 2]> {
+    if latency_us.is_empty() {
+        return Vec::new();
+    }
+    latency_us
+        .iter_log(16, 2.0)
+        .map(|v| [v.value_iterated_to() as f64 / 1e3, v.count_since_last_iteration() as f64])
+        .collect()
+}
+
 fn model_report(version: &str, stats: &ModelStats) -> ModelReport {
     let rows = stats.labelled_rows as f64;
     let per_row = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
@@ -284,6 +299,7 @@ fn model_report(version: &str, stats: &ModelStats) -> ModelReport {
         shed: stats.statuses[4],
         latency_p50_ms: latency(0.5),
         latency_p99_ms: latency(0.99),
+        latency_histogram_ms: histogram(&stats.latency_us),
         class_shares: if predicted > 0 {
             stats.class_counts.iter().map(|&c| c as f64 / predicted as f64).collect()
         } else {

@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod codec;
+mod console;
 mod error;
 mod feedback;
 mod front;
@@ -67,6 +68,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .routes(routes!(admin::changes::unload))
         .routes(routes!(admin::reports::comparison))
         .routes(routes!(admin::reports::drift))
+        .routes(routes!(admin::reports::audit))
         .routes(routes!(admin::cluster::show))
         .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), admin::authorize));
 
@@ -78,7 +80,14 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .merge(admin)
         .split_for_parts();
     let _ = document.set(api);
+    // The console's static files: not part of the API document.
+    let console = Router::new()
+        .route("/ui", axum::routing::get(console::root))
+        .route("/ui/", axum::routing::get(console::index))
+        .route("/ui/console.js", axum::routing::get(console::script))
+        .route("/ui/console.css", axum::routing::get(console::style));
     routes
+        .merge(console)
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(

@@ -232,6 +232,11 @@ impl Registry {
             .collect()
     }
 
+    /// Model `name`'s audit entries, newest first, at most `limit`. Blocking: it reads the store.
+    pub fn history(&self, name: &str, limit: usize) -> Result<Vec<serde_json::Value>, super::StoreError> {
+        self.store.history(name, limit)
+    }
+
     /// Records a change that was decided but not made (a policy in dry run) in the audit log.
     pub fn record_decision(&self, name: &str, action: &str, version: &VersionId, origin: Origin<'_>) {
         let Some(model) = self.models.get(name) else { return };

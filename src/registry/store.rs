@@ -100,6 +100,8 @@ pub trait DeploymentStore: Send + Sync {
     ) -> Result<u64, StoreError>;
     /// Appends one entry to the audit log; a failure is logged, not returned (the change stands).
     fn audit(&self, entry: &AuditEntry<'_>);
+    /// Model `name`'s audit entries, newest first, at most `limit`.
+    fn history(&self, name: &str, limit: usize) -> Result<Vec<serde_json::Value>, StoreError>;
     /// Where the saved deployments are, for messages; `None` when nothing is kept.
     fn location(&self) -> Option<String>;
     /// Whether other replicas share this store: its deployments may then name a version this
@@ -177,6 +179,27 @@ impl DeploymentStore for StateFiles {
         if let Err(error) = result {
             tracing::error!(%error, "could not append to the audit log");
         }
+    }
+
+    /// Read through once, keeping only the newest `limit` of the model's lines.
+    fn history(&self, name: &str, limit: usize) -> Result<Vec<serde_json::Value>, StoreError> {
+        let Some(dir) = &self.dir else { return Ok(Vec::new()) };
+        let file = match fs::File::open(dir.join(AUDIT_FILE)) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(error.into()),
+        };
+        let mut newest = std::collections::VecDeque::with_capacity(limit.min(1024));
+        for line in io::BufRead::lines(io::BufReader::new(file)) {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line?) else { continue };
+            if entry["model"] == name && limit > 0 {
+                if newest.len() == limit {
+                    newest.pop_front();
+                }
+                newest.push_back(entry);
+            }
+        }
+        Ok(newest.into_iter().rev().collect())
     }
 
     fn location(&self) -> Option<String> {

@@ -9,7 +9,7 @@ use crate::Gateway;
 use crate::compare::Report;
 use crate::drift::DriftReport;
 use crate::error::{Error, ErrorKind};
-use crate::http::openapi::{AdminDenied, ModelPath, NotFound, Unavailable};
+use crate::http::openapi::{AdminDenied, BadRequest, ModelPath, NotFound, Unavailable};
 use crate::inference::served;
 
 /// The live champion–challenger comparison.
@@ -65,4 +65,57 @@ pub async fn drift(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>
         Some(Ok(None)) | None => Ok(Json(local)),
         Some(Err(error)) => Err(Error::new(ErrorKind::Unavailable, error.to_string())),
     }
+}
+
+/// How many audit entries `GET …/audit` returns at most.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// At most this many, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+}
+
+/// The model's audit entries (promotions, rollbacks, loads, policy decisions), newest first.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AuditView {
+    pub model: String,
+    #[schema(value_type = Vec<Object>)]
+    pub entries: Vec<serde_json::Value>,
+}
+
+/// The audit log of one model, newest first.
+#[utoipa::path(get, path = "/admin/models/{name}/audit", tag = "admin", params(ModelPath, AuditQuery),
+    responses((status = 200, body = AuditView), BadRequest, NotFound, AdminDenied, Unavailable))]
+pub async fn audit(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<AuditView>, Error> {
+    served(&gateway, &name)?;
+    // Read by hand so that a bad value is a 400 in the API's error shape.
+    let mut limit = 100;
+    for (key, value) in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+    {
+        match key {
+            "limit" => {
+                limit = value.parse::<usize>().map_err(|_| {
+                    Error::invalid_input(format!("limit must be a whole number of entries, not '{value}'"))
+                })?;
+            }
+            other => return Err(Error::invalid_input(format!("unknown query parameter '{other}'; this takes limit"))),
+        }
+    }
+    let limit = limit.min(1000);
+    let model = name.clone();
+    // The store is a file or a database: off the async workers.
+    let entries = tokio::task::spawn_blocking(move || gateway.registry().history(&model, limit))
+        .await
+        .map_err(|_| Error::new(ErrorKind::Internal, "reading the audit log panicked"))?
+        .map_err(|error| Error::new(ErrorKind::Unavailable, format!("reading the audit log: {error}")))?;
+    Ok(Json(AuditView { model: name, entries }))
 }

@@ -1,0 +1,379 @@
+// The gauntlet console: reads the admin API and nothing else, renders every value from outside as
+// text (textContent, never markup), and refreshes on its own. No library, no other origin: the
+// Content-Security-Policy on /ui/ allows only this file's own requests.
+"use strict";
+
+const REFRESH_MS = 2000;
+const HISTORY = 300; // points kept per series, since the page opened
+const COLORS = ["#2457c5", "#c2410c", "#15803d", "#7e22ce", "#0e7490", "#a16207"];
+
+const state = {
+  token: sessionStorage.getItem("gauntlet-token") || "",
+  models: [],
+  selected: null,
+  series: {}, // model -> { t: [], lines: { key: [values] } }
+  busy: false,
+};
+
+// ---- DOM, as text only ----
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  for (const child of children.flat()) {
+    if (child === undefined || child === null) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function fmt(value, digits = 4) {
+  if (value === undefined || value === null) return "–";
+  if (typeof value !== "number") return String(value);
+  if (value !== 0 && Math.abs(value) < 1e-4) return value.toExponential(1);
+  return value.toFixed(digits);
+}
+
+function status(text, error = false) {
+  const node = document.getElementById("status");
+  node.textContent = text;
+  node.classList.toggle("error", error);
+}
+
+// ---- the admin API ----
+
+async function api(method, path, body) {
+  const headers = {};
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  let data = null;
+  try { data = await response.json(); } catch { data = null; }
+  if (response.status === 401) document.getElementById("token-form").hidden = false;
+  return { ok: response.ok, status: response.status, data };
+}
+
+function message(answer) {
+  return (answer.data && answer.data.error) || `HTTP ${answer.status}`;
+}
+
+// ---- history kept while the page is open ----
+
+function remember(model, comparison, stamp) {
+  const series = state.series[model] || (state.series[model] = { t: [], lines: {} });
+  series.t.push(stamp);
+  const put = (key, value) => {
+    const line = series.lines[key] || (series.lines[key] = []);
+    while (line.length < series.t.length - 1) line.push(null);
+    line.push(value === undefined ? null : value);
+  };
+  const metric = comparison.task === "classification" ? "accuracy" : "mae";
+  for (const m of comparison.models) put(`metric ${m.version}`, m[metric]);
+  for (const p of comparison.pairs) {
+    const key = `${p.champion}→${p.challenger}`;
+    put(`improvement ${key}`, p.improvement);
+    put(`low ${key}`, p.improvement_ci ? p.improvement_ci[0] : null);
+    put(`high ${key}`, p.improvement_ci ? p.improvement_ci[1] : null);
+    put(`coverage ${key}`, p.coverage);
+  }
+  if (series.t.length > HISTORY) {
+    series.t.shift();
+    for (const line of Object.values(series.lines)) line.shift();
+  }
+}
+
+// ---- charts (inline SVG) ----
+
+function lineChart(title, lines, { bands = [], yLabel = "", rule = null } = {}) {
+  const width = 560, height = 200, left = 52, right = 8, top = 10, bottom = 24;
+  const values = [...lines.flatMap((l) => l.values), ...bands.flatMap((b) => [...b.low, ...b.high])]
+    .filter((v) => v !== null && Number.isFinite(v));
+  if (rule !== null) values.push(rule);
+  const n = Math.max(...lines.map((l) => l.values.length), 1);
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
+  if (values.length === 0) {
+    chart.append(svg("text", { x: left, y: height / 2 }, "no data yet"));
+    return figure(title, chart, lines);
+  }
+  let lo = Math.min(...values), hi = Math.max(...values);
+  if (hi - lo < 1e-9) { lo -= 0.5; hi += 0.5; }
+  const x = (i) => left + (n <= 1 ? 0 : (i / (n - 1)) * (width - left - right));
+  const y = (v) => top + (1 - (v - lo) / (hi - lo)) * (height - top - bottom);
+  chart.append(svg("line", { x1: left, x2: width - right, y1: height - bottom, y2: height - bottom, stroke: "#d8dde6" }));
+  for (const v of [lo, (lo + hi) / 2, hi]) chart.append(svg("text", { x: 2, y: y(v) + 4 }, fmt(v, 3)));
+  chart.append(svg("text", { x: left, y: height - 6 }, `${yLabel} over the last ${n} refreshes`));
+  if (rule !== null) {
+    chart.append(svg("line", { x1: left, x2: width - right, y1: y(rule), y2: y(rule), stroke: "#888", "stroke-dasharray": "4 3" }));
+  }
+  bands.forEach((band, b) => {
+    const upper = [], lower = [];
+    band.high.forEach((v, i) => { if (v !== null && band.low[i] !== null) { upper.push(`${x(i)},${y(v)}`); lower.unshift(`${x(i)},${y(band.low[i])}`); } });
+    if (upper.length) chart.append(svg("polygon", { points: [...upper, ...lower].join(" "), fill: COLORS[b % COLORS.length], "fill-opacity": 0.15 }));
+  });
+  lines.forEach((line, i) => {
+    const color = COLORS[i % COLORS.length];
+    const points = line.values.map((v, j) => (v === null ? null : [x(j), y(v)])).filter(Boolean);
+    if (points.length > 1) chart.append(svg("polyline", { points: points.map((p) => p.join(",")).join(" "), fill: "none", stroke: color, "stroke-width": 2 }));
+    // The latest value as a dot, so one refresh already shows where each line stands.
+    if (points.length) { const [px, py] = points[points.length - 1]; chart.append(svg("circle", { cx: px, cy: py, r: 3.5, fill: color })); }
+  });
+  return figure(title, chart, lines);
+}
+
+function barChart(title, bars, { rules = [], unit = "" } = {}) {
+  const width = 560, rowHeight = 18, left = 150, right = 60;
+  const height = Math.max(bars.length, 1) * rowHeight + 26;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
+  const max = Math.max(...bars.map((b) => b.value || 0), ...rules.map((r) => r.value), 1e-9);
+  const x = (v) => left + (v / max) * (width - left - right);
+  bars.forEach((bar, i) => {
+    const y0 = 4 + i * rowHeight;
+    chart.append(svg("text", { x: 2, y: y0 + 12 }, bar.label));
+    chart.append(svg("rect", { x: left, y: y0 + 2, width: Math.max(0, x(bar.value || 0) - left), height: rowHeight - 6, fill: bar.color || COLORS[0] }));
+    const shown = Number.isInteger(bar.value) ? String(bar.value) : fmt(bar.value, 3);
+    chart.append(svg("text", { x: x(bar.value || 0) + 4, y: y0 + 12 }, `${shown}${unit}`));
+  });
+  for (const rule of rules) {
+    chart.append(svg("line", { x1: x(rule.value), x2: x(rule.value), y1: 0, y2: height - 20, stroke: rule.color, "stroke-dasharray": "4 3" }));
+    chart.append(svg("text", { x: x(rule.value) - 20, y: height - 6 }, `${rule.label} ${rule.value}`));
+  }
+  return figure(title, chart, []);
+}
+
+function figure(title, chart, lines) {
+  // Colours through the CSSOM: the CSP allows no inline style attribute.
+  const legend = el("p", { class: "legend" }, lines.map((l, i) => {
+    const item = el("span", {}, `■ ${l.name}`);
+    item.style.color = COLORS[i % COLORS.length];
+    return item;
+  }));
+  return el("figure", {}, el("figcaption", {}, el("h3", {}, title)), chart, lines.length ? legend : null);
+}
+
+// ---- views ----
+
+function deploymentView(model) {
+  const rows = model.versions.map((v) =>
+    el("tr", {}, el("td", {}, v.version), el("td", {}, v.state), el("td", {}, v.backend || "–"),
+      el("td", {}, v.one_row_us === undefined ? "–" : `${fmt(v.one_row_us, 1)} µs`),
+      el("td", { class: "long" }, v.description || v.error || "")));
+  return el("section", { class: "wide", "aria-labelledby": "deployment-title" },
+    el("h2", { id: "deployment-title" }, `${model.name}: champion ${model.champion}`),
+    el("p", {}, `Challengers: ${model.challengers.join(", ") || "none"} · sampling ${fmt(model.shadow_sample_rate, 2)}`,
+      model.canary ? ` · canary ${model.canary.version} at ${fmt(model.canary.share, 2)}` : "",
+      ` · rollback history: ${model.previous.join(" → ") || "none"}`),
+    el("div", { class: "scroll" }, el("table", {},
+      el("thead", {}, el("tr", {}, ["version", "state", "backend", "one row", "description"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows))),
+    actionsView(model));
+}
+
+function actionsView(model) {
+  const result = el("p", { class: "result", id: "action-result", role: "status", "aria-live": "polite" });
+  const promote = model.challengers.map((version) =>
+    el("button", { type: "button", "data-action": "promote", "data-version": version,
+      onclick: () => change(model, "promote", { version }, `Promote version ${version} to champion of ${model.name}?`, result) },
+      `Promote ${version}`));
+  const rollback = el("button", { type: "button", "data-action": "rollback", disabled: model.previous.length === 0 ? true : undefined,
+    onclick: () => change(model, "rollback", {}, `Roll ${model.name} back to version ${model.previous[model.previous.length - 1]}?`, result) },
+    "Roll back");
+  const loaded = model.versions.filter((v) => v.version !== model.champion && ["challenger", "loaded", "on_disk", "refused"].includes(v.state));
+  const boxes = loaded.map((v) => el("label", {}, el("input", { type: "checkbox", name: "challenger", value: v.version,
+    checked: model.challengers.includes(v.version) ? true : undefined }), ` ${v.version} `));
+  const rate = el("input", { id: "sampling", type: "number", min: 0, max: 1, step: 0.05, value: model.shadow_sample_rate });
+  const form = el("form", { id: "challengers-form", onsubmit: (event) => {
+    event.preventDefault();
+    const versions = [...form.querySelectorAll("input[name=challenger]:checked")].map((b) => b.value);
+    change(model, "challengers", { versions, shadow_sample_rate: Number(rate.value) },
+      `Set ${model.name}'s challengers to [${versions.join(", ")}] at sampling ${rate.value}?`, result);
+  } }, el("fieldset", {}, el("legend", {}, "Challengers and sampling"), boxes,
+    el("label", { for: "sampling" }, " sampling "), rate, " ", el("button", { type: "submit" }, "Apply")));
+  return el("div", {}, el("h3", {}, "Actions"), el("div", { class: "actions" }, promote, rollback), form, result);
+}
+
+function comparisonView(comparison) {
+  if (!comparison) return el("section", {}, el("h2", {}, "Comparison"), el("p", { class: "muted" }, "No comparison yet."));
+  const metric = comparison.task === "classification" ? "accuracy" : "mae";
+  const versions = comparison.models.map((m) =>
+    el("tr", {}, el("td", {}, m.version), el("td", {}, m.records), el("td", {}, m.labelled_rows), el("td", {}, fmt(m[metric])),
+      el("td", {}, fmt(m.latency_p50_ms, 3)), el("td", {}, fmt(m.latency_p99_ms, 3)),
+      el("td", {}, `${m.errors + m.panics + m.timeouts} / ${m.shed}`)));
+  const pairs = comparison.pairs.map((p) =>
+    el("tr", { "data-pair": `${p.champion}-${p.challenger}` },
+      el("td", {}, `${p.champion} vs ${p.challenger}`),
+      el("td", { "data-field": "labelled_pairs" }, p.labelled_pairs),
+      el("td", { "data-field": "metrics" }, `${fmt(p.champion_metric)} vs ${fmt(p.challenger_metric)}`),
+      el("td", { "data-field": "improvement" }, `${fmt(p.improvement)}`,
+        p.improvement_ci ? ` [${fmt(p.improvement_ci[0])}, ${fmt(p.improvement_ci[1])}]` : ""),
+      el("td", { "data-field": "agreement" }, fmt(p.agreement)),
+      el("td", {}, `${fmt(p.divergence)} ${p.divergence_measure}`),
+      el("td", { "data-field": "p_value" }, `${p.test} ${fmt(p.p_value)} (adj. ${fmt(p.adjusted_p_value)})`),
+      el("td", { "data-field": "sequential_p_value" }, `${fmt(p.sequential_p_value)} (adj. ${fmt(p.adjusted_sequential_p_value)})`),
+      el("td", { "data-field": "verdict", class: `verdict-${p.verdict}` }, p.verdict.replaceAll("_", " "),
+        p.more_pairs_needed ? ` (about ${p.more_pairs_needed} more pairs)` : ""),
+      el("td", { "data-field": "coverage" }, fmt(p.coverage))));
+  return el("section", { class: "wide", "aria-labelledby": "comparison-title" },
+    el("h2", { id: "comparison-title" }, `Comparison: ${comparison.records} paired records, ${comparison.labelled_records} labelled`),
+    el("p", { class: "muted" }, `alpha ${comparison.alpha}: ${comparison.correction || ""}`),
+    el("div", { class: "scroll" }, el("table", { id: "versions" },
+      el("thead", {}, el("tr", {}, ["version", "records", "labelled", metric, "p50 ms", "p99 ms", "failed / shed"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, versions))),
+    el("div", { class: "scroll" }, el("table", { id: "pairs" },
+      el("thead", {}, el("tr", {}, ["pair", "labelled", metric, "improvement [95% CI]", "agreement", "divergence", "paired test p", "sequential p", "verdict", "coverage"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, pairs))));
+}
+
+function chartsView(name, comparison, drift) {
+  const series = state.series[name] || { t: [], lines: {} };
+  const pick = (prefix) => Object.entries(series.lines).filter(([k]) => k.startsWith(prefix)).map(([k, v]) => ({ name: k.slice(prefix.length), values: v }));
+  const metric = comparison && comparison.task === "regression" ? "MAE" : "accuracy";
+  const improvements = pick("improvement ");
+  const bands = improvements.map((l) => ({ low: series.lines[`low ${l.name}`] || [], high: series.lines[`high ${l.name}`] || [] }));
+  const charts = [
+    lineChart(`${metric} of each version`, pick("metric "), { yLabel: metric }),
+    lineChart("challenger's improvement, with its 95% interval", improvements, { bands, yLabel: "improvement", rule: 0 }),
+    lineChart("coverage of each pair", pick("coverage "), { yLabel: "coverage" }),
+  ];
+  if (comparison) {
+    for (const m of comparison.models) {
+      const buckets = (m.latency_histogram_ms || []).filter(([, count]) => count > 0);
+      charts.push(barChart(`latency of version ${m.version} (results per bucket)`,
+        buckets.map(([upper, count]) => ({ label: `≤ ${fmt(upper, 3)} ms`, value: count }))));
+    }
+  }
+  if (drift && (!drift.windows || drift.windows.every((w) => !w.judged))) {
+    charts.push(el("figure", {}, el("figcaption", {}, el("h3", {}, "drift")),
+      el("p", { class: "muted" }, `Not judged yet: ${drift.rows_seen} of the ${drift.min_rows} rows a window needs.`)));
+  }
+  if (drift && drift.windows) {
+    for (const window of drift.windows.filter((w) => w.judged)) {
+      const bars = window.series.map((s) => ({ label: s.name, value: s.psi,
+        color: s.level === "alert" ? "#b3261e" : s.level === "warn" ? "#a86400" : COLORS[0] }));
+      charts.push(barChart(`drift (PSI), ${window.window} window, ${window.rows} rows: ${drift.state.replaceAll("_", " ")}`, bars, {
+        rules: [{ value: drift.thresholds.psi_warn, label: "warn", color: "#a86400" }, { value: drift.thresholds.psi_alert, label: "alert", color: "#b3261e" }],
+      }));
+    }
+  }
+  return el("section", { class: "wide", "aria-labelledby": "charts-title" }, el("h2", { id: "charts-title" }, "Pictures"),
+    el("p", { class: "muted" }, "Lines: as the figures stood at each refresh since this page opened."),
+    el("div", { class: "charts" }, charts));
+}
+
+function auditView(audit) {
+  const entries = (audit && audit.entries) || [];
+  const rows = entries.map((e) => el("tr", {}, el("td", {}, e.timestamp), el("td", {}, e.action), el("td", {}, e.version || ""),
+    el("td", {}, e.actor), el("td", { class: "long" }, e.result, e.error ? `: ${e.error}` : ""),
+    el("td", { class: "long", "data-field": "reason" }, e.reason || "")));
+  return el("section", { class: "wide", "aria-labelledby": "audit-title" }, el("h2", { id: "audit-title" }, "Audit log, newest first"),
+    entries.length === 0 ? el("p", { class: "muted" }, "No change yet.") :
+      el("div", { class: "scroll" }, el("table", { id: "audit" },
+        el("thead", {}, el("tr", {}, ["when", "action", "version", "who", "result", "reason"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, rows))));
+}
+
+// ---- actions: a reason, a confirmation, then the API's answer ----
+
+function confirmWithReason(title, text) {
+  const dialog = document.getElementById("confirm");
+  const reason = document.getElementById("reason");
+  document.getElementById("confirm-title").textContent = title;
+  document.getElementById("confirm-text").textContent = text;
+  reason.value = "";
+  return new Promise((resolve) => {
+    const form = document.getElementById("confirm-form");
+    const done = (value) => { form.onsubmit = null; document.getElementById("confirm-cancel").onclick = null; dialog.close(); resolve(value); };
+    form.onsubmit = (event) => { event.preventDefault(); done(reason.value.trim() || null); };
+    document.getElementById("confirm-cancel").onclick = () => done(null);
+    dialog.addEventListener("cancel", () => resolve(null), { once: true });
+    dialog.showModal();
+    reason.focus();
+  });
+}
+
+async function change(model, action, body, question, result) {
+  const reason = await confirmWithReason(action === "challengers" ? "Change challengers" : action[0].toUpperCase() + action.slice(1), question);
+  if (reason === null) return;
+  const path = `/admin/models/${encodeURIComponent(model.name)}/${action}`;
+  const answer = await api(action === "challengers" ? "PUT" : "POST", path, { ...body, reason });
+  // The page may have refreshed while the dialog was open: write to the result line it shows now.
+  result = document.getElementById("action-result") || result;
+  result.classList.toggle("error", !answer.ok);
+  result.classList.toggle("ok", answer.ok);
+  result.textContent = answer.ok ? `Done: champion ${answer.data.champion}, challengers ${answer.data.challengers.join(", ") || "none"}.`
+    : `Refused (${answer.status}): ${message(answer)}`;
+  state.lastResult = { ok: answer.ok, text: result.textContent };
+  await refresh(true);
+}
+
+// ---- the page ----
+
+function renderNav() {
+  const list = document.getElementById("models");
+  list.replaceChildren(...state.models.map((m) => el("li", {}, el("button", {
+    type: "button", "aria-current": m.name === state.selected ? "page" : undefined,
+    onclick: () => { state.selected = m.name; location.hash = encodeURIComponent(m.name); refresh(true); },
+  }, `${m.name} (champion ${m.champion})`))));
+}
+
+async function refresh(now = false) {
+  if (state.busy && !now) return;
+  state.busy = true;
+  try {
+    const list = await api("GET", "/admin/models");
+    if (!list.ok) { status(`Cannot read the models: ${message(list)}`, true); return; }
+    state.models = list.data;
+    const wanted = decodeURIComponent(location.hash.slice(1));
+    if (!state.selected) state.selected = state.models.some((m) => m.name === wanted) ? wanted : (state.models[0] || {}).name;
+    renderNav();
+    const model = state.models.find((m) => m.name === state.selected);
+    if (!model) return;
+    const base = `/admin/models/${encodeURIComponent(model.name)}`;
+    const [comparison, drift, audit] = await Promise.all([api("GET", `${base}/comparison`), api("GET", `${base}/drift`), api("GET", `${base}/audit?limit=50`)]);
+    if (comparison.ok) remember(model.name, comparison.data, Date.now());
+    const focused = document.activeElement && document.activeElement.id;
+    const previousResult = document.getElementById("action-result");
+    const main = document.getElementById("main");
+    const focusIsInDialog = document.getElementById("confirm").open;
+    const keep = previousResult ? previousResult.cloneNode(true) : null;
+    main.replaceChildren(deploymentView(model), comparisonView(comparison.ok ? comparison.data : null),
+      chartsView(model.name, comparison.ok ? comparison.data : null, drift.ok ? drift.data : null), auditView(audit.ok ? audit.data : null));
+    if (keep) document.getElementById("action-result").replaceWith(keep);
+    if (focused && !focusIsInDialog) { const node = document.getElementById(focused); if (node) node.focus(); }
+    status(`Updated ${new Date().toLocaleTimeString()}`);
+    if (!window.gauntletRenderedAt) {
+      window.gauntletRenderedAt = performance.now();
+      document.body.dataset.ready = "true";
+    }
+  } catch (error) {
+    status(`The gateway did not answer: ${error.message}`, true);
+  } finally {
+    state.busy = false;
+  }
+}
+
+document.getElementById("token-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.token = document.getElementById("token").value;
+  sessionStorage.setItem("gauntlet-token", state.token);
+  document.getElementById("token-form").hidden = true;
+  refresh(true);
+});
+
+refresh(true);
+setInterval(() => { if (!document.getElementById("confirm").open) refresh(); }, REFRESH_MS);
