@@ -84,7 +84,13 @@ function remember(model, comparison, stamp) {
     line.push(value === undefined ? null : value);
   };
   const metric = comparison.task === "classification" ? "accuracy" : "mae";
-  for (const m of comparison.models) put(`metric ${m.version}`, m[metric]);
+  for (const m of comparison.models) {
+    put(`metric ${m.version}`, m[metric]);
+    // Accuracy's 95% Wilson interval over the version's labelled rows (the report gives MAE none).
+    const [low, high] = metric === "accuracy" ? wilson(m.accuracy, m.labelled_rows) : [null, null];
+    put(`mlow ${m.version}`, low);
+    put(`mhigh ${m.version}`, high);
+  }
   for (const p of comparison.pairs) {
     const key = `${p.champion}→${p.challenger}`;
     put(`improvement ${key}`, p.improvement);
@@ -96,6 +102,14 @@ function remember(model, comparison, stamp) {
     series.t.shift();
     for (const line of Object.values(series.lines)) line.shift();
   }
+}
+
+function wilson(p, n) {
+  if (p === undefined || p === null || !n) return [null, null];
+  const z = 1.959964, z2 = z * z;
+  const centre = (p + z2 / (2 * n)) / (1 + z2 / n);
+  const half = (z / (1 + z2 / n)) * Math.sqrt((p * (1 - p)) / n + z2 / (4 * n * n));
+  return [centre - half, centre + half];
 }
 
 // ---- charts (inline SVG) ----
@@ -245,8 +259,10 @@ function chartsView(name, comparison, drift) {
   const metric = comparison && comparison.task === "regression" ? "MAE" : "accuracy";
   const improvements = pick("improvement ");
   const bands = improvements.map((l) => ({ low: series.lines[`low ${l.name}`] || [], high: series.lines[`high ${l.name}`] || [] }));
+  const metrics = pick("metric ");
+  const metricBands = metrics.map((l) => ({ low: series.lines[`mlow ${l.name}`] || [], high: series.lines[`mhigh ${l.name}`] || [] }));
   const charts = [
-    lineChart(`${metric} of each version`, pick("metric "), { yLabel: metric }),
+    lineChart(`${metric} of each version${metric === "accuracy" ? ", with its 95% interval" : ""}`, metrics, { bands: metricBands, yLabel: metric }),
     lineChart("challenger's improvement, with its 95% interval", improvements, { bands, yLabel: "improvement", rule: 0 }),
     lineChart("coverage of each pair", pick("coverage "), { yLabel: "coverage" }),
   ];
