@@ -1,7 +1,8 @@
 //! The web console (`/ui/`) in a real browser: `tests/console/console.test.mjs` drives Debian's
 //! Chromium with playwright-core against two gateways started here on 127.0.0.1, fed labelled
-//! holdout rows first. Needs `/usr/bin/chromium` (or `CHROMIUM`) and Node.js with npm; the npm
-//! packages are installed into `tests/console/node_modules` from the lock file on first run.
+//! holdout rows first. Needs Node.js with npm, and Chromium (`CHROMIUM`, else Debian's
+//! `/usr/bin/chromium`, installed here from Debian's packages when missing and running as root, as
+//! `.ci/run` does); the npm packages go into `tests/console/node_modules` from the lock file.
 //! Screenshots go to `target/console-screenshots/`.
 
 mod common;
@@ -54,8 +55,26 @@ async fn feed(server: &TestServer, model: &str, requests: u64) {
     assert_eq!(summary.errors, 0);
 }
 
+/// The browser: `CHROMIUM`, or Debian's, installed if missing (root only).
+fn chromium() -> String {
+    if let Ok(path) = std::env::var("CHROMIUM") {
+        return path;
+    }
+    let debian = "/usr/bin/chromium";
+    if !Path::new(debian).exists() {
+        let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+        assert!(root, "Chromium is missing: `apt-get install chromium` (or run .ci/run), or set CHROMIUM");
+        let script = "exec 9>/tmp/gauntlet-apt-chromium.lock; flock 9; [ -x /usr/bin/chromium ] || \
+             { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }";
+        let status = std::process::Command::new("sh").args(["-c", script]).status().expect("sh runs");
+        assert!(status.success() && Path::new(debian).exists(), "installing Chromium failed");
+    }
+    debian.to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
+    let browser = tokio::task::spawn_blocking(chromium).await.unwrap();
     let models = tempfile::tempdir().unwrap();
     repository(models.path());
     let dir = format!("models_dir={}", models.path().display());
@@ -98,6 +117,7 @@ async fn the_console_in_a_real_browser() {
         .env("GAUNTLET_TOKEN_URL", format!("http://{}", guarded.addr))
         .env("GAUNTLET_TOKEN", TOKEN)
         .env("SCREENSHOTS", &shots)
+        .env("CHROMIUM", &browser)
         .output()
         .await
         .expect("node runs");
