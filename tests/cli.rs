@@ -35,6 +35,19 @@ impl Drop for Gateway {
     }
 }
 
+/// `gauntlet serve` of the demo on free ports (REST and gRPC), logging JSON (the address is in it).
+const SERVE_ON_FREE_PORTS: [&str; 9] = [
+    "serve",
+    "--config",
+    "gauntlet.toml",
+    "--listen",
+    "127.0.0.1:0",
+    "--grpc-listen",
+    "127.0.0.1:0",
+    "--log-format",
+    "json",
+];
+
 fn gauntlet() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gauntlet"));
     // Outcome logs go to a directory of their own, not the checkout's.
@@ -73,21 +86,7 @@ fn invalid_config_fails_at_start_naming_the_key() {
 
 #[test]
 fn serves_then_exits_zero_on_sigterm() {
-    let mut child = gauntlet()
-        .args([
-            "serve",
-            "--config",
-            "gauntlet.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = gauntlet().args(SERVE_ON_FREE_PORTS).stderr(Stdio::piped()).spawn().unwrap();
     // The address it bound is in its log.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let gateway = Gateway(Some(child));
@@ -143,17 +142,7 @@ fn serves_then_exits_zero_on_sigterm() {
 /// Starts `gauntlet serve` on a free port with `env`; returns the child and its address.
 fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (Gateway, String) {
     let mut child = gauntlet()
-        .args([
-            "serve",
-            "--config",
-            "gauntlet.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
+        .args(SERVE_ON_FREE_PORTS)
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stderr(Stdio::piped())
         .spawn()

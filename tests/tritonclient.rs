@@ -10,19 +10,23 @@ use std::process::Stdio;
 
 use common::TestServer;
 
-#[tokio::test]
-async fn tritonclient_with_default_settings() {
-    let python = tokio::task::spawn_blocking(common::python).await.unwrap();
-    let mut server = TestServer::start(&[]).await;
-    let output = tokio::process::Command::new(python)
-        .arg(common::root().join("tests/python/check_tritonclient.py"))
-        .arg("--url")
-        .arg(server.addr.to_string())
+/// Runs `script` (under `tests/python/`) with `args` in the interpreter `python`; its output.
+async fn run_script(python: std::path::PathBuf, script: &str, args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(python)
+        .arg(common::root().join("tests/python").join(script))
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .await
-        .expect("python runs");
+        .expect("python runs")
+}
+
+#[tokio::test]
+async fn tritonclient_with_default_settings() {
+    let python = tokio::task::spawn_blocking(common::python).await.unwrap();
+    let mut server = TestServer::start(&[]).await;
+    let output = run_script(python, "check_tritonclient.py", &["--url", &server.addr.to_string()]).await;
     let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "tritonclient checks failed:\n{log}");
     assert!(log.contains("OK") && log.contains("Ran 8 tests"), "{log}");
@@ -33,14 +37,8 @@ async fn tritonclient_with_default_settings() {
 async fn tritonclient_grpc_with_default_settings() {
     let python = tokio::task::spawn_blocking(common::python).await.unwrap();
     let mut server = TestServer::start(&[]).await;
-    let output = tokio::process::Command::new(python)
-        .arg(common::root().join("tests/python/check_tritonclient_grpc.py"))
-        .args(["--url", &server.grpc.unwrap().to_string(), "--rest", &server.addr.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .expect("python runs");
+    let args = ["--url", &server.grpc.unwrap().to_string(), "--rest", &server.addr.to_string()];
+    let output = run_script(python, "check_tritonclient_grpc.py", &args).await;
     let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "tritonclient.grpc checks failed:\n{log}");
     assert!(log.contains("OK") && log.contains("Ran 6 tests"), "{log}");
@@ -52,14 +50,7 @@ async fn tritonclient_grpc_with_default_settings() {
 async fn kserve_inference_grpc_client() {
     let python = tokio::task::spawn_blocking(|| common::python_env(Some("kserve"))).await.unwrap();
     let mut server = TestServer::start(&[]).await;
-    let output = tokio::process::Command::new(python)
-        .arg(common::root().join("tests/python/check_kserve_grpc.py"))
-        .args(["--url", &server.grpc.unwrap().to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .await
-        .expect("python runs");
+    let output = run_script(python, "check_kserve_grpc.py", &["--url", &server.grpc.unwrap().to_string()]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "the kserve client failed:\n{stderr}");
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));

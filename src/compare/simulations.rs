@@ -6,20 +6,8 @@
 //! correct procedure passes and one that spends `alpha` per challenger fails (the uncorrected rates,
 //! printed beside, are what the issue measured: 8.7% and 5.7% with four challengers).
 
+use super::tests::Rng;
 use super::*;
-
-/// SplitMix64: a seeded, dependency-free stream of uniforms in [0, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
 
 fn task() -> Task {
     Task::Classification {

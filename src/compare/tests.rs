@@ -154,11 +154,11 @@ fn truth_is_checked_against_the_task() {
     assert_eq!(Truth::parse(&serde_json::json!(151.5), &regression), Ok(Truth(vec![151.5])));
 }
 
-/// splitmix64: a small deterministic generator for the simulations.
-struct Rng(u64);
+/// splitmix64: a small deterministic generator for the simulations (here and in `simulations`).
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
-    fn next(&mut self) -> f64 {
+    pub(super) fn next(&mut self) -> f64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

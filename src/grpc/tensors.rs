@@ -122,16 +122,12 @@ pub(super) fn respond(
     selected: &[usize],
 ) -> ModelInferResponse {
     let specs = &version.manifest().outputs;
-    let all: Vec<usize>;
-    let selected = if selected.is_empty() {
-        all = (0..outputs.len()).collect();
-        &all
-    } else {
-        selected
-    };
-    let mut tensors = Vec::with_capacity(selected.len());
-    let mut raw = Vec::with_capacity(selected.len());
-    for &i in selected {
+    // Every output when none was asked for, without building a list of them.
+    let count = if selected.is_empty() { outputs.len() } else { selected.len() };
+    let mut tensors = Vec::with_capacity(count);
+    let mut raw = Vec::with_capacity(count);
+    for k in 0..count {
+        let i = if selected.is_empty() { k } else { selected[k] };
         let tensor = &outputs[i];
         tensors.push(InferOutputTensor {
             name: specs[i].name.clone(),

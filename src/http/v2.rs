@@ -71,11 +71,8 @@ where
         let body = read_body(body, limit).await;
         infer_on(gateway, name, version, &parts.headers, body).await
     };
-    match inference::guarded(gateway, work).await {
-        Ok(response) => response,
-        Err(error) if error.kind() == ErrorKind::Internal => super::panicked(),
-        Err(error) => error.into_response(),
-    }
+    // A panic is logged by the guard and answers 500 "internal error" like any internal error.
+    inference::guarded(gateway, work).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn infer_on(
