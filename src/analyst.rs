@@ -4,35 +4,53 @@
 //! registry's compare-and-set path, as an operator would) and writes report snapshots that every
 //! replica serves. The other replicas' threads wait for the lock.
 //!
-//! Nothing is lost or counted twice across a failover: a replica that takes the lock rebuilds the
-//! comparison from every row in the tables, in one snapshot, and marks them `seen`; after that each
-//! pass marks the unseen rows seen in a transaction and feeds them only once it has committed. A
-//! pass that fails feeds nothing; an analyst that dies after a commit leaves the rows to the next
-//! one's rebuild.
+//! Rows are read by position, never marked: each row's position is (the id of the transaction
+//! that wrote it, a number from one sequence), and the analyst reads pages in position order, only
+//! below its snapshot's xmin. Every transaction below xmin has ended, so no row can later become
+//! visible behind a position already read, however the writers' transactions interleave (a
+//! sequence number alone would not do: it is taken at insert, not at commit). Every few seconds it
+//! writes a checkpoint: its whole state (`OfflineComparison`: each model's comparison, the fresh
+//! evidence the policy reads, the bounded join index) with the position it stands at, in one row,
+//! so the state and the position can never disagree.
+//!
+//! Nothing is lost or counted twice across a failover: a new analyst loads the newest checkpoint it
+//! can read (one that does not decode is skipped for the one before it, named in the log) and
+//! reads only the rows after its position. What its predecessor read after its last checkpoint is
+//! read again from there, by the successor alone. Failover therefore costs one checkpoint and the
+//! rows since it, whatever the tables hold.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use postgres::Client;
-use postgres::fallible_iterator::FallibleIterator;
 
 use crate::background::{Priority, lower_priority, sleep_unless};
-use crate::cluster::{Connector, SnapshotTable, lines_in_time_order, write_snapshot};
+use crate::cluster::{Connector, SnapshotTable, chain, write_snapshot};
 use crate::compare::CompareSettings;
-use crate::compare::offline::OfflineComparison;
+use crate::compare::offline::{CHECKPOINT_FORMAT, OfflineComparison};
 use crate::join::Listener;
 use crate::outcomes::reader::Line;
 
-/// Rows taken from each table per pass.
-const BATCH: i64 = 5000;
+/// Rows read per page (one statement, in position order).
+const PAGE: i64 = 20_000;
 /// How often the analyst looks for new rows when there were none.
 const IDLE: Duration = Duration::from_millis(200);
 /// How often a waiting replica asks for the lock, and the analyst writes its snapshots.
 const EVERY: Duration = Duration::from_millis(500);
+/// Checkpoints kept: the newest, and two before it for one that does not decode.
+const CHECKPOINTS_KEPT: i64 = 3;
+
+/// Where the analyst stands: every row at or before (`xid`, `position`) is in its comparison.
+/// (0, 0) is the start; rows from before positions existed have (0, 0) and are read apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub xid: i64,
+    pub position: i64,
+}
 
 /// The analyst's thread, on every replica (only the lock holder works).
 pub struct Analyst {
@@ -99,7 +117,7 @@ impl Work {
             self.holding.store(false, Ordering::Release);
             match served {
                 Ok(()) => return,
-                Err(error) => tracing::warn!(%error, "analyst: lost the cluster store"),
+                Err(error) => tracing::warn!(error = %chain(&error), "analyst: lost the cluster store"),
             }
         }
     }
@@ -128,24 +146,34 @@ impl Work {
         )?;
         self.holding.store(true, Ordering::Release);
         let started = Instant::now();
-        let (mut offline, rows) = self.rebuild(client)?;
-        tracing::info!(
-            rows,
-            took_ms = started.elapsed().as_millis() as u64,
-            "this replica is the cluster's analyst: the comparison is rebuilt from the store"
-        );
+        let (mut offline, mut at, resumed) = self.resume(client)?;
         let mut changed: BTreeSet<String> = offline.models().map(str::to_owned).collect();
-        let mut last_snapshot = Instant::now() - EVERY;
+        let mut last_snapshot: Option<Instant> = None;
+        let mut last_checkpoint = Instant::now();
+        let mut unsaved: u64 = 0;
+        let mut caught_up = false;
         loop {
             if self.closing() {
+                if unsaved > 0 {
+                    self.checkpoint(client, &offline, at, &replica)?;
+                }
                 client.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])?;
                 return Ok(());
             }
-            let (lines, models) = self.pass(client)?;
+            let page = read_page(client, self.connector.schema(), at)?;
+            let more = page.len() as i64 == PAGE;
+            unsaved += page.len() as u64;
             // As the live join does: the listeners (the policy) after every label that joins, so a
             // replay of the store (`report --database … --policy`) decides at the same labels.
-            for line in lines {
+            for row in page {
+                at = row.at;
+                let line = serde_json::from_str::<Line>(&row.line).ok();
                 let model = line.as_ref().map(|l| l.model.clone());
+                if let Some(model) = &model
+                    && !changed.contains(model)
+                {
+                    changed.insert(model.clone());
+                }
                 if offline.line(line)
                     && let Some(model) = model
                     && let Some(comparison) = offline.comparison(&model)
@@ -155,63 +183,127 @@ impl Work {
                     }
                 }
             }
-            let idle = models.is_empty();
-            changed.extend(models);
-            if last_snapshot.elapsed() >= EVERY {
-                self.snapshot(client, &offline, &mut changed, &replica)?;
-                last_snapshot = Instant::now();
+            if !more && !caught_up {
+                caught_up = true;
+                tracing::info!(
+                    resumed = %resumed,
+                    position = ?at,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "this replica is the cluster's analyst: its comparison is current"
+                );
             }
-            if idle {
+            // Due after `checkpoint_rows` rows, or `checkpoint_interval_ms` with any.
+            let settings = self.connector.settings();
+            let every = Duration::from_millis(settings.checkpoint_interval_ms);
+            if unsaved >= settings.checkpoint_rows || (unsaved > 0 && last_checkpoint.elapsed() >= every) {
+                self.checkpoint(client, &offline, at, &replica)?;
+                last_checkpoint = Instant::now();
+                unsaved = 0;
+            }
+            // The first snapshot as soon as the rows are read: what a failover is timed to.
+            if last_snapshot.is_none_or(|t| t.elapsed() >= EVERY) && (caught_up || last_snapshot.is_some()) {
+                self.snapshot(client, &offline, &mut changed, &replica)?;
+                last_snapshot = Some(Instant::now());
+            }
+            if !more {
                 self.sleep(IDLE);
             }
         }
     }
 
-    /// Every row of both tables, in time order, in one snapshot that also marks them seen.
-    fn rebuild(&self, client: &mut Client) -> Result<(OfflineComparison, u64), postgres::Error> {
+    /// The newest checkpoint that decodes, and its position; without one, the rows from before
+    /// positions existed, read once in time order. Says which it did.
+    fn resume(&self, client: &mut Client) -> Result<(OfflineComparison, Position, String), postgres::Error> {
         let s = self.connector.schema();
-        let mut offline = OfflineComparison::bounded(self.settings, self.capacity);
-        let mut tx = client.build_transaction().isolation_level(postgres::IsolationLevel::RepeatableRead).start()?;
-        let query = lines_in_time_order(s);
-        let mut rows = 0;
-        {
-            let mut lines = tx.query_raw(&query, std::iter::empty::<i32>())?;
-            while let Some(row) = lines.next()? {
-                let text: String = row.get(0);
-                offline.line(serde_json::from_str::<Line>(&text).ok());
-                rows += 1;
+        let kept = client.query(
+            &format!(
+                "SELECT id, format, xid::text::bigint, position, rows, binary_version FROM {s}.checkpoints \
+                 ORDER BY id DESC"
+            ),
+            &[],
+        )?;
+        for row in kept {
+            let (id, format, xid, position, rows, version): (i64, i32, i64, i64, i64, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4), row.get(5));
+            let started = Instant::now();
+            let state: Vec<u8> =
+                client.query_one(&format!("SELECT state FROM {s}.checkpoints WHERE id = $1"), &[&id])?.get(0);
+            match OfflineComparison::resume(format, &state, self.settings) {
+                Ok(mut offline) => {
+                    offline.bound_to(self.capacity);
+                    let at = Position { xid, position };
+                    tracing::info!(
+                        checkpoint = id,
+                        rows,
+                        bytes = state.len(),
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "analyst: resumed from a checkpoint"
+                    );
+                    return Ok((offline, at, format!("checkpoint {id}")));
+                }
+                Err(error) => tracing::error!(
+                    checkpoint = id,
+                    written_by = %version,
+                    %error,
+                    "analyst: a checkpoint cannot be read; trying the one before it"
+                ),
             }
         }
-        tx.batch_execute(&format!(
-            "UPDATE {s}.records SET seen = true WHERE NOT seen; UPDATE {s}.labels SET seen = true WHERE NOT seen;"
-        ))?;
+        // No checkpoint: the rows from before positions (an upgraded store), then all from (0, 0).
+        let mut offline = OfflineComparison::bounded(self.settings, self.capacity);
+        let mut tx = client.transaction()?;
+        // Once, and only for rows older than positions: the one read not bounded by a page.
+        tx.batch_execute("SET LOCAL statement_timeout = 0")?;
+        let legacy = tx.query(
+            &format!(
+                "SELECT line::text FROM (SELECT at, 0 AS kind, record AS line FROM {s}.records WHERE xid = '0' \
+                 UNION ALL SELECT at, 1, label FROM {s}.labels WHERE xid = '0') t ORDER BY at, kind"
+            ),
+            &[],
+        )?;
         tx.commit()?;
-        Ok((offline, rows))
+        let rows = legacy.len();
+        for row in legacy {
+            let text: &str = row.get(0);
+            offline.line(serde_json::from_str::<Line>(text).ok());
+        }
+        Ok((offline, Position::default(), format!("no checkpoint ({rows} rows from before positions)")))
     }
 
-    /// The rows not seen yet (a batch of each table), marked seen; returned only once that has
-    /// committed, in time order, with the models they touch.
-    fn pass(&self, client: &mut Client) -> Result<(Vec<Option<Line>>, BTreeSet<String>), postgres::Error> {
+    /// Writes the whole state with its position in one transaction, and keeps the newest few.
+    fn checkpoint(
+        &self,
+        client: &mut Client,
+        offline: &OfflineComparison,
+        at: Position,
+        replica: &str,
+    ) -> Result<(), postgres::Error> {
         let s = self.connector.schema();
+        let state = match offline.checkpoint() {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::error!(%error, "analyst: no checkpoint written");
+                return Ok(());
+            }
+        };
+        let rows = offline.rows() as i64;
         let mut tx = client.transaction()?;
-        let mut rows: Vec<(SystemTime, u8, String, String)> = Vec::new();
-        for (kind, table, column) in [(0u8, "records", "record"), (1, "labels", "label")] {
-            let taken = tx.query(
-                &format!(
-                    "UPDATE {s}.{table} t SET seen = true \
-                     FROM (SELECT model, request_id, at FROM {s}.{table} WHERE NOT seen ORDER BY at LIMIT $1) n \
-                     WHERE t.model = n.model AND t.request_id = n.request_id AND t.at = n.at \
-                     RETURNING t.at, t.model, t.{column}::text"
-                ),
-                &[&BATCH],
-            )?;
-            rows.extend(taken.iter().map(|r| (r.get(0), kind, r.get(1), r.get(2))));
-        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.checkpoints (analyst, binary_version, format, xid, position, rows, state) \
+                 VALUES ($1, $2, $3, $4::bigint::text::xid8, $5, $6, $7)"
+            ),
+            &[&replica, &env!("CARGO_PKG_VERSION"), &CHECKPOINT_FORMAT, &at.xid, &at.position, &rows, &state],
+        )?;
+        tx.execute(
+            &format!(
+                "DELETE FROM {s}.checkpoints WHERE id NOT IN (SELECT id FROM {s}.checkpoints ORDER BY id DESC LIMIT $1)"
+            ),
+            &[&CHECKPOINTS_KEPT],
+        )?;
         tx.commit()?;
-        rows.sort_by_key(|r| (r.0, r.1));
-        let models = rows.iter().map(|r| r.2.clone()).collect();
-        let lines = rows.into_iter().map(|r| serde_json::from_str::<Line>(&r.3).ok()).collect();
-        Ok((lines, models))
+        crate::metrics::checkpoint_written(state.len());
+        Ok(())
     }
 
     /// The reports of the models that changed, and the analyst's heartbeat.
@@ -243,4 +335,33 @@ impl Work {
     fn sleep(&self, total: Duration) {
         sleep_unless(&self.closing, total, Duration::from_millis(100));
     }
+}
+
+/// One row as the analyst reads it: its position and its line.
+pub struct Row {
+    pub at: Position,
+    pub line: String,
+}
+
+/// The next `PAGE` rows of both tables after `after`, in position order, only from transactions
+/// below the snapshot's xmin (all ended): a row committed later by a transaction that began
+/// earlier cannot fall behind a position read here. Each statement reads at most a page through
+/// the `(xid, position)` indexes, so no read grows with the tables.
+pub fn read_page(client: &mut Client, s: &str, after: Position) -> Result<Vec<Row>, postgres::Error> {
+    let xmin: i64 = client.query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint", &[])?.get(0);
+    let rows = client.query(
+        &format!(
+            "SELECT xid::text::bigint, position, line FROM ( \
+               (SELECT xid, position, record::text AS line FROM {s}.records \
+                 WHERE (xid, position) > ($1::bigint::text::xid8, $2) AND xid < $3::bigint::text::xid8 \
+                 ORDER BY xid, position LIMIT $4) \
+               UNION ALL \
+               (SELECT xid, position, label::text FROM {s}.labels \
+                 WHERE (xid, position) > ($1::bigint::text::xid8, $2) AND xid < $3::bigint::text::xid8 \
+                 ORDER BY xid, position LIMIT $4) \
+             ) t ORDER BY xid, position LIMIT $4"
+        ),
+        &[&after.xid, &after.position, &xmin, &PAGE],
+    )?;
+    Ok(rows.into_iter().map(|r| Row { at: Position { xid: r.get(0), position: r.get(1) }, line: r.get(2) }).collect())
 }

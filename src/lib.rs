@@ -42,7 +42,7 @@ use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::drift::Drift;
 use crate::executor::{Executor, InferencePool};
-use crate::join::{LabelJoin, Listener};
+use crate::join::{Durability, LabelJoin, Listener};
 use crate::model::{Loader, OnnxRuntime};
 use crate::outcomes::{OutcomeWriter, RecordSink};
 use crate::promotion::Promotion;
@@ -130,20 +130,20 @@ impl Gateway {
         }
         let models =
             registry.models().map(|m| (m.name().to_owned(), m.deployment().champion().manifest().task.clone()));
+        // One node keeps its comparison across restarts; in a cluster the analyst's checkpoints do.
+        let durability = Durability {
+            sink: Arc::clone(&records),
+            checkpoint_dir: cluster.is_none().then(|| config.state_dir.clone()),
+            log_dir: config.outcomes.dir.clone(),
+        };
         let join = Arc::new(
-            LabelJoin::start(models.collect(), config.comparison, config.feedback, listeners)
+            LabelJoin::start(models.collect(), config.comparison, config.feedback, listeners, durability)
                 .context("starting the feedback join")?,
         );
         let models: Vec<&str> = registry.models().map(|m| m.name()).collect();
         let shadow = Arc::new(
-            Shadow::new(
-                config.shadow_settings(),
-                config.outcomes.log_inputs,
-                Arc::clone(&records),
-                Arc::clone(&join),
-                &models,
-            )
-            .context("starting the shadow threads")?,
+            Shadow::new(config.shadow_settings(), config.outcomes.log_inputs, Arc::clone(&join), &models)
+                .context("starting the shadow threads")?,
         );
         Ok(Self {
             in_flight: tokio::sync::Semaphore::new(config.max_concurrent_requests),
@@ -366,8 +366,15 @@ impl Server {
         if let Some(poller) = poller {
             poller.abort();
         }
-        // No request can start shadow work any more: let what started finish and reach the log.
+        // No request can start shadow work any more: let what started finish and reach the join,
+        // the join take it all and hand its lines to the log, and the log write them.
         gateway.shadow.close().await;
+        let closing = Arc::clone(&gateway);
+        let _ = tokio::task::spawn_blocking(move || {
+            closing.join.close();
+            closing.records.close();
+        })
+        .await;
         let drift = Arc::clone(&gateway.drift);
         let _ = tokio::task::spawn_blocking(move || drift.close()).await;
         let leaving = Arc::clone(&gateway);

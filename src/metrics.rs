@@ -48,6 +48,8 @@ pub const CLUSTER_FOLLOW_FAILURES: &str = "gauntlet_cluster_follow_failures_tota
 pub const CLUSTER_FORWARDED: &str = "gauntlet_cluster_forwarded_total";
 pub const CLUSTER_SPOOL_BYTES: &str = "gauntlet_cluster_spool_bytes";
 pub const CLUSTER_SPOOL_DROPPED: &str = "gauntlet_cluster_spool_dropped_total";
+pub const CHECKPOINTS: &str = "gauntlet_checkpoints_total";
+pub const CHECKPOINT_BYTES: &str = "gauntlet_checkpoint_bytes";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -146,6 +148,8 @@ fn describe() {
         "Lines of the outcome log loaded into the cluster store, by kind (record, label, unreadable)."
     );
     describe_gauge!(CLUSTER_SPOOL_BYTES, "Bytes of the outcome log not yet in the cluster store.");
+    describe_counter!(CHECKPOINTS, "Checkpoints of the comparison written (the analyst's, or one node's).");
+    describe_gauge!(CHECKPOINT_BYTES, "Size of the latest checkpoint of the comparison.");
     describe_counter!(
         CLUSTER_SPOOL_DROPPED,
         "Lines of the outcome log given up on for the cluster store (the spool was past cluster.spool_bytes)."
@@ -282,6 +286,12 @@ pub fn outcome_files_repaired(n: usize) {
 
 pub fn feedback(model: &str, result: &'static str) {
     counter!(FEEDBACK, "model" => model.to_owned(), "result" => result).increment(1);
+}
+
+/// A checkpoint of the comparison was written, `bytes` long.
+pub fn checkpoint_written(bytes: usize) {
+    counter!(CHECKPOINTS).increment(1);
+    gauge!(CHECKPOINT_BYTES).set(bytes as f64);
 }
 
 pub fn comparison_records_dropped() {

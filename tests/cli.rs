@@ -4,6 +4,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A spawned gateway that is killed if the test ends early (a failed assertion must not leave it
@@ -141,6 +142,12 @@ fn serves_then_exits_zero_on_sigterm() {
 
 /// Starts `gauntlet serve` on a free port with `env`; returns the child and its address.
 fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (Gateway, String) {
+    let (gateway, address, _) = spawn_logged(env);
+    (gateway, address)
+}
+
+/// As `spawn_serving`, also keeping its log's lines (JSON) as they come.
+fn spawn_logged(env: &[(&str, &std::path::Path)]) -> (Gateway, String, Arc<Mutex<Vec<serde_json::Value>>>) {
     let mut child = gauntlet()
         .args(SERVE_ON_FREE_PORTS)
         .envs(env.iter().map(|(k, v)| (*k, *v)))
@@ -149,22 +156,30 @@ fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (Gateway, String) {
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let lines = Arc::clone(&log);
     // Keep draining stderr so the child never blocks on a full pipe.
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                && let Some(address) = entry["fields"]["address"].as_str()
-            {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            if !sent && let Some(address) = entry["fields"]["address"].as_str() {
                 let _ = tx.send(address.to_owned());
                 sent = true;
             }
+            lines.lock().unwrap().push(entry);
         }
     });
     let gateway = Gateway(Some(child));
     let address = rx.recv_timeout(Duration::from_secs(60)).expect("the gateway logs its address");
-    (gateway, address)
+    (gateway, address, log)
+}
+
+/// The fields of the log line whose message is `message`.
+fn logged(log: &Arc<Mutex<Vec<serde_json::Value>>>, message: &str) -> serde_json::Value {
+    let lines = log.lock().unwrap();
+    let found = lines.iter().find(|l| l["fields"]["message"] == message);
+    found.map(|l| l["fields"].clone()).unwrap_or_else(|| panic!("no '{message}' in {lines:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,4 +238,134 @@ async fn sigterm_under_load_loses_no_accepted_record() {
     }
     eprintln!("{answered} answered, {records} records");
     assert_eq!(records, answered, "every answered request was shadowed (rate 1) and its record written");
+}
+
+/// The comparison of `model` at `address` once it counts `labelled` labelled records.
+async fn comparison_with(address: &str, model: &str, labelled: u64) -> serde_json::Value {
+    let url = format!("http://{address}/admin/models/{model}/comparison");
+    common::eventually(&format!("{labelled} labelled records at {address}"), Duration::from_secs(60), || async {
+        let report: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        (report["labelled_records"] == labelled).then_some(report)
+    })
+    .await
+}
+
+/// `rows` holdout requests of breast-cancer, each with its label.
+async fn labelled_traffic(address: &str, rows: u64) {
+    let data = common::models_dir().join("breast-cancer/holdout.csv");
+    let args = gauntlet::cli::loadtest::LoadtestArgs {
+        concurrency: Some(2),
+        requests: Some(rows),
+        feedback: true,
+        ..common::loadtest_args_at(address.parse().unwrap(), "breast-cancer", data)
+    };
+    let summary = gauntlet::cli::loadtest::run(&args).await.unwrap();
+    assert_eq!(summary.errors, 0);
+}
+
+/// Lines of the outcome log in `dir` that the join stamped, by kind.
+fn stamped(dir: &std::path::Path) -> (u64, u64) {
+    let (mut records, mut labels) = (0, 0);
+    for entry in std::fs::read_dir(dir).unwrap() {
+        for line in std::fs::read_to_string(entry.unwrap().path()).unwrap().lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            if line.get("seq").is_some() {
+                match line["kind"].as_str() {
+                    Some("feedback") => labels += 1,
+                    _ => records += 1,
+                }
+            }
+        }
+    }
+    (records, labels)
+}
+
+/// The report the outcome log in `dir` gives offline.
+fn offline_report(dir: &std::path::Path) -> serde_json::Value {
+    let files = gauntlet::outcomes::reader::expand(&[format!("{}/*.jsonl", dir.display())]).unwrap();
+    let mut offline = gauntlet::compare::offline::OfflineComparison::new(Default::default());
+    gauntlet::outcomes::reader::each_line(&files, &mut |line| {
+        offline.line(line);
+    })
+    .unwrap();
+    let (comparisons, _) = offline.finish(files.len());
+    serde_json::to_value(comparisons["breast-cancer"].report()).unwrap()
+}
+
+/// `live` has the figures of `logged`: every pair figure (the policy's evidence among them) and
+/// each version's counts and scores.
+#[track_caller]
+fn same_figures(live: &serde_json::Value, logged: &serde_json::Value) {
+    assert_eq!(live["records"], logged["records"]);
+    assert_eq!(live["labelled_records"], logged["labelled_records"]);
+    assert_eq!(live["pairs"], logged["pairs"]);
+    for (live, logged) in live["models"].as_array().unwrap().iter().zip(logged["models"].as_array().unwrap()) {
+        for key in ["version", "records", "labelled_rows", "accuracy", "log_loss", "brier", "class_shares"] {
+            assert_eq!(live[key], logged[key], "{key}");
+        }
+    }
+}
+
+/// One node keeps its comparison: a graceful restart gives the very report it had (latencies and
+/// all), and after a SIGKILL it resumes from its checkpoint plus the log's lines after it, which
+/// gives the figures the log itself gives offline; with the newest checkpoint damaged, from the one
+/// before it and more of the log, to the same figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_comparison_and_a_kill_resumes_from_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (outcomes, state) = (dir.path().join("outcomes"), dir.path().join("state"));
+    // Checkpoints only when a gateway stops gracefully: the test decides which exist.
+    let env = [
+        ("GAUNTLET_OUTCOMES__DIR", outcomes.as_path()),
+        ("GAUNTLET_STATE_DIR", state.as_path()),
+        ("GAUNTLET_SHADOW_DEADLINE_MS", std::path::Path::new("10000")),
+        ("GAUNTLET_SHADOW_CPU_BUDGET", std::path::Path::new("2")),
+        ("GAUNTLET_FEEDBACK__CHECKPOINT_INTERVAL_S", std::path::Path::new("3600")),
+    ];
+    let (gateway, address) = spawn_serving(&env);
+    labelled_traffic(&address, 143).await;
+    let before = comparison_with(&address, "breast-cancer", 143).await;
+    assert_eq!(before["records"], 143);
+    assert_eq!(gateway.terminate().code(), Some(0));
+
+    // A graceful restart: the same report, latencies and all, from the checkpoint alone.
+    let (gateway, address, log) = spawn_logged(&env);
+    let after = comparison_with(&address, "breast-cancer", 143).await;
+    assert_eq!(after, before, "a restart keeps every figure");
+    let resumed = logged(&log, "the comparison resumed");
+    assert_eq!(resumed["lines_after_it"], 0, "{resumed}");
+    assert!(resumed["checkpoint"].as_str().unwrap().ends_with("comparison.checkpoint"), "{resumed}");
+    labelled_traffic(&address, 60).await;
+    comparison_with(&address, "breast-cancer", 203).await;
+    assert_eq!(gateway.terminate().code(), Some(0));
+    let kept: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(state.join("comparison.checkpoint.previous").exists(), "{kept:?}");
+
+    // More traffic, no checkpoint after it, then SIGKILL once the log holds it all.
+    let (gateway, address) = spawn_serving(&env);
+    labelled_traffic(&address, 40).await;
+    comparison_with(&address, "breast-cancer", 243).await;
+    common::eventually("the log holds every stamped line", Duration::from_secs(30), || async {
+        (stamped(&outcomes) == (243, 243)).then_some(())
+    })
+    .await;
+    drop(gateway);
+    let from_log = offline_report(&outcomes);
+    let (gateway, address, log) = spawn_logged(&env);
+    same_figures(&comparison_with(&address, "breast-cancer", 243).await, &from_log);
+    // The checkpoint of 203, then the 40 records and 40 labels after it.
+    assert_eq!(logged(&log, "the comparison resumed")["lines_after_it"], 80);
+    drop(gateway);
+
+    // The newest checkpoint damaged: the one before it is read (the damage named), and more of the
+    // log after it: the 100 records and 100 labels since the checkpoint of 143.
+    std::fs::write(state.join("comparison.checkpoint"), b"not a checkpoint").unwrap();
+    let (gateway, address, log) = spawn_logged(&env);
+    same_figures(&comparison_with(&address, "breast-cancer", 243).await, &from_log);
+    let refused = logged(&log, "the comparison's checkpoint cannot be read; trying the one before it");
+    assert!(refused["error"].as_str().unwrap().contains("does not decode"), "{refused}");
+    let resumed = logged(&log, "the comparison resumed");
+    assert_eq!(resumed["lines_after_it"], 200, "{resumed}");
+    assert!(resumed["checkpoint"].as_str().unwrap().ends_with("comparison.checkpoint.previous"), "{resumed}");
+    assert_eq!(gateway.terminate().code(), Some(0));
 }

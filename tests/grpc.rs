@@ -500,10 +500,11 @@ async fn grpc_requests_leave_paired_records_as_rest_ones_do() {
     };
     for i in 0..20 {
         let (mut by_grpc, mut by_rest) = (record(&format!("grpc-{i}")), record(&format!("rest-{i}")));
-        // Everything but the id and the times is the same: the same versions, inputs and outputs.
+        // Everything but the id, the times and the line's number in the join's order is the same:
+        // the same versions, inputs and outputs.
         for r in [&mut by_grpc, &mut by_rest] {
             let object = r.as_object_mut().unwrap();
-            for key in ["request_id", "timestamp"] {
+            for key in ["request_id", "timestamp", "seq"] {
                 object.remove(key);
             }
             // How long each version took, and the shadow batch it ran in, are the machine's.

@@ -9,6 +9,7 @@
 //! It also keeps the tables' daily partitions: the next days made ahead, those past
 //! `retention_days` dropped.
 
+use std::borrow::Cow;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -16,10 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::{BufMut, BytesMut};
 use metrics::{counter, gauge};
 use postgres::Client;
+use postgres::types::{IsNull, ToSql, Type, accepts, to_sql_checked};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::Shared;
 use super::store::{Connect, Connector};
@@ -50,28 +52,60 @@ pub struct Forwarder {
     partitions_at: Option<Instant>,
 }
 
-/// One batch of rows, column by column, as `unnest` takes them.
+/// One batch of rows, column by column, as `unnest` takes them, borrowing the chunk's lines.
 #[derive(Default)]
-struct Rows {
-    records: Columns,
-    labels: Columns,
+struct Rows<'a> {
+    records: Columns<'a>,
+    labels: Columns<'a>,
     unreadable: u64,
 }
 
-/// Columns of `records` or `labels` (`answered_by` empty for labels).
+/// Columns of `records` or `labels` (`answered_by` empty for labels). Each line goes as it is in
+/// the log (`jsonb` takes JSON text): parsed here only for the columns, never rebuilt.
 #[derive(Default)]
-struct Columns {
-    model: Vec<String>,
-    request_id: Vec<String>,
+struct Columns<'a> {
+    model: Vec<Cow<'a, str>>,
+    request_id: Vec<Cow<'a, str>>,
     at: Vec<SystemTime>,
-    answered_by: Vec<String>,
-    line: Vec<Value>,
+    answered_by: Vec<Cow<'a, str>>,
+    line: Vec<JsonText<'a>>,
 }
 
-impl Columns {
+/// A line sent to a `jsonb` column as the text it is: jsonb's binary input is a version byte (1)
+/// and the JSON text, so nothing is parsed or printed again on this side.
+#[derive(Debug)]
+struct JsonText<'a>(&'a str);
+
+impl ToSql for JsonText<'_> {
+    fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.put_u8(1);
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    accepts!(JSONB);
+    to_sql_checked!();
+}
+
+impl Columns<'_> {
     fn len(&self) -> usize {
         self.model.len()
     }
+}
+
+/// What the forwarder reads of a line; the rest is skipped over.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(borrow)]
+    request_id: Cow<'a, str>,
+    #[serde(borrow)]
+    timestamp: Cow<'a, str>,
+    #[serde(default, borrow)]
+    answered_by: Option<Cow<'a, str>>,
 }
 
 impl Forwarder {
@@ -335,29 +369,29 @@ fn count_lines(chunk: &[u8]) -> u64 {
 }
 
 /// The rows of a chunk of whole lines.
-fn parse(chunk: &[u8]) -> Rows {
+fn parse(chunk: &[u8]) -> Rows<'_> {
     let mut rows = Rows::default();
     for line in chunk.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let Ok(value) = serde_json::from_slice::<Value>(line) else {
+        // Reading the head scans the whole object (every other field is skipped over, not
+        // stored), so a line that parses here is whole JSON for the store.
+        let parsed = std::str::from_utf8(line).ok().and_then(|text| {
+            let head: Head = serde_json::from_str(text).ok()?;
+            let at = humantime::parse_rfc3339_weak(&head.timestamp).ok()?;
+            Some((text, head, at))
+        });
+        let Some((text, head, at)) = parsed else {
             rows.unreadable += 1;
             continue;
         };
-        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_owned);
-        let at = text("timestamp").and_then(|t| humantime::parse_rfc3339_weak(&t).ok());
-        let (Some(model), Some(id), Some(at)) = (text("model"), text("request_id"), at) else {
-            rows.unreadable += 1;
-            continue;
-        };
-        let answered_by = text("answered_by").unwrap_or_default();
-        let columns = match value.get("kind").and_then(Value::as_str) {
+        let columns = match head.kind.as_deref() {
             Some("feedback") => &mut rows.labels,
             _ => &mut rows.records,
         };
-        columns.model.push(model);
-        columns.request_id.push(id);
+        columns.model.push(head.model);
+        columns.request_id.push(head.request_id);
         columns.at.push(at);
-        columns.answered_by.push(answered_by);
-        columns.line.push(value);
+        columns.answered_by.push(head.answered_by.unwrap_or_default());
+        columns.line.push(JsonText(text));
     }
     rows
 }

@@ -33,7 +33,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 pub use self::schema::SCHEMA_VERSION;
-pub use self::store::{Connect, Connector, PgStore};
+pub use self::store::{Connect, Connector, PgStore, chain};
 
 use crate::registry::{Registry, StoreError};
 use crate::secret::Secret;
@@ -72,6 +72,13 @@ pub struct ClusterSettings {
     /// Days of records and labels the store keeps (daily partitions are dropped after).
     #[serde(default = "defaults::retention_days")]
     pub retention_days: u32,
+    /// The analyst writes a checkpoint of its comparison after this long with new rows read, or
+    /// after `checkpoint_rows` of them, whichever comes first: a successor reads at most about that
+    /// much again.
+    #[serde(default = "defaults::checkpoint_interval_ms")]
+    pub checkpoint_interval_ms: u64,
+    #[serde(default = "defaults::checkpoint_rows")]
+    pub checkpoint_rows: u64,
 }
 
 mod defaults {
@@ -92,6 +99,12 @@ mod defaults {
     }
     pub fn retention_days() -> u32 {
         30
+    }
+    pub fn checkpoint_interval_ms() -> u64 {
+        5000
+    }
+    pub fn checkpoint_rows() -> u64 {
+        50_000
     }
 }
 
@@ -122,6 +135,8 @@ impl ClusterSettings {
             ("connect_timeout_ms", self.connect_timeout_ms),
             ("spool_bytes", self.spool_bytes),
             ("retention_days", u64::from(self.retention_days)),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
+            ("checkpoint_rows", self.checkpoint_rows),
         ] {
             if value == 0 {
                 return Some((key, "must be greater than 0".into()));

@@ -95,6 +95,36 @@ const MIGRATIONS: &[&str] = &[
         since timestamptz NOT NULL,
         heartbeat_at timestamptz NOT NULL
      );",
+    // 3: rows are written once. Each row's position is the id of the transaction that wrote it
+    // (`xid8`, never wraps) and a number from one sequence both tables share. The analyst reads in
+    // position order only below its snapshot's xmin, where every transaction has ended, so a row
+    // that commits late can never appear behind a position already read (see `analyst`). Rows from
+    // before this migration read as position (0, 0): the first analyst without a checkpoint reads
+    // them once, in time order. Fast defaults first, then the per-row defaults: no table rewrite.
+    // `seen` stays (a replica of the previous release still marks it) but loses its indexes, which
+    // every insert paid for. `checkpoints`: the analyst's whole state with its position, in one row.
+    "CREATE SEQUENCE {s}.outcome_position;
+     ALTER TABLE {s}.records ADD COLUMN xid xid8 NOT NULL DEFAULT '0', ADD COLUMN position bigint NOT NULL DEFAULT 0;
+     ALTER TABLE {s}.records ALTER COLUMN xid SET DEFAULT pg_current_xact_id(),
+        ALTER COLUMN position SET DEFAULT nextval('{s}.outcome_position');
+     ALTER TABLE {s}.labels ADD COLUMN xid xid8 NOT NULL DEFAULT '0', ADD COLUMN position bigint NOT NULL DEFAULT 0;
+     ALTER TABLE {s}.labels ALTER COLUMN xid SET DEFAULT pg_current_xact_id(),
+        ALTER COLUMN position SET DEFAULT nextval('{s}.outcome_position');
+     CREATE INDEX records_position ON {s}.records (xid, position);
+     CREATE INDEX labels_position ON {s}.labels (xid, position);
+     DROP INDEX {s}.records_unseen;
+     DROP INDEX {s}.labels_unseen;
+     CREATE TABLE {s}.checkpoints (
+        id bigserial PRIMARY KEY,
+        written_at timestamptz NOT NULL DEFAULT now(),
+        analyst text NOT NULL,
+        binary_version text NOT NULL,
+        format integer NOT NULL,
+        xid xid8 NOT NULL,
+        position bigint NOT NULL,
+        rows bigint NOT NULL,
+        state bytea NOT NULL
+     );",
 ];
 
 #[derive(Debug)]

@@ -443,7 +443,7 @@ fn describe(config: &postgres::Config, schema: &str) -> String {
 }
 
 /// An error and its causes, on one line (a connection refused is two levels down).
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

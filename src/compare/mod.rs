@@ -23,7 +23,7 @@ use crate::repository::{Task, VersionId};
 pub use self::report::{ModelReport, PairReport, Report, Snapshot, Verdict};
 
 /// What one model said about one row.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 pub enum Prediction {
     /// A class, and the probability of each of the task's classes (in its order) when the model gives them.
     Class {
@@ -86,7 +86,7 @@ impl Observation {
 }
 
 /// One model's part of an observation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ModelOutcome {
     pub version: VersionId,
     pub role: Role,
@@ -97,14 +97,14 @@ pub struct ModelOutcome {
 }
 
 /// One paired record, reduced to what the comparison needs.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct Observation {
     pub request_id: String,
     pub results: Vec<ModelOutcome>,
 }
 
 /// Ground truth for a request: one value per row (a class label or a number).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Truth(pub Vec<f64>);
 
@@ -155,7 +155,9 @@ impl Default for CompareSettings {
 /// Samples kept per pair for rank statistics (Wilcoxon, KS): the most recent ones.
 const SAMPLE_CAPACITY: usize = 100_000;
 
-/// The comparison of one served model's versions.
+/// The comparison of one served model's versions. Serializable whole: a checkpoint holds it
+/// (`offline::Checkpoint`), and one read back goes on exactly where this one stood.
+#[derive(Deserialize, Serialize)]
 pub struct Comparison {
     model: String,
     task: Task,
@@ -175,9 +177,11 @@ pub struct Comparison {
     changes: u32,
 }
 
+#[derive(Deserialize, Serialize)]
 struct ModelStats {
     records: u64,
     statuses: [u64; 5],
+    #[serde(with = "recorded")]
     latency_us: Histogram<u64>,
     class_counts: Vec<u64>,
     labelled_rows: u64,
@@ -189,7 +193,7 @@ struct ModelStats {
     brier: f64,
 }
 
-#[derive(Default)]
+#[derive(Default, Deserialize, Serialize)]
 struct PairStats {
     /// Records in which both appear, and in which both answered.
     records: u64,
@@ -223,7 +227,7 @@ struct PairStats {
 }
 
 /// The paired evidence since the champion last changed.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy, Default, Deserialize, Serialize)]
 struct Fresh {
     labelled: u64,
     only_champion: u64,
@@ -244,7 +248,7 @@ impl Fresh {
 }
 
 /// The most recent values, at most `SAMPLE_CAPACITY`.
-#[derive(Default)]
+#[derive(Default, Deserialize, Serialize)]
 struct Ring(VecDeque<f64>);
 
 impl Ring {
@@ -261,7 +265,7 @@ impl Ring {
 }
 
 /// Running means and co-moments (Welford), for a correlation that does not lose digits.
-#[derive(Default)]
+#[derive(Default, Deserialize, Serialize)]
 struct Comoments {
     n: f64,
     mean_a: f64,
@@ -306,6 +310,11 @@ impl ModelStats {
 }
 
 impl Comparison {
+    /// Judges with `settings` from now on (a checkpoint read back takes the configuration's).
+    pub fn set_settings(&mut self, settings: CompareSettings) {
+        self.settings = settings;
+    }
+
     pub fn new(model: impl Into<String>, task: Task, settings: CompareSettings) -> Self {
         Self {
             model: model.into(),
@@ -513,6 +522,28 @@ fn ln_ratio(evidence: &Fresh, classification: bool) -> f64 {
         let variance = (evidence.d_squares - evidence.d_sum * mean) / (n - 1.0);
         // Prior on the mean difference: a tenth of a standard deviation (an effect worth finding).
         stats::sequential::ln_normal_mixture(evidence.labelled, mean, variance, 0.01 * variance)
+    }
+}
+
+/// A latency histogram as its recorded buckets (value, count): recorded again, each value lands
+/// in the bucket it came from, so the histogram read back is the one written.
+mod recorded {
+    use hdrhistogram::Histogram;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(histogram: &Histogram<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        let buckets: Vec<(u64, u64)> =
+            histogram.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+        buckets.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Histogram<u64>, D::Error> {
+        let buckets = Vec::<(u64, u64)>::deserialize(deserializer)?;
+        let mut histogram = super::ModelStats::new(0).latency_us;
+        for (value, count) in buckets {
+            histogram.record_n(value, count).map_err(serde::de::Error::custom)?;
+        }
+        Ok(histogram)
     }
 }
 

@@ -7,13 +7,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+use serde::{Deserialize, Serialize};
+
 use super::{CompareSettings, Comparison, ModelOutcome, Observation, Truth, predictions};
 use crate::outcomes::reader::{Line, LineResult};
 use crate::outcomes::{Role, Status};
 use crate::repository::Task;
 
 /// What reading the files found besides the comparisons.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct ReadSummary {
     pub files: usize,
     pub records: u64,
@@ -26,14 +28,20 @@ pub struct ReadSummary {
 }
 
 /// The join of logged labels with logged records, line by line, into each model's comparison.
+///
+/// Its whole state serializes (`checkpoint`, `resume`): the cluster's analyst writes it with its
+/// read position, and a successor goes on from there as if it had read every line itself.
+#[derive(Deserialize, Serialize)]
 pub struct OfflineComparison {
     settings: CompareSettings,
     summary: ReadSummary,
     comparisons: BTreeMap<String, Comparison>,
+    #[serde(with = "pairs")]
     observations: HashMap<(String, String), Observation>,
     // As the live join does it, in the order the lines were written: a label joins its record when
     // both are there, and one read before its record waits for it. The statistics' sums then add up
     // in the live order too, so both sides give the very same figures.
+    #[serde(with = "pairs")]
     held: HashMap<(String, String), serde_json::Value>,
     labelled: HashSet<(String, String)>,
     /// With a capacity (a long-running reader: the cluster's analyst), the keys of each of the
@@ -45,6 +53,47 @@ pub struct OfflineComparison {
     champions: HashMap<String, crate::repository::VersionId>,
 }
 
+/// Maps written as a list of (key, value) pairs: the keys are tuples, which not every format takes
+/// as map keys.
+mod pairs {
+    use std::collections::HashMap;
+    use std::hash::Hash;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &HashMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(deserializer: D) -> Result<HashMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Eq + Hash,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
+/// The version of the checkpoint format `OfflineComparison::checkpoint` writes. A reader refuses
+/// another with `CheckpointError::Format`, naming both, rather than guess at it.
+pub const CHECKPOINT_FORMAT: i32 = 1;
+
+/// A checkpoint that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint format {found} is not the format {known} this binary reads")]
+    Format { found: i32, known: i32 },
+    #[error("checkpoint does not decode: {0}")]
+    Decode(String),
+    #[error("checkpoint does not encode: {0}")]
+    Encode(String),
+}
+
+#[derive(Deserialize, Serialize)]
 struct Bound {
     capacity: usize,
     observations: VecDeque<(String, String)>,
@@ -174,6 +223,41 @@ impl OfflineComparison {
         self.comparisons.get(name)
     }
 
+    /// Lines taken so far (records, labels and unreadable lines).
+    pub fn rows(&self) -> u64 {
+        self.summary.records + self.summary.feedback + self.summary.unreadable_lines
+    }
+
+    /// Keeps at most `capacity` of each bounded structure from now on (a bounded comparison only).
+    pub fn bound_to(&mut self, capacity: usize) {
+        if let Some(bound) = &mut self.bound {
+            bound.capacity = capacity.max(1);
+        }
+    }
+
+    /// The whole state as bytes (CBOR: self-describing, so a field added later reads as its
+    /// default from an older checkpoint), in `CHECKPOINT_FORMAT`.
+    pub fn checkpoint(&self) -> Result<Vec<u8>, CheckpointError> {
+        let mut bytes = Vec::new();
+        ciborium::into_writer(self, &mut bytes).map_err(|e| CheckpointError::Encode(e.to_string()))?;
+        Ok(bytes)
+    }
+
+    /// A comparison that goes on from `checkpoint` (written in `format`), judging with `settings`
+    /// (the configuration's now, whatever they were when it was written).
+    pub fn resume(format: i32, checkpoint: &[u8], settings: CompareSettings) -> Result<Self, CheckpointError> {
+        if format != CHECKPOINT_FORMAT {
+            return Err(CheckpointError::Format { found: format, known: CHECKPOINT_FORMAT });
+        }
+        let mut offline: Self =
+            ciborium::from_reader(checkpoint).map_err(|e| CheckpointError::Decode(e.to_string()))?;
+        offline.settings = settings;
+        for comparison in offline.comparisons.values_mut() {
+            comparison.set_settings(settings);
+        }
+        Ok(offline)
+    }
+
     /// Every model's comparison, and what the lines held besides (`files`: how many were read).
     pub fn finish(mut self, files: usize) -> (BTreeMap<String, Comparison>, ReadSummary) {
         self.summary.files = files;
@@ -198,6 +282,13 @@ fn join(
             false
         }
     }
+}
+
+/// A logged record's model and observation, as the live join had it; `None` for a line that is not
+/// a record.
+pub fn observation_of(line: Line) -> Option<(String, Observation)> {
+    let task = line.task?;
+    Some((line.model, observation(&task, line.request_id, line.results)))
 }
 
 fn observation(task: &Task, request_id: String, results: Vec<LineResult>) -> Observation {

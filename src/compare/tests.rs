@@ -278,3 +278,100 @@ fn a_bounded_offline_join_forgets_its_oldest_records_as_the_live_index_does() {
         assert_eq!(summary.unmatched_feedback, 3 - joined, "{capacity:?}");
     }
 }
+
+/// A seeded stream of log lines: records of three versions (probabilities, latencies, a champion
+/// that changes halfway), labels sometimes before their record, sometimes twice, sometimes for a
+/// record never seen.
+fn stream(n: usize) -> Vec<String> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let mut lines = Vec::new();
+    let mut waiting: Vec<(usize, i64)> = Vec::new();
+    for i in 0..n {
+        let champion = if i < n / 2 { "1" } else { "3" };
+        let results: Vec<String> = ["1", "2", "3"]
+            .iter()
+            .map(|v| {
+                let p = (next(1000) as f64) / 1000.0;
+                let role = if *v == champion { "champion" } else { "challenger" };
+                format!(
+                    r#"{{"version":"{v}","role":"{role}","status":"ok","latency_ms":{},"outputs":{{"label":[{}],"probabilities":[[{},{}]]}}}}"#,
+                    0.05 + next(5000) as f64 / 997.0,
+                    u8::from(p > 0.5),
+                    1.0 - p,
+                    p
+                )
+            })
+            .collect();
+        let record = format!(
+            r#"{{"kind":"outcome","request_id":"r{i}","model":"m","task":{{"kind":"classification","classes":[0,1],"label_output":"label","probabilities_output":"probabilities"}},"results":[{}]}}"#,
+            results.join(",")
+        );
+        let label = |id: usize, truth: i64| {
+            format!(r#"{{"kind":"feedback","request_id":"r{id}","model":"m","truth":{truth}}}"#)
+        };
+        let truth = next(2) as i64;
+        match next(10) {
+            0 => lines.push(label(i, truth)),         // the label first
+            1 => lines.push(label(i + 1_000_000, 1)), // a label whose record never comes
+            _ => waiting.push((i, truth)),
+        }
+        lines.push(record);
+        while waiting.len() > 3 || (!waiting.is_empty() && next(3) == 0) {
+            let (id, truth) = waiting.remove(0);
+            lines.push(label(id, truth));
+            if next(20) == 0 {
+                lines.push(label(id, 1 - truth)); // a duplicate: the first stands
+            }
+        }
+    }
+    lines
+}
+
+#[test]
+fn a_resumed_analyst_goes_on_exactly_as_one_never_stopped() {
+    let settings = CompareSettings::default();
+    let lines = stream(600);
+    let feed = |offline: &mut offline::OfflineComparison, lines: &[String]| {
+        for text in lines {
+            offline.line(serde_json::from_str(text).ok());
+        }
+    };
+    let report = |offline: offline::OfflineComparison| {
+        let (comparisons, summary) = offline.finish(0);
+        let report = serde_json::to_value(comparisons["m"].report()).unwrap();
+        (report, summary.records, summary.feedback, summary.duplicate_feedback, summary.unmatched_feedback)
+    };
+    let mut whole = offline::OfflineComparison::bounded(settings, 40);
+    feed(&mut whole, &lines);
+    let whole = report(whole);
+    assert!(whole.0["labelled_records"].as_u64().unwrap() > 300, "{}", whole.0);
+    // Cut anywhere, even twice: the resumed one reports the very same figures, to the last bit.
+    for cuts in [vec![0], vec![1], vec![257], vec![lines.len() / 2, lines.len() / 2 + 3], vec![lines.len() - 1]] {
+        let mut offline = offline::OfflineComparison::bounded(settings, 40);
+        let mut from = 0;
+        for cut in cuts.iter().copied() {
+            feed(&mut offline, &lines[from..cut]);
+            let bytes = offline.checkpoint().unwrap();
+            offline = offline::OfflineComparison::resume(offline::CHECKPOINT_FORMAT, &bytes, settings).unwrap();
+            from = cut;
+        }
+        feed(&mut offline, &lines[from..]);
+        assert_eq!(report(offline), whole, "cut at {cuts:?}");
+    }
+}
+
+#[test]
+fn a_checkpoint_of_another_format_or_damaged_is_refused_by_name() {
+    let offline = offline::OfflineComparison::bounded(CompareSettings::default(), 10);
+    let bytes = offline.checkpoint().unwrap();
+    let refused = offline::OfflineComparison::resume(2, &bytes, CompareSettings::default()).err().unwrap();
+    assert_eq!(refused.to_string(), "checkpoint format 2 is not the format 1 this binary reads");
+    let damaged = offline::OfflineComparison::resume(1, &bytes[..bytes.len() / 2], CompareSettings::default());
+    assert!(damaged.err().unwrap().to_string().starts_with("checkpoint does not decode"));
+}

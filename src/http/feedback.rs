@@ -76,13 +76,14 @@ pub async fn feedback(
         raws.push(raw);
     }
     let now = SystemTime::now();
-    for (id, raw) in ids.iter().zip(&raws) {
+    let labels = ids.iter().zip(&raws).zip(truths).map(|((id, raw), truth)| {
         let label = FeedbackRecord { kind: "feedback", request_id: id, timestamp: now, model: &name, truth: raw };
-        gateway.records().offer(label.to_json_line());
-    }
+        (id.clone(), truth, label.to_json_line())
+    });
+    // The join logs each label's line as it takes it (or, busy, logs them unjoined).
     let answers = gateway
         .join()
-        .truths(&name, ids.iter().cloned().zip(truths).collect())
+        .truths(&name, labels.collect())
         .await
         .map_err(|_| Error::new(ErrorKind::Overloaded, "the feedback join is behind; retry shortly"))?;
     if !batch {

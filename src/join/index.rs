@@ -3,6 +3,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::{JoinSettings, Joined, Listener};
 use crate::compare::{Comparison, Observation, Truth};
 
@@ -18,9 +20,29 @@ pub(super) struct ModelIndex {
     pub(super) changed: bool,
 }
 
+#[derive(Deserialize, Serialize)]
 struct Entry {
     observation: Observation,
     labelled: bool,
+}
+
+/// A `ModelIndex` as a checkpoint holds it: instants as ages (milliseconds before the checkpoint),
+/// maps as their entries in arrival order. Written borrowed (`SavedIndex`), read back owned.
+#[derive(Deserialize)]
+pub(super) struct IndexState {
+    comparison: Comparison,
+    records: Vec<(String, u64, Entry)>,
+    held: Vec<(String, u64, Truth)>,
+    expired: Vec<String>,
+}
+
+/// `IndexState`'s fields, borrowed from the live index.
+#[derive(Serialize)]
+pub(super) struct SavedIndex<'a> {
+    comparison: &'a Comparison,
+    records: Vec<(&'a str, u64, &'a Entry)>,
+    held: Vec<(&'a str, u64, &'a Truth)>,
+    expired: Vec<&'a str>,
 }
 
 impl ModelIndex {
@@ -35,6 +57,52 @@ impl ModelIndex {
             expired_order: VecDeque::new(),
             changed: false,
         }
+    }
+
+    /// The state to checkpoint, `now` being the checkpoint's time.
+    pub(super) fn save(&self, now: Instant) -> SavedIndex<'_> {
+        let age = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
+        // `order` and `held_order` may name an id twice or one already gone: keep the live ones once.
+        let mut seen = HashSet::new();
+        let records = self
+            .order
+            .iter()
+            .filter(|(id, _)| seen.insert(id.as_str()))
+            .filter_map(|(id, at)| {
+                let entry = self.records.get(id)?;
+                Some((id.as_str(), age(*at), entry))
+            })
+            .collect();
+        let held = self
+            .held_order
+            .iter()
+            .filter_map(|(id, at)| {
+                let (truth, held_at) = self.held.get(id)?;
+                (held_at == at).then(|| (id.as_str(), age(*at), truth))
+            })
+            .collect();
+        let expired = self.expired_order.iter().filter(|id| self.expired.contains(*id)).map(String::as_str).collect();
+        SavedIndex { comparison: &self.comparison, records, held, expired }
+    }
+
+    /// The index a checkpoint held, its ages counted back from `now`.
+    pub(super) fn restore(state: IndexState, now: Instant) -> Self {
+        let at = |age: u64| now.checked_sub(Duration::from_millis(age)).unwrap_or(now);
+        let mut index = Self::new(state.comparison);
+        for (id, age, entry) in state.records {
+            index.order.push_back((id.clone(), at(age)));
+            index.records.insert(id, entry);
+        }
+        for (id, age, truth) in state.held {
+            let held_at = at(age);
+            index.held_order.push_back((id.clone(), held_at));
+            index.held.insert(id, (truth, held_at));
+        }
+        for id in state.expired {
+            index.expired.insert(id.clone());
+            index.expired_order.push_back(id);
+        }
+        index
     }
 
     /// Indexes a paired record (joining the label held for it, if any); returns whether a label joined.

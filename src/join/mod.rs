@@ -5,15 +5,28 @@
 //! through one bounded queue (`background::Worker`), so nothing here is behind a lock. What acts on
 //! the join's results (the promotion policy, concept drift) is a `Listener`, told on that thread.
 //!
+//! The join is also the one owner of the record-and-label fan-out: a record's or label's JSON line
+//! travels with it, and the join thread, having taken it, stamps it with the next number of its
+//! sequence (`"seq"`) and hands it to the outcome log. So the stamped lines in the log are the
+//! join's own history, in its order. Every `checkpoint_interval_s` the thread writes its whole state
+//! (every index and comparison) with the last number it stamped to `state_dir` (`checkpoint`); at
+//! start it reads the newest checkpoint that decodes and takes the log's stamped lines after it
+//! through the same code, so a restart keeps the comparison and the policy's evidence, and a
+//! SIGKILL loses at most what the log had not yet flushed. A line the join could not take (its
+//! queue full) goes to the log unstamped: counted neither live nor at a restart.
+//!
 //! Invariants: every structure is bounded. Records are indexed per model up to `index_capacity`
 //! and `retention`; an evicted id is remembered (bounded) so its late label is answered `expired`.
 //! A label whose record has not arrived is held (bounded, `hold`) and joined when it lands; one
 //! still unmatched when its hold ends is counted `unknown`. A full queue drops the record
 //! (counted) and answers feedback with 503.
 
+mod checkpoint;
 mod index;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use metrics::gauge;
@@ -27,6 +40,7 @@ use crate::metrics::{
     COMPARISON_AGREEMENT, COMPARISON_IMPROVEMENT, COMPARISON_LABELLED, COMPARISON_MODEL, COMPARISON_P_VALUE,
     COMPARISON_SEQUENTIAL_P_VALUE,
 };
+use crate::outcomes::RecordSink;
 use crate::repository::Task;
 
 /// Bounds of the join.
@@ -43,12 +57,32 @@ pub struct JoinSettings {
     pub hold_s: u64,
     /// Messages waiting for the join thread.
     pub queue: usize,
+    /// How often the join writes its checkpoint to `state_dir` (one node; 0: never).
+    pub checkpoint_interval_s: u64,
 }
 
 impl Default for JoinSettings {
     fn default() -> Self {
-        Self { index_capacity: 200_000, retention_s: 7 * 86_400, hold_capacity: 20_000, hold_s: 600, queue: 8_192 }
+        Self {
+            index_capacity: 200_000,
+            retention_s: 7 * 86_400,
+            hold_capacity: 20_000,
+            hold_s: 600,
+            queue: 8_192,
+            checkpoint_interval_s: 10,
+        }
     }
+}
+
+/// Where the join's lines go and where its checkpoints live.
+pub struct Durability {
+    /// The outcome log, which the join hands each stamped line to.
+    pub sink: Arc<dyn RecordSink>,
+    /// The directory of the checkpoint (one node's `state_dir`); `None` writes none (a cluster
+    /// replica: the analyst's checkpoints are the cluster's).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// The outcome log's directory: the stamped lines after the checkpoint are read from it at start.
+    pub log_dir: PathBuf,
 }
 
 /// What became of one label.
@@ -90,14 +124,15 @@ pub trait Listener: Send {
 }
 
 enum Message {
-    Record { model: String, observation: Observation },
-    Truths { model: String, truths: Vec<(String, Truth)>, reply: oneshot::Sender<Vec<Joined>> },
+    Record { model: String, observation: Observation, line: Vec<u8> },
+    Truths { model: String, truths: Vec<(String, Truth, Vec<u8>)>, reply: oneshot::Sender<Vec<Joined>> },
     Report { model: String, reply: oneshot::Sender<Option<Report>> },
 }
 
 /// The handle: the shadow threads hand records over, the HTTP handlers labels and report requests.
 pub struct LabelJoin {
     worker: Worker<Message>,
+    sink: Arc<dyn RecordSink>,
 }
 
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -109,11 +144,14 @@ const POLL_IDLE: Duration = Duration::from_millis(16);
 
 impl LabelJoin {
     /// Starts the join thread for these models (name, task); `listeners` are told what it joins.
+    /// With a checkpoint directory it first resumes from the newest checkpoint there and the log's
+    /// stamped lines after it (blocking: call it at startup).
     pub fn start(
         models: Vec<(String, Task)>,
         compare: CompareSettings,
         settings: JoinSettings,
         listeners: Vec<Box<dyn Listener>>,
+        durability: Durability,
     ) -> std::io::Result<Self> {
         let thread = background::Settings {
             name: "feedback-join",
@@ -125,7 +163,8 @@ impl LabelJoin {
             poll: POLL,
             poll_idle: POLL_IDLE,
         };
-        let join = JoinThread {
+        let now = Instant::now();
+        let mut join = JoinThread {
             settings,
             listeners,
             models: models
@@ -135,23 +174,41 @@ impl LabelJoin {
                     (name, ModelIndex::new(comparison))
                 })
                 .collect(),
-            last_gauges: Instant::now(),
+            last_gauges: now,
+            sink: Arc::clone(&durability.sink),
+            seq: 0,
+            checkpoint_dir: durability.checkpoint_dir.clone(),
+            last_checkpoint: now,
+            saved_seq: 0,
         };
+        if let Some(dir) = &durability.checkpoint_dir {
+            checkpoint::resume(&mut join, dir, &durability.log_dir, compare);
+        }
         let worker = Worker::start_one(thread, join)?;
-        Ok(Self { worker })
+        Ok(Self { worker, sink: durability.sink })
     }
 
-    /// Hands over a paired record without waiting; a full queue drops it (counted).
-    pub fn record(&self, model: String, observation: Observation) {
-        if self.worker.try_send(Message::Record { model, observation }).is_err() {
+    /// Hands over a paired record and its JSON line without waiting. A full queue drops it from the
+    /// comparison (counted); its line still goes to the log, unstamped.
+    pub fn record(&self, model: String, observation: Observation, line: Vec<u8>) {
+        if let Err(Message::Record { line, .. }) = self.worker.try_send(Message::Record { model, observation, line }) {
             crate::metrics::comparison_records_dropped();
+            self.sink.offer(line);
         }
     }
 
-    /// Joins labels of one model; answers once the join thread has taken them.
-    pub async fn truths(&self, model: &str, truths: Vec<(String, Truth)>) -> Result<Vec<Joined>, Busy> {
+    /// Joins labels of one model, each with its JSON line; answers once the join thread has taken
+    /// them. Busy: the lines go to the log unstamped (a label retried is counted once it joins).
+    pub async fn truths(&self, model: &str, truths: Vec<(String, Truth, Vec<u8>)>) -> Result<Vec<Joined>, Busy> {
         let (reply, answer) = oneshot::channel();
-        self.worker.try_send(Message::Truths { model: model.to_owned(), truths, reply }).map_err(|_| Busy)?;
+        if let Err(Message::Truths { truths, .. }) =
+            self.worker.try_send(Message::Truths { model: model.to_owned(), truths, reply })
+        {
+            for (_, _, line) in truths {
+                self.sink.offer(line);
+            }
+            return Err(Busy);
+        }
         answer.await.map_err(|_| Busy)
     }
 
@@ -162,7 +219,8 @@ impl LabelJoin {
         answer.await.map_err(|_| Busy)
     }
 
-    /// Takes every message sent so far, then stops the thread. Blocking.
+    /// Takes every message sent so far (their lines reach the log), writes a last checkpoint, then
+    /// stops the thread. Call before the log closes. Blocking.
     pub fn close(&self) {
         self.worker.close();
     }
@@ -174,6 +232,13 @@ struct JoinThread {
     listeners: Vec<Box<dyn Listener>>,
     models: BTreeMap<String, ModelIndex>,
     last_gauges: Instant,
+    sink: Arc<dyn RecordSink>,
+    /// The last number stamped on a line.
+    seq: u64,
+    checkpoint_dir: Option<PathBuf>,
+    last_checkpoint: Instant,
+    /// `seq` when the last checkpoint was written.
+    saved_seq: u64,
 }
 
 impl Work for JoinThread {
@@ -182,9 +247,16 @@ impl Work for JoinThread {
     fn handle(&mut self, messages: &mut Vec<Message>, _: &Closing) {
         for message in messages.drain(..) {
             match message {
-                Message::Record { model, observation } => self.record(&model, observation),
+                Message::Record { model, observation, line } => {
+                    self.record(&model, observation);
+                    self.log(line);
+                }
                 Message::Truths { model, truths, reply } => {
-                    let answers = self.truths(&model, truths);
+                    let mut answers = Vec::with_capacity(truths.len());
+                    for (id, truth, line) in truths {
+                        answers.push(self.truth(&model, id, truth));
+                        self.log(line);
+                    }
                     let _ = reply.send(answers);
                 }
                 Message::Report { model, reply } => {
@@ -194,8 +266,13 @@ impl Work for JoinThread {
         }
     }
 
-    /// Ends what outlived its time, and every few seconds sets the changed comparisons' gauges.
+    /// Ends what outlived its time, every few seconds sets the changed comparisons' gauges, and
+    /// writes the checkpoint when it is due.
     fn tick(&mut self, now: Instant) -> Duration {
+        let interval = Duration::from_secs(self.settings.checkpoint_interval_s);
+        if self.seq != self.saved_seq && !interval.is_zero() && now.duration_since(self.last_checkpoint) >= interval {
+            self.checkpoint(now);
+        }
         for (name, index) in &mut self.models {
             index.expire(name, now, &self.settings);
         }
@@ -213,6 +290,9 @@ impl Work for JoinThread {
         for index in self.models.values() {
             publish_gauges(&index.comparison.report());
         }
+        if self.seq != self.saved_seq {
+            self.checkpoint(Instant::now());
+        }
     }
 }
 
@@ -224,22 +304,33 @@ impl JoinThread {
         }
     }
 
-    fn truths(&mut self, model: &str, truths: Vec<(String, Truth)>) -> Vec<Joined> {
-        let Some(index) = self.models.get_mut(model) else { return vec![] };
+    /// One label. Listeners are told after each label that joins, not once a batch: the policy then
+    /// decides at the very label a replay of the log (`compare::replay`) decides at.
+    fn truth(&mut self, model: &str, id: String, truth: Truth) -> Joined {
+        let Some(index) = self.models.get_mut(model) else { return Joined::Held };
         index.changed = true;
-        // Listeners are told after each label that joins, not once a batch: the policy then decides
-        // at the very label a replay of the log (`compare::replay`) decides at, whatever the batches.
-        truths
-            .into_iter()
-            .map(|(id, truth)| {
-                let joined = index.truth(id, truth, &self.settings, &mut self.listeners);
-                crate::metrics::feedback(model, joined.label());
-                if joined == Joined::Joined {
-                    Self::tell_compared(&mut self.listeners, model, &index.comparison);
-                }
-                joined
-            })
-            .collect()
+        let joined = index.truth(id, truth, &self.settings, &mut self.listeners);
+        crate::metrics::feedback(model, joined.label());
+        if joined == Joined::Joined {
+            Self::tell_compared(&mut self.listeners, model, &index.comparison);
+        }
+        joined
+    }
+
+    /// Stamps a line with the next number and hands it to the log.
+    fn log(&mut self, line: Vec<u8>) {
+        self.seq += 1;
+        self.sink.offer(checkpoint::stamp(line, self.seq));
+    }
+
+    fn checkpoint(&mut self, now: Instant) {
+        let Some(dir) = &self.checkpoint_dir else { return };
+        match checkpoint::write(dir, self.seq, &self.models, now) {
+            Ok(bytes) => crate::metrics::checkpoint_written(bytes),
+            Err(error) => tracing::error!(%error, dir = %dir.display(), "the comparison's checkpoint was not written"),
+        }
+        self.last_checkpoint = now;
+        self.saved_seq = self.seq;
     }
 
     fn tell_compared(listeners: &mut [Box<dyn Listener>], model: &str, comparison: &Comparison) {

@@ -36,7 +36,7 @@ use crate::background::{self, Priority, Worker};
 use crate::join::LabelJoin;
 use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
-use crate::outcomes::{LogInputs, RecordSink, Role, Status};
+use crate::outcomes::{LogInputs, Role, Status};
 use crate::registry::{Deployment, ModelVersion};
 
 mod batch;
@@ -77,12 +77,11 @@ pub struct ShadowRequest {
 }
 
 impl Shadow {
-    /// `models`: the served model names (coverage is counted per model). Records go to `records`
-    /// and to `join`.
+    /// `models`: the served model names (coverage is counted per model). Records go to `join`,
+    /// which hands their lines on to the outcome log.
     pub fn new(
         settings: ShadowSettings,
         log_inputs: LogInputs,
-        records: Arc<dyn RecordSink>,
         join: Arc<LabelJoin>,
         models: &[&str],
     ) -> std::io::Result<Self> {
@@ -99,12 +98,7 @@ impl Shadow {
             poll_idle: idle_poll_max(settings.deadline),
         };
         let pool = Worker::start(thread, |_| ShadowThread { pacer: Pacer::for_this_thread(share) })?;
-        Ok(Self {
-            pool,
-            deadline: settings.deadline,
-            log_inputs,
-            outlets: Arc::new(Outlets { records, join, coverage }),
-        })
+        Ok(Self { pool, deadline: settings.deadline, log_inputs, outlets: Arc::new(Outlets { join, coverage }) })
     }
 
     /// If the queue is full (as it stays while the CPU budget binds), counts the request as shed
@@ -164,15 +158,11 @@ impl Shadow {
         }
     }
 
-    /// Runs every queued shadow job (so every pending record is written), then flushes and
-    /// closes the record sink. Call after the server stopped taking requests.
+    /// Runs every queued shadow job, so every pending record has gone to the join. Call after the
+    /// server stopped taking requests, before the join and the log close.
     pub async fn close(self: &Arc<Self>) {
         let shadow = Arc::clone(self);
-        let _ = tokio::task::spawn_blocking(move || {
-            shadow.pool.close();
-            shadow.outlets.records.close();
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || shadow.pool.close()).await;
     }
 }
 

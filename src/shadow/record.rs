@@ -12,7 +12,7 @@ use crate::compare::Observation;
 use crate::join::LabelJoin;
 use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
-use crate::outcomes::{LogInputs, ModelResult, NamedTensors, OutcomeRecord, RecordSink, Role, Status, inputs_sha256};
+use crate::outcomes::{LogInputs, ModelResult, NamedTensors, OutcomeRecord, Role, Status, inputs_sha256};
 use crate::registry::ModelVersion;
 
 /// One member's result: outputs, model time and the requests in its batch, or why there are none.
@@ -106,8 +106,7 @@ impl PendingRecord {
         }
         self.outlets.coverage(self.request.answered.name(), complete);
         let record = self.assemble();
-        self.outlets.records.offer(record.to_json_line());
-        self.outlets.join.record(record.model.clone(), Observation::of(&record));
+        self.outlets.join.record(record.model.clone(), Observation::of(&record), record.to_json_line());
     }
 
     /// The record, borrowing every tensor from the request and the slots.
@@ -174,7 +173,6 @@ impl PendingRecord {
 
 /// Where finished records go (the outcome log and the live join), and the per-model coverage counts.
 pub(super) struct Outlets {
-    pub(super) records: Arc<dyn RecordSink>,
     pub(super) join: Arc<LabelJoin>,
     /// Built once at start and never changed: read without a lock.
     pub(super) coverage: HashMap<String, ShadowCoverage>,
