@@ -120,8 +120,14 @@ impl Gateway {
         // In a cluster only the analyst sends drift alerts: each transition once, not once a replica.
         let analyst_holds = cluster.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
         let drift = Arc::new(
-            Drift::start(config.drift.clone(), thresholds, Arc::clone(&registry), analyst_holds.clone())
-                .context("starting the drift monitor")?,
+            Drift::start(
+                config.drift.clone(),
+                thresholds,
+                Arc::clone(&registry),
+                analyst_holds.clone(),
+                cluster.is_none().then(|| config.state_dir.clone()),
+            )
+            .context("starting the drift monitor")?,
         );
         let mut listeners: Vec<Box<dyn Listener>> = vec![Box::new(Arc::clone(&drift))];
         // In a cluster the policy acts on the cluster's comparison, on the analyst only.

@@ -250,6 +250,16 @@ async fn comparison_with(address: &str, model: &str, labelled: u64) -> serde_jso
     .await
 }
 
+/// The drift report of breast-cancer at `address` once its windows have seen `rows` rows.
+async fn drift_with(address: &str, rows: u64) -> serde_json::Value {
+    let url = format!("http://{address}/admin/models/breast-cancer/drift");
+    common::eventually(&format!("drift over {rows} rows at {address}"), Duration::from_secs(60), || async {
+        let report: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        (report["rows_seen"] == rows).then_some(report)
+    })
+    .await
+}
+
 /// `rows` holdout requests of breast-cancer, each with its label.
 async fn labelled_traffic(address: &str, rows: u64) {
     let data = common::models_dir().join("breast-cancer/holdout.csv");
@@ -326,6 +336,7 @@ async fn a_restart_keeps_the_comparison_and_a_kill_resumes_from_the_log() {
     labelled_traffic(&address, 143).await;
     let before = comparison_with(&address, "breast-cancer", 143).await;
     assert_eq!(before["records"], 143);
+    let drift_before = drift_with(&address, 143).await;
     assert_eq!(gateway.terminate().code(), Some(0));
 
     // A graceful restart: the same report, latencies and all, from the checkpoint alone.
@@ -335,6 +346,10 @@ async fn a_restart_keeps_the_comparison_and_a_kill_resumes_from_the_log() {
     let resumed = logged(&log, "the comparison resumed");
     assert_eq!(resumed["lines_after_it"], 0, "{resumed}");
     assert!(resumed["checkpoint"].as_str().unwrap().ends_with("comparison.checkpoint"), "{resumed}");
+    // The drift windows too: the same rows, the same statistics, not an empty window.
+    let drift_after = drift_with(&address, 143).await;
+    assert_eq!(drift_after["windows"], drift_before["windows"]);
+    assert_eq!(drift_after["concept"], drift_before["concept"]);
     labelled_traffic(&address, 60).await;
     comparison_with(&address, "breast-cancer", 203).await;
     assert_eq!(gateway.terminate().code(), Some(0));

@@ -24,6 +24,7 @@ pub mod webhook;
 pub mod window;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -34,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::report::DriftReport;
 use self::webhook::{Event, Webhook};
-use self::window::{Transition, Watch};
+use self::window::{Transition, Watch, WatchState};
 use crate::background::{self, Closing, Priority, Work, Worker};
 use crate::compare::{Observation, Prediction, Truth};
 use crate::model::Tensor;
@@ -208,12 +209,15 @@ struct Shared {
 
 impl Drift {
     /// Starts the monitor for the registry's deployments; `thresholds` overrides the defaults per
-    /// model. With `sends_alerts`, webhook events go out only while it is true.
+    /// model. With `sends_alerts`, webhook events go out only while it is true. With
+    /// `checkpoint_dir` (one node's `state_dir`) the windows and alert states are checkpointed there
+    /// and resumed at start, so a restart neither empties them nor alerts again.
     pub fn start(
         settings: DriftSettings,
         thresholds: HashMap<String, Thresholds>,
         registry: Arc<Registry>,
         sends_alerts: Option<Arc<AtomicBool>>,
+        checkpoint_dir: Option<PathBuf>,
     ) -> std::io::Result<Self> {
         let webhook = match (&settings.webhook_url, settings.enabled) {
             (Some(url), true) => Some(Arc::new(Webhook::start(url.clone(), &settings)?)),
@@ -238,14 +242,18 @@ impl Drift {
                 poll_idle: POLL_IDLE,
             };
             let interval = shared.settings.evaluate_interval();
-            let monitor = Monitor {
+            let mut monitor = Monitor {
                 shared: Arc::clone(&shared),
                 registry,
                 watches: HashMap::new(),
                 webhook: webhook.clone(),
                 interval,
                 next: Instant::now() + interval,
+                checkpoint: checkpoint_dir.map(|dir| dir.join("drift.checkpoint")),
+                checkpointed: Instant::now(),
+                unsaved: false,
             };
+            monitor.resume();
             Some(Worker::start_one(thread, monitor)?)
         } else {
             None
@@ -370,6 +378,22 @@ struct Monitor {
     interval: Duration,
     /// When the next evaluation is due.
     next: Instant,
+    /// One node: where the windows are checkpointed (`state_dir/drift.checkpoint`), and when last.
+    checkpoint: Option<PathBuf>,
+    checkpointed: Instant,
+    /// Rows or labels taken since the last checkpoint.
+    unsaved: bool,
+}
+
+/// How often the monitor checkpoints its windows (and once more as it stops).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// The version of what `Monitor::save` writes; another is refused, named in the log.
+const CHECKPOINT_FORMAT: i32 = 1;
+
+#[derive(Deserialize, Serialize)]
+struct Checkpoint {
+    format: i32,
+    watches: Vec<(String, WatchState)>,
 }
 
 /// The watch of `model` if `version` is what it watches, a new one if `version` is the champion
@@ -408,18 +432,69 @@ impl Work for Monitor {
         }
     }
 
-    /// Evaluates every `evaluate_interval_ms`.
+    /// Evaluates every `evaluate_interval_ms`; checkpoints the windows every `CHECKPOINT_EVERY`.
     fn tick(&mut self, now: Instant) -> Duration {
         if now >= self.next {
             self.next = now + self.interval;
             self.evaluate(now);
         }
+        if self.unsaved && now.duration_since(self.checkpointed) >= CHECKPOINT_EVERY {
+            self.save(now);
+        }
         self.next.saturating_duration_since(now)
+    }
+
+    fn finish(&mut self) {
+        if self.unsaved {
+            self.save(Instant::now());
+        }
     }
 }
 
 impl Monitor {
+    /// Writes every watch's windows and alert state to the checkpoint file.
+    fn save(&mut self, now: Instant) {
+        let Some(path) = &self.checkpoint else { return };
+        let watches = self.watches.iter().map(|(model, watch)| (model.clone(), watch.save(now))).collect();
+        let mut bytes = Vec::new();
+        let written = ciborium::into_writer(&Checkpoint { format: CHECKPOINT_FORMAT, watches }, &mut bytes)
+            .map_err(std::io::Error::other)
+            .and_then(|()| crate::outcomes::replace_file(path, &bytes, None));
+        if let Err(error) = written {
+            tracing::error!(%error, file = %path.display(), "drift: the windows' checkpoint was not written");
+        }
+        (self.checkpointed, self.unsaved) = (now, false);
+    }
+
+    /// The watches a checkpoint held, for the models whose champion is still the version watched.
+    fn resume(&mut self) {
+        let Some(path) = &self.checkpoint else { return };
+        let Ok(bytes) = std::fs::read(path) else { return };
+        let checkpoint = match ciborium::from_reader::<Checkpoint, _>(&bytes[..]) {
+            Ok(c) if c.format == CHECKPOINT_FORMAT => c,
+            Ok(c) => {
+                tracing::error!(file = %path.display(), format = c.format, "drift: a checkpoint of another format; the windows start empty");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(file = %path.display(), %error, "drift: the checkpoint does not decode; the windows start empty");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (model, state) in checkpoint.watches {
+            let Some(served) = self.registry.model(&model) else { continue };
+            let champion = Arc::clone(served.deployment().champion());
+            if champion.version() == state.version() {
+                let thresholds = self.shared.thresholds_of(&model);
+                self.watches.insert(model, Watch::restore(champion.manifest(), thresholds, state, now));
+            }
+        }
+        tracing::info!(watches = self.watches.len(), "drift: the windows resumed from the checkpoint");
+    }
+
     fn take(&mut self, message: Message) {
+        self.unsaved = true;
         let settings = &self.shared.settings;
         match message {
             Message::Rows { version, inputs, outputs, at } => {

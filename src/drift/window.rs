@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use super::report::{ConceptReport, DriftReport, Level, SeriesDrift, State, WindowReport};
 use super::{DriftSettings, Thresholds, stats};
 use crate::model::{Tensor, TensorData};
@@ -57,7 +59,73 @@ pub struct Watch {
     started: Instant,
 }
 
+/// What a checkpoint keeps of a `Watch`: each window's rows (their bins and counts are computed
+/// again from the values), the labelled scores and the alert state; instants as ages in
+/// milliseconds before the checkpoint.
+#[derive(Deserialize, Serialize)]
+pub struct WatchState {
+    version: VersionId,
+    by_count: Vec<(u64, Vec<f64>)>,
+    by_time: Vec<(u64, Vec<f64>)>,
+    labelled: Vec<(u64, f64)>,
+    rows_seen: u64,
+    evaluations: u64,
+    alerting: bool,
+}
+
+impl WatchState {
+    pub fn version(&self) -> &VersionId {
+        &self.version
+    }
+}
+
 impl Watch {
+    /// The state to checkpoint, `now` being the checkpoint's time.
+    pub fn save(&self, now: Instant) -> WatchState {
+        let age = |at: &Instant| now.saturating_duration_since(*at).as_millis() as u64;
+        let rows = |window: &WindowRows| {
+            (0..window.len())
+                .map(|i| (age(&window.at[i]), window.values.iter().map(|column| column[i]).collect()))
+                .collect()
+        };
+        WatchState {
+            version: self.version.clone(),
+            by_count: rows(&self.by_count),
+            by_time: rows(&self.by_time),
+            labelled: self.labelled.iter().map(|(at, score)| (age(at), *score)).collect(),
+            rows_seen: self.rows_seen,
+            evaluations: self.evaluations,
+            alerting: self.alerting,
+        }
+    }
+
+    /// The watch a checkpoint held, for the version `manifest` describes (the caller checks it is the
+    /// state's version); its ages counted back from `now`. Rows whose series no longer match the
+    /// profile are left out.
+    pub fn restore(manifest: &Manifest, thresholds: Thresholds, state: WatchState, now: Instant) -> Self {
+        let mut watch = Self::new(manifest, thresholds, state.alerting);
+        let at = |age: u64| now.checked_sub(Duration::from_millis(age)).unwrap_or(now);
+        if let Some(profile) = &watch.profile {
+            let series = profile.series().count();
+            let bins_of = |values: &[f64]| -> Vec<u16> {
+                profile
+                    .series()
+                    .zip(values)
+                    .map(|((s, _), &v)| if v.is_nan() { MISSING } else { s.distribution.bin(v) as u16 })
+                    .collect()
+            };
+            for (age, values) in state.by_count.iter().filter(|(_, v)| v.len() == series) {
+                watch.by_count.push(at(*age), values, &bins_of(values));
+            }
+            for (age, values) in state.by_time.iter().filter(|(_, v)| v.len() == series) {
+                watch.by_time.push(at(*age), values, &bins_of(values));
+            }
+        }
+        watch.labelled = state.labelled.into_iter().map(|(age, score)| (at(age), score)).collect();
+        (watch.rows_seen, watch.evaluations) = (state.rows_seen, state.evaluations);
+        watch
+    }
+
     /// Watches the traffic of the version `manifest` describes against its profile. `alerting`
     /// carries the deployment's alert state over from the version it replaces.
     pub fn new(manifest: &Manifest, thresholds: Thresholds, alerting: bool) -> Self {

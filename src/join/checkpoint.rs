@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
@@ -20,6 +20,7 @@ use super::index::{IndexState, ModelIndex, SavedIndex};
 use crate::compare::offline::observation_of;
 use crate::compare::{CompareSettings, Truth};
 use crate::outcomes::reader::Line;
+use crate::outcomes::replace_file;
 
 const FILE: &str = "comparison.checkpoint";
 const PREVIOUS: &str = "comparison.checkpoint.previous";
@@ -69,7 +70,7 @@ fn stamp_of(line: &[u8]) -> Option<u64> {
     std::str::from_utf8(number).ok()?.parse().ok()
 }
 
-/// Writes the checkpoint (temporary file, fsync, the current one kept as the previous, rename).
+/// Writes the checkpoint (the current one kept as the previous).
 /// Returns its size.
 pub(super) fn write(
     dir: &Path,
@@ -85,16 +86,7 @@ pub(super) fn write(
     };
     let mut bytes = Vec::new();
     ciborium::into_writer(&saved, &mut bytes).map_err(std::io::Error::other)?;
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_data()?;
-    let current = dir.join(FILE);
-    if current.exists() {
-        fs::rename(&current, dir.join(PREVIOUS))?;
-    }
-    fs::rename(&tmp, &current)?;
+    replace_file(&dir.join(FILE), &bytes, Some(&dir.join(PREVIOUS)))?;
     Ok(bytes.len())
 }
 

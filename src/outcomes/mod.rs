@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::model::{Tensor, TensorData, TensorSpec};
 use crate::repository::Task;
 
-pub use self::writer::{OutcomeWriter, WriterSettings, repair_torn_lines};
+pub use self::writer::{OutcomeWriter, WriterSettings, repair_torn_lines, replace_file};
 
 /// What to keep of a request's inputs in its record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]

@@ -222,6 +222,27 @@ fn disk_error(what: &str, error: &io::Error) {
     crate::metrics::outcome_write_error();
 }
 
+/// Replaces the file at `path` with `bytes` so that a crash leaves the old file or the new one,
+/// never a part: a temporary file beside it, synced, renamed over, the directory synced. With
+/// `previous`, the file replaced is kept there (a checkpoint's fallback).
+pub fn replace_file(path: &Path, bytes: &[u8], previous: Option<&Path>) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_data()?;
+    if let Some(previous) = previous
+        && path.exists()
+    {
+        fs::rename(path, previous)?;
+    }
+    fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
 /// Cuts a torn last line (no final newline) from every `*.jsonl` file in `dir`. Returns how many
 /// files it changed.
 pub fn repair_torn_lines(dir: &Path) -> io::Result<usize> {
