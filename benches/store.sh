@@ -10,7 +10,8 @@
 #    (benches/postgres.sh): the time until its forwarder has loaded every record and label gives
 #    the lines a second one replica writes to the store, and the time until the analyst's report
 #    counts every label, the labels it joins a second.
-# 3. It restarts: as the analyst again it rebuilds the comparison from every row (the failover cost).
+# 3. It restarts: as the analyst again it resumes from its checkpoint and reads the rows after it
+#    (the failover cost; `benches/failover.sh` measures it with millions of rows retained).
 # Traffic goes to 127.0.0.1 only. BENCH_GAUNTLET=path measures another build.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -81,20 +82,18 @@ print(f"forwarded {records} records and {labels} labels in {forwarded:.2f} s fro
       f"{records / forwarded:,.0f} records/s and {labels / forwarded:,.0f} labels/s; the analyst's report counted "
       f"all {joinable} joinable labels {joined:.2f} s after it: {joinable / joined:,.0f} labels joined/s")
 PY
-# 3. The same replica restarted: as the new analyst it rebuilds the comparison from every row.
+# 3. The same replica restarted: as the new analyst it resumes from the checkpoint.
 kill -TERM "$pid"; wait "$pid" || true; pid=""
 : >"$work/gateway.log"
 serve --set "cluster.database_url=$POSTGRES_URL" --set log_level=info --set log_format=json
 for _ in $(seq 600); do
-  grep -q '"rebuilt from the store' "$work/gateway.log" 2>/dev/null && break
-  grep -q 'rebuilt from the store' "$work/gateway.log" && break
+  grep -q 'its comparison is current' "$work/gateway.log" 2>/dev/null && break
   sleep 0.1
 done
 python3 - "$work/gateway.log" <<'PY'
 import json, sys
 for line in open(sys.argv[1]):
-    if "rebuilt from the store" in line:
+    if "its comparison is current" in line or "resumed from a checkpoint" in line:
         fields = json.loads(line)["fields"]
-        rows, ms = fields["rows"], fields["took_ms"]
-        print(f"a new analyst rebuilt the comparison from {rows} rows in {ms} ms: {rows / max(ms, 1) * 1000:,.0f} rows/s")
+        print("the restarted analyst:", fields.pop("message"), fields)
 PY

@@ -173,8 +173,12 @@ impl Forwarder {
     /// Forwards one chunk; returns whether there is more to forward now.
     fn pass(&mut self, client: &mut Client) -> Result<bool, postgres::Error> {
         if self.partitions_at.is_none_or(|at| at.elapsed() > Duration::from_secs(3600)) {
-            self.keep_partitions(client)?;
             self.partitions_at = Some(Instant::now());
+            if let Err(error) = self.keep_partitions(client) {
+                // Most likely the lock timeout: tried again in a minute, forwarding goes on.
+                tracing::warn!(error = %super::chain(&error), "cluster: partition upkeep did not run; trying again in a minute");
+                self.partitions_at = Some(Instant::now() - Duration::from_secs(3540));
+            }
         }
         self.enforce_spool_limit();
         let files = self.files();
@@ -244,11 +248,19 @@ impl Forwarder {
 
     /// Daily partitions from yesterday to two days ahead; those past retention dropped, and the
     /// default partition's rows past it deleted. Another replica doing the same at once is harmless.
+    /// Making or dropping a partition locks the parent table against inserts (and `DETACH …
+    /// CONCURRENTLY` is refused while a default partition exists), so it waits for that lock at most
+    /// `lock_timeout`: writers (the forwarders, off the request path) are held at most that long,
+    /// once a day; a timeout leaves it for the next try. The analyst's checkpoints hold positions,
+    /// not rows, so a dropped day leaves them valid.
     fn keep_partitions(&self, client: &mut Client) -> Result<(), postgres::Error> {
         let s = self.connector.schema();
         let days = self.connector.settings().retention_days;
-        client.batch_execute(&format!(
-            "DO $$
+        // SET LOCAL: a failure rolls the setting back with the transaction.
+        let mut tx = client.transaction()?;
+        tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '200ms';
+             DO $$
              DECLARE d date; t text; part text;
              BEGIN
                FOR d IN SELECT generate_series(current_date - 1, current_date + 2, interval '1 day')::date LOOP
@@ -275,7 +287,8 @@ impl Forwarder {
                DELETE FROM {s}.records_default WHERE at < now() - interval '{days} days';
                DELETE FROM {s}.labels_default WHERE at < now() - interval '{days} days';
              END $$;"
-        ))
+        ))?;
+        tx.commit()
     }
 
     /// The spool's files, in name (time) order.

@@ -43,6 +43,8 @@ pub struct OfflineComparison {
     // in the live order too, so both sides give the very same figures.
     #[serde(with = "pairs")]
     held: HashMap<(String, String), serde_json::Value>,
+    /// Exactly the keys of `bound.labelled` (a checkpoint writes them once, there).
+    #[serde(skip)]
     labelled: HashSet<(String, String)>,
     /// With a capacity (a long-running reader: the cluster's analyst), the keys of each of the
     /// three in the order they came, oldest first, so the oldest go beyond it, as the live join's
@@ -167,10 +169,12 @@ impl OfflineComparison {
                     self.labelled.remove(k);
                 });
             }
-            if let (Some(comparison), Some(observation)) =
-                (self.comparisons.get_mut(&key.0), self.observations.get(&key))
+            // A record that joined is needed no more (a second label is a duplicate, told by
+            // `labelled`): it leaves the index, and the analyst's checkpoints stay small.
+            if let Some(comparison) = self.comparisons.get_mut(&key.0)
+                && let Some(observation) = self.observations.remove(&key)
             {
-                return join(comparison, observation, &truth, summary);
+                return join(comparison, &observation, &truth, summary);
             } else {
                 if let Some(bound) = &mut self.bound {
                     bound.held.push_back(key.clone());
@@ -209,7 +213,9 @@ impl OfflineComparison {
                 self.observations.remove(k);
             });
         }
-        self.observations.insert(key, observation);
+        if !joined {
+            self.observations.insert(key, observation);
+        }
         joined
     }
 
@@ -238,6 +244,9 @@ impl OfflineComparison {
     /// The whole state as bytes (CBOR: self-describing, so a field added later reads as its
     /// default from an older checkpoint), in `CHECKPOINT_FORMAT`.
     pub fn checkpoint(&self) -> Result<Vec<u8>, CheckpointError> {
+        if self.bound.is_none() {
+            return Err(CheckpointError::Encode("only a bounded comparison is checkpointed".into()));
+        }
         let mut bytes = Vec::new();
         ciborium::into_writer(self, &mut bytes).map_err(|e| CheckpointError::Encode(e.to_string()))?;
         Ok(bytes)
@@ -252,6 +261,7 @@ impl OfflineComparison {
         let mut offline: Self =
             ciborium::from_reader(checkpoint).map_err(|e| CheckpointError::Decode(e.to_string()))?;
         offline.settings = settings;
+        offline.labelled = offline.bound.iter().flat_map(|b| b.labelled.iter().cloned()).collect();
         for comparison in offline.comparisons.values_mut() {
             comparison.set_settings(settings);
         }
