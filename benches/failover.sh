@@ -35,11 +35,7 @@ serve() {
     --set shadow_cpu_budget=2 --set shadow_deadline_ms=10000 --set "cluster.database_url=$POSTGRES_URL" \
     --set "cluster.replica_id=$1" 2>>"$work/$1.log" &
   last_pid=$!
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$2/v2/health/ready" >/dev/null 2>&1 && return
-    kill -0 "$last_pid" 2>/dev/null || { cat "$work/$1.log" >&2; exit 1; }
-    sleep 0.1
-  done
+  wait_ready "$2" "$last_pid" "$work/$1.log"
 }
 serve a "$port"; pid=$last_pid
 "$gauntlet" loadtest --url "http://127.0.0.1:$port" --model breast-cancer --data models/breast-cancer/holdout.csv \

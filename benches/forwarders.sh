@@ -36,11 +36,7 @@ serve() {
     --set "outcomes.dir=$dir/outcomes" --set "state_dir=$dir/state" --set drift.enabled=false \
     --set shadow_cpu_budget=2 --set shadow_deadline_ms=10000 "$@" 2>>"$dir.log" &
   last_pid=$!
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$at/v2/health/ready" >/dev/null 2>&1 && return
-    kill -0 "$last_pid" 2>/dev/null || { cat "$dir.log" >&2; exit 1; }
-    sleep 0.1
-  done
+  wait_ready "$at" "$last_pid" "$dir.log"
 }
 
 serve "$work/one" "$port"; pid=$last_pid

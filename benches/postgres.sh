@@ -1,7 +1,15 @@
-# Sourced by the benches: start_postgres <dir> <port> starts a throwaway PostgreSQL (Debian's
+# Sourced by the benches: wait_ready waits for a gateway; start_postgres <dir> <port> starts a throwaway PostgreSQL (Debian's
 # `postgresql`; initdb and pg_ctl as the `postgres` user when run as root) and sets POSTGRES_URL;
 # stop_postgres <dir> stops it; `cleanup` (the benches' EXIT trap) stops the gateway `$pid`, the
 # PostgreSQL under `$work/pg` if one was started, and removes `$work`.
+# wait_ready PORT PID LOG: until the gateway PID answers ready on PORT (its LOG shown if it dies).
+wait_ready() {
+  for _ in $(seq 600); do
+    curl -sf "http://127.0.0.1:$1/v2/health/ready" >/dev/null 2>&1 && return
+    kill -0 "$2" 2>/dev/null || { cat "$3" >&2; exit 1; }
+    sleep 0.1
+  done
+}
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 postgres_bin() { ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1; }
 start_postgres() {

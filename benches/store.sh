@@ -29,11 +29,7 @@ serve() {
     --set "outcomes.dir=$work/outcomes" --set "state_dir=$work/state" --set drift.enabled=false \
     --set shadow_cpu_budget=2 --set shadow_deadline_ms=10000 "$@" 2>>"$work/gateway.log" &
   pid=$!
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && return
-    kill -0 "$pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
-    sleep 0.1
-  done
+  wait_ready "$port" "$pid" "$work/gateway.log"
 }
 metric() { curl -sf "http://127.0.0.1:$port/metrics" | awk -v m="$1" 'index($0, m " ") == 1 {print $2}'; }
 

@@ -809,16 +809,7 @@ async fn one_comparison_across_replicas_through_a_failover_and_an_outage() {
     let single = Replica::spawn(&setup.single("single", &common::models_dir(), DEMO));
     wait_ready(&client, &single).await;
     // Request i scored by one replica in turn and labelled through the next; the same to one node.
-    let pair = |i: usize, replicas: &[Replica]| {
-        let (scorer, labeller) =
-            (addressed(replicas[i % replicas.len()].addr), addressed(replicas[(i + 1) % replicas.len()].addr));
-        let (client, one) = (client.clone(), addressed(single.addr));
-        async move {
-            let (id, row) = (format!("pair-{i}"), i % common::holdout(MODEL).rows.len());
-            score_and_label(&client, &scorer, &labeller, row, &id).await;
-            score_and_label(&client, &one, &one, row, &id).await;
-        }
-    };
+    let pair = |i: usize, replicas: &[Replica]| twice(&client, replicas, &single, format!("pair-{i}"), i);
     for i in 0..40 {
         pair(i, &replicas).await;
     }
@@ -881,16 +872,7 @@ async fn the_analyst_killed_at_random_points_counts_every_label_once() {
     let Fleet { pg, setup, url: _, mut replicas, client } = Fleet::start_with(3, DEMO, &env).await;
     let single = Replica::spawn(&setup.single("single", &common::models_dir(), DEMO));
     wait_ready(&client, &single).await;
-    let pair = |i: usize, replicas: &[Replica]| {
-        let (scorer, labeller) =
-            (addressed(replicas[i % replicas.len()].addr), addressed(replicas[(i + 1) % replicas.len()].addr));
-        let (client, one) = (client.clone(), addressed(single.addr));
-        async move {
-            let (id, row) = (format!("kill-{i}"), i % common::holdout(MODEL).rows.len());
-            score_and_label(&client, &scorer, &labeller, row, &id).await;
-            score_and_label(&client, &one, &one, row, &id).await;
-        }
-    };
+    let pair = |i: usize, replicas: &[Replica]| twice(&client, replicas, &single, format!("kill-{i}"), i);
     // xorshift64, seeded: the kill points are random but the same on every run.
     let mut state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = move |below: u64| {
@@ -950,6 +932,25 @@ async fn the_analyst_killed_at_random_points_counts_every_label_once() {
     eprintln!(
         "analyst killed after {killed:?} labelled pairs; {sent} labels each counted once, the figures equal one node's"
     );
+}
+
+/// Request `i` (holdout row `i`, id `id`) scored by one of `replicas` in turn and labelled through
+/// the next; the same request and label to `single`, one node, for the figures to compare with.
+fn twice(
+    client: &reqwest::Client,
+    replicas: &[Replica],
+    single: &Replica,
+    id: String,
+    i: usize,
+) -> impl std::future::Future<Output = ()> + use<> {
+    let (scorer, labeller) =
+        (addressed(replicas[i % replicas.len()].addr), addressed(replicas[(i + 1) % replicas.len()].addr));
+    let (client, one) = (client.clone(), addressed(single.addr));
+    async move {
+        let row = i % common::holdout(MODEL).rows.len();
+        score_and_label(&client, &scorer, &labeller, row, &id).await;
+        score_and_label(&client, &one, &one, row, &id).await;
+    }
 }
 
 /// A `Replica` value for an address (not a process of its own: dropping it stops nothing).
