@@ -1128,3 +1128,69 @@ fn a_row_that_commits_late_is_read_once_and_in_order() {
     assert!(page[0].at < page[1].at);
     assert!(read_page(&mut analyst, "gauntlet", page[1].at).unwrap().is_empty());
 }
+
+/// A replica that starts on a spool of thousands of lines (a long outage's worth) stores every row
+/// once, the large chunks split over two connections; sent again from scratch, nothing twice. The
+/// analyst joins every label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_spool_is_stored_whole_and_once() {
+    let (pg, setup) = (Postgres::start(), Setup::new());
+    let config = setup.config("r1", &pg.url("postgres"), &common::models_dir(), "");
+    let spool = config.parent().unwrap().join("outcomes");
+    std::fs::create_dir_all(&spool).unwrap();
+    let n = 6000;
+    let mut lines = String::new();
+    for i in 0..n {
+        let at = format!("2026-12-01T10:00:{:02}.{:03}Z", i / 1000, i % 1000);
+        let record = json!({
+            "kind": "outcome", "request_id": format!("spool-{i}"), "timestamp": at, "model": MODEL,
+            "answered_by": "1",
+            "task": {"kind": "classification", "classes": [0, 1], "label_output": "label", "probabilities_output": "probabilities"},
+            "results": [
+                {"version": "1", "role": "champion", "status": "ok", "latency_ms": 0.2, "outputs": {"label": [i % 2], "probabilities": [[0.4, 0.6]]}},
+                {"version": "2", "role": "challenger", "status": "ok", "latency_ms": 0.5, "outputs": {"label": [1], "probabilities": [[0.3, 0.7]]}},
+            ],
+        });
+        let label = json!({"kind": "feedback", "request_id": format!("spool-{i}"), "timestamp": at, "model": MODEL, "truth": 1});
+        lines.push_str(&format!("{record}\n{label}\n"));
+    }
+    std::fs::write(spool.join("outcomes-20261201T100000Z-1-0000.jsonl"), &lines).unwrap();
+    let counts = || -> (i64, i64) {
+        pg.sql(|c| {
+            let row = c
+                .query_one(
+                    "SELECT (SELECT count(*) FROM gauntlet.records), (SELECT count(*) FROM gauntlet.labels)",
+                    &[],
+                )
+                .unwrap();
+            (row.get(0), row.get(1))
+        })
+    };
+    let client = reqwest::Client::new();
+    let mut replica = Replica::spawn(&config);
+    wait_ready(&client, &replica).await;
+    common::eventually("the spool in the store", WAIT, || async { (counts() == (n, n)).then_some(()) }).await;
+    common::eventually("the analyst joined every label", WAIT, || async {
+        let (_, report) = get(&client, &replica, &format!("/admin/models/{MODEL}/comparison")).await;
+        (report["labelled_records"] == n).then_some(())
+    })
+    .await;
+    // Sent again from the start: every row is stored once.
+    assert!(replica.terminate().success());
+    std::fs::remove_file(spool.join(".forwarded.json")).unwrap();
+    let replica = Replica::spawn(&config);
+    wait_ready(&client, &replica).await;
+    common::eventually("the spool forwarded again", WAIT, || async {
+        let metrics = client.get(replica.url("/metrics")).send().await.ok()?.text().await.ok()?;
+        let forwarded: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with("gauntlet_cluster_forwarded_total{kind=\"label\"}"))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()?;
+        (forwarded >= n as f64).then_some(())
+    })
+    .await;
+    assert_eq!(counts(), (n, n));
+}
