@@ -27,7 +27,8 @@ stop_postgres() {
   [ -d "$1/data" ] && as_postgres "$(postgres_bin)/pg_ctl" -D "$1/data" -m immediate stop >/dev/null 2>&1 || true
 }
 cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  # The gateway may be gone already (a bench may have SIGKILLed it).
+  if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi
   wait 2>/dev/null || true
   stop_postgres "$work/pg"
   rm -rf "$work"
