@@ -161,16 +161,21 @@ impl Work {
                 client.execute("SELECT pg_advisory_unlock(hashtext($1))", &[&key])?;
                 return Ok(());
             }
-            let page = match pages.next(IDLE) {
-                Next::Page(page) => page?,
-                Next::Nothing => Vec::new(),
+            // Only a page shorter than a full one says the analyst has read everything there is;
+            // no page within the wait says only that the reader is still reading.
+            let (page, read_all) = match pages.next(IDLE) {
+                Next::Page(page) => {
+                    let page = page?;
+                    let short = (page.len() as i64) < PAGE;
+                    (page, short)
+                }
+                Next::Nothing => (Vec::new(), false),
                 // The reader ended without a word (it cannot, but if it did): a new one from here.
                 Next::Gone => {
                     pages = Pages::start(&self.connector, at)?;
-                    Vec::new()
+                    (Vec::new(), false)
                 }
             };
-            let more = page.len() as i64 == PAGE;
             unsaved += page.len() as u64;
             // As the live join does: the listeners (the policy) after every label that joins, so a
             // replay of the store (`report --database … --policy`) decides at the same labels.
@@ -192,7 +197,7 @@ impl Work {
                     }
                 }
             }
-            if !more && !caught_up {
+            if read_all && !caught_up {
                 caught_up = true;
                 tracing::info!(
                     resumed = %resumed,
