@@ -911,6 +911,14 @@ async fn the_analyst_killed_at_random_points_counts_every_label_once() {
         let index = replicas.iter().position(|r| r.config.parent().unwrap().ends_with(&analyst)).unwrap();
         let config = replicas[index].config.clone();
         replicas[index].child.take().unwrap().kill().unwrap();
+        // The first report another analyst serves already counts every label in the store.
+        let survivor = &replicas[(index + 1) % replicas.len()];
+        let first = common::eventually("a report from the next analyst", WAIT, || async {
+            let (status, report) = get(&client, survivor, &format!("/admin/models/{MODEL}/comparison")).await;
+            (status == 200 && report["snapshot"]["analyst"] != json!(analyst)).then_some(report)
+        })
+        .await;
+        assert_eq!(first["labelled_records"], sent, "{first}");
         replicas[index] = Replica::spawn_with(&config, &env);
         wait_ready(&client, &replicas[index]).await;
         killed.push((sent, analyst));
