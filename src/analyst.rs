@@ -71,7 +71,16 @@ impl Analyst {
         drift: DriftReports,
     ) -> std::io::Result<Self> {
         let closing = Arc::new(AtomicBool::new(false));
-        let work = Work { connector, settings, capacity, listeners, closing: Arc::clone(&closing), holding, drift };
+        let work = Work {
+            connector,
+            settings,
+            capacity,
+            listeners,
+            closing: Arc::clone(&closing),
+            holding,
+            drift,
+            buffer: Vec::new(),
+        };
         let thread = std::thread::Builder::new().name("gauntlet-analyst".into()).spawn(move || work.run())?;
         Ok(Self { closing, thread: Mutex::new(Some(thread)) })
     }
@@ -93,6 +102,8 @@ struct Work {
     closing: Arc<AtomicBool>,
     holding: Arc<AtomicBool>,
     drift: DriftReports,
+    /// The checkpoint's bytes, kept from one to the next.
+    buffer: Vec<u8>,
 }
 
 /// This replica's drift reports, by model, as JSON.
@@ -283,20 +294,18 @@ impl Work {
 
     /// Writes the whole state with its position in one transaction, and keeps the newest few.
     fn checkpoint(
-        &self,
+        &mut self,
         client: &mut Client,
         offline: &OfflineComparison,
         at: Position,
         replica: &str,
     ) -> Result<(), postgres::Error> {
         let s = self.connector.schema();
-        let state = match offline.checkpoint() {
-            Ok(state) => state,
-            Err(error) => {
-                tracing::error!(%error, "analyst: no checkpoint written");
-                return Ok(());
-            }
-        };
+        let mut state = std::mem::take(&mut self.buffer);
+        if let Err(error) = offline.checkpoint_into(&mut state) {
+            tracing::error!(%error, "analyst: no checkpoint written");
+            return Ok(());
+        }
         let rows = offline.rows() as i64;
         let mut tx = client.transaction()?;
         tx.execute(
@@ -314,6 +323,7 @@ impl Work {
         )?;
         tx.commit()?;
         crate::metrics::checkpoint_written(state.len());
+        self.buffer = state;
         Ok(())
     }
 

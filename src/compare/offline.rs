@@ -244,12 +244,20 @@ impl OfflineComparison {
     /// The whole state as bytes (CBOR: self-describing, so a field added later reads as its
     /// default from an older checkpoint), in `CHECKPOINT_FORMAT`.
     pub fn checkpoint(&self) -> Result<Vec<u8>, CheckpointError> {
+        let mut bytes = Vec::new();
+        self.checkpoint_into(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    /// As `checkpoint`, into `bytes` (emptied first): a buffer kept from one checkpoint to the next
+    /// is not grown and zeroed again each time (measured: a quarter of the analyst's time while it
+    /// reads a backlog, checkpointing every 50,000 rows).
+    pub fn checkpoint_into(&self, bytes: &mut Vec<u8>) -> Result<(), CheckpointError> {
         if self.bound.is_none() {
             return Err(CheckpointError::Encode("only a bounded comparison is checkpointed".into()));
         }
-        let mut bytes = Vec::new();
-        ciborium::into_writer(self, &mut bytes).map_err(|e| CheckpointError::Encode(e.to_string()))?;
-        Ok(bytes)
+        bytes.clear();
+        ciborium::into_writer(self, bytes).map_err(|e| CheckpointError::Encode(e.to_string()))
     }
 
     /// A comparison that goes on from `checkpoint` (written in `format`), judging with `settings`
