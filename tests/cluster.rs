@@ -1202,3 +1202,57 @@ async fn a_large_spool_is_stored_whole_and_once() {
     .await;
     assert_eq!(counts(), (n, n));
 }
+
+/// A newest checkpoint that does not decode (a damaged row, or one from a format this binary does not
+/// read) is named in the log and skipped for the one before it; the rows after that one are read
+/// again, and every label is still counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_checkpoint_is_skipped_for_the_one_before_it() {
+    let env = [("GAUNTLET_CLUSTER__CHECKPOINT_INTERVAL_MS", "200")];
+    let Fleet { pg, setup, url: _, mut replicas, client } = Fleet::start_with(1, DEMO, &env).await;
+    let single = Replica::spawn(&setup.single("single", &common::models_dir(), DEMO));
+    wait_ready(&client, &single).await;
+    let checkpoints =
+        || -> i64 { pg.sql(|c| c.query_one("SELECT count(*) FROM gauntlet.checkpoints", &[]).unwrap().get(0)) };
+    // Two rounds of traffic, each covered by a checkpoint of its own.
+    let mut sent = 0;
+    for round in 0..2 {
+        for i in sent..sent + 15 {
+            twice(&client, &replicas, &single, format!("damaged-{i}"), i).await;
+        }
+        sent += 15;
+        report_with(&client, &replicas[0], sent as u64).await;
+        let covered = || -> i64 {
+            pg.sql(|c| c.query_one("SELECT coalesce(max(rows), 0) FROM gauntlet.checkpoints", &[]).unwrap().get(0))
+        };
+        common::eventually("a checkpoint of every row", WAIT, || async {
+            (covered() == 2 * sent as i64).then_some(())
+        })
+        .await;
+        assert!(checkpoints() > round);
+    }
+    // The newest is damaged, another written in a format from the future; the analyst restarts.
+    pg.sql(|c| {
+        c.batch_execute(
+            "UPDATE gauntlet.checkpoints SET state = '\\x00ff' WHERE id = (SELECT max(id) FROM gauntlet.checkpoints);
+             INSERT INTO gauntlet.checkpoints (analyst, binary_version, format, xid, position, rows, state)
+             SELECT 'future', '9.9.9', 99, xid, position, rows, state FROM gauntlet.checkpoints
+             WHERE id = (SELECT max(id) FROM gauntlet.checkpoints);",
+        )
+        .unwrap()
+    });
+    let config = replicas[0].config.clone();
+    replicas[0].child.take().unwrap().kill().unwrap();
+    replicas[0] = Replica::spawn_with(&config, &env);
+    wait_ready(&client, &replicas[0]).await;
+    let reference = report_with(&client, &single, sent as u64).await;
+    let report = common::eventually("the new analyst's report", WAIT, || async {
+        let report = report_with(&client, &replicas[0], sent as u64).await;
+        replicas[0].logs_vec().iter().any(|l| l.contains("resumed from a checkpoint")).then_some(report)
+    })
+    .await;
+    assert_same(&figures(report), &figures(reference), "");
+    let logs = replicas[0].logs();
+    assert!(logs.contains("checkpoint format 99 is not the format 1 this binary reads"), "{logs}");
+    assert!(logs.contains("checkpoint does not decode"), "{logs}");
+}
