@@ -1256,3 +1256,71 @@ async fn a_damaged_checkpoint_is_skipped_for_the_one_before_it() {
     assert!(logs.contains("checkpoint format 99 is not the format 1 this binary reads"), "{logs}");
     assert!(logs.contains("checkpoint does not decode"), "{logs}");
 }
+
+/// Retention drops a day's partition under the analyst's feet: the figures its rows gave stay in
+/// the checkpoint, and a successor goes on from it with every label still counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_stays_valid_when_retention_drops_a_day() {
+    let env = [("GAUNTLET_CLUSTER__CHECKPOINT_INTERVAL_MS", "200")];
+    let Fleet { pg, setup: _setup, url: _, mut replicas, client } = Fleet::start_with(1, DEMO, &env).await;
+    // Forty days ago (retention keeps 30): a partition of its own, with 20 records and labels.
+    pg.sql(|c| {
+        c.batch_execute(
+            "DO $$
+             DECLARE d date := current_date - 40;
+             BEGIN
+               EXECUTE format('CREATE TABLE gauntlet.%I PARTITION OF gauntlet.records FOR VALUES FROM (%L) TO (%L)',
+                              'records_' || to_char(d, 'YYYYMMDD'), d, d + 1);
+               EXECUTE format('CREATE TABLE gauntlet.%I PARTITION OF gauntlet.labels FOR VALUES FROM (%L) TO (%L)',
+                              'labels_' || to_char(d, 'YYYYMMDD'), d, d + 1);
+               INSERT INTO gauntlet.records (model, request_id, at, answered_by, replica, record)
+               SELECT 'breast-cancer', 'old-' || i, d + interval '1 hour', '1', 'old', jsonb_build_object(
+                 'kind', 'outcome', 'request_id', 'old-' || i, 'model', 'breast-cancer', 'answered_by', '1',
+                 'task', jsonb_build_object('kind', 'classification', 'classes', jsonb_build_array(0, 1), 'label_output', 'label'),
+                 'results', jsonb_build_array(
+                   jsonb_build_object('version', '1', 'role', 'champion', 'status', 'ok', 'outputs', jsonb_build_object('label', jsonb_build_array(1))),
+                   jsonb_build_object('version', '2', 'role', 'challenger', 'status', 'ok', 'outputs', jsonb_build_object('label', jsonb_build_array(i % 2)))))
+               FROM generate_series(1, 20) i;
+               INSERT INTO gauntlet.labels (model, request_id, at, replica, label)
+               SELECT 'breast-cancer', 'old-' || i, d + interval '2 hours', 'old',
+                      jsonb_build_object('kind', 'feedback', 'request_id', 'old-' || i, 'model', 'breast-cancer', 'truth', 1)
+               FROM generate_series(1, 20) i;
+             END $$;",
+        )
+        .unwrap()
+    });
+    let holdout = common::holdout(MODEL);
+    for i in 0..10 {
+        score_and_label(&client, &replicas[0], &replicas[0], i % holdout.rows.len(), &format!("new-{i}")).await;
+    }
+    let before = report_with(&client, &replicas[0], 30).await;
+    let covered = || -> i64 {
+        pg.sql(|c| c.query_one("SELECT coalesce(max(rows), 0) FROM gauntlet.checkpoints", &[]).unwrap().get(0))
+    };
+    common::eventually("a checkpoint of every row", WAIT, || async { (covered() == 60).then_some(()) }).await;
+    // A restart: its forwarder's upkeep drops the old day at once; it is the analyst again.
+    let config = replicas[0].config.clone();
+    assert!(replicas[0].terminate().success());
+    replicas[0] = Replica::spawn_with(&config, &env);
+    wait_ready(&client, &replicas[0]).await;
+    let old_partitions = || -> i64 {
+        pg.sql(|c| {
+            c.query_one(
+                "SELECT count(*) FROM pg_class WHERE relname IN ('records_' || to_char(current_date - 40, 'YYYYMMDD'), \
+                 'labels_' || to_char(current_date - 40, 'YYYYMMDD'))",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+        })
+    };
+    common::eventually("the old day dropped", WAIT, || async { (old_partitions() == 0).then_some(()) }).await;
+    for i in 10..15 {
+        score_and_label(&client, &replicas[0], &replicas[0], i % holdout.rows.len(), &format!("new-{i}")).await;
+    }
+    let after = report_with(&client, &replicas[0], 35).await;
+    assert!(replicas[0].logs_vec().iter().any(|l| l.contains("resumed from a checkpoint")));
+    // The dropped day's pairs are still in the figures: 30 before, 35 after, the old ones among them.
+    let pairs = |report: &Value| report["pairs"][0]["labelled_pairs"].as_u64().unwrap();
+    assert_eq!((pairs(&before), pairs(&after)), (30, 35), "{after}");
+}
