@@ -671,6 +671,16 @@ fn stored_ids(pg: &Postgres, table: &str) -> BTreeSet<String> {
     })
 }
 
+/// How many records and labels the store holds.
+fn stored_counts(pg: &Postgres) -> (i64, i64) {
+    pg.sql(|c| {
+        let row = c
+            .query_one("SELECT (SELECT count(*) FROM gauntlet.records), (SELECT count(*) FROM gauntlet.labels)", &[])
+            .unwrap();
+        (row.get(0), row.get(1))
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_and_labels_reach_the_store_through_an_outage() {
     let Fleet { pg, setup, url, mut replicas, client } = Fleet::start(2).await;
@@ -722,13 +732,7 @@ async fn records_and_labels_reach_the_store_through_an_outage() {
         (forwarded >= 30.0).then_some(())
     })
     .await;
-    let counts: (i64, i64) = pg.sql(|c| {
-        let row = c
-            .query_one("SELECT (SELECT count(*) FROM gauntlet.records), (SELECT count(*) FROM gauntlet.labels)", &[])
-            .unwrap();
-        (row.get(0), row.get(1))
-    });
-    assert_eq!(counts, (60, 60));
+    assert_eq!(stored_counts(&pg), (60, 60));
     eprintln!(
         "outage: 30 requests served and 30 labels accepted with the database down, 0 failed; all 60 records \
          and 60 labels reached the tables (by request id); a spool sent again stored nothing twice"
@@ -892,16 +896,7 @@ async fn the_analyst_killed_at_random_points_counts_every_label_once() {
         // Every row in the store (a SIGKILL would also lose the killed replica's unflushed log,
         // which is not what this test is about); the analyst may still be reading them.
         common::eventually("every row in the store", WAIT, || async {
-            let stored: (i64, i64) = pg.sql(|c| {
-                let row = c
-                    .query_one(
-                        "SELECT (SELECT count(*) FROM gauntlet.records), (SELECT count(*) FROM gauntlet.labels)",
-                        &[],
-                    )
-                    .unwrap();
-                (row.get(0), row.get(1))
-            });
-            (stored == (sent as i64, sent as i64)).then_some(())
+            (stored_counts(&pg) == (sent as i64, sent as i64)).then_some(())
         })
         .await;
         let analyst = common::eventually("an analyst", WAIT, || async {
@@ -1163,17 +1158,7 @@ async fn a_large_spool_is_stored_whole_and_once() {
         lines.push_str(&format!("{record}\n{label}\n"));
     }
     std::fs::write(spool.join("outcomes-20261201T100000Z-1-0000.jsonl"), &lines).unwrap();
-    let counts = || -> (i64, i64) {
-        pg.sql(|c| {
-            let row = c
-                .query_one(
-                    "SELECT (SELECT count(*) FROM gauntlet.records), (SELECT count(*) FROM gauntlet.labels)",
-                    &[],
-                )
-                .unwrap();
-            (row.get(0), row.get(1))
-        })
-    };
+    let counts = || stored_counts(&pg);
     let client = reqwest::Client::new();
     let mut replica = Replica::spawn(&config);
     wait_ready(&client, &replica).await;
@@ -1263,6 +1248,17 @@ async fn a_damaged_checkpoint_is_skipped_for_the_one_before_it() {
 async fn a_checkpoint_stays_valid_when_retention_drops_a_day() {
     let env = [("GAUNTLET_CLUSTER__CHECKPOINT_INTERVAL_MS", "200")];
     let Fleet { pg, setup: _setup, url: _, mut replicas, client } = Fleet::start_with(1, DEMO, &env).await;
+    // The forwarder's first partition upkeep has run (it makes today's partitions and drops old
+    // days in one transaction; the next is an hour away): the old day planted now stays until the
+    // restart below.
+    let upkept = || -> bool {
+        pg.sql(|c| {
+            c.query_one("SELECT to_regclass('gauntlet.labels_' || to_char(current_date, 'YYYYMMDD')) IS NOT NULL", &[])
+                .unwrap()
+                .get(0)
+        })
+    };
+    common::eventually("the first partition upkeep", WAIT, || async { upkept().then_some(()) }).await;
     // Forty days ago (retention keeps 30): a partition of its own, with 20 records and labels.
     pg.sql(|c| {
         c.batch_execute(
