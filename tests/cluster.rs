@@ -905,12 +905,16 @@ async fn the_analyst_killed_at_random_points_counts_every_label_once() {
         .await;
         let index = replicas.iter().position(|r| r.config.parent().unwrap().ends_with(&analyst)).unwrap();
         let config = replicas[index].config.clone();
+        let killed_at = std::time::SystemTime::now();
         replicas[index].child.take().unwrap().kill().unwrap();
-        // The first report another analyst serves already counts every label in the store.
+        // The first report another analyst writes after the kill already counts every label in the
+        // store (a report from before the kill may still be there: the dead one may not have
+        // written one yet).
         let survivor = &replicas[(index + 1) % replicas.len()];
         let first = common::eventually("a report from the next analyst", WAIT, || async {
             let (status, report) = get(&client, survivor, &format!("/admin/models/{MODEL}/comparison")).await;
-            (status == 200 && report["snapshot"]["analyst"] != json!(analyst)).then_some(report)
+            let written = humantime::parse_rfc3339_weak(report["snapshot"]["as_of"].as_str()?).ok()?;
+            (status == 200 && report["snapshot"]["analyst"] != json!(analyst) && written > killed_at).then_some(report)
         })
         .await;
         assert_eq!(first["labelled_records"], sent, "{first}");
