@@ -1136,9 +1136,8 @@ fn a_row_that_commits_late_is_read_once_and_in_order() {
     assert!(read_page(&mut analyst, "gauntlet", page[1].at).unwrap().is_empty());
 }
 
-/// A replica that starts on a spool of thousands of lines (a long outage's worth) stores every row
-/// once, the large chunks split over two connections; sent again from scratch, nothing twice. The
-/// analyst joins every label.
+/// A replica that starts on a spool of thousands of lines (a long outage's worth, several chunks)
+/// stores every row once; sent again from scratch, nothing twice. The analyst joins every label.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_spool_is_stored_whole_and_once() {
     let (pg, setup) = (Postgres::start(), Setup::new());

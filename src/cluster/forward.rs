@@ -29,10 +29,8 @@ use crate::background::{Priority, lower_priority};
 use crate::metrics as names;
 
 const CHECKPOINT: &str = ".forwarded.json";
-/// Bytes read from the spool per pass.
+/// Bytes read from the spool per transaction.
 const CHUNK: usize = 4 << 20;
-/// Rows in a chunk from which it is split over two connections.
-const SPLIT_AT: usize = 2000;
 /// How often the thread looks at the spool when it is caught up.
 const IDLE: Duration = Duration::from_millis(200);
 /// How long a closing replica spends forwarding what is left (the rest goes at the next start).
@@ -52,8 +50,6 @@ pub struct Forwarder {
     replica: String,
     checkpoint: Checkpoint,
     partitions_at: Option<Instant>,
-    /// A second connection, for the other half of a large chunk.
-    helper: Option<Client>,
 }
 
 /// One batch of rows, column by column, as `unnest` takes them, borrowing the chunk's lines.
@@ -118,7 +114,7 @@ impl Forwarder {
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        Self { connector, shared, dir, replica, checkpoint, partitions_at: None, helper: None }
+        Self { connector, shared, dir, replica, checkpoint, partitions_at: None }
     }
 
     pub fn run(mut self) {
@@ -210,7 +206,7 @@ impl Forwarder {
             return Ok(false);
         }
         let rows = parse(&chunk);
-        self.insert(client, &rows)?;
+        write(client, self.connector.schema(), &self.replica, &rows)?;
         counter!(names::CLUSTER_FORWARDED, "kind" => "record").increment(rows.records.len() as u64);
         counter!(names::CLUSTER_FORWARDED, "kind" => "label").increment(rows.labels.len() as u64);
         if rows.unreadable > 0 {
@@ -220,32 +216,6 @@ impl Forwarder {
         self.save_checkpoint();
         self.spool_gauge();
         Ok(!complete || !last)
-    }
-
-    /// Stores a chunk's rows. A large chunk is split over two connections, each half in its own
-    /// transaction, so two database backends parse its JSON at once (the store's own jsonb parsing
-    /// is half a record's insert cost, measured). The checkpoint moves only once both committed; a
-    /// half that failed is sent again with the other, which stores nothing twice.
-    fn insert(&mut self, client: &mut Client, rows: &Rows) -> Result<(), postgres::Error> {
-        let (s, replica) = (self.connector.schema(), self.replica.as_str());
-        if rows.records.len() + rows.labels.len() < SPLIT_AT {
-            return write(client, s, replica, rows, Part::All);
-        }
-        if self.helper.is_none() {
-            // The main connection migrated the schema; without a second one, all goes on the first.
-            self.helper = self.connector.connect().ok();
-        }
-        let Some(helper) = self.helper.as_mut() else { return write(client, s, replica, rows, Part::All) };
-        let written = std::thread::scope(|scope| {
-            let second = scope.spawn(|| write(helper, s, replica, rows, Part::Second));
-            let first = write(client, s, replica, rows, Part::First);
-            let second = second.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            first.and(second)
-        });
-        if written.is_err() {
-            self.helper = None;
-        }
-        written
     }
 
     /// Daily partitions from yesterday to two days ahead; those past retention dropped, and the
@@ -357,51 +327,29 @@ impl Forwarder {
     }
 }
 
-/// Which rows of a chunk one connection stores.
-#[derive(Clone, Copy)]
-enum Part {
-    All,
-    First,
-    Second,
-}
-
-impl Part {
-    fn of(self, n: usize) -> std::ops::Range<usize> {
-        match self {
-            Self::All => 0..n,
-            Self::First => 0..n / 2,
-            Self::Second => n / 2..n,
-        }
-    }
-}
-
-/// Inserts `part` of the rows in one transaction (idempotent: a row stored before is skipped).
-fn write(client: &mut Client, s: &str, replica: &str, rows: &Rows, part: Part) -> Result<(), postgres::Error> {
+/// Inserts a chunk's rows in one transaction (idempotent: a row stored before is skipped).
+fn write(client: &mut Client, s: &str, replica: &str, rows: &Rows) -> Result<(), postgres::Error> {
     let mut tx = client.transaction()?;
-    let (r, range) = (&rows.records, part.of(rows.records.len()));
-    if !range.is_empty() {
-        let (model, id, at) = (&r.model[range.clone()], &r.request_id[range.clone()], &r.at[range.clone()]);
-        let (answered_by, line) = (&r.answered_by[range.clone()], &r.line[range]);
+    let r = &rows.records;
+    if r.len() > 0 {
         tx.execute(
             &format!(
                 "INSERT INTO {s}.records (model, request_id, at, answered_by, replica, record) \
                  SELECT m, r, a, b, $5, j FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $6::jsonb[]) \
                  AS t(m, r, a, b, j) ON CONFLICT DO NOTHING"
             ),
-            &[&model, &id, &at, &answered_by, &replica, &line],
+            &[&r.model, &r.request_id, &r.at, &r.answered_by, &replica, &r.line],
         )?;
     }
-    let (l, range) = (&rows.labels, part.of(rows.labels.len()));
-    if !range.is_empty() {
-        let (model, id, at, line) =
-            (&l.model[range.clone()], &l.request_id[range.clone()], &l.at[range.clone()], &l.line[range]);
+    let l = &rows.labels;
+    if l.len() > 0 {
         tx.execute(
             &format!(
                 "INSERT INTO {s}.labels (model, request_id, at, replica, label) \
                  SELECT m, r, a, $4, j FROM unnest($1::text[], $2::text[], $3::timestamptz[], $5::jsonb[]) \
                  AS t(m, r, a, j) ON CONFLICT DO NOTHING"
             ),
-            &[&model, &id, &at, &replica, &line],
+            &[&l.model, &l.request_id, &l.at, &replica, &l.line],
         )?;
     }
     tx.commit()
