@@ -116,6 +116,9 @@ impl Gateway {
             OutcomeWriter::start(config.outcomes.writer_settings())
                 .with_context(|| format!("starting the outcome log in {}", config.outcomes.dir.display()))?,
         );
+        // One node keeps its comparison and drift windows across restarts; in a cluster the analyst's
+        // checkpoints keep the cluster's comparison.
+        let checkpoint_dir = cluster.is_none().then(|| config.state_dir.clone());
         let thresholds = config.models.iter().filter_map(|(name, m)| Some((name.clone(), m.drift?))).collect();
         // In a cluster only the analyst sends drift alerts: each transition once, not once a replica.
         let analyst_holds = cluster.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
@@ -125,7 +128,7 @@ impl Gateway {
                 thresholds,
                 Arc::clone(&registry),
                 analyst_holds.clone(),
-                cluster.is_none().then(|| config.state_dir.clone()),
+                checkpoint_dir.clone(),
             )
             .context("starting the drift monitor")?,
         );
@@ -136,12 +139,8 @@ impl Gateway {
         }
         let models =
             registry.models().map(|m| (m.name().to_owned(), m.deployment().champion().manifest().task.clone()));
-        // One node keeps its comparison across restarts; in a cluster the analyst's checkpoints do.
-        let durability = Durability {
-            sink: Arc::clone(&records),
-            checkpoint_dir: cluster.is_none().then(|| config.state_dir.clone()),
-            log_dir: config.outcomes.dir.clone(),
-        };
+        let durability =
+            Durability { sink: Arc::clone(&records), checkpoint_dir, log_dir: config.outcomes.dir.clone() };
         let join = Arc::new(
             LabelJoin::start(models.collect(), config.comparison, config.feedback, listeners, durability)
                 .context("starting the feedback join")?,

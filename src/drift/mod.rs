@@ -390,12 +390,6 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 /// The version of what `Monitor::save` writes; another is refused, named in the log.
 const CHECKPOINT_FORMAT: i32 = 1;
 
-#[derive(Deserialize, Serialize)]
-struct Checkpoint {
-    format: i32,
-    watches: Vec<(String, WatchState)>,
-}
-
 /// The watch of `model` if `version` is what it watches, a new one if `version` is the champion
 /// now, else `None` (a sample from before a swap).
 fn watch<'a>(
@@ -455,12 +449,9 @@ impl Monitor {
     /// Writes every watch's windows and alert state to the checkpoint file.
     fn save(&mut self, now: Instant) {
         let Some(path) = &self.checkpoint else { return };
-        let watches = self.watches.iter().map(|(model, watch)| (model.clone(), watch.save(now))).collect();
-        let mut bytes = Vec::new();
-        let written = ciborium::into_writer(&Checkpoint { format: CHECKPOINT_FORMAT, watches }, &mut bytes)
-            .map_err(std::io::Error::other)
-            .and_then(|()| crate::outcomes::replace_file(path, &bytes, None));
-        if let Err(error) = written {
+        let watches: Vec<(&str, WatchState)> =
+            self.watches.iter().map(|(model, watch)| (model.as_str(), watch.save(now))).collect();
+        if let Err(error) = crate::outcomes::write_checkpoint(path, CHECKPOINT_FORMAT, &watches, None) {
             tracing::error!(%error, file = %path.display(), "drift: the windows' checkpoint was not written");
         }
         (self.checkpointed, self.unsaved) = (now, false);
@@ -468,21 +459,16 @@ impl Monitor {
 
     /// The watches a checkpoint held, for the models whose champion is still the version watched.
     fn resume(&mut self) {
-        let Some(path) = &self.checkpoint else { return };
-        let Ok(bytes) = std::fs::read(path) else { return };
-        let checkpoint = match ciborium::from_reader::<Checkpoint, _>(&bytes[..]) {
-            Ok(c) if c.format == CHECKPOINT_FORMAT => c,
-            Ok(c) => {
-                tracing::error!(file = %path.display(), format = c.format, "drift: a checkpoint of another format; the windows start empty");
-                return;
-            }
+        let Some(path) = self.checkpoint.clone().filter(|p| p.exists()) else { return };
+        let watches: Vec<(String, WatchState)> = match crate::outcomes::read_checkpoint(&path, CHECKPOINT_FORMAT) {
+            Ok(watches) => watches,
             Err(error) => {
-                tracing::error!(file = %path.display(), %error, "drift: the checkpoint does not decode; the windows start empty");
+                tracing::error!(file = %path.display(), %error, "drift: the checkpoint cannot be read; the windows start empty");
                 return;
             }
         };
         let now = Instant::now();
-        for (model, state) in checkpoint.watches {
+        for (model, state) in watches {
             let Some(served) = self.registry.model(&model) else { continue };
             let champion = Arc::clone(served.deployment().champion());
             if champion.version() == state.version() {

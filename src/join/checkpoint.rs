@@ -20,7 +20,7 @@ use super::index::{IndexState, ModelIndex, SavedIndex};
 use crate::compare::offline::observation_of;
 use crate::compare::{CompareSettings, Truth};
 use crate::outcomes::reader::Line;
-use crate::outcomes::replace_file;
+use crate::outcomes::{read_checkpoint, write_checkpoint};
 
 const FILE: &str = "comparison.checkpoint";
 const PREVIOUS: &str = "comparison.checkpoint.previous";
@@ -29,7 +29,6 @@ const FORMAT: i32 = 1;
 
 #[derive(Serialize)]
 struct Saved<'a> {
-    format: i32,
     seq: u64,
     written_at: String,
     models: Vec<(&'a str, SavedIndex<'a>)>,
@@ -41,20 +40,11 @@ struct State {
     models: Vec<(String, IndexState)>,
 }
 
-/// What is read first: a checkpoint of another format is refused before its body is decoded.
-#[derive(Deserialize)]
-struct Header {
-    format: i32,
-}
-
 /// `line` (a JSON object and its newline) with `"seq": seq` as its last key.
 pub(super) fn stamp(mut line: Vec<u8>, seq: u64) -> Vec<u8> {
-    let end = line.iter().rposition(|&b| b == b'}');
-    let Some(end) = end else { return line };
-    let tail = line.split_off(end);
-    line.extend_from_slice(b",\"seq\":");
-    line.extend_from_slice(seq.to_string().as_bytes());
-    line.extend_from_slice(&tail);
+    if let Some(end) = line.iter().rposition(|&b| b == b'}') {
+        line.splice(end..end, format!(",\"seq\":{seq}").into_bytes());
+    }
     line
 }
 
@@ -79,25 +69,11 @@ pub(super) fn write(
     now: Instant,
 ) -> std::io::Result<usize> {
     let saved = Saved {
-        format: FORMAT,
         seq,
         written_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         models: models.iter().map(|(name, index)| (name.as_str(), index.save(now))).collect(),
     };
-    let mut bytes = Vec::new();
-    ciborium::into_writer(&saved, &mut bytes).map_err(std::io::Error::other)?;
-    replace_file(&dir.join(FILE), &bytes, Some(&dir.join(PREVIOUS)))?;
-    Ok(bytes.len())
-}
-
-/// Reads one checkpoint file: its state, or why not.
-fn read(path: &Path) -> Result<State, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    let header: Header = ciborium::from_reader(&bytes[..]).map_err(|e| format!("does not decode: {e}"))?;
-    if header.format != FORMAT {
-        return Err(format!("is format {}, and this binary reads format {FORMAT}", header.format));
-    }
-    ciborium::from_reader(&bytes[..]).map_err(|e| format!("does not decode: {e}"))
+    write_checkpoint(&dir.join(FILE), FORMAT, &saved, Some(&dir.join(PREVIOUS)))
 }
 
 /// The newest checkpoint in `dir` that decodes, into `join`; then the stamped lines of the log in
@@ -111,7 +87,7 @@ pub(super) fn resume(join: &mut JoinThread, dir: &Path, log_dir: &Path, compare:
         if !path.exists() {
             continue;
         }
-        match read(&path) {
+        match read_checkpoint::<State>(&path, FORMAT) {
             Ok(state) => {
                 let now = Instant::now();
                 for (model, index) in state.models {

@@ -62,12 +62,11 @@ impl ModelIndex {
     /// The state to checkpoint, `now` being the checkpoint's time.
     pub(super) fn save(&self, now: Instant) -> SavedIndex<'_> {
         let age = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
-        // `order` and `held_order` may name an id twice or one already gone: keep the live ones once.
-        let mut seen = HashSet::new();
+        // `order` names each indexed record once (pushed when new, popped when evicted);
+        // `held_order` may name a label already joined or held again: only the live ones are kept.
         let records = self
             .order
             .iter()
-            .filter(|(id, _)| seen.insert(id.as_str()))
             .filter_map(|(id, at)| {
                 let entry = self.records.get(id)?;
                 Some((id.as_str(), age(*at), entry))

@@ -19,7 +19,9 @@ use sha2::{Digest, Sha256};
 use crate::model::{Tensor, TensorData, TensorSpec};
 use crate::repository::Task;
 
-pub use self::writer::{OutcomeWriter, WriterSettings, repair_torn_lines, replace_file};
+pub use self::writer::{
+    OutcomeWriter, WriterSettings, read_checkpoint, repair_torn_lines, replace_file, write_checkpoint,
+};
 
 /// What to keep of a request's inputs in its record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]

@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
 use super::RecordSink;
 use crate::background::{self, Closing, Priority, Work, Worker};
 
@@ -241,6 +244,49 @@ pub fn replace_file(path: &Path, bytes: &[u8], previous: Option<&Path>) -> io::R
     }
     fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
+}
+
+/// What a checkpoint file holds: its format first, then the state, in CBOR.
+#[derive(Serialize)]
+struct Envelope<'a, T> {
+    format: i32,
+    state: &'a T,
+}
+
+#[derive(Deserialize)]
+struct Opened<T> {
+    state: T,
+}
+
+/// Read first: a file of another format is refused by its number, before its state is decoded.
+#[derive(Deserialize)]
+struct Format {
+    format: i32,
+}
+
+/// Writes `state` as a checkpoint file of `format` (through `replace_file`); returns its size.
+pub fn write_checkpoint<T: Serialize>(
+    path: &Path,
+    format: i32,
+    state: &T,
+    previous: Option<&Path>,
+) -> io::Result<usize> {
+    let mut bytes = Vec::new();
+    ciborium::into_writer(&Envelope { format, state }, &mut bytes).map_err(io::Error::other)?;
+    replace_file(path, &bytes, previous)?;
+    Ok(bytes.len())
+}
+
+/// The state of a checkpoint file written by `write_checkpoint` in `format`, or why not (the file
+/// unreadable, of another format, or not decoding).
+pub fn read_checkpoint<T: DeserializeOwned>(path: &Path, format: i32) -> Result<T, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let found: Format = ciborium::from_reader(&bytes[..]).map_err(|e| format!("does not decode: {e}"))?;
+    if found.format != format {
+        return Err(format!("is format {}, and this binary reads format {format}", found.format));
+    }
+    let opened: Opened<T> = ciborium::from_reader(&bytes[..]).map_err(|e| format!("does not decode: {e}"))?;
+    Ok(opened.state)
 }
 
 /// Cuts a torn last line (no final newline) from every `*.jsonl` file in `dir`. Returns how many
