@@ -56,12 +56,13 @@ started=$(date +%s.%N)
 for ((k = 1; k <= copies; k += per)); do
   last=$(( k + per - 1 < copies ? k + per - 1 : copies ))
   psql -c "
-    INSERT INTO gauntlet.records (model, request_id, at, answered_by, replica, record)
+    INSERT INTO gauntlet.records (model, request_id, at, answered_by, replica, line)
     SELECT model, request_id || '-' || k, at, answered_by, replica,
-           jsonb_set(record, '{request_id}', to_jsonb(request_id || '-' || k))
+           replace(line::text, '\"request_id\":\"' || request_id || '\"', '\"request_id\":\"' || request_id || '-' || k || '\"')::json
     FROM seed_records, generate_series($k, $last) k;
-    INSERT INTO gauntlet.labels (model, request_id, at, replica, label)
-    SELECT model, request_id || '-' || k, at, replica, jsonb_set(label, '{request_id}', to_jsonb(request_id || '-' || k))
+    INSERT INTO gauntlet.labels (model, request_id, at, replica, line)
+    SELECT model, request_id || '-' || k, at, replica,
+           replace(line::text, '\"request_id\":\"' || request_id || '\"', '\"request_id\":\"' || request_id || '-' || k || '\"')::json
     FROM seed_labels, generate_series($k, $last) k;"
 done
 rows=$(psql -c "SELECT (SELECT count(*) FROM gauntlet.records) + (SELECT count(*) FROM gauntlet.labels)")

@@ -376,11 +376,11 @@ pub fn read_page(client: &mut Client, s: &str, after: Position) -> Result<Vec<Ro
     let rows = client.query(
         &format!(
             "SELECT xid::text::bigint, position, line FROM ( \
-               (SELECT xid, position, record::text AS line FROM {s}.records \
+               (SELECT xid, position, coalesce(line::text, record::text) AS line FROM {s}.records \
                  WHERE (xid, position) > ($1::bigint::text::xid8, $2) AND xid < $3::bigint::text::xid8 \
                  ORDER BY xid, position LIMIT $4) \
                UNION ALL \
-               (SELECT xid, position, label::text FROM {s}.labels \
+               (SELECT xid, position, coalesce(line::text, label::text) FROM {s}.labels \
                  WHERE (xid, position) > ($1::bigint::text::xid8, $2) AND xid < $3::bigint::text::xid8 \
                  ORDER BY xid, position LIMIT $4) \
              ) t ORDER BY t.xid, t.position LIMIT $4"

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use metrics::{counter, gauge};
 use postgres::Client;
 use postgres::types::{IsNull, ToSql, Type, accepts, to_sql_checked};
@@ -61,7 +61,7 @@ struct Rows<'a> {
 }
 
 /// Columns of `records` or `labels` (`answered_by` empty for labels). Each line goes as it is in
-/// the log (`jsonb` takes JSON text): parsed here only for the columns, never rebuilt.
+/// the log into a `json` column: parsed here only for the columns, never rebuilt.
 #[derive(Default)]
 struct Columns<'a> {
     model: Vec<Cow<'a, str>>,
@@ -71,19 +71,18 @@ struct Columns<'a> {
     line: Vec<JsonText<'a>>,
 }
 
-/// A line sent to a `jsonb` column as the text it is: jsonb's binary input is a version byte (1)
-/// and the JSON text, so nothing is parsed or printed again on this side.
+/// A line sent to a `json` column as the text it is (json's binary form is its text), so nothing
+/// is printed again on this side.
 #[derive(Debug)]
 struct JsonText<'a>(&'a str);
 
 impl ToSql for JsonText<'_> {
     fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        out.put_u8(1);
         out.extend_from_slice(self.0.as_bytes());
         Ok(IsNull::No)
     }
 
-    accepts!(JSONB);
+    accepts!(JSON);
     to_sql_checked!();
 }
 
@@ -334,8 +333,8 @@ fn write(client: &mut Client, s: &str, replica: &str, rows: &Rows) -> Result<(),
     if r.len() > 0 {
         tx.execute(
             &format!(
-                "INSERT INTO {s}.records (model, request_id, at, answered_by, replica, record) \
-                 SELECT m, r, a, b, $5, j FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $6::jsonb[]) \
+                "INSERT INTO {s}.records (model, request_id, at, answered_by, replica, line) \
+                 SELECT m, r, a, b, $5, j FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $6::json[]) \
                  AS t(m, r, a, b, j) ON CONFLICT DO NOTHING"
             ),
             &[&r.model, &r.request_id, &r.at, &r.answered_by, &replica, &r.line],
@@ -345,8 +344,8 @@ fn write(client: &mut Client, s: &str, replica: &str, rows: &Rows) -> Result<(),
     if l.len() > 0 {
         tx.execute(
             &format!(
-                "INSERT INTO {s}.labels (model, request_id, at, replica, label) \
-                 SELECT m, r, a, $4, j FROM unnest($1::text[], $2::text[], $3::timestamptz[], $5::jsonb[]) \
+                "INSERT INTO {s}.labels (model, request_id, at, replica, line) \
+                 SELECT m, r, a, $4, j FROM unnest($1::text[], $2::text[], $3::timestamptz[], $5::json[]) \
                  AS t(m, r, a, j) ON CONFLICT DO NOTHING"
             ),
             &[&l.model, &l.request_id, &l.at, &replica, &l.line],

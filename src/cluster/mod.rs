@@ -299,8 +299,8 @@ pub fn read_outcomes(
 /// a label of the same instant): the offline report's and a new analyst's read.
 pub fn lines_in_time_order(s: &str) -> String {
     format!(
-        "SELECT line::text FROM (SELECT at, 0 AS kind, record AS line FROM {s}.records \
-         UNION ALL SELECT at, 1, label FROM {s}.labels) t ORDER BY at, kind"
+        "SELECT line FROM (SELECT at, 0 AS kind, coalesce(line::text, record::text) AS line FROM {s}.records \
+         UNION ALL SELECT at, 1, coalesce(line::text, label::text) FROM {s}.labels) t ORDER BY at, kind"
     )
 }
 
