@@ -50,6 +50,7 @@ pub const CLUSTER_SPOOL_BYTES: &str = "gauntlet_cluster_spool_bytes";
 pub const CLUSTER_SPOOL_DROPPED: &str = "gauntlet_cluster_spool_dropped_total";
 pub const CHECKPOINTS: &str = "gauntlet_checkpoints_total";
 pub const CHECKPOINT_BYTES: &str = "gauntlet_checkpoint_bytes";
+pub const CHECKPOINT_SECONDS: &str = "gauntlet_checkpoint_seconds";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -150,6 +151,7 @@ fn describe() {
     describe_gauge!(CLUSTER_SPOOL_BYTES, "Bytes of the outcome log not yet in the cluster store.");
     describe_counter!(CHECKPOINTS, "Checkpoints of the comparison written (the analyst's, or one node's).");
     describe_gauge!(CHECKPOINT_BYTES, "Size of the latest checkpoint of the comparison.");
+    describe_gauge!(CHECKPOINT_SECONDS, "Time the latest checkpoint of the comparison took to encode and write.");
     describe_counter!(
         CLUSTER_SPOOL_DROPPED,
         "Lines of the outcome log given up on for the cluster store (the spool was past cluster.spool_bytes)."
@@ -289,9 +291,10 @@ pub fn feedback(model: &str, result: &'static str) {
 }
 
 /// A checkpoint of the comparison was written, `bytes` long.
-pub fn checkpoint_written(bytes: usize) {
+pub fn checkpoint_written(bytes: usize, took: std::time::Duration) {
     counter!(CHECKPOINTS).increment(1);
     gauge!(CHECKPOINT_BYTES).set(bytes as f64);
+    gauge!(CHECKPOINT_SECONDS).set(took.as_secs_f64());
 }
 
 pub fn comparison_records_dropped() {

@@ -325,8 +325,9 @@ impl JoinThread {
 
     fn checkpoint(&mut self, now: Instant) {
         let Some(dir) = &self.checkpoint_dir else { return };
+        let began = Instant::now();
         match checkpoint::write(dir, self.seq, &self.models, now) {
-            Ok(bytes) => crate::metrics::checkpoint_written(bytes),
+            Ok(bytes) => crate::metrics::checkpoint_written(bytes, began.elapsed()),
             Err(error) => tracing::error!(%error, dir = %dir.display(), "the comparison's checkpoint was not written"),
         }
         self.last_checkpoint = now;
