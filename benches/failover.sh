@@ -120,10 +120,14 @@ if [ -n "${BENCH_FULL_READ:-}" ]; then
   kill -KILL "$pid_b"; wait "$pid_b" 2>/dev/null || true
   : >"$work/b.log"
   serve b $((port + 1)); pid_b=$last_pid
+  # BENCH_PERF=FILE: a `perf record` of replica b while it reads (where the analyst's time goes).
+  perf_pid=""
+  [ -z "${BENCH_PERF:-}" ] || { perf record -F 999 -g -p "$pid_b" -o "$BENCH_PERF" 2>/dev/null & perf_pid=$!; }
   for _ in $(seq 36000); do
     grep -q 'its comparison is current' "$work/b.log" && break
     sleep 0.1
   done
+  [ -z "$perf_pid" ] || { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
   python3 - "$work/b.log" "$rows" "$labels" <<'PY'
 import json, sys
 rows, labels = int(sys.argv[2]), int(sys.argv[3])
