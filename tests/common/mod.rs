@@ -224,5 +224,7 @@ pub fn loadtest_args_at(addr: SocketAddr, model: &str, data: PathBuf) -> Loadtes
         min_rps: None,
         feedback: false,
         feedback_delay: Duration::from_millis(100),
+        token: None,
+        labels_token: None,
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 
 use super::data::InputSpec;
@@ -12,10 +13,16 @@ use crate::grpc::pb::{ModelInferRequest, ModelMetadataRequest};
 /// gRPC clients, one HTTP/2 connection each; request `i` goes over connection `i % n`.
 pub(super) struct GrpcClients {
     clients: Vec<GrpcInferenceServiceClient<Channel>>,
+    /// `Bearer <token>`, sent as `authorization` metadata with every call.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl GrpcClients {
-    pub(super) async fn connect(url: &str, connections: usize) -> anyhow::Result<Self> {
+    pub(super) async fn connect(url: &str, connections: usize, token: Option<&str>) -> anyhow::Result<Self> {
+        let authorization = token
+            .map(|token| MetadataValue::try_from(format!("Bearer {token}")))
+            .transpose()
+            .context("the token is not a valid metadata value")?;
         let endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("--grpc-url {url}"))?;
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
@@ -24,12 +31,13 @@ impl GrpcClients {
             // The gateway's own limit (`max_request_bytes`) decides; the client does not cut first.
             clients.push(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(usize::MAX));
         }
-        Ok(Self { clients })
+        Ok(Self { clients, authorization })
     }
 
     /// The model's single input, from its gRPC metadata.
     pub(super) async fn input_of(&self, model: &str, version: Option<&str>) -> anyhow::Result<InputSpec> {
-        let request = ModelMetadataRequest { name: model.to_owned(), version: version.unwrap_or_default().to_owned() };
+        let request = self
+            .request(ModelMetadataRequest { name: model.to_owned(), version: version.unwrap_or_default().to_owned() });
         let metadata = self.clients[0]
             .clone()
             .model_metadata(request)
@@ -47,9 +55,17 @@ impl GrpcClients {
         Ok(InputSpec { name: input.name.clone(), datatype: input.datatype.clone(), features })
     }
 
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(value) = &self.authorization {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        request
+    }
+
     pub(super) async fn infer(&self, i: u64, message: ModelInferRequest, timeout: Duration) -> Result<(), String> {
         let mut client = self.clients[(i % self.clients.len() as u64) as usize].clone();
-        let mut request = tonic::Request::new(message);
+        let mut request = self.request(message);
         request.set_timeout(timeout);
         match tokio::time::timeout(timeout, client.model_infer(request)).await {
             Ok(Ok(_)) => Ok(()),

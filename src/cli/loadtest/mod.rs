@@ -108,6 +108,12 @@ pub struct LoadtestArgs {
     /// How long after its answer a request's truth is posted.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub feedback_delay: Duration,
+    /// A bearer token with the `infer` scope, sent with every request (REST and gRPC).
+    #[arg(long, env = "GAUNTLET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A bearer token with the `labels` scope for --feedback; default: --token.
+    #[arg(long, env = "GAUNTLET_TOKEN_LABELS", hide_env_values = true)]
+    pub labels_token: Option<String>,
 }
 
 /// What a run measured.
@@ -165,10 +171,22 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
         ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
     }
     let base = args.url.trim_end_matches('/').to_owned();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_millis(args.timeout_ms))
-        .pool_max_idle_per_host(1024)
-        .build()?;
+    // The token goes in every request's headers, built once here.
+    let client_with = |token: Option<&String>| -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("the token is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        Ok(reqwest::Client::builder()
+            .timeout(Duration::from_millis(args.timeout_ms))
+            .pool_max_idle_per_host(1024)
+            .default_headers(headers)
+            .build()?)
+    };
+    let client = client_with(args.token.as_ref())?;
     let grpc = match args.protocol {
         Protocol::Http => None,
         Protocol::Grpc => {
@@ -177,7 +195,7 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
                 None => grpc_url_beside(&base)?,
             };
             let workers = args.rate.map_or(args.concurrency.unwrap_or(16), |_| args.connections).max(1);
-            Some(GrpcClients::connect(&url, args.connections.clamp(1, workers)).await?)
+            Some(GrpcClients::connect(&url, args.connections.clamp(1, workers), args.token.as_deref()).await?)
         }
     };
     let input = match &grpc {
@@ -207,7 +225,11 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
     let (labels, poster) = if args.feedback {
         let (sender, receiver) = tokio::sync::mpsc::channel(FEEDBACK_QUEUE);
         let url = format!("{base}/v2/models/{}/feedback", args.model);
-        (Some(sender), Some(tokio::spawn(post_feedback(client.clone(), url, receiver))))
+        let labels_client = match &args.labels_token {
+            Some(token) => client_with(Some(token))?,
+            None => client.clone(),
+        };
+        (Some(sender), Some(tokio::spawn(post_feedback(labels_client, url, receiver))))
     } else {
         (None, None)
     };
