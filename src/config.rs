@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::AuthSettings;
 use crate::cluster::ClusterSettings;
 use crate::compare::CompareSettings;
 use crate::compare::policy::PolicySettings;
@@ -26,8 +27,9 @@ pub use crate::secret::Secret;
 use crate::traffic::{Canary, TrafficPlan};
 
 const ENV_PREFIX: &str = "GAUNTLET_";
-/// Variables with the prefix that are not configuration keys.
-const ENV_NOT_KEYS: [&str; 2] = ["GAUNTLET_CONFIG", "GAUNTLET_BUILD_"];
+/// Variables with the prefix that are not configuration keys: `GAUNTLET_TOKEN…` holds tokens (the
+/// load test's, and `[[auth.tokens]] token_env` by convention), never a key.
+const ENV_NOT_KEYS: [&str; 3] = ["GAUNTLET_CONFIG", "GAUNTLET_BUILD_", "GAUNTLET_TOKEN"];
 
 /// Flags of `gauntlet serve`.
 #[derive(clap::Args, Debug, Default, Clone)]
@@ -134,10 +136,13 @@ pub struct Config {
     /// each as a challenger of its model (through the same path as `load`). 0: never.
     #[serde(default)]
     pub repository_poll_s: u64,
-    /// Token the admin API requires as `Authorization: Bearer <token>` (set it from the environment:
-    /// GAUNTLET_ADMIN_TOKEN). Unset: the admin API answers loopback clients only.
+    /// One token with the `read` and `change` scopes, named `admin` (set it from the environment:
+    /// GAUNTLET_ADMIN_TOKEN); kept from before `[[auth.tokens]]`.
     #[serde(default)]
     pub admin_token: Option<Secret>,
+    /// Named tokens and their scopes (`crate::auth`).
+    #[serde(default)]
+    pub auth: AuthSettings,
     /// Bounds of the join of ground-truth labels with paired records.
     #[serde(default)]
     pub feedback: JoinSettings,
@@ -419,6 +424,9 @@ impl Config {
                 key: "shadow_cpu_budget".into(),
                 message: "must be a number of cores greater than 0".into(),
             });
+        }
+        if let Some((key, message)) = self.auth.invalid() {
+            return Err(ConfigError::Invalid { key: format!("auth.{key}"), message });
         }
         if let Some((key, message)) = self.drift.invalid() {
             return Err(ConfigError::Invalid { key: format!("drift.{key}"), message });

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analyst;
+pub mod auth;
 pub mod background;
 pub mod cli;
 pub mod cluster;
@@ -38,6 +39,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::analyst::Analyst;
+use crate::auth::Access;
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::drift::Drift;
@@ -69,6 +71,8 @@ pub struct Gateway {
     analyst: Option<Analyst>,
     /// True while this replica is the analyst (shared with the drift monitor).
     analyst_holds: Option<Arc<AtomicBool>>,
+    /// Who may do what: the configured tokens and their scopes.
+    access: Access,
 }
 
 /// What a program embedding the gateway (or a test) can add to its configuration.
@@ -150,7 +154,9 @@ impl Gateway {
             Shadow::new(config.shadow_settings(), config.outcomes.log_inputs, Arc::clone(&join), &models)
                 .context("starting the shadow threads")?,
         );
+        let access = Access::new(&config.auth, config.admin_token.as_ref()).context("reading [auth]")?;
         Ok(Self {
+            access,
             in_flight: tokio::sync::Semaphore::new(config.max_concurrent_requests),
             config,
             registry,
@@ -168,6 +174,10 @@ impl Gateway {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
     }
 
     pub fn registry(&self) -> &Registry {
@@ -260,6 +270,17 @@ impl Server {
             None => None,
         };
         let mut gateway = gateway;
+        // On an address other clients can reach, a scope that answers without a token is said once.
+        let exposed = [Some(listen), gateway.config.grpc_listen].into_iter().flatten().any(|a| !a.ip().is_loopback());
+        let open = gateway.access.open_scopes();
+        if exposed && !open.is_empty() {
+            let open: Vec<&str> = open.iter().map(|s| s.name()).collect();
+            tracing::warn!(
+                scopes = %open.join(","),
+                "listening beyond loopback with scopes no [[auth.tokens]] entry holds: infer answers every \
+                 client without a token, the others loopback clients (auth.trust_loopback = false: no one)"
+            );
+        }
         if let Some(cluster) = &gateway.cluster {
             cluster.start(Arc::clone(&gateway.registry), listener.local_addr()?, gateway.config.outcomes.dir.clone());
             let policy = Promotion::new(Arc::clone(&gateway.registry), gateway.config.policies());

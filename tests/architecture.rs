@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// layers; modules of one layer do not import each other.
 const LAYERS: &[&[&str]] = &[
     &["error", "json", "secret", "background", "metrics"],
-    &["model"],
+    &["model", "auth"],
     &["repository"],
     &["traffic", "outcomes"],
     &["registry"],

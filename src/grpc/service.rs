@@ -15,12 +15,14 @@ use super::pb::{
 };
 use super::{status, tensors};
 use crate::Gateway;
+use crate::auth::Scope;
 use crate::error::Error;
 use crate::inference::{self, Inference, Protocol, served, version_of};
 use crate::model::TensorSpec;
 use crate::registry::ModelVersion;
 
 const REQUEST_ID: &str = "x-request-id";
+const AUTHORIZATION: &str = "authorization";
 
 pub(super) struct Service {
     gateway: Arc<Gateway>,
@@ -29,6 +31,16 @@ pub(super) struct Service {
 impl Service {
     pub(super) fn new(gateway: Arc<Gateway>) -> Self {
         Self { gateway }
+    }
+
+    /// Whether the call may use `scope` (`crate::auth`): its `authorization` metadata and its peer.
+    fn allowed<T>(&self, request: &Request<T>, scope: Scope) -> Result<(), Status> {
+        let authorization = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
+        let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
+        match self.gateway.access().check(authorization, loopback, scope) {
+            Ok(_) => Ok(()),
+            Err(denied) => Err(status(&Error::from(denied))),
+        }
     }
 }
 
@@ -44,6 +56,7 @@ impl GrpcInferenceService for Service {
 
     /// Ready is false, not an error, for a model or version that is not served (as Triton answers).
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        self.allowed(&request, Scope::Infer)?;
         let request = request.into_inner();
         let ready = served(&self.gateway, &request.name).is_ok_and(|model| {
             request.version.is_empty() || version_of(&model.deployment(), &request.name, &request.version).is_ok()
@@ -67,6 +80,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        self.allowed(&request, Scope::Infer)?;
         let request = request.into_inner();
         let deployment = served(&self.gateway, &request.name).map_err(|e| status(&e))?.deployment();
         let (version, versions) = if request.version.is_empty() {
@@ -79,6 +93,10 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        // As REST's: one branch and one lookup while `infer` is open and no token is sent.
+        if !self.gateway.access().open_to_all(Scope::Infer) || request.metadata().contains_key(AUTHORIZATION) {
+            self.allowed(&request, Scope::Infer)?;
+        }
         let (metadata, _, message) = request.into_parts();
         let gateway = &*self.gateway;
         match inference::guarded(gateway, infer(gateway, &metadata, message)).await {

@@ -17,7 +17,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::openapi::{
-    BadRequest, Conflict, FeedbackRequest, FeedbackResponse, Gone, ModelPath, NotFound, PayloadTooLarge, Unavailable,
+    BadRequest, Conflict, Denied, FeedbackRequest, FeedbackResponse, Gone, ModelPath, NotFound, PayloadTooLarge,
+    Unavailable,
 };
 use crate::Gateway;
 use crate::compare::Truth;
@@ -29,12 +30,12 @@ use crate::outcomes::FeedbackRecord;
 pub const MAX_BATCH: usize = 10_000;
 
 /// Ground truth by request id, one label or a batch: joined with the paired records, and logged.
-#[utoipa::path(post, path = "/v2/models/{name}/feedback", tag = "feedback", params(ModelPath),
+#[utoipa::path(post, path = "/v2/models/{name}/feedback", tag = "feedback", security(("bearer" = ["labels"])), params(ModelPath),
     request_body = FeedbackRequest,
     responses(
         (status = 200, description = "Joined (one label), or the batch's results", body = FeedbackResponse),
         (status = 202, description = "Held until its record arrives", body = FeedbackResponse),
-        BadRequest, NotFound, Conflict, Gone, PayloadTooLarge, Unavailable))]
+        BadRequest, NotFound, Conflict, Gone, PayloadTooLarge, Denied, Unavailable))]
 pub async fn feedback(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,

@@ -3,6 +3,7 @@
 //! Invariant: the only module that sees hyper/axum/tower types and status codes.
 
 pub mod admin;
+mod auth;
 pub mod codec;
 mod console;
 mod error;
@@ -26,6 +27,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::Gateway;
+use crate::auth::Scope;
 use crate::error::{Error, ErrorKind};
 
 pub use self::error::status;
@@ -37,47 +39,60 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let config = gateway.config();
     // The handlers guard themselves (in-flight limit, timeout, body limit: `v2::serve_infer`), so
     // that `front` can also reach them without the router.
+    // Each group's scope (`crate::auth`) is checked before its handlers run; inference checks its
+    // own in `v2::serve_infer`, which `front` reaches without the router.
+    let scope = |scope: Scope| axum::middleware::from_fn_with_state((Arc::clone(&gateway), scope), auth::require);
     let inference = OpenApiRouter::new().routes(routes!(v2::infer)).routes(routes!(v2::infer_version));
 
     // Health, metadata and metrics are outside the in-flight limit: probes must answer under load.
+    // The server's probes, metadata and metrics answer everyone (Kubernetes, Prometheus); a model's
+    // metadata and readiness need what inference needs.
     let control = OpenApiRouter::new()
         .routes(routes!(v2::server_metadata))
         .routes(routes!(v2::live))
         .routes(routes!(v2::ready))
+        .routes(routes!(prometheus));
+    let model_control = OpenApiRouter::new()
         .routes(routes!(v2::model_metadata))
         .routes(routes!(v2::version_metadata))
         .routes(routes!(v2::model_ready))
         .routes(routes!(v2::version_ready))
-        .routes(routes!(prometheus));
+        .route_layer(scope(Scope::Infer));
 
     // The document, filled in below once every route has added itself.
     let document = Arc::new(OnceLock::new());
     let own = OpenApiRouter::new().routes(routes!(openapi::document)).layer(Extension(Arc::clone(&document)));
 
     // Labels are small but come in batches: the same body limit as inference, no concurrency limit.
-    let labels =
-        OpenApiRouter::new().routes(routes!(feedback::feedback)).layer(DefaultBodyLimit::max(config.max_request_bytes));
+    let labels = OpenApiRouter::new()
+        .routes(routes!(feedback::feedback))
+        .route_layer(scope(Scope::Labels))
+        .layer(DefaultBodyLimit::max(config.max_request_bytes));
 
-    let admin = OpenApiRouter::new()
+    let admin_read = OpenApiRouter::new()
         .routes(routes!(admin::models::list))
         .routes(routes!(admin::models::show))
+        .routes(routes!(admin::reports::comparison))
+        .routes(routes!(admin::reports::drift))
+        .routes(routes!(admin::reports::audit))
+        .routes(routes!(admin::cluster::show))
+        .route_layer(scope(Scope::Read));
+    let admin_change = OpenApiRouter::new()
         .routes(routes!(admin::changes::promote))
         .routes(routes!(admin::changes::rollback))
         .routes(routes!(admin::changes::challengers))
         .routes(routes!(admin::changes::load))
         .routes(routes!(admin::changes::unload))
-        .routes(routes!(admin::reports::comparison))
-        .routes(routes!(admin::reports::drift))
-        .routes(routes!(admin::reports::audit))
-        .routes(routes!(admin::cluster::show))
-        .route_layer(axum::middleware::from_fn_with_state(Arc::clone(&gateway), admin::authorize));
+        .route_layer(scope(Scope::Change));
 
     let (routes, api) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .merge(inference)
         .merge(control)
+        .merge(model_control)
         .merge(own)
         .merge(labels)
-        .merge(admin)
+        .merge(admin_read)
+        .merge(admin_change)
         .split_for_parts();
     let _ = document.set(api);
     // The console's static files: not part of the API document.

@@ -18,10 +18,11 @@ use crate::error::{Error, ErrorKind};
 #[openapi(
     info(title = "gauntlet", description = "Champion-challenger model-serving gateway: the Open Inference Protocol (KServe V2) REST API with shadow scoring, feedback, comparison and promotion."),
     components(schemas(ErrorBody)),
+    modifiers(&BearerScheme),
     tags(
         (name = "inference", description = "Open Inference Protocol"),
         (name = "feedback", description = "Ground-truth labels by request id"),
-        (name = "admin", description = "Deployments, changes, the comparison and drift: a bearer token, or loopback only"),
+        (name = "admin", description = "Deployments, changes, the comparison and drift: the read or change scope"),
         (name = "health", description = "Probes, server metadata and metrics"),
     )
 )]
@@ -90,15 +91,30 @@ pub struct ModelFailed(pub ErrorBody);
 #[response(status = 503)]
 pub struct Unavailable(pub ErrorBody);
 
-/// The admin API's refusals.
+/// Refusals by scope (`crate::auth`).
 #[derive(IntoResponses)]
-pub enum AdminDenied {
-    /// Token missing or wrong
+pub enum Denied {
+    /// No bearer token where the scope needs one, or one that matches no configured token
     #[response(status = 401)]
     Unauthorized(ErrorBody),
-    /// Not on loopback and no token configured
+    /// A token without the scope, or a scope no token holds called from beyond loopback
     #[response(status = 403)]
     Forbidden(ErrorBody),
+}
+
+/// The bearer scheme every scoped route names with its scope (`security(("bearer" = [scope]))`).
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "A token configured in [[auth.tokens]] with the route's scope (infer, labels, read, change)".to_owned(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
 }
 
 // === path parameters ===

@@ -14,10 +14,11 @@ use serde_json::json;
 
 use super::codec::{self, ResponseHead};
 use super::openapi::{
-    BadRequest, InferRequest, InferResponse, Live, ModelFailed, ModelMetadata, ModelPath, ModelReady, NotFound,
+    BadRequest, Denied, InferRequest, InferResponse, Live, ModelFailed, ModelMetadata, ModelPath, ModelReady, NotFound,
     PayloadTooLarge, Ready, ServerMetadata, Unavailable, UnsupportedMediaType, VersionPath,
 };
 use crate::Gateway;
+use crate::auth::Scope;
 use crate::error::{Error, ErrorKind};
 use crate::inference::{self, Inference, Protocol, served, version_of};
 use crate::registry::ModelVersion;
@@ -26,23 +27,23 @@ const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static("inf
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Infer with the champion (or the canary share); challengers shadow it off the critical path.
-#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "inference", params(ModelPath),
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "inference", security((), ("bearer" = ["infer"])), params(ModelPath),
     request_body(content = InferRequest, description = "JSON, or the binary tensor extension (application/octet-stream with Inference-Header-Content-Length)"),
     responses(
         (status = 200, description = "The answer; X-Request-Id carries the request id",
             content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))),
-        BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, ModelFailed, Unavailable))]
+        BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, Denied, ModelFailed, Unavailable))]
 pub async fn infer(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>, request: Request) -> Response {
     serve_infer(&gateway, &name, None, request).await
 }
 
 /// Infer with one version directly (not shadowed, no canary).
-#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "inference", params(VersionPath),
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "inference", security((), ("bearer" = ["infer"])), params(VersionPath),
     request_body(content = InferRequest, description = "JSON, or the binary tensor extension"),
     responses(
         (status = 200, description = "The answer",
             content((InferResponse = "application/json"), (Vec<u8> = "application/octet-stream"))),
-        BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, ModelFailed, Unavailable))]
+        BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType, Denied, ModelFailed, Unavailable))]
 pub async fn infer_version(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,
@@ -66,6 +67,13 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = request.into_parts();
+    // Open to all unless a token holds `infer`, and then loopback is no exception: a call without
+    // a token costs one branch and one header lookup here.
+    if (!gateway.access().open_to_all(Scope::Infer) || parts.headers.contains_key(header::AUTHORIZATION))
+        && let Err(refused) = super::auth::check(gateway, &parts.headers, false, Scope::Infer)
+    {
+        return refused.into_response();
+    }
     let limit = gateway.config().max_request_bytes;
     let work = async {
         let body = read_body(body, limit).await;
@@ -233,8 +241,8 @@ pub async fn ready(State(gateway): State<Arc<Gateway>>) -> Result<Json<serde_jso
 }
 
 /// A model's metadata (its champion's signature and the served versions).
-#[utoipa::path(get, path = "/v2/models/{name}", tag = "inference", params(ModelPath),
-    responses((status = 200, body = ModelMetadata), NotFound))]
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "inference", security((), ("bearer" = ["infer"])), params(ModelPath),
+    responses((status = 200, body = ModelMetadata), NotFound, Denied))]
 pub async fn model_metadata(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -245,8 +253,8 @@ pub async fn model_metadata(
 }
 
 /// One version's metadata.
-#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "inference", params(VersionPath),
-    responses((status = 200, body = ModelMetadata), NotFound))]
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "inference", security((), ("bearer" = ["infer"])), params(VersionPath),
+    responses((status = 200, body = ModelMetadata), NotFound, Denied))]
 pub async fn version_metadata(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,
@@ -268,8 +276,8 @@ fn metadata(version: &ModelVersion, versions: &[&str]) -> serde_json::Value {
 }
 
 /// Whether a model serves.
-#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "health", params(ModelPath),
-    responses((status = 200, body = ModelReady), NotFound))]
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "health", security((), ("bearer" = ["infer"])), params(ModelPath),
+    responses((status = 200, body = ModelReady), NotFound, Denied))]
 pub async fn model_ready(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
@@ -279,8 +287,8 @@ pub async fn model_ready(
 }
 
 /// Whether a version serves.
-#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "health", params(VersionPath),
-    responses((status = 200, body = ModelReady), NotFound))]
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "health", security((), ("bearer" = ["infer"])), params(VersionPath),
+    responses((status = 200, body = ModelReady), NotFound, Denied))]
 pub async fn version_ready(
     State(gateway): State<Arc<Gateway>>,
     Path((name, version)): Path<(String, String)>,

@@ -42,7 +42,8 @@ pub struct AuditEntry<'a> {
     pub timestamp: SystemTime,
     pub model: &'a str,
     pub action: &'a str,
-    /// "admin" (the API or CLI) or "policy".
+    /// Who: the name of the token that made the call (`crate::auth`), `loopback` without one,
+    /// `policy` or `repository` for the gateway's own changes.
     pub actor: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<&'a str>,

@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::models::{ModelView, show};
 use crate::Gateway;
+use crate::auth::Actor;
 use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{
-    AdminDenied, BadRequest, Conflict, ModelPath, NotFound, Unavailable, Unprocessable, VersionPath,
+    BadRequest, Conflict, Denied, ModelPath, NotFound, Unavailable, Unprocessable, VersionPath,
 };
 use crate::inference::served;
 use crate::registry::{Change, ChangeError, Origin, StoreError};
@@ -66,70 +67,75 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Res
 }
 
 /// Make a version champion (loaded first if needed).
-#[utoipa::path(post, path = "/admin/models/{name}/promote", tag = "admin", params(ModelPath), request_body = PromoteRequest,
+#[utoipa::path(post, path = "/admin/models/{name}/promote", tag = "admin", security(("bearer" = ["change"])), params(ModelPath), request_body = PromoteRequest,
     responses((status = 200, description = "The model as it now stands", body = ModelView),
-        BadRequest, NotFound, Conflict, Unprocessable, AdminDenied, Unavailable))]
+        BadRequest, NotFound, Conflict, Unprocessable, Denied, Unavailable))]
 pub async fn promote(
     State(gateway): State<Arc<Gateway>>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<ModelView>, Error> {
     let request: PromoteRequest = body(&bytes)?;
     let change = Change::Promote { version: request.version, keep_previous: request.keep_previous_as_challenger };
-    apply(gateway, name, change, request.reason).await
+    apply(gateway, actor, name, change, request.reason).await
 }
 
 /// Back to the previous champion.
-#[utoipa::path(post, path = "/admin/models/{name}/rollback", tag = "admin", params(ModelPath), request_body = Option<ReasonRequest>,
+#[utoipa::path(post, path = "/admin/models/{name}/rollback", tag = "admin", security(("bearer" = ["change"])), params(ModelPath), request_body = Option<ReasonRequest>,
     responses((status = 200, description = "The model as it now stands", body = ModelView),
-        BadRequest, NotFound, Conflict, Unprocessable, AdminDenied, Unavailable))]
+        BadRequest, NotFound, Conflict, Unprocessable, Denied, Unavailable))]
 pub async fn rollback(
     State(gateway): State<Arc<Gateway>>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<ModelView>, Error> {
     let request: ReasonRequest = optional_body(&bytes)?;
-    apply(gateway, name, Change::Rollback, request.reason).await
+    apply(gateway, actor, name, Change::Rollback, request.reason).await
 }
 
 /// Set the challengers and the sampling rate.
-#[utoipa::path(put, path = "/admin/models/{name}/challengers", tag = "admin", params(ModelPath), request_body = ChallengersRequest,
+#[utoipa::path(put, path = "/admin/models/{name}/challengers", tag = "admin", security(("bearer" = ["change"])), params(ModelPath), request_body = ChallengersRequest,
     responses((status = 200, description = "The model as it now stands", body = ModelView),
-        BadRequest, NotFound, Conflict, Unprocessable, AdminDenied, Unavailable))]
+        BadRequest, NotFound, Conflict, Unprocessable, Denied, Unavailable))]
 pub async fn challengers(
     State(gateway): State<Arc<Gateway>>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<ModelView>, Error> {
     let request: ChallengersRequest = body(&bytes)?;
     let change = Change::SetChallengers { versions: request.versions, shadow_sample_rate: request.shadow_sample_rate };
-    apply(gateway, name, change, request.reason).await
+    apply(gateway, actor, name, change, request.reason).await
 }
 
 /// Load a version from the repository (anew if loaded).
-#[utoipa::path(post, path = "/admin/models/{name}/versions/{version}/load", tag = "admin", params(VersionPath), request_body = Option<ReasonRequest>,
+#[utoipa::path(post, path = "/admin/models/{name}/versions/{version}/load", tag = "admin", security(("bearer" = ["change"])), params(VersionPath), request_body = Option<ReasonRequest>,
     responses((status = 200, description = "The model as it now stands", body = ModelView),
-        BadRequest, NotFound, Conflict, Unprocessable, AdminDenied, Unavailable))]
+        BadRequest, NotFound, Conflict, Unprocessable, Denied, Unavailable))]
 pub async fn load(
     State(gateway): State<Arc<Gateway>>,
+    Extension(actor): Extension<Actor>,
     Path((name, version)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<ModelView>, Error> {
     let request: ReasonRequest = optional_body(&bytes)?;
-    apply(gateway, name, Change::Load { version: version_id(&version)? }, request.reason).await
+    apply(gateway, actor, name, Change::Load { version: version_id(&version)? }, request.reason).await
 }
 
 /// Unload a version that is not the champion.
-#[utoipa::path(delete, path = "/admin/models/{name}/versions/{version}", tag = "admin", params(VersionPath), request_body = Option<ReasonRequest>,
+#[utoipa::path(delete, path = "/admin/models/{name}/versions/{version}", tag = "admin", security(("bearer" = ["change"])), params(VersionPath), request_body = Option<ReasonRequest>,
     responses((status = 200, description = "The model as it now stands", body = ModelView),
-        BadRequest, NotFound, Conflict, Unprocessable, AdminDenied, Unavailable))]
+        BadRequest, NotFound, Conflict, Unprocessable, Denied, Unavailable))]
 pub async fn unload(
     State(gateway): State<Arc<Gateway>>,
+    Extension(actor): Extension<Actor>,
     Path((name, version)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<ModelView>, Error> {
     let request: ReasonRequest = optional_body(&bytes)?;
-    apply(gateway, name, Change::Unload { version: version_id(&version)? }, request.reason).await
+    apply(gateway, actor, name, Change::Unload { version: version_id(&version)? }, request.reason).await
 }
 
 fn version_id(raw: &str) -> Result<VersionId, Error> {
@@ -139,6 +145,7 @@ fn version_id(raw: &str) -> Result<VersionId, Error> {
 
 async fn apply(
     gateway: Arc<Gateway>,
+    actor: Actor,
     name: String,
     change: Change,
     reason: Option<String>,
@@ -148,7 +155,7 @@ async fn apply(
     let model = name.clone();
     // Loading a version takes milliseconds to seconds, and the state is synced to disk: off the workers.
     let applied = tokio::task::spawn_blocking(move || {
-        let origin = Origin { actor: "admin", reason: reason.as_deref(), evidence: None };
+        let origin = Origin { actor: actor.name(), reason: reason.as_deref(), evidence: None };
         worker.registry().apply(&model, &change, origin).map(|_| ())
     })
     .await

@@ -8,12 +8,12 @@ use axum::extract::State;
 use crate::Gateway;
 use crate::cluster::ClusterView;
 use crate::error::{Error, ErrorKind};
-use crate::http::openapi::{AdminDenied, NotFound, Unavailable};
+use crate::http::openapi::{Denied, NotFound, Unavailable};
 
 /// The cluster as its store has it: each model's revision, and each replica's heartbeat (its
 /// address, the revision of each model it serves, whether that is the store's).
-#[utoipa::path(get, path = "/admin/cluster", tag = "admin",
-    responses((status = 200, body = ClusterView), NotFound, AdminDenied, Unavailable))]
+#[utoipa::path(get, path = "/admin/cluster", tag = "admin", security(("bearer" = ["read"])),
+    responses((status = 200, body = ClusterView), NotFound, Denied, Unavailable))]
 pub async fn show(State(gateway): State<Arc<Gateway>>) -> Result<Json<ClusterView>, Error> {
     if gateway.cluster().is_none() {
         return Err(Error::not_found(

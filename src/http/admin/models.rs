@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Gateway;
 use crate::error::Error;
-use crate::http::openapi::{AdminDenied, ModelPath, NotFound};
+use crate::http::openapi::{Denied, ModelPath, NotFound};
 use crate::inference::served;
 use crate::registry::{Deployment, ServedModel};
 use crate::repository::VersionId;
@@ -118,14 +118,14 @@ fn summary(name: &str, deployment: &Deployment, versions: Vec<VersionView>) -> M
 }
 
 /// Every served model's deployment.
-#[utoipa::path(get, path = "/admin/models", tag = "admin", responses((status = 200, body = Vec<ModelView>), AdminDenied))]
+#[utoipa::path(get, path = "/admin/models", tag = "admin", security(("bearer" = ["read"])), responses((status = 200, body = Vec<ModelView>), Denied))]
 pub async fn list(State(gateway): State<Arc<Gateway>>) -> Json<Vec<ModelView>> {
     Json(gateway.registry().models().map(|m| view(&gateway, m)).collect())
 }
 
 /// One model's deployment and every version on disk.
-#[utoipa::path(get, path = "/admin/models/{name}", tag = "admin", params(ModelPath),
-    responses((status = 200, body = ModelView), NotFound, AdminDenied))]
+#[utoipa::path(get, path = "/admin/models/{name}", tag = "admin", security(("bearer" = ["read"])), params(ModelPath),
+    responses((status = 200, body = ModelView), NotFound, Denied))]
 pub async fn show(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
     Ok(Json(view(&gateway, served(&gateway, &name)?)))
 }

@@ -9,12 +9,12 @@ use crate::Gateway;
 use crate::compare::Report;
 use crate::drift::DriftReport;
 use crate::error::{Error, ErrorKind};
-use crate::http::openapi::{AdminDenied, BadRequest, ModelPath, NotFound, Unavailable};
+use crate::http::openapi::{BadRequest, Denied, ModelPath, NotFound, Unavailable};
 use crate::inference::served;
 
 /// The live champion–challenger comparison.
-#[utoipa::path(get, path = "/admin/models/{name}/comparison", tag = "admin", params(ModelPath),
-    responses((status = 200, body = Report), NotFound, AdminDenied, Unavailable))]
+#[utoipa::path(get, path = "/admin/models/{name}/comparison", tag = "admin", security(("bearer" = ["read"])), params(ModelPath),
+    responses((status = 200, body = Report), NotFound, Denied, Unavailable))]
 pub async fn comparison(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<Report>, Error> {
     served(&gateway, &name)?;
     if gateway.cluster().is_some() {
@@ -39,8 +39,8 @@ pub async fn comparison(State(gateway): State<Arc<Gateway>>, Path(name): Path<St
 }
 
 /// Drift of the deployment's traffic from its champion's training profile, as last evaluated.
-#[utoipa::path(get, path = "/admin/models/{name}/drift", tag = "admin", params(ModelPath),
-    responses((status = 200, body = DriftReport), NotFound, AdminDenied, Unavailable))]
+#[utoipa::path(get, path = "/admin/models/{name}/drift", tag = "admin", security(("bearer" = ["read"])), params(ModelPath),
+    responses((status = 200, body = DriftReport), NotFound, Denied, Unavailable))]
 pub async fn drift(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<DriftReport>, Error> {
     let model = served(&gateway, &name)?;
     let local = gateway.drift().report(model.deployment().champion());
@@ -84,8 +84,8 @@ pub struct AuditView {
 }
 
 /// The audit log of one model, newest first.
-#[utoipa::path(get, path = "/admin/models/{name}/audit", tag = "admin", params(ModelPath, AuditQuery),
-    responses((status = 200, body = AuditView), BadRequest, NotFound, AdminDenied, Unavailable))]
+#[utoipa::path(get, path = "/admin/models/{name}/audit", tag = "admin", security(("bearer" = ["read"])), params(ModelPath, AuditQuery),
+    responses((status = 200, body = AuditView), BadRequest, NotFound, Denied, Unavailable))]
 pub async fn audit(
     State(gateway): State<Arc<Gateway>>,
     Path(name): Path<String>,
