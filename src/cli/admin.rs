@@ -108,7 +108,11 @@ impl AdminCommand {
                 return print(connection, &models, table);
             }
             Self::Status { model: Some(model), connection, .. } => {
-                (connection, "GET", format!("/admin/models/{model}"), None)
+                let view: ModelView =
+                    serde_json::from_value(call(connection, "GET", &format!("/admin/models/{model}"), None).await?)?;
+                let mut table = status_table(&view);
+                table.push_str(&last_change(connection, model).await?);
+                return print(connection, &view, table);
             }
             Self::Promote { model, version, reason: why, drop_previous, connection } => (
                 connection,
@@ -165,6 +169,26 @@ fn status_table(model: &ModelView) -> String {
         );
     }
     out
+}
+
+/// The newest audited change of `model` as a line: what, by whom, when, why (empty if none, or
+/// with `--json`, whose answer is the model's view).
+async fn last_change(connection: &Connection, model: &str) -> anyhow::Result<String> {
+    if connection.json {
+        return Ok(String::new());
+    }
+    let audit = call(connection, "GET", &format!("/admin/models/{model}/audit?limit=1"), None).await?;
+    let Some(entry) = audit["entries"].get(0) else { return Ok(String::new()) };
+    let text = |key: &str| entry[key].as_str().unwrap_or("-").to_owned();
+    let version = entry["version"].as_str().map_or(String::new(), |v| format!(" {v}"));
+    let why = entry["reason"].as_str().map_or(String::new(), |r| format!(": {r}"));
+    let refused = if text("result") == "ok" { String::new() } else { format!(" ({})", text("result")) };
+    Ok(format!(
+        "  last change: {}{version} by {} at {}{refused}{why}\n",
+        text("action"),
+        text("actor"),
+        text("timestamp")
+    ))
 }
 
 /// The cluster's view, or `None` from a gateway that is one node.
