@@ -51,8 +51,16 @@ fn the_configmap_is_a_valid_configuration_within_the_cpu_limit() {
     let args = gauntlet::config::ServeArgs { config: Some(path), ..Default::default() };
     let env = [("GAUNTLET_CLUSTER__DATABASE_URL".to_owned(), "postgres://u:p@db:5432/g".to_owned())];
     let config = gauntlet::config::Config::load_from(&args, &env).expect("the ConfigMap's gauntlet.toml is valid");
-    assert!(config.cluster.database_url.is_some());
     let deployment = std::fs::read_to_string(common::root().join("deploy/kubernetes/deployment.yaml")).unwrap();
+    assert!(config.cluster.database_url.is_some());
+    // Nothing is on loopback in a pod: labels and the console's view need tokens, from the Secret.
+    assert!(!config.auth.trust_loopback);
+    let holds = |scope| config.auth.tokens.iter().any(|t| t.scopes.contains(&scope) && t.token_env.is_some());
+    assert!(holds(gauntlet::auth::Scope::Labels) && holds(gauntlet::auth::Scope::Read));
+    for token in &config.auth.tokens {
+        let variable = token.token_env.as_deref().unwrap();
+        assert!(deployment.contains(&format!("name: {variable}")), "{variable} is not set in deployment.yaml");
+    }
     let limit: f64 = deployment
         .lines()
         .skip_while(|l| l.trim() != "limits:")

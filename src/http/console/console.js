@@ -65,7 +65,8 @@ async function api(method, path, body) {
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   let data = null;
   try { data = await response.json(); } catch { data = null; }
-  if (response.status === 401) document.getElementById("token-form").hidden = false;
+  // No token, a wrong one, or one without the scope: the form, beside the API's message naming the scope.
+  if (response.status === 401 || response.status === 403) document.getElementById("token-form").hidden = false;
   return { ok: response.ok, status: response.status, data };
 }
 
