@@ -24,6 +24,7 @@ use crate::outcomes::{LogInputs, WriterSettings};
 use crate::registry::{DeploymentSpec, InitialDeployments, LoadSettings};
 use crate::repository::VersionId;
 pub use crate::secret::Secret;
+use crate::tls::TlsSettings;
 use crate::traffic::{Canary, TrafficPlan};
 
 const ENV_PREFIX: &str = "GAUNTLET_";
@@ -143,6 +144,9 @@ pub struct Config {
     /// Named tokens and their scopes (`crate::auth`).
     #[serde(default)]
     pub auth: AuthSettings,
+    /// TLS on both listeners (`crate::tls`).
+    #[serde(default)]
+    pub tls: TlsSettings,
     /// Bounds of the join of ground-truth labels with paired records.
     #[serde(default)]
     pub feedback: JoinSettings,
@@ -427,6 +431,9 @@ impl Config {
         }
         if let Some((key, message)) = self.auth.invalid() {
             return Err(ConfigError::Invalid { key: format!("auth.{key}"), message });
+        }
+        if let Some((key, message)) = self.tls.invalid() {
+            return Err(ConfigError::Invalid { key: format!("tls.{key}"), message });
         }
         if let Some((key, message)) = self.drift.invalid() {
             return Err(ConfigError::Invalid { key: format!("drift.{key}"), message });

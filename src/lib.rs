@@ -28,6 +28,7 @@ pub mod registry;
 pub mod repository;
 pub mod secret;
 pub mod shadow;
+pub mod tls;
 pub mod traffic;
 
 use std::future::Future;
@@ -242,6 +243,8 @@ pub struct Server {
     listener: TcpListener,
     /// gRPC's listener (`grpc_listen`), if it is on.
     grpc: Option<TcpListener>,
+    /// TLS for REST and for gRPC (`[tls]`), each with its own ALPN.
+    tls: Option<(Arc<tls::Certificates>, Arc<tls::Certificates>)>,
     gateway: Arc<Gateway>,
     /// What the repository held when the gateway loaded: not new to the repository poller.
     on_disk_at_start: std::collections::BTreeSet<(String, repository::VersionId)>,
@@ -299,7 +302,15 @@ impl Server {
                 .context("starting the analyst")?;
             gateway.analyst = Some(analyst);
         }
-        Ok(Self { listener, grpc, gateway: Arc::new(gateway), on_disk_at_start })
+        let tls = if gateway.config.tls.enabled() {
+            let settings = &gateway.config.tls;
+            let rest = tls::Certificates::load(settings, &[b"http/1.1"]).context("loading [tls]")?;
+            let grpc = tls::Certificates::load(settings, &[b"h2"]).context("loading [tls]")?;
+            Some((rest, grpc))
+        } else {
+            None
+        };
+        Ok(Self { listener, grpc, tls, gateway: Arc::new(gateway), on_disk_at_start })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -314,7 +325,7 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets in-flight requests finish (at
     /// most `shutdown_grace_ms`) and returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, grpc, gateway, on_disk_at_start } = self;
+        let Self { listener, grpc, tls, gateway, on_disk_at_start } = self;
         crate::metrics::handle();
         let upkeep = tokio::spawn(async {
             let mut tick = tokio::time::interval(http::METRICS_UPKEEP);
@@ -363,10 +374,11 @@ impl Server {
         };
         tokio::spawn(signal);
         let app = http::front(Arc::clone(&gateway));
-        let rest = tokio::spawn(http::serve(listener, app, draining(draining_rx.clone())));
+        let (rest_tls, grpc_tls) = tls.unzip();
+        let rest = tokio::spawn(http::serve(listener, app, rest_tls, draining(draining_rx.clone())));
         let grpc = grpc.map(|listener| {
             let shutdown = draining(draining_rx.clone());
-            tokio::spawn(grpc::serve(listener, Arc::clone(&gateway), shutdown))
+            tokio::spawn(grpc::serve(listener, Arc::clone(&gateway), grpc_tls, shutdown))
         });
         let aborts: Vec<_> =
             std::iter::once(rest.abort_handle()).chain(grpc.as_ref().map(|g| g.abort_handle())).collect();

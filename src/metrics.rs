@@ -51,6 +51,7 @@ pub const CLUSTER_SPOOL_DROPPED: &str = "gauntlet_cluster_spool_dropped_total";
 pub const CHECKPOINTS: &str = "gauntlet_checkpoints_total";
 pub const CHECKPOINT_BYTES: &str = "gauntlet_checkpoint_bytes";
 pub const CHECKPOINT_SECONDS: &str = "gauntlet_checkpoint_seconds";
+pub const TLS_RELOADS: &str = "gauntlet_tls_reloads_total";
 pub const BUILD_INFO: &str = "gauntlet_build_info";
 
 /// From 25 µs (a one-row linear model) to 10 s (the default request timeout).
@@ -151,6 +152,10 @@ fn describe() {
     describe_gauge!(CLUSTER_SPOOL_BYTES, "Bytes of the outcome log not yet in the cluster store.");
     describe_counter!(CHECKPOINTS, "Checkpoints of the comparison written (the analyst's, or one node's).");
     describe_gauge!(CHECKPOINT_BYTES, "Size of the latest checkpoint of the comparison.");
+    describe_counter!(
+        TLS_RELOADS,
+        "Times a listener read its changed TLS files again, by result (ok, failed: the previous ones still serve)."
+    );
     describe_gauge!(CHECKPOINT_SECONDS, "Time the latest checkpoint of the comparison took to encode and write.");
     describe_counter!(
         CLUSTER_SPOOL_DROPPED,

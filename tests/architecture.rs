@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// layers; modules of one layer do not import each other.
 const LAYERS: &[&[&str]] = &[
     &["error", "json", "secret", "background", "metrics"],
-    &["model", "auth"],
+    &["model", "auth", "tls"],
     &["repository"],
     &["traffic", "outcomes"],
     &["registry"],

@@ -22,12 +22,29 @@ pub struct Connection {
     /// The gateway.
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
-    /// Admin token of the gateway.
+    /// A token with the scopes the command needs (`read`; `change` to change).
     #[arg(long, env = "GAUNTLET_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for an https:// gateway, beside the built-in roots.
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+}
+
+/// An HTTP client that trusts the built-in roots and `cacert` (PEM), if given.
+pub fn http_client(cacert: Option<&std::path::Path>) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut builder = reqwest::Client::builder();
+    if let Some(path) = cacert {
+        let pem = std::fs::read(path).with_context(|| format!("reading --cacert {}", path.display()))?;
+        for certificate in reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("--cacert {} is not PEM certificates", path.display()))?
+        {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    Ok(builder)
 }
 
 /// A change to one version of a model.
@@ -235,7 +252,7 @@ struct NotFound(String);
 async fn call(connection: &Connection, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
     let url = format!("{}{path}", connection.url.trim_end_matches('/'));
     let method = reqwest::Method::from_bytes(method.as_bytes())?;
-    let mut request = reqwest::Client::new().request(method.clone(), &url);
+    let mut request = http_client(connection.cacert.as_deref())?.build()?.request(method.clone(), &url);
     if let Some(token) = &connection.token {
         request = request.bearer_auth(token);
     }

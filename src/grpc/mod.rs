@@ -24,6 +24,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::Gateway;
 use crate::error::ErrorKind;
+use crate::tls::Certificates;
 
 /// The messages and the service, generated from the protocol's `.proto`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
@@ -64,9 +65,11 @@ pub fn status(error: &crate::error::Error) -> tonic::Status {
 pub async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
+    tls: Option<Arc<Certificates>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let limit = gateway.config().max_request_bytes;
+    let handshake_timeout = gateway.config().header_read_timeout().unwrap_or(Duration::from_secs(30));
     let inference =
         pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Service::new(Arc::clone(&gateway)))
             .max_decoding_message_size(limit)
@@ -79,8 +82,7 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1().expect("the built-in descriptors are valid");
     // grpcurl before 1.9 and many tools still ask v1alpha first.
     let reflection_v1alpha = reflection().build_v1alpha().expect("the built-in descriptors are valid");
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         // A peer that vanished without closing (a killed pod, a dropped NAT entry) is found and its
         // connection closed: HTTP/2 pings every minute, answered within 20 s.
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
@@ -89,9 +91,55 @@ pub async fn serve(
         .add_service(inference)
         .add_service(health::server(gateway))
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+        .add_service(reflection_v1alpha);
+    match tls {
+        None => {
+            server.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+        }
+        Some(tls) => {
+            server.serve_with_incoming_shutdown(tls_incoming(listener, tls, handshake_timeout), shutdown).await
+        }
+    }
+}
+
+/// The TLS connections of `listener`, each handshake in a task of its own (a client that stalls
+/// it, or fails it, holds up no one) within `timeout`, with the certificate current at its accept.
+fn tls_incoming(
+    listener: TcpListener,
+    tls: Arc<Certificates>,
+    timeout: Duration,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    // Handshaken connections wait here for the server to take them: a few, then accepting waits.
+    let (ready, connections) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            // Until the server lets go of the connections (it stopped): then the listener closes.
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = ready.closed() => return,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::error!(%error, "accepting a gRPC connection failed; retrying in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, ready) = (tls.acceptor(), ready.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(stream)).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, %peer, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(connections)
 }
 
 /// Puts two of tonic's own answers in the codes the protocol's clients expect: a message over the

@@ -35,6 +35,7 @@ use tracing::Instrument;
 
 use super::{router, v2};
 use crate::Gateway;
+use crate::tls::Certificates;
 
 /// The whole HTTP API over one gateway; each accepted connection gets a [`Connection`].
 #[derive(Clone)]
@@ -50,11 +51,18 @@ pub fn front(gateway: Arc<Gateway>) -> Front {
 
 /// Accepts connections until `shutdown` completes, then stops accepting and waits for the open
 /// connections to finish the requests they have begun (idle keep-alive connections close at once).
-pub async fn serve(listener: TcpListener, front: Front, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    front: Front,
+    tls: Option<Arc<Certificates>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     // hyper's own default header timeout (30 s) does nothing without a timer: give it one.
-    builder.timer(TokioTimer::new()).header_read_timeout(front.gateway.config.header_read_timeout());
+    let header_timeout = front.gateway.config.header_read_timeout();
+    builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
+    let handshake_timeout = header_timeout.unwrap_or(Duration::from_secs(30));
     let mut shutdown = pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -69,6 +77,23 @@ pub async fn serve(listener: TcpListener, front: Front, shutdown: impl Future<Ou
         };
         // Responses are small and written whole: do not let Nagle hold them back.
         let _ = tcp.set_nodelay(true);
+        if let Some(tls) = &tls {
+            // The handshake in the connection's own task, within the header timeout: a client that
+            // stalls it holds only itself up.
+            let (acceptor, builder, watcher) = (tls.acceptor(), builder.clone(), graceful.watcher());
+            let service = Connection { front: front.clone(), peer };
+            tokio::spawn(async move {
+                let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => return tracing::debug!(%error, %peer, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                };
+                if let Err(error) = watcher.watch(builder.serve_connection(TokioIo::new(stream), service)).await {
+                    tracing::trace!(%error, "connection closed with an error");
+                }
+            });
+            continue;
+        }
         let connection = builder.serve_connection(TokioIo::new(tcp), Connection { front: front.clone(), peer });
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

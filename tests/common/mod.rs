@@ -226,5 +226,6 @@ pub fn loadtest_args_at(addr: SocketAddr, model: &str, data: PathBuf) -> Loadtes
         feedback_delay: Duration::from_millis(100),
         token: None,
         labels_token: None,
+        cacert: None,
     }
 }

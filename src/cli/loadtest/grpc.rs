@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::data::InputSpec;
 use crate::grpc::GrpcInferenceServiceClient;
@@ -18,12 +18,25 @@ pub(super) struct GrpcClients {
 }
 
 impl GrpcClients {
-    pub(super) async fn connect(url: &str, connections: usize, token: Option<&str>) -> anyhow::Result<Self> {
+    pub(super) async fn connect(
+        url: &str,
+        connections: usize,
+        token: Option<&str>,
+        cacert: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let authorization = token
             .map(|token| MetadataValue::try_from(format!("Bearer {token}")))
             .transpose()
             .context("the token is not a valid metadata value")?;
-        let endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("--grpc-url {url}"))?;
+        let mut endpoint = Endpoint::from_shared(url.to_owned()).with_context(|| format!("--grpc-url {url}"))?;
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_webpki_roots();
+            if let Some(path) = cacert {
+                let pem = std::fs::read(path).with_context(|| format!("reading --cacert {}", path.display()))?;
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(tls).context("TLS for --grpc-url")?;
+        }
         let mut clients = Vec::with_capacity(connections);
         for _ in 0..connections {
             let channel =

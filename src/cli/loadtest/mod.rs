@@ -111,6 +111,9 @@ pub struct LoadtestArgs {
     /// A bearer token with the `infer` scope, sent with every request (REST and gRPC).
     #[arg(long, env = "GAUNTLET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for https:// URLs (REST and gRPC), beside the built-in roots.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
     /// A bearer token with the `labels` scope for --feedback; default: --token.
     #[arg(long, env = "GAUNTLET_TOKEN_LABELS", hide_env_values = true)]
     pub labels_token: Option<String>,
@@ -180,7 +183,7 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        Ok(reqwest::Client::builder()
+        Ok(crate::cli::admin::http_client(args.cacert.as_deref())?
             .timeout(Duration::from_millis(args.timeout_ms))
             .pool_max_idle_per_host(1024)
             .default_headers(headers)
@@ -195,7 +198,15 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
                 None => grpc_url_beside(&base)?,
             };
             let workers = args.rate.map_or(args.concurrency.unwrap_or(16), |_| args.connections).max(1);
-            Some(GrpcClients::connect(&url, args.connections.clamp(1, workers), args.token.as_deref()).await?)
+            Some(
+                GrpcClients::connect(
+                    &url,
+                    args.connections.clamp(1, workers),
+                    args.token.as_deref(),
+                    args.cacert.as_deref(),
+                )
+                .await?,
+            )
         }
     };
     let input = match &grpc {
@@ -289,7 +300,7 @@ fn grpc_url_beside(base: &str) -> anyhow::Result<String> {
     let url = reqwest::Url::parse(base).with_context(|| format!("--url {base} is not a URL"))?;
     let host = url.host_str().with_context(|| format!("--url {base} has no host"))?;
     let host = if host.contains(':') { format!("[{host}]") } else { host.to_owned() };
-    Ok(format!("http://{host}:8001"))
+    Ok(format!("{}://{host}:8001", url.scheme()))
 }
 
 impl Summary {
