@@ -93,9 +93,13 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        // As REST's: one branch and one lookup while `infer` is open and no token is sent.
-        if !self.gateway.access().open_to_all(Scope::Infer) || request.metadata().contains_key(AUTHORIZATION) {
-            self.allowed(&request, Scope::Infer)?;
+        // As REST's: one lookup, and the check only with a token or where one is needed.
+        let access = self.gateway.access();
+        let authorization = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
+        if (authorization.is_some() || !access.open_to_all(Scope::Infer))
+            && let Err(denied) = access.allows(authorization, false, Scope::Infer)
+        {
+            return Err(status(&Error::from(denied)));
         }
         let (metadata, _, message) = request.into_parts();
         let gateway = &*self.gateway;

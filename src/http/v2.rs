@@ -67,12 +67,14 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = request.into_parts();
-    // Open to all unless a token holds `infer`, and then loopback is no exception: a call without
-    // a token costs one branch and one header lookup here.
-    if (!gateway.access().open_to_all(Scope::Infer) || parts.headers.contains_key(header::AUTHORIZATION))
-        && let Err(refused) = super::auth::check(gateway, &parts.headers, false, Scope::Infer)
+    // Open to all unless a token holds `infer`, and then loopback is no exception: one header
+    // lookup, and the check only with a token or where one is needed.
+    let access = gateway.access();
+    let authorization = parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    if (authorization.is_some() || !access.open_to_all(Scope::Infer))
+        && let Err(denied) = access.allows(authorization, false, Scope::Infer)
     {
-        return refused.into_response();
+        return Error::from(denied).into_response();
     }
     let limit = gateway.config().max_request_bytes;
     let work = async {
