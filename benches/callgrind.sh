@@ -13,7 +13,10 @@
 # initdb and pg_ctl as the `postgres` user when run as root), to show the store stays off the
 # request path. BENCH_PROTOCOL=grpc sends ModelInfer over gRPC instead, with `gauntlet loadtest
 # --protocol grpc` (16 in flight) as the load generator, and counts the threads whose profile holds
-# `model_infer`. Needs valgrind and wrk (`apt-get install valgrind wrk`). Traffic goes to 127.0.0.1 only.
+# `model_infer`. BENCH_TOKEN=T configures one token with the `infer` scope (by its SHA-256) and sends
+# it with every request, so the figure includes the check; BENCH_HEADER='Name: value' sends one more
+# header of another name (what receiving a header costs, without a check). Needs valgrind and wrk (`apt-get install
+# valgrind wrk`). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -33,6 +36,14 @@ trap cleanup EXIT
 if [ -n "${BENCH_CLUSTER:-}" ]; then
   start_postgres "$work/pg" $((port + 1))
   set -- "$@" --set "cluster.database_url=$POSTGRES_URL"
+fi
+
+wrk_auth=()
+[ -z "${BENCH_HEADER:-}" ] || wrk_auth=(-H "$BENCH_HEADER")
+if [ -n "${BENCH_TOKEN:-}" ]; then
+  digest=$(printf %s "$BENCH_TOKEN" | sha256sum | cut -d' ' -f1)
+  set -- "$@" --set "auth.tokens=[{name = \"bench\", sha256 = \"$digest\", scopes = [\"infer\"]}]"
+  wrk_auth=(-H "Authorization: Bearer $BENCH_TOKEN")
 fi
 
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$work/cg.out" \
@@ -58,16 +69,16 @@ url="http://127.0.0.1:$port/v2/models/breast-cancer/infer"
 grpc_load() { # seconds
   "$gauntlet" loadtest --url "http://127.0.0.1:$port" --grpc-url "http://127.0.0.1:$((port + 2))" --protocol grpc \
     --model breast-cancer --data models/breast-cancer/holdout.csv --concurrency 16 --connections 16 \
-    --duration "$1s" --quiet --json
+    --duration "$1s" --quiet --json ${BENCH_TOKEN:+--token "$BENCH_TOKEN"}
 }
 if [ "${BENCH_PROTOCOL:-http}" = grpc ]; then
   grpc_load 5 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   grpc_load "$seconds" | python3 -c 'import json, sys; s = json.load(sys.stdin); print(s["requests"], s["errors"])' >"$work/requests"
 else
-  wrk -t2 -c16 -d5s -s "$work/post.lua" "$url" >/dev/null
+  wrk -t2 -c16 -d5s "${wrk_auth[@]}" -s "$work/post.lua" "$url" >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
-  wrk -t2 -c16 -d"${seconds}s" -s "$work/post.lua" "$url" | awk '/^REQUESTS/ {print $2, $3}' >"$work/requests"
+  wrk -t2 -c16 -d"${seconds}s" "${wrk_auth[@]}" -s "$work/post.lua" "$url" | awk '/^REQUESTS/ {print $2, $3}' >"$work/requests"
 fi
 callgrind_control -d "$pid" >/dev/null 2>&1
 python3 - "$work" <<'EOF'
