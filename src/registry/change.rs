@@ -108,14 +108,11 @@ impl Registry {
         let _serialised = self.changes.lock();
         let current = model.deployment();
         let result = target(&current, change).and_then(|target| self.build(model, &current, target)).and_then(|next| {
-            let next = Arc::new(next);
             let revision = self.save_with(model, next.state())?;
-            model.deployment.store(Arc::clone(&next));
-            model.applied.store(revision, Ordering::Release);
-            next.publish_roles(Some(&current));
-            Ok(next)
+            Ok((Arc::new(next), revision))
         });
-        let (from, to) = (current.state(), result.as_ref().ok().map(|d| d.state()));
+        // Audited before anyone can see it: whoever sees the new deployment finds its audit line.
+        let (from, to) = (current.state(), result.as_ref().ok().map(|(d, _)| d.state()));
         self.store.audit(&AuditEntry {
             timestamp: SystemTime::now(),
             model: name,
@@ -128,6 +125,12 @@ impl Registry {
             result: if result.is_ok() { "ok" } else { "refused" },
             error: result.as_ref().err().map(ToString::to_string),
             evidence: origin.evidence,
+        });
+        let result = result.map(|(next, revision)| {
+            model.deployment.store(Arc::clone(&next));
+            model.applied.store(revision, Ordering::Release);
+            next.publish_roles(Some(&current));
+            next
         });
         match &result {
             Ok(_) => {
