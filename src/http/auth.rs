@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -20,18 +20,8 @@ pub async fn require(
     next: Next,
 ) -> Result<Response, Error> {
     let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
-    let actor = check(&gateway, request.headers(), loopback, scope)?;
+    let authorization = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let actor = gateway.access().check(authorization, loopback, scope)?;
     request.extensions_mut().insert(actor);
     Ok(next.run(request).await)
-}
-
-/// The actor of a call that may use `scope`, or the refusal in the error shape.
-pub fn check(
-    gateway: &Gateway,
-    headers: &HeaderMap,
-    loopback: bool,
-    scope: Scope,
-) -> Result<crate::auth::Actor, Error> {
-    let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    Ok(gateway.access().check(authorization, loopback, scope)?)
 }
