@@ -707,9 +707,9 @@ async fn records_and_labels_reach_the_store_through_an_outage() {
         (row.get(0), row.get(1))
     });
     assert_eq!((pairs, rows), (60, 60), "the view pairs each record with its label");
-    // The README's query, as a data scientist would run it.
-    let readme = std::fs::read_to_string(common::root().join("README.md")).unwrap();
-    let query = readme.split("```sql\n").nth(1).unwrap().split("```").next().unwrap().to_owned();
+    // The documented query (docs/cluster.md), as a data scientist would run it.
+    let doc = std::fs::read_to_string(common::root().join("docs/cluster.md")).unwrap();
+    let query = doc.split("```sql\n").nth(1).unwrap().split("```").next().unwrap().to_owned();
     let by_version: Vec<(String, i64, i64)> =
         pg.sql(|c| c.query(&query, &[]).unwrap().iter().map(|r| (r.get(1), r.get(2), r.get(3))).collect());
     assert_eq!(by_version, vec![("1".to_owned(), 60, 60)]);
