@@ -237,8 +237,17 @@ impl Access {
     }
 
     /// Whether `scope` is open to every client, so a call needs no header read at all.
-    pub fn open_to_all(&self, scope: Scope) -> bool {
+    fn open_to_all(&self, scope: Scope) -> bool {
         scope == Scope::Infer && self.open & scope.bit() != 0
+    }
+
+    /// The inference call's check, for REST and gRPC alike: loopback is no exception, and while
+    /// `infer` is open a call without a token costs one branch.
+    pub fn allows_inference(&self, authorization: Option<&[u8]>) -> Result<(), Denied> {
+        if authorization.is_none() && self.open_to_all(Scope::Infer) {
+            return Ok(());
+        }
+        self.allows(authorization, false, Scope::Infer)
     }
 
     /// The scopes that answer without a token: to say so at start on a non-loopback address.

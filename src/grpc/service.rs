@@ -37,10 +37,7 @@ impl Service {
     fn allowed<T>(&self, request: &Request<T>, scope: Scope) -> Result<(), Status> {
         let authorization = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
         let loopback = request.remote_addr().is_some_and(|a| a.ip().is_loopback());
-        match self.gateway.access().check(authorization, loopback, scope) {
-            Ok(_) => Ok(()),
-            Err(denied) => Err(status(&Error::from(denied))),
-        }
+        self.gateway.access().allows(authorization, loopback, scope).map_err(|denied| status(&Error::from(denied)))
     }
 }
 
@@ -93,12 +90,8 @@ impl GrpcInferenceService for Service {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        // As REST's: one lookup, and the check only with a token or where one is needed.
-        let access = self.gateway.access();
         let authorization = request.metadata().get(AUTHORIZATION).map(|v| v.as_bytes());
-        if (authorization.is_some() || !access.open_to_all(Scope::Infer))
-            && let Err(denied) = access.allows(authorization, false, Scope::Infer)
-        {
+        if let Err(denied) = self.gateway.access().allows_inference(authorization) {
             return Err(status(&Error::from(denied)));
         }
         let (metadata, _, message) = request.into_parts();

@@ -18,7 +18,6 @@ use super::openapi::{
     PayloadTooLarge, Ready, ServerMetadata, Unavailable, UnsupportedMediaType, VersionPath,
 };
 use crate::Gateway;
-use crate::auth::Scope;
 use crate::error::{Error, ErrorKind};
 use crate::inference::{self, Inference, Protocol, served, version_of};
 use crate::registry::ModelVersion;
@@ -67,13 +66,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = request.into_parts();
-    // Open to all unless a token holds `infer`, and then loopback is no exception: one header
-    // lookup, and the check only with a token or where one is needed.
-    let access = gateway.access();
     let authorization = parts.headers.get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-    if (authorization.is_some() || !access.open_to_all(Scope::Infer))
-        && let Err(denied) = access.allows(authorization, false, Scope::Infer)
-    {
+    if let Err(denied) = gateway.access().allows_inference(authorization) {
         return Error::from(denied).into_response();
     }
     let limit = gateway.config().max_request_bytes;
