@@ -490,6 +490,12 @@ impl Config {
         (self.header_read_timeout_ms > 0).then(|| Duration::from_millis(self.header_read_timeout_ms))
     }
 
+    /// A TLS handshake's deadline: the header read timeout, or 30 s with that one off (a handshake
+    /// never waits without end).
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        self.header_read_timeout().unwrap_or(Duration::from_secs(30))
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }

@@ -69,7 +69,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let limit = gateway.config().max_request_bytes;
-    let handshake_timeout = gateway.config().header_read_timeout().unwrap_or(Duration::from_secs(30));
+    let handshake_timeout = gateway.config().tls_handshake_timeout();
     let inference =
         pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Service::new(Arc::clone(&gateway)))
             .max_decoding_message_size(limit)

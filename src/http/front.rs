@@ -62,7 +62,7 @@ pub async fn serve(
     // hyper's own default header timeout (30 s) does nothing without a timer: give it one.
     let header_timeout = front.gateway.config.header_read_timeout();
     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    let handshake_timeout = header_timeout.unwrap_or(Duration::from_secs(30));
+    let handshake_timeout = front.gateway.config.tls_handshake_timeout();
     let mut shutdown = pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
