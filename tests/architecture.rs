@@ -1,7 +1,9 @@
 //! The layering of `src/`, kept by a test (as rust-analyzer's tidy tests keep theirs): every
-//! `crate::…` and `super::…` path outside `#[cfg(test)]` is read, and the build fails naming the
-//! import when a module reaches one above it (ARCHITECTURE.md draws the layers), when the files of
-//! one folder import each other in a circle, or when a file grows past 600 lines before its tests.
+//! `crate::…` and `super::…` path outside a file's `#[cfg(test)] mod tests { … }` block is read, and
+//! the build fails naming the file and line when a module reaches one above it, or the crate root
+//! (`lib.rs` only wires: nothing is imported from it), when the files of one folder import each
+//! other in a circle, when a file grows past 600 lines before its tests, or when ARCHITECTURE.md's
+//! layer table is not this file's `LAYERS`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -12,18 +14,19 @@ const LAYERS: &[&[&str]] = &[
     &["error", "json", "secret", "background", "metrics"],
     &["model", "auth", "tls"],
     &["repository"],
-    &["traffic", "outcomes"],
+    &["traffic"],
     &["registry"],
-    &["executor", "compare"],
+    &["outcomes", "executor"],
+    &["compare"],
     &["join", "cluster"],
     &["drift", "promotion", "analyst"],
     &["shadow"],
     &["config"],
-    // The request path REST and gRPC share once a request is decoded.
+    // The gateway and the request path both protocols share, from admission to the record.
     &["inference"],
     &["http", "grpc"],
-    // The CLI reads the admin API's answers into the API's own view types.
-    &["cli"],
+    // The process (`server`) and the CLI, which reads the admin API's answers into its view types.
+    &["cli", "server"],
 ];
 
 /// Lines a file may have before its `#[cfg(test)]` module.
@@ -34,7 +37,10 @@ struct Source {
     file: PathBuf,
     module: Vec<String>,
     is_mod_rs: bool,
+    /// The file's text, its tests block blanked (line numbers stay true).
     text: String,
+    /// Its lines outside the tests block.
+    lines: usize,
 }
 
 fn sources() -> Vec<Source> {
@@ -64,11 +70,88 @@ fn sources() -> Vec<Source> {
             if is_mod_rs {
                 module.pop();
             }
-            let text = std::fs::read_to_string(&file).unwrap();
-            let text = text.split("#[cfg(test)]").next().unwrap().to_owned();
-            Some(Source { file, module, is_mod_rs, text })
+            let original = std::fs::read_to_string(&file).unwrap();
+            let text = without_tests_block(&original);
+            let lines =
+                original.lines().count() - tests_block(&original).map_or(0, |(a, b)| original[a..=b].lines().count());
+            Some(Source { file, module, is_mod_rs, text, lines })
         })
         .collect()
+}
+
+/// The file with its `#[cfg(test)] mod tests { … }` block blanked (its lines kept, so line numbers
+/// stay true); any other `#[cfg(test)]` item is read like the rest.
+fn without_tests_block(text: &str) -> String {
+    let Some((at, close)) = tests_block(text) else { return text.to_owned() };
+    let blanked: String = text[at..=close].chars().map(|c| if c == '\n' { '\n' } else { ' ' }).collect();
+    format!("{}{}{}", &text[..at], blanked, &text[close + 1..])
+}
+
+/// Where the tests block starts (its `#[cfg(test)]`) and ends (its `}`), if there is one.
+fn tests_block(text: &str) -> Option<(usize, usize)> {
+    let at = tests_block_start(text)?;
+    let open = at + text[at..].find('{').unwrap();
+    Some((at, matching_brace(text, open).unwrap_or(text.len() - 1)))
+}
+
+/// Where `#[cfg(test)]` followed by `mod tests {` starts, if anywhere.
+fn tests_block_start(text: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = text[from..].find("#[cfg(test)]").map(|i| i + from) {
+        let rest = text[at + "#[cfg(test)]".len()..].trim_start();
+        if rest.strip_prefix("mod tests").is_some_and(|r| r.trim_start().starts_with('{')) {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
+}
+
+/// The `}` that closes the `{` at `open`, skipping comments, strings and character literals.
+fn matching_brace(text: &str, open: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut i, mut depth) = (open, 0usize);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'/' if bytes.get(i + 1) == Some(&b'/') => i = text[i..].find('\n').map_or(bytes.len(), |n| i + n),
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = text[i..].find("*/").map_or(bytes.len(), |n| i + n + 1),
+            b'r' if raw_string_end(text, i).is_some() => i = raw_string_end(text, i).unwrap_or(i),
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            // A character literal ('{', '\n', '\''), not a lifetime ('a).
+            b'\'' if bytes.get(i + 1) == Some(&b'\\') => i += text[i + 3..].find('\'').map_or(0, |n| n + 3),
+            b'\'' if bytes.get(i + 2) == Some(&b'\'') => i += 2,
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Where the raw string `r"…"` or `r#"…"#` starting at `i` ends; `None` when `i` starts none.
+fn raw_string_end(text: &str, i: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_') {
+        return None;
+    }
+    let hashes = bytes[i + 1..].iter().take_while(|&&b| b == b'#').count();
+    if bytes.get(i + 1 + hashes) != Some(&b'"') {
+        return None;
+    }
+    let end = format!("\"{}", "#".repeat(hashes));
+    let body = i + 2 + hashes;
+    Some(text[body..].find(&end).map_or(text.len(), |n| body + n + end.len() - 1))
 }
 
 /// Every path that starts with `crate::` or `super::`, `{…}` groups expanded, with its line.
@@ -143,8 +226,15 @@ fn expand(path: &str, each: &mut dyn FnMut(String)) {
     }
 }
 
-/// The module a path names: the longest prefix of it that is a file of `src/`.
-fn target(source: &Source, path: &str, modules: &BTreeSet<Vec<String>>) -> Option<Vec<String>> {
+/// What a path names: a module of `src/` (the longest prefix of it that is a file), or the crate
+/// root itself (an item of `lib.rs`).
+#[derive(Debug, PartialEq)]
+enum Target {
+    Module(Vec<String>),
+    Root,
+}
+
+fn target(source: &Source, path: &str, modules: &BTreeSet<Vec<String>>) -> Target {
     let mut segments: Vec<&str> = path.split("::").collect();
     let mut base: Vec<String> = Vec::new();
     if segments[0] == "super" {
@@ -159,7 +249,8 @@ fn target(source: &Source, path: &str, modules: &BTreeSet<Vec<String>>) -> Optio
         segments.remove(0);
     }
     let full: Vec<String> = base.into_iter().chain(segments.iter().map(|s| (*s).to_owned())).collect();
-    (1..=full.len()).rev().map(|k| full[..k].to_vec()).find(|prefix| modules.contains(prefix))
+    let module = (1..=full.len()).rev().map(|k| full[..k].to_vec()).find(|prefix| modules.contains(prefix));
+    module.map_or(Target::Root, Target::Module)
 }
 
 fn layer_of(module: &str) -> Option<usize> {
@@ -179,7 +270,14 @@ fn modules_import_only_lower_layers() {
     for source in &sources {
         let from = &source.module[0];
         for (line, path) in paths(&source.text) {
-            let Some(to) = target(source, &path, &modules) else { continue };
+            let to = match target(source, &path, &modules) {
+                Target::Module(to) => to,
+                Target::Root => {
+                    let at = format!("{}:{line}: `{path}`", source.file.display());
+                    wrong.push(format!("{at}: {from} imports the crate root; lib.rs only wires, import the module"));
+                    continue;
+                }
+            };
             let to = &to[0];
             if to == from {
                 continue;
@@ -212,7 +310,8 @@ fn the_files_of_a_folder_import_each_other_one_way() {
         for source in sources.iter().filter(|s| child(&s.module).is_some()) {
             let from = child(&source.module).unwrap();
             for (line, path) in paths(&source.text) {
-                let Some(to) = target(source, &path, &modules).and_then(|t| child(&t)) else { continue };
+                let Target::Module(to) = target(source, &path, &modules) else { continue };
+                let Some(to) = child(&to) else { continue };
                 if to != from {
                     let at = format!("{}:{line}: `{path}`", source.file.display());
                     edges.entry(from.clone()).or_default().entry(to).or_insert(at);
@@ -259,10 +358,52 @@ fn find_cycle(edges: &BTreeMap<Vec<String>, BTreeMap<Vec<String>, String>>) -> O
 fn no_file_is_longer_than_600_lines_before_its_tests() {
     let long: Vec<String> = sources()
         .iter()
-        .filter(|s| s.text.lines().count() > MAX_LINES)
-        .map(|s| format!("{}: {} lines", s.file.display(), s.text.lines().count()))
+        .filter(|s| s.lines > MAX_LINES)
+        .map(|s| format!("{}: {} lines", s.file.display(), s.lines))
         .collect();
     assert!(long.is_empty(), "split these along their seams:\n{}", long.join("\n"));
+}
+
+/// ARCHITECTURE.md's layer table, lowest first: each row `| n | `a` `b` | why |`, under `## Layers`.
+fn documented_layers() -> Vec<Vec<String>> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("ARCHITECTURE.md")).unwrap();
+    let section = doc.split("\n## Layers").nth(1).expect("ARCHITECTURE.md has a `## Layers` section");
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            cells.get(1)?.parse::<usize>().ok()?;
+            Some(cells[2].split('`').skip(1).step_by(2).map(str::to_owned).collect())
+        })
+        .collect()
+}
+
+#[test]
+fn architecture_md_draws_these_layers() {
+    let ours: Vec<Vec<String>> = LAYERS.iter().map(|l| l.iter().map(|m| (*m).to_owned()).collect()).collect();
+    let documented = documented_layers();
+    let mut wrong = Vec::new();
+    for n in 0..ours.len().max(documented.len()) {
+        let (a, b) = (ours.get(n), documented.get(n));
+        if a != b {
+            wrong.push(format!("ARCHITECTURE.md: layer {n}: the test has {a:?}, the document {b:?}"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the layer table in ARCHITECTURE.md is not tests/architecture.rs's LAYERS:\n{}",
+        wrong.join("\n")
+    );
+}
+
+#[test]
+fn the_tests_block_is_all_that_is_skipped() {
+    let text = "use a;\n#[cfg(test)]\nfn helper() {}\nuse crate::b;\n#[cfg(test)]\nmod tests {\n    let c = '{';\n    \"}\";\n    use crate::hidden;\n}\nuse crate::after;\n";
+    let kept = without_tests_block(text);
+    assert_eq!(kept.lines().count(), text.lines().count());
+    let found: Vec<(usize, String)> = paths(&kept);
+    assert_eq!(found, [(4, "crate::b".to_owned()), (11, "crate::after".to_owned())]);
 }
 
 #[test]

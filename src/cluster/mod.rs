@@ -373,10 +373,10 @@ pub struct ReplicaView {
     pub id: String,
     /// Its listen address, host:port.
     pub address: String,
-    #[serde(with = "time_text")]
+    #[serde(with = "crate::json::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub started_at: SystemTime,
-    #[serde(with = "time_text")]
+    #[serde(with = "crate::json::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub heartbeat_at: SystemTime,
     /// No heartbeat for three intervals: the replica is gone or cut off.
@@ -389,19 +389,4 @@ pub struct ReplicaView {
     pub problem: Option<String>,
     /// Its binary's version.
     pub version: String,
-}
-
-mod time_text {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_millis(*time))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
-    }
 }

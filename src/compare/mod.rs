@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, VecDeque};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::outcomes::{OutcomeRecord, Role, Status};
+use crate::outcomes::OutcomeRecord;
+use crate::registry::{Role, Status};
 use crate::repository::{Task, VersionId};
 
 pub use self::report::{ModelReport, PairReport, Report, Snapshot, Verdict};
@@ -539,7 +540,7 @@ mod recorded {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Histogram<u64>, D::Error> {
         let buckets = Vec::<(u64, u64)>::deserialize(deserializer)?;
-        let mut histogram = super::ModelStats::new(0).latency_us;
+        let mut histogram = crate::compare::ModelStats::new(0).latency_us;
         for (value, count) in buckets {
             histogram.record_n(value, count).map_err(serde::de::Error::custom)?;
         }

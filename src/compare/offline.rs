@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{CompareSettings, Comparison, ModelOutcome, Observation, Truth, predictions};
 use crate::outcomes::reader::{Line, LineResult};
-use crate::outcomes::{Role, Status};
+use crate::registry::{Role, Status};
 use crate::repository::Task;
 
 /// What reading the files found besides the comparisons.

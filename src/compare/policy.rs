@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Comparison;
-use crate::outcomes::Status;
+use crate::registry::Status;
 use crate::repository::VersionId;
 
 /// One deployment's policy (`models.<name>.policy`); off unless `enabled`.

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::offline::{OfflineComparison, ReadSummary};
 use super::policy::{self, Decision, Evidence, PolicySettings};
 use super::{CompareSettings, Comparison};
-use crate::outcomes::Role;
 use crate::outcomes::reader::Line;
+use crate::registry::Role;
 use crate::repository::VersionId;
 
 /// What the policy would have decided for one model, in order.

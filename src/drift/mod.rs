@@ -39,8 +39,8 @@ use self::window::{Transition, Watch, WatchState};
 use crate::background::{self, Closing, Priority, Work, Worker};
 use crate::compare::{Observation, Prediction, Truth};
 use crate::model::Tensor;
-use crate::outcomes::{Role, Status};
 use crate::registry::{ModelVersion, Registry};
+use crate::registry::{Role, Status};
 use crate::repository::VersionId;
 use crate::secret::Secret;
 

@@ -14,7 +14,7 @@ use super::window::Watch;
 use super::{DriftSettings, Thresholds};
 use crate::model::{Tensor, TensorSpec};
 use crate::outcomes::reader::{Line, each_line};
-use crate::outcomes::{Role, Status};
+use crate::registry::{Role, Status};
 use crate::repository::{Repository, VersionId};
 
 /// Rows kept per (model, version): the window is the last this many.

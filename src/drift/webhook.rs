@@ -24,7 +24,7 @@ pub struct Event {
     pub event: &'static str,
     pub model: String,
     pub version: Option<String>,
-    #[serde(serialize_with = "crate::outcomes::rfc3339")]
+    #[serde(serialize_with = "crate::json::rfc3339::serialize")]
     pub at: SystemTime,
     /// The series at the alert level when the alert began (empty when it ends).
     pub drifted: Vec<String>,

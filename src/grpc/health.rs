@@ -11,7 +11,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::Gateway;
+use crate::inference::Gateway;
 
 /// How often a Watch looks at readiness again; it sends only changes.
 const WATCH_EVERY: Duration = Duration::from_millis(500);

@@ -22,8 +22,8 @@ use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::server::TcpIncoming;
 
-use crate::Gateway;
 use crate::error::ErrorKind;
+use crate::inference::Gateway;
 use crate::tls::Certificates;
 
 /// The messages and the service, generated from the protocol's `.proto`.

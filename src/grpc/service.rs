@@ -1,5 +1,5 @@
 //! `inference.GRPCInferenceService`: health and metadata as REST answers them, and ModelInfer
-//! through the shared request path.
+//! through the shared request path (`inference::serve`, with [`Grpc`] as its codec).
 
 use std::sync::Arc;
 
@@ -14,12 +14,12 @@ use super::pb::{
     ServerReadyRequest, ServerReadyResponse,
 };
 use super::{status, tensors};
-use crate::Gateway;
 use crate::auth::Scope;
 use crate::error::Error;
-use crate::inference::{self, Inference, Protocol, served, version_of};
-use crate::model::TensorSpec;
+use crate::inference::{self, Codec, Decoded, Gateway, Protocol, served, version_of};
+use crate::model::{Tensor, TensorSpec};
 use crate::registry::ModelVersion;
+use crate::repository::Manifest;
 
 const REQUEST_ID: &str = "x-request-id";
 const AUTHORIZATION: &str = "authorization";
@@ -95,48 +95,56 @@ impl GrpcInferenceService for Service {
             return Err(status(&Error::from(denied)));
         }
         let (metadata, _, message) = request.into_parts();
-        let gateway = &*self.gateway;
-        match inference::guarded(gateway, infer(gateway, &metadata, message)).await {
-            Ok(answer) => answer,
-            Err(error) => Err(status(&error)),
-        }
+        inference::serve(&self.gateway, std::future::ready(Grpc { metadata, message })).await
     }
 }
 
-async fn infer(
-    gateway: &Gateway,
-    metadata: &MetadataMap,
-    mut message: ModelInferRequest,
-) -> Result<Response<ModelInferResponse>, Status> {
-    let version = (!message.model_version.is_empty()).then_some(message.model_version.as_str());
-    let mut call = Inference::begin(gateway, &message.model_name, version, Protocol::Grpc).map_err(|e| status(&e))?;
-    let given = Some(std::mem::take(&mut message.id)).filter(|id| !id.is_empty()).or_else(|| {
-        let header = metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok());
-        header.filter(|id| !id.is_empty() && id.len() <= 256).map(str::to_owned)
-    });
-    let result = async {
-        let decoded = tensors::decode(&mut message, call.manifest())?;
-        drop(message);
-        let id = inference::request_id(given);
-        let key = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
-        let ran = call.run(&id, key, decoded.inputs).await?;
-        Ok::<_, Error>(tensors::respond(call.answering(), id, &ran.outputs, &decoded.outputs))
+/// A ModelInfer call: its metadata and its message (whose tensors `decode` takes).
+struct Grpc {
+    metadata: MetadataMap,
+    message: ModelInferRequest,
+}
+
+impl Codec for Grpc {
+    /// The requested outputs, by index into the signature's outputs; empty: all of them.
+    type Selection = Vec<usize>;
+    type Answer = Result<Response<ModelInferResponse>, Status>;
+    const PROTOCOL: Protocol = Protocol::Grpc;
+
+    fn target(&self) -> (&str, Option<&str>) {
+        let version = &self.message.model_version;
+        (&self.message.model_name, (!version.is_empty()).then_some(version.as_str()))
     }
-    .await;
-    match result {
-        Ok(answer) => {
-            call.finish(Ok(()));
-            let id = MetadataValue::try_from(answer.id.as_str()).ok();
-            let mut response = Response::new(answer);
-            if let Some(id) = id {
-                response.metadata_mut().insert(REQUEST_ID, id);
-            }
-            Ok(response)
+
+    fn id_header(&self) -> Option<&str> {
+        self.metadata.get(REQUEST_ID).and_then(|v| v.to_str().ok())
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.metadata.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn decode(&mut self, manifest: &Manifest) -> Result<Decoded<Vec<usize>>, Error> {
+        // proto3 has no absent string: an empty id is none.
+        let id = Some(std::mem::take(&mut self.message.id)).filter(|id| !id.is_empty());
+        let decoded = tensors::decode(&mut self.message, manifest)?;
+        // The rest of the message (the raw tensors were taken) is not needed again.
+        self.message.inputs = Vec::new();
+        Ok(Decoded { id, inputs: decoded.inputs, selection: decoded.outputs })
+    }
+
+    fn encode(&self, version: &ModelVersion, id: String, outputs: &[Tensor], selection: &Vec<usize>) -> Self::Answer {
+        let answer = tensors::respond(version, id, outputs, selection);
+        let id = MetadataValue::try_from(answer.id.as_str()).ok();
+        let mut response = Response::new(answer);
+        if let Some(id) = id {
+            response.metadata_mut().insert(REQUEST_ID, id);
         }
-        Err(error) => {
-            call.finish(Err(error.kind()));
-            Err(status(&error))
-        }
+        Ok(response)
+    }
+
+    fn refuse(error: Error, _id: Option<String>) -> Self::Answer {
+        Err(status(&error))
     }
 }
 

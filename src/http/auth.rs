@@ -9,9 +9,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::Gateway;
 use crate::auth::Scope;
 use crate::error::Error;
+use crate::inference::Gateway;
 
 /// Middleware: lets the call through if it may use `scope`.
 pub async fn require(

@@ -20,9 +20,9 @@ use super::openapi::{
     BadRequest, Conflict, Denied, FeedbackRequest, FeedbackResponse, Gone, ModelPath, NotFound, PayloadTooLarge,
     Unavailable,
 };
-use crate::Gateway;
 use crate::compare::Truth;
 use crate::error::{Error, ErrorKind};
+use crate::inference::{Gateway, MAX_REQUEST_ID, acceptable_id};
 use crate::join::Joined;
 use crate::outcomes::FeedbackRecord;
 
@@ -67,8 +67,10 @@ pub async fn feedback(
             return Err(Error::invalid_input(at(format!("unknown field `{key}`; expected `id` and `truth`"))));
         }
         let id = match object.remove("id") {
-            Some(Value::String(id)) if !id.is_empty() && id.len() <= 256 => id,
-            Some(_) => return Err(Error::invalid_input(at("`id` must be a string of 1 to 256 characters".into()))),
+            Some(Value::String(id)) if acceptable_id(&id) => id,
+            Some(_) => {
+                return Err(Error::invalid_input(at(format!("`id` must be a string of 1 to {MAX_REQUEST_ID} bytes"))));
+            }
             None => return Err(Error::invalid_input(at("`id` is missing".into()))),
         };
         let raw = object.remove("truth").ok_or_else(|| Error::invalid_input(at("`truth` is missing".into())))?;

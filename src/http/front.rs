@@ -34,7 +34,7 @@ use tower::ServiceExt;
 use tracing::Instrument;
 
 use super::{router, v2};
-use crate::Gateway;
+use crate::inference::Gateway;
 use crate::tls::Certificates;
 
 /// The whole HTTP API over one gateway; each accepted connection gets a [`Connection`].
@@ -60,9 +60,9 @@ pub async fn serve(
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     // hyper's own default header timeout (30 s) does nothing without a timer: give it one.
-    let header_timeout = front.gateway.config.header_read_timeout();
+    let header_timeout = front.gateway.config().header_read_timeout();
     builder.timer(TokioTimer::new()).header_read_timeout(header_timeout);
-    let handshake_timeout = front.gateway.config.tls_handshake_timeout();
+    let handshake_timeout = front.gateway.config().tls_handshake_timeout();
     let mut shutdown = pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {

@@ -26,9 +26,9 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::Gateway;
 use crate::auth::Scope;
 use crate::error::{Error, ErrorKind};
+use crate::inference::Gateway;
 
 pub use self::error::status;
 pub use self::front::{Front, front, serve};

@@ -17,10 +17,11 @@ use super::openapi::{
     BadRequest, Denied, InferRequest, InferResponse, Live, ModelFailed, ModelMetadata, ModelPath, ModelReady, NotFound,
     PayloadTooLarge, Ready, ServerMetadata, Unavailable, UnsupportedMediaType, VersionPath,
 };
-use crate::Gateway;
 use crate::error::{Error, ErrorKind};
-use crate::inference::{self, Inference, Protocol, served, version_of};
+use crate::inference::{self, Codec, Decoded, Gateway, Protocol, served, version_of};
+use crate::model::Tensor;
 use crate::registry::ModelVersion;
+use crate::repository::Manifest;
 
 const INFERENCE_HEADER_CONTENT_LENGTH: HeaderName = HeaderName::from_static("inference-header-content-length");
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -51,10 +52,10 @@ pub async fn infer_version(
     serve_infer(&gateway, &name, Some(&version), request).await
 }
 
-/// One inference request, guarded (`inference::guarded`): over `max_concurrent_requests` in flight
-/// it is refused at once (503, never queued); past `request_timeout_ms` it answers 503 and gives its
-/// slot back; a body over `max_request_bytes` is a 413; a panic is a 500. Both the router and the
-/// front's direct path (`super::front`) come here, and gRPC shares the guard and the limit.
+/// One inference request through the shared path (`inference::serve`): over
+/// `max_concurrent_requests` in flight it is refused at once (503, never queued); past
+/// `request_timeout_ms` it answers 503 and gives its slot back; a body over `max_request_bytes` is a
+/// 413; a panic is a 500. Both the router and the front's direct path (`super::front`) come here.
 pub(super) async fn serve_infer<B>(
     gateway: &Gateway,
     name: &str,
@@ -71,58 +72,57 @@ where
         return Error::from(denied).into_response();
     }
     let limit = gateway.config().max_request_bytes;
-    let work = async {
+    let receive = async move {
         let body = read_body(body, limit).await;
-        infer_on(gateway, name, version, &parts.headers, body).await
+        Rest { name, version, headers: parts.headers, body }
     };
-    // A panic is logged by the guard and answers 500 "internal error" like any internal error.
-    inference::guarded(gateway, work).await.unwrap_or_else(IntoResponse::into_response)
+    inference::serve(gateway, receive).await
 }
 
-async fn infer_on(
-    gateway: &Gateway,
-    name: &str,
-    version: Option<&str>,
-    headers: &HeaderMap,
+/// A REST inference request: its path's model and version, its headers and its body (or why it
+/// could not be read: told once the model is known, so an unknown model is a 404 first).
+struct Rest<'a> {
+    name: &'a str,
+    version: Option<&'a str>,
+    headers: HeaderMap,
     body: Result<Bytes, Error>,
-) -> Response {
-    let header_id =
-        headers.get(REQUEST_ID).and_then(|v| v.to_str().ok()).filter(|id| !id.is_empty() && id.len() <= 256);
-    let mut call = match Inference::begin(gateway, name, version, Protocol::Rest) {
-        Ok(call) => call,
-        Err(error) => return with_request_id(error.into_response(), header_id.map(str::to_owned)),
-    };
-    let mut id = None;
-    let result = async {
-        let body = body?;
-        check_encoding(headers)?;
-        let mut request = codec::decode_request(&body, header_length(headers)?, call.manifest())?;
-        drop(body);
-        let request_id = id.insert(inference::request_id(request.id.take().or_else(|| header_id.map(str::to_owned))));
-        let key = |header: &str| headers.get(header).and_then(|v| v.to_str().ok());
-        let ran = call.run(request_id, key, request.inputs).await?;
-        Ok::<_, Error>(respond(call.answering(), request_id, &ran.outputs, &request.outputs))
+}
+
+impl Codec for Rest<'_> {
+    type Selection = codec::OutputSelection;
+    type Answer = Response;
+    const PROTOCOL: Protocol = Protocol::Rest;
+
+    fn target(&self) -> (&str, Option<&str>) {
+        (self.name, self.version)
     }
-    .await;
-    let id = id.or_else(|| header_id.map(str::to_owned));
-    match result {
-        Ok(response) => {
-            call.finish(Ok(()));
-            with_request_id(response, id)
-        }
-        Err(error) => {
-            call.finish(Err(error.kind()));
-            with_request_id(error.into_response(), id)
-        }
+
+    fn id_header(&self) -> Option<&str> {
+        self.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn decode(&mut self, manifest: &Manifest) -> Result<Decoded<Self::Selection>, Error> {
+        let body = std::mem::replace(&mut self.body, Ok(Bytes::new()))?;
+        check_encoding(&self.headers)?;
+        let request = codec::decode_request(&body, header_length(&self.headers)?, manifest)?;
+        Ok(Decoded { id: request.id, inputs: request.inputs, selection: request.outputs })
+    }
+
+    fn encode(&self, version: &ModelVersion, id: String, outputs: &[Tensor], selection: &Self::Selection) -> Response {
+        let response = respond(version, &id, outputs, selection);
+        with_request_id(response, Some(id))
+    }
+
+    fn refuse(error: Error, id: Option<String>) -> Response {
+        with_request_id(error.into_response(), id)
     }
 }
 
-fn respond(
-    version: &ModelVersion,
-    id: &str,
-    outputs: &[crate::model::Tensor],
-    selection: &codec::OutputSelection,
-) -> Response {
+fn respond(version: &ModelVersion, id: &str, outputs: &[Tensor], selection: &codec::OutputSelection) -> Response {
     let head = ResponseHead { model_name: version.name(), model_version: version.version().as_str(), id: Some(id) };
     let encoded = codec::encode_response(head, &version.manifest().outputs, outputs, selection);
     let mut response = Response::new(Body::from(encoded.body));

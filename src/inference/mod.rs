@@ -1,13 +1,17 @@
-//! The inference request path both protocols share once a request is decoded: the guards (in-flight
-//! limit, timeout, panic), which version answers, the canary and shadow decision, the run, drift,
-//! the shadow submission and the per-version metrics.
+//! The inference request path, from admission to the finished record, for both protocols: the
+//! guards (in-flight limit, timeout, panic), which version answers, the request id, the canary and
+//! shadow decision, the run, drift, the shadow submission and the per-version metrics. The
+//! [`Gateway`] every handler shares lives here too.
 //!
-//! Invariant: REST (`http`) and gRPC (`grpc`) differ only in how they read a request into tensors
-//! and write the answer back; everything here happens once, the same way, for both. Decoding checks
-//! the tensors against the answering version's signature with [`signature`], so both protocols
-//! refuse the same inputs with the same messages.
+//! Invariant: REST (`http`) and gRPC (`grpc`) each implement [`Codec`] (read a request into tensors,
+//! write the answer or the error back) and call [`serve`]; everything else happens once, here, the
+//! same way for both. Decoding checks the tensors against the answering version's signature with
+//! [`signature`], so both protocols refuse the same inputs with the same messages.
 
+mod gateway;
 pub mod signature;
+
+pub use self::gateway::{Gateway, ServerOptions};
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -16,7 +20,6 @@ use std::time::{Instant, SystemTime};
 
 use futures_util::FutureExt;
 
-use crate::Gateway;
 use crate::error::{Error, ErrorKind};
 use crate::model::Tensor;
 use crate::registry::{Deployment, ModelVersion, ServedModel};
@@ -35,6 +38,92 @@ impl Protocol {
         match self {
             Self::Rest => "rest",
             Self::Grpc => "grpc",
+        }
+    }
+}
+
+/// A request id a client may give (in a header, or as a label's key): 1 to 256 bytes. A longer or
+/// empty header is ignored (the gateway makes an id); a label with one is refused.
+pub const MAX_REQUEST_ID: usize = 256;
+
+/// Whether a client's request id is one the gateway takes (see [`MAX_REQUEST_ID`]).
+pub fn acceptable_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID
+}
+
+/// One protocol's side of an inference request: what it reads from the request and how it writes
+/// the answer back. REST (`http::v2`) and gRPC (`grpc::service`) each implement it; [`serve`] does
+/// the rest, the same for both.
+pub trait Codec {
+    /// Which outputs to answer, and how, as the request asked.
+    type Selection;
+    /// What the protocol's handler returns: the answer or the error, in the protocol's shape.
+    type Answer;
+    const PROTOCOL: Protocol;
+
+    /// The model, and the version for a direct call.
+    fn target(&self) -> (&str, Option<&str>);
+    /// The request-id header or metadata entry, as sent (the rule is applied by [`serve`]).
+    fn id_header(&self) -> Option<&str>;
+    /// A header or metadata entry by name (the deployment's canary key).
+    fn header(&self, name: &str) -> Option<&str>;
+    /// Reads the tensors against the answering version's signature (with [`signature`]), taking
+    /// the request's body: it is not needed afterwards.
+    fn decode(&mut self, manifest: &Manifest) -> Result<Decoded<Self::Selection>, Error>;
+    /// The answer of `version`, under the request's `id`.
+    fn encode(
+        &self,
+        version: &ModelVersion,
+        id: String,
+        outputs: &[Tensor],
+        selection: &Self::Selection,
+    ) -> Self::Answer;
+    /// An error as the protocol answers it, with the request's id once it is known.
+    fn refuse(error: Error, id: Option<String>) -> Self::Answer;
+}
+
+/// A decoded request: its tensors, the id it carries in its body (if any) and its output selection.
+pub struct Decoded<S> {
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    pub selection: S,
+}
+
+/// One inference request, whole: under the guards ([`guarded`]) `receive` yields the protocol's
+/// request (REST reads its body there, so a slow body counts against the timeout), then begin →
+/// decode → id → run → encode → finish. Every protocol's inference handler is this call.
+pub async fn serve<C: Codec>(gateway: &Gateway, receive: impl Future<Output = C>) -> C::Answer {
+    let work = async {
+        let codec = receive.await;
+        answer(gateway, codec).await
+    };
+    guarded(gateway, work).await.unwrap_or_else(|error| C::refuse(error, None))
+}
+
+async fn answer<C: Codec>(gateway: &Gateway, mut codec: C) -> C::Answer {
+    let header_id = |codec: &C| codec.id_header().filter(|id| acceptable_id(id)).map(str::to_owned);
+    let (name, version) = codec.target();
+    let mut call = match Inference::begin(gateway, name, version, C::PROTOCOL) {
+        Ok(call) => call,
+        Err(error) => return C::refuse(error, header_id(&codec)),
+    };
+    let decoded = match codec.decode(call.manifest()) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            call.finish(Err(error.kind()));
+            return C::refuse(error, header_id(&codec));
+        }
+    };
+    let id = request_id(decoded.id.or_else(|| header_id(&codec)));
+    match call.run(&id, |name| codec.header(name), decoded.inputs).await {
+        Ok(ran) => {
+            let answer = codec.encode(call.answering(), id, &ran.outputs, &decoded.selection);
+            call.finish(Ok(()));
+            answer
+        }
+        Err(error) => {
+            call.finish(Err(error.kind()));
+            C::refuse(error, Some(id))
         }
     }
 }
@@ -179,7 +268,7 @@ impl<'g> Inference<'g> {
 }
 
 /// The request's id: the one it carries, or else a new UUID.
-pub fn request_id(given: Option<String>) -> String {
+fn request_id(given: Option<String>) -> String {
     given.unwrap_or_else(|| uuid::Uuid::new_v4().hyphenated().encode_lower(&mut uuid::Uuid::encode_buffer()).to_owned())
 }
 

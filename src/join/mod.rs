@@ -76,7 +76,7 @@ impl Default for JoinSettings {
 
 /// Where the join's lines go and where its checkpoints live.
 pub struct Durability {
-    /// The outcome log, which the join hands each stamped line to.
+    /// The outcome log, which the join hands each stamped line to, and closes after itself.
     pub sink: Arc<dyn RecordSink>,
     /// The directory of the checkpoint (one node's `state_dir`); `None` writes none (a cluster
     /// replica: the analyst's checkpoints are the cluster's).
@@ -130,6 +130,8 @@ enum Message {
 }
 
 /// The handle: the shadow threads hand records over, the HTTP handlers labels and report requests.
+/// The one door records and labels go through: it owns the outcome log it hands their lines to,
+/// and closes it.
 pub struct LabelJoin {
     worker: Worker<Message>,
     sink: Arc<dyn RecordSink>,
@@ -219,10 +221,11 @@ impl LabelJoin {
         answer.await.map_err(|_| Busy)
     }
 
-    /// Takes every message sent so far (their lines reach the log), writes a last checkpoint, then
-    /// stops the thread. Call before the log closes. Blocking.
+    /// Takes every message sent so far (their lines reach the log), writes a last checkpoint, stops
+    /// the thread, then closes the log, which writes everything it accepted. Blocking.
     pub fn close(&self) {
         self.worker.close();
+        self.sink.close();
     }
 }
 

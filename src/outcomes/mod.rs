@@ -11,12 +11,15 @@ mod writer;
 
 use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
+#[cfg(test)]
+use serde::Serializer;
 #[cfg(test)]
 use serde::ser::{SerializeMap, SerializeSeq};
-use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::model::{Tensor, TensorData, TensorSpec};
+use crate::registry::{Role, Status};
 use crate::repository::Task;
 
 pub use self::writer::{
@@ -43,7 +46,7 @@ pub struct OutcomeRecord<'a> {
     /// Always "outcome": tells records from feedback lines in the same files.
     pub kind: &'static str,
     pub request_id: String,
-    #[cfg_attr(test, serde(serialize_with = "rfc3339"))]
+    #[cfg_attr(test, serde(serialize_with = "crate::json::rfc3339::serialize"))]
     pub timestamp: SystemTime,
     pub model: String,
     /// The version whose answer the client got.
@@ -129,7 +132,7 @@ pub struct FeedbackRecord<'a> {
     /// Always "feedback".
     pub kind: &'static str,
     pub request_id: &'a str,
-    #[serde(serialize_with = "rfc3339")]
+    #[serde(serialize_with = "crate::json::rfc3339::serialize")]
     pub timestamp: SystemTime,
     pub model: &'a str,
     pub truth: &'a serde_json::Value,
@@ -174,53 +177,6 @@ pub struct ModelResult<'a> {
     pub outputs: Option<NamedTensors<'a>>,
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub error: Option<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Champion,
-    Challenger,
-}
-
-impl Role {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Champion => "champion",
-            Self::Challenger => "challenger",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    /// The model returned an error.
-    Error,
-    /// The model panicked.
-    Panic,
-    /// It did not finish within the shadow deadline.
-    Timeout,
-    /// Shadow capacity was full: it never ran.
-    Shed,
-}
-
-impl Status {
-    /// Position in `metrics::SHADOW_STATUSES`.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::Error => "error",
-            Self::Panic => "panic",
-            Self::Timeout => "timeout",
-            Self::Shed => "shed",
-        }
-    }
 }
 
 /// Tensors named by their signature, serialised as `{"name": nested arrays by shape}`: a view of
@@ -367,11 +323,6 @@ pub fn inputs_sha256(tensors: &[Tensor]) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// A time as RFC 3339 UTC to the millisecond, as every log line writes it.
-pub(crate) fn rfc3339<S: Serializer>(time: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*time))
-}
-
 #[cfg(test)]
 fn milliseconds<S: Serializer>(duration: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
     match duration {
@@ -388,13 +339,6 @@ fn as_milliseconds(duration: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn status_indexes_match_the_metric_labels() {
-        for status in [Status::Ok, Status::Error, Status::Panic, Status::Timeout, Status::Shed] {
-            assert_eq!(crate::metrics::SHADOW_STATUSES[status.index()], status.label());
-        }
-    }
 
     #[test]
     fn tensors_nest_by_shape() {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::{Role, Status};
+use crate::registry::{Role, Status};
 use crate::repository::{Task, VersionId};
 
 /// One line of the log: an outcome record or a feedback record (fields no reader needs are skipped).

@@ -338,7 +338,8 @@ fn repair_file(path: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcomes::{ModelResult, OutcomeRecord, Role, Status};
+    use crate::outcomes::{ModelResult, OutcomeRecord};
+    use crate::registry::{Role, Status};
     use crate::repository::Task;
 
     static TASK: Task = Task::Regression { prediction_output: String::new() };

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use super::Registry;
 use super::RegistryError;
+use super::Role;
 use super::load::{LoadError, LoadStep, compatible};
 use super::store::DeploymentState;
 use super::version::{LoadSettings, ModelVersion};
-use crate::outcomes::Role;
 use crate::repository::VersionId;
 use crate::traffic::TrafficPlan;
 

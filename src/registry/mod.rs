@@ -12,6 +12,7 @@
 mod change;
 mod deployment;
 mod load;
+mod member;
 mod store;
 mod version;
 
@@ -25,6 +26,7 @@ use parking_lot::Mutex;
 pub use self::change::{Change, ChangeError, Origin};
 pub use self::deployment::{Deployment, DeploymentSpec};
 pub use self::load::{LoadError, LoadStep, load_version, validate};
+pub use self::member::{Role, Status};
 pub use self::store::{AuditEntry, DeploymentState, DeploymentStore, Saved, StateFiles, StoreError};
 pub use self::version::{LoadSettings, ModelHook, ModelVersion, Placement};
 

@@ -38,7 +38,7 @@ struct StateFile {
 /// One line of the audit log.
 #[derive(Debug, Serialize)]
 pub struct AuditEntry<'a> {
-    #[serde(serialize_with = "crate::outcomes::rfc3339")]
+    #[serde(serialize_with = "crate::json::rfc3339::serialize")]
     pub timestamp: SystemTime,
     pub model: &'a str,
     pub action: &'a str,

@@ -2,7 +2,7 @@
 //! input off the critical path, and one paired `OutcomeRecord` goes to the outcome log.
 //!
 //! The parts: `thread` (a shadow thread, on the background `Worker`), `pacer` (its CPU budget),
-//! `batch` (one version's queued jobs scored as one run), `record` (a request while its members
+//! `score` (the one place a challenger runs: one version's queued jobs as one run, or one at a time), `record` (a request while its members
 //! report, and the record it becomes).
 //!
 //! Invariants:
@@ -36,12 +36,13 @@ use crate::background::{self, Priority, Worker};
 use crate::join::LabelJoin;
 use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
-use crate::outcomes::{LogInputs, Role, Status};
+use crate::outcomes::LogInputs;
 use crate::registry::{Deployment, ModelVersion};
+use crate::registry::{Role, Status};
 
-mod batch;
 mod pacer;
 mod record;
+mod score;
 mod thread;
 
 pub struct Shadow {

@@ -2,7 +2,6 @@
 //! whichever reports last, the paired `OutcomeRecord`, its JSON line and its `Observation`.
 
 use std::collections::HashMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -12,8 +11,9 @@ use crate::compare::Observation;
 use crate::join::LabelJoin;
 use crate::metrics::ShadowCoverage;
 use crate::model::Tensor;
-use crate::outcomes::{LogInputs, ModelResult, NamedTensors, OutcomeRecord, Role, Status, inputs_sha256};
+use crate::outcomes::{LogInputs, ModelResult, NamedTensors, OutcomeRecord, inputs_sha256};
 use crate::registry::ModelVersion;
+use crate::registry::{Role, Status};
 
 /// One member's result: outputs, model time and the requests in its batch, or why there are none.
 pub(super) type Scored = Result<(Vec<Tensor>, Duration, usize), (Status, Option<String>)>;
@@ -55,24 +55,6 @@ pub(super) struct PendingRecord {
 }
 
 impl PendingRecord {
-    /// Runs one member on the shared input (on a shadow thread) and reports its result.
-    pub(super) fn score(&self, slot: usize) {
-        let scored = if Instant::now() >= self.deadline {
-            // Work that can no longer make its deadline is not worth the CPU.
-            Err((Status::Timeout, None))
-        } else {
-            let start = Instant::now();
-            let result = catch_unwind(AssertUnwindSafe(|| self.slots[slot].version.infer(&self.request.inputs)));
-            let latency = start.elapsed();
-            match result {
-                Ok(Ok(outputs)) => self.within_deadline(Ok((outputs, latency, 1))),
-                Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
-                Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
-            }
-        };
-        self.report(slot, scored);
-    }
-
     /// A result that came after the deadline counts as a timeout.
     pub(super) fn within_deadline(&self, scored: Scored) -> Scored {
         match scored {

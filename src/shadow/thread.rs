@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::batch::score_group;
 use super::pacer::{Pacer, REST_SLICE};
 use super::record::Job;
+use super::score::score_group;
 use crate::background::{Closing, Work};
 
 /// Jobs a shadow thread takes from the queue at once, and so the largest batch.

@@ -9,12 +9,12 @@ use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::models::{ModelView, show};
-use crate::Gateway;
 use crate::auth::Actor;
 use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{
     BadRequest, Conflict, Denied, ModelPath, NotFound, Unavailable, Unprocessable, VersionPath,
 };
+use crate::inference::Gateway;
 use crate::inference::served;
 use crate::registry::{Change, ChangeError, Origin, StoreError};
 use crate::repository::VersionId;

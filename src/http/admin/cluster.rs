@@ -5,10 +5,10 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 
-use crate::Gateway;
 use crate::cluster::ClusterView;
 use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{Denied, NotFound, Unavailable};
+use crate::inference::Gateway;
 
 /// The cluster as its store has it: each model's revision, and each replica's heartbeat (its
 /// address, the revision of each model it serves, whether that is the store's).

@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
-use crate::Gateway;
 use crate::error::Error;
 use crate::http::openapi::{Denied, ModelPath, NotFound};
+use crate::inference::Gateway;
 use crate::inference::served;
 use crate::registry::{Deployment, ServedModel};
 use crate::repository::VersionId;

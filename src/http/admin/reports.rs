@@ -5,11 +5,11 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::{Path, State};
 
-use crate::Gateway;
 use crate::compare::Report;
 use crate::drift::DriftReport;
 use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{BadRequest, Denied, ModelPath, NotFound, Unavailable};
+use crate::inference::Gateway;
 use crate::inference::served;
 
 /// The live champion–challenger comparison.

@@ -1,13 +1,15 @@
-//! Scoring the queued jobs of one version together: rows stacked into one run, cut back per request.
+//! Scoring: the one place a challenger runs. The queued jobs of one version are scored together
+//! (rows stacked into one run, cut back per request), or one at a time; either way through
+//! [`infer`], whose panic guard turns a challenger's error or panic into its result.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::record::{PendingRecord, Scored};
 use crate::model::Tensor;
-use crate::outcomes::Status;
 use crate::registry::ModelVersion;
+use crate::registry::Status;
 
 /// Scores jobs of one version, oldest first, in batches no larger than the version (at its warm-up
 /// speed) can finish before the oldest job's deadline: jobs already past their deadline are
@@ -37,7 +39,7 @@ pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRec
             0 => {}
             1 => {
                 let (pending, slot) = batch.pop().expect("one job");
-                pending.score(slot);
+                score_one(&pending, slot);
             }
             _ => match run_batch(version, &batch) {
                 Some(per_request) => {
@@ -45,7 +47,7 @@ pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRec
                         pending.report(*slot, pending.within_deadline(scored));
                     }
                 }
-                None => batch.into_iter().for_each(|(pending, slot)| pending.score(slot)),
+                None => batch.into_iter().for_each(|(pending, slot)| score_one(&pending, slot)),
             },
         }
     }
@@ -58,9 +60,7 @@ fn run_batch(version: &ModelVersion, live: &[(Arc<PendingRecord>, usize)]) -> Op
     let count = live[0].0.request.inputs.len();
     let inputs: Vec<Tensor> = (0..count).map(|i| Tensor::concat_rows(&inputs_of(i))).collect::<Option<_>>()?;
     let rows: Vec<usize> = live.iter().map(|(p, _)| p.request.inputs[0].rows()).collect();
-    let start = Instant::now();
-    let outputs = catch_unwind(AssertUnwindSafe(|| version.infer(&inputs))).ok()?.ok()?;
-    let latency = start.elapsed();
+    let (outputs, latency) = infer(version, &inputs).ok()?;
     let mut per_request: Vec<Vec<Tensor>> = (0..live.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
     for output in &outputs {
         for (request, piece) in per_request.iter_mut().zip(output.split_rows(&rows)?) {
@@ -68,4 +68,26 @@ fn run_batch(version: &ModelVersion, live: &[(Arc<PendingRecord>, usize)]) -> Op
         }
     }
     Some(per_request.into_iter().map(|outputs| Ok((outputs, latency, live.len()))).collect())
+}
+
+/// Runs one member on its request's input alone (on a shadow thread) and reports its result.
+fn score_one(pending: &PendingRecord, slot: usize) {
+    let scored = if Instant::now() >= pending.deadline {
+        // Work that can no longer make its deadline is not worth the CPU.
+        Err((Status::Timeout, None))
+    } else {
+        infer(&pending.slots[slot].version, &pending.request.inputs)
+            .and_then(|(outputs, latency)| pending.within_deadline(Ok((outputs, latency, 1))))
+    };
+    pending.report(slot, scored);
+}
+
+/// One run of a challenger, timed: its error or panic is its result, and reaches no client.
+fn infer(version: &ModelVersion, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Duration), (Status, Option<String>)> {
+    let start = Instant::now();
+    match catch_unwind(AssertUnwindSafe(|| version.infer(inputs))) {
+        Ok(Ok(outputs)) => Ok((outputs, start.elapsed())),
+        Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
+        Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
+    }
 }
