@@ -63,7 +63,12 @@ fn chromium() -> String {
     let debian = "/usr/bin/chromium";
     if !Path::new(debian).exists() {
         let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"));
-        assert!(root, "Chromium is missing: `apt-get install chromium` (or run .ci/run), or set CHROMIUM");
+        assert!(
+            root,
+            "Chromium is missing, and the console's test drives a real browser: `sudo apt-get install \
+             chromium` (Debian's), set CHROMIUM to a Chromium binary, or run the tests as root, as \
+             `.ci/run` does, and they install it themselves"
+        );
         let script = "exec 9>/tmp/gauntlet-apt-chromium.lock; flock 9; [ -x /usr/bin/chromium ] || \
              { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }";
         let status = std::process::Command::new("sh").args(["-c", script]).status().expect("sh runs");

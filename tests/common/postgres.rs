@@ -219,7 +219,12 @@ fn binaries() -> PathBuf {
     if let Some(found) = find() {
         return found;
     }
-    assert!(is_root(), "PostgreSQL's server binaries are missing: `apt-get install postgresql` (or run .ci/run)");
+    assert!(
+        is_root(),
+        "PostgreSQL's server binaries (initdb, pg_ctl) are missing, and the cluster tests start servers of \
+         their own: `sudo apt-get install postgresql` (Debian's), or run the tests as root, as `.ci/run` \
+         does, and they install it themselves"
+    );
     // One install for all the test binaries running at once.
     let lock = std::env::temp_dir().join("gauntlet-apt-postgresql.lock");
     let script = format!(
