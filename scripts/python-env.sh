@@ -3,12 +3,14 @@
 # interpreter's path. Needs only python3 with pip and access to PyPI.
 #   scripts/python-env.sh          target/python: models/requirements.txt + tests/python/requirements.txt
 #   scripts/python-env.sh kserve   target/python-kserve: tests/python/kserve-requirements.txt
+#   scripts/python-env.sh moto     target/python-moto: tests/python/moto-requirements.txt (moto_server)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 case "${1:-}" in
   "") venv="$root/target/python"; requirements=("$root/models/requirements.txt" "$root/tests/python/requirements.txt") ;;
   kserve) venv="$root/target/python-kserve"; requirements=("$root/tests/python/kserve-requirements.txt") ;;
-  *) echo "usage: $0 [kserve]" >&2; exit 2 ;;
+  moto) venv="$root/target/python-moto"; requirements=("$root/tests/python/moto-requirements.txt") ;;
+  *) echo "usage: $0 [kserve|moto]" >&2; exit 2 ;;
 esac
 stamp="$venv/.requirements"
 # Tests running at once ask for the same environment: one makes it, the others wait for it.

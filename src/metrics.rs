@@ -25,6 +25,9 @@ pub const OUTCOME_WRITE_ERRORS: &str = "gauntlet_outcome_write_errors_total";
 pub const OUTCOME_FILES_REPAIRED: &str = "gauntlet_outcome_files_repaired_total";
 pub const FEEDBACK: &str = "gauntlet_feedback_total";
 pub const COMPARISON_DROPPED: &str = "gauntlet_comparison_records_dropped_total";
+pub const REPOSITORY_FETCHED_BYTES: &str = "gauntlet_repository_fetched_bytes_total";
+pub const REPOSITORY_FETCHES: &str = "gauntlet_repository_fetches_total";
+pub const REPOSITORY_EVICTIONS: &str = "gauntlet_repository_cache_evictions_total";
 pub const COMPARISON_MODEL: &str = "gauntlet_comparison_model_metric";
 pub const COMPARISON_LABELLED: &str = "gauntlet_comparison_labelled_pairs";
 pub const COMPARISON_AGREEMENT: &str = "gauntlet_comparison_agreement_ratio";
@@ -107,6 +110,9 @@ fn describe() {
         "Ground-truth labels by model and result: joined, joined_late, held, duplicate, expired, unknown."
     );
     describe_counter!(COMPARISON_DROPPED, "Paired records the comparison could not take (its queue was full).");
+    describe_counter!(REPOSITORY_FETCHES, "Model files fetched from object storage into the cache (verified).");
+    describe_counter!(REPOSITORY_FETCHED_BYTES, "Bytes of model files fetched from object storage.");
+    describe_counter!(REPOSITORY_EVICTIONS, "Model files the repository cache evicted to stay within its bound.");
     describe_gauge!(COMPARISON_MODEL, "Each version's accuracy (classification) or MAE (regression) on labelled rows.");
     describe_gauge!(COMPARISON_LABELLED, "Labelled pairs of champion and challenger.");
     describe_gauge!(COMPARISON_AGREEMENT, "Share of rows on which champion and challenger agree.");
@@ -300,6 +306,17 @@ pub fn checkpoint_written(bytes: usize, took: std::time::Duration) {
     counter!(CHECKPOINTS).increment(1);
     gauge!(CHECKPOINT_BYTES).set(bytes as f64);
     gauge!(CHECKPOINT_SECONDS).set(took.as_secs_f64());
+}
+
+/// A model file fetched from object storage, `bytes` long.
+pub fn repository_fetched(bytes: u64) {
+    counter!(REPOSITORY_FETCHES).increment(1);
+    counter!(REPOSITORY_FETCHED_BYTES).increment(bytes);
+}
+
+/// A file the repository cache evicted.
+pub fn repository_evicted() {
+    counter!(REPOSITORY_EVICTIONS).increment(1);
 }
 
 pub fn comparison_records_dropped() {

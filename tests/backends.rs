@@ -88,7 +88,7 @@ fn auto_without_onnxruntime_falls_back_to_tract_and_says_how_to_get_it() {
 
 /// Every holdout row, as one batch, from the committed CSV.
 fn holdout(model: &str) -> Tensor {
-    let holdout = Holdout::read(&repository().root().join(model).join("holdout.csv")).unwrap();
+    let holdout = Holdout::read(&repository().root().unwrap().join(model).join("holdout.csv")).unwrap();
     let (rows, features) = (holdout.rows.len(), holdout.features.len());
     let values = holdout.rows.iter().flatten().map(|&x| x as f32).collect();
     Tensor::new(vec![rows, features], TensorData::Fp32(values)).unwrap()
@@ -119,7 +119,7 @@ fn holdout_accuracy_matches_the_manifest() {
     // The served model reproduces the training script's holdout metrics: the export, the manifest
     // and the CSV all describe the same model and split.
     let loaded = load(&with_onnxruntime(), "breast-cancer", "1", BackendChoice::Auto).unwrap();
-    let rows = Holdout::read(&repository().root().join("breast-cancer/holdout.csv")).unwrap();
+    let rows = Holdout::read(&repository().root().unwrap().join("breast-cancer/holdout.csv")).unwrap();
     let truth: Vec<i64> = rows.truth.unwrap().1.iter().map(|&y| y as i64).collect();
     let outputs = loaded.infer(&[holdout("breast-cancer")]).unwrap();
     let TensorData::Int64(labels) = outputs[0].data() else { panic!("label is INT64") };

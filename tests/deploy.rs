@@ -53,6 +53,11 @@ fn the_configmap_is_a_valid_configuration_within_the_cpu_limit() {
     let config = gauntlet::config::Config::load_from(&args, &env).expect("the ConfigMap's gauntlet.toml is valid");
     let deployment = std::fs::read_to_string(common::root().join("deploy/kubernetes/deployment.yaml")).unwrap();
     assert!(config.cluster.database_url.is_some());
+    // Every replica reads versions from one object store, its credentials from the Secret.
+    assert!(config.repository.as_deref().is_some_and(|r| r.starts_with("s3://")), "{:?}", config.repository);
+    for variable in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"] {
+        assert!(deployment.contains(&format!("name: {variable}")), "{variable} is not set in deployment.yaml");
+    }
     // Nothing is on loopback in a pod: labels and the console's view need tokens, from the Secret.
     assert!(!config.auth.trust_loopback);
     let holds = |scope| config.auth.tokens.iter().any(|t| t.scopes.contains(&scope) && t.token_env.is_some());

@@ -19,7 +19,6 @@ use crate::model::{Loader, OnnxRuntime};
 use crate::outcomes::{OutcomeWriter, RecordSink};
 use crate::promotion::Promotion;
 use crate::registry::{DeploymentStore, ModelHook, Registry, StateFiles};
-use crate::repository::Repository;
 use crate::shadow::Shadow;
 
 /// Everything a request needs: the live models, where inference runs, the shadow, and the limits.
@@ -73,7 +72,8 @@ impl Gateway {
         // the async workers (inline placement).
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let loader = Loader::new(onnxruntime, threads + workers);
-        let repository = Repository::open(&config.models_dir)?;
+        let repository =
+            config.open_repository().context("opening the model repository (`models_dir`, `repository`)")?;
         let (cluster, store): (Option<Cluster>, Box<dyn DeploymentStore>) = match &config.cluster.database_url {
             Some(_) => {
                 let (cluster, store) = Cluster::open(&config.cluster)?;

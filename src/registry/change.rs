@@ -130,6 +130,7 @@ impl Registry {
             model.deployment.store(Arc::clone(&next));
             model.applied.store(revision, Ordering::Release);
             next.publish_roles(Some(&current));
+            self.keep_in_cache();
             next
         });
         match &result {
@@ -170,6 +171,7 @@ impl Registry {
         model.deployment.store(Arc::clone(&next));
         model.applied.store(revision, Ordering::Release);
         next.publish_roles(Some(&current));
+        self.keep_in_cache();
         tracing::info!(model = name, revision, champion = %state.champion, "deployment follows the store");
         Ok(true)
     }
@@ -213,8 +215,9 @@ impl Registry {
                     Origin { actor: "repository", reason: Some("a new version folder appeared"), evidence: None };
                 match self.apply(name, &change, origin) {
                     Ok(_) => added.push((name.clone(), version)),
-                    // Files still being copied in look corrupt or incomplete: look again next time.
-                    Err(ChangeError::Load(LoadError { step: LoadStep::Repository, .. })) => {
+                    // Files still being copied in look corrupt or incomplete, and a store out of
+                    // reach may come back: look again next time.
+                    Err(ChangeError::Load(LoadError { step: LoadStep::Repository | LoadStep::Fetch, .. })) => {
                         tried.remove(&(name.clone(), version));
                     }
                     Err(_) => {}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::version::{LoadSettings, ModelVersion};
 use crate::metrics::VersionMetrics;
 use crate::model::{DataType, Loader, Model, ModelError, Tensor, TensorData};
-use crate::repository::{Manifest, Repository, Tolerance, VersionId};
+use crate::repository::{Manifest, Repository, RepositoryError, Tolerance, VersionId};
 
 /// The one path from disk to a servable version.
 pub fn load_version(
@@ -21,7 +21,10 @@ pub fn load_version(
         crate::metrics::load_failed(name, step.label());
         LoadError { model: name.to_owned(), version: version.clone(), step, message }
     };
-    let entry = repository.version(name, version).map_err(|e| fail(LoadStep::Repository, e.to_string()))?;
+    let entry = repository.version(name, version).map_err(|e| match e {
+        RepositoryError::Store { .. } => fail(LoadStep::Fetch, e.to_string()),
+        _ => fail(LoadStep::Repository, e.to_string()),
+    })?;
     let manifest = entry.manifest;
     let model = loader
         .load(&entry.model_path, &manifest.signature(), settings.backend)
@@ -130,6 +133,8 @@ fn first_row(tensor: &Tensor) -> Result<Tensor, ModelError> {
 /// The step of `load_version` that refused a version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LoadStep {
+    /// The model store (object storage) could not be read: the version may well be fine.
+    Fetch,
     /// Manifest missing or invalid, model file missing or corrupt (sha256).
     Repository,
     /// The backend cannot load the file, or its signature is not the manifest's.
@@ -144,6 +149,7 @@ pub enum LoadStep {
 impl LoadStep {
     pub fn label(self) -> &'static str {
         match self {
+            Self::Fetch => "fetch",
             Self::Repository => "repository",
             Self::Backend => "backend",
             Self::Signature => "signature",

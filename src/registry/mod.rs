@@ -114,7 +114,18 @@ impl Registry {
             };
             registry.models.insert(name, served);
         }
+        registry.keep_in_cache();
         Ok(registry)
+    }
+
+    /// Tells the repository which model files the loaded versions came from: a cache of fetched
+    /// versions keeps them whatever its bound. Called after every swap.
+    pub(super) fn keep_in_cache(&self) {
+        let loaded = self.models.values().flat_map(|m| {
+            let deployment = m.deployment();
+            deployment.versions().map(|v| v.manifest().sha256.clone()).collect::<Vec<_>>()
+        });
+        self.repository.in_use(loaded.collect());
     }
 
     /// Loads one version through the one path, with the test hook if one is set.

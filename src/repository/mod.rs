@@ -1,17 +1,24 @@
-//! The model repository on disk, laid out as Triton lays it out:
-//! `<root>/<model>/<version>/model.onnx` with our `manifest.json` beside it.
+//! The model repository, laid out as Triton lays it out: `<root>/<model>/<version>/model.onnx` with
+//! our `manifest.json` beside it, in a folder (`models_dir`, `file://`) or in object storage
+//! (`s3://`, `gs://`, `az://`: `objects`).
 //!
-//! Invariant: a read-only view of the disk. It never holds live models; it hands the registry a
-//! verified `VersionEntry` (manifest parsed, model file's sha256 checked) and nothing else.
+//! Invariant: a read-only view of where versions live, and the seam the registry reads through
+//! (the MLflow registry is to be another source behind it). It never holds live models; it hands
+//! the registry a verified `VersionEntry` (manifest parsed and consistent, model file's sha256
+//! checked, a local file to load) and nothing else. Its calls block: never on the request path.
 
 pub mod holdout;
+mod objects;
 pub mod profile;
 
-use std::collections::BTreeMap;
+pub use self::objects::FetchSettings;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -192,28 +199,78 @@ pub struct VersionEntry {
     pub model_path: PathBuf,
 }
 
+/// Where versions live: a folder, or object storage (fetched into a local cache).
 #[derive(Clone, Debug)]
 pub struct Repository {
-    root: PathBuf,
+    source: Source,
+}
+
+#[derive(Clone, Debug)]
+enum Source {
+    Files(PathBuf),
+    Objects(Arc<objects::Objects>),
 }
 
 impl Repository {
+    /// A repository in a folder (`models_dir`).
     pub fn open(root: impl Into<PathBuf>) -> Result<Self, RepositoryError> {
         let root = root.into();
         if !root.is_dir() {
             return Err(RepositoryError::NoRoot(root));
         }
-        Ok(Self { root })
+        Ok(Self { source: Source::Files(root) })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// A repository by URL (`repository`): `file:///path`, `s3://bucket/prefix`, `gs://…`, `az://…`.
+    /// Nothing is fetched yet; a bad URL or option is refused here.
+    /// `options`: the store client's keys (`[repository_options]`); the cache is under `state_dir`
+    /// unless `fetch` names one.
+    pub fn connect(
+        url: &str,
+        options: &BTreeMap<String, String>,
+        fetch: &FetchSettings,
+        state_dir: &Path,
+    ) -> Result<Self, RepositoryError> {
+        match url.strip_prefix("file://") {
+            Some(path) => Self::open(path),
+            None => {
+                let objects = objects::Objects::connect(url, options, fetch, state_dir)?;
+                Ok(Self { source: Source::Objects(Arc::new(objects)) })
+            }
+        }
     }
 
-    /// Model names: the folders under the root that hold at least one version folder.
+    /// The folder, for a repository on disk.
+    pub fn root(&self) -> Option<&Path> {
+        match &self.source {
+            Source::Files(root) => Some(root),
+            Source::Objects(_) => None,
+        }
+    }
+
+    /// Where it is, as configured: a folder or a URL.
+    pub fn location(&self) -> String {
+        match &self.source {
+            Source::Files(root) => root.display().to_string(),
+            Source::Objects(objects) => objects.url().to_owned(),
+        }
+    }
+
+    /// The sha256 of every loaded version: a cache keeps their files (object storage).
+    pub fn in_use(&self, sha256s: BTreeSet<String>) {
+        if let Source::Objects(objects) = &self.source {
+            objects.in_use(sha256s);
+        }
+    }
+
+    /// Model names: the folders (prefixes) under the root that hold at least one version.
     pub fn models(&self) -> Result<Vec<String>, RepositoryError> {
+        let root = match &self.source {
+            Source::Files(root) => root,
+            Source::Objects(objects) => return objects.models(),
+        };
         let mut names = Vec::new();
-        for entry in read_dir(&self.root)? {
+        for entry in read_dir(root)? {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
             if entry.path().is_dir() && !name.starts_with('.') && !self.versions(&name)?.is_empty() {
                 names.push(name);
@@ -225,7 +282,11 @@ impl Repository {
 
     /// Version folders of a model (those with a manifest), in version order.
     pub fn versions(&self, model: &str) -> Result<Vec<VersionId>, RepositoryError> {
-        let dir = self.root.join(model);
+        let root = match &self.source {
+            Source::Files(root) => root,
+            Source::Objects(objects) => return objects.versions(model),
+        };
+        let dir = root.join(model);
         if !dir.is_dir() {
             return Err(RepositoryError::NoModel(model.to_owned()));
         }
@@ -240,7 +301,14 @@ impl Repository {
     /// Reads and verifies one version: the manifest parses and names this model and version, and the
     /// model file's sha256 is the manifest's.
     pub fn version(&self, model: &str, version: &VersionId) -> Result<VersionEntry, RepositoryError> {
-        let dir = self.root.join(model).join(version.as_str());
+        let root = match &self.source {
+            Source::Files(root) => root,
+            Source::Objects(objects) => {
+                let (manifest, model_path) = objects.version(model, version)?;
+                return Ok(VersionEntry { manifest, model_path });
+            }
+        };
+        let dir = root.join(model).join(version.as_str());
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = fs::read_to_string(&manifest_path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound if dir.is_dir() => {
@@ -249,25 +317,37 @@ impl Repository {
             io::ErrorKind::NotFound => RepositoryError::NoVersion { model: model.to_owned(), version: version.clone() },
             _ => RepositoryError::Io { path: manifest_path.clone(), source: e },
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| RepositoryError::Manifest { path: manifest_path.clone(), source: e })?;
-        if manifest.name != model || manifest.version != *version {
-            return Err(RepositoryError::Inconsistent(format!(
-                "{} says it is {}/{} but lives in {model}/{version}",
-                manifest_path.display(),
-                manifest.name,
-                manifest.version
-            )));
-        }
-        check_datatypes(&manifest)?;
+        let manifest = checked_manifest(&text, model, version, &manifest_path)?;
         let model_path = dir.join(&manifest.model_file);
         let bytes = fs::read(&model_path).map_err(|e| RepositoryError::Io { path: model_path.clone(), source: e })?;
-        let actual = hex::encode(Sha256::digest(&bytes));
-        if !actual.eq_ignore_ascii_case(&manifest.sha256) {
-            return Err(RepositoryError::Checksum { path: model_path, expected: manifest.sha256.clone(), actual });
-        }
+        verify(&bytes, &manifest, &model_path)?;
         Ok(VersionEntry { manifest, model_path })
     }
+}
+
+/// A manifest parsed and checked: it names this model and version, and its shapes are valid.
+fn checked_manifest(text: &str, model: &str, version: &VersionId, path: &Path) -> Result<Manifest, RepositoryError> {
+    let manifest: Manifest =
+        serde_json::from_str(text).map_err(|e| RepositoryError::Manifest { path: path.to_owned(), source: e })?;
+    if manifest.name != model || manifest.version != *version {
+        return Err(RepositoryError::Inconsistent(format!(
+            "{} says it is {}/{} but lives in {model}/{version}",
+            path.display(),
+            manifest.name,
+            manifest.version
+        )));
+    }
+    check_datatypes(&manifest)?;
+    Ok(manifest)
+}
+
+/// The model file's bytes hash to the manifest's sha256.
+fn verify(bytes: &[u8], manifest: &Manifest, path: &Path) -> Result<(), RepositoryError> {
+    let actual = hex::encode(Sha256::digest(bytes));
+    if !actual.eq_ignore_ascii_case(&manifest.sha256) {
+        return Err(RepositoryError::Checksum { path: path.to_owned(), expected: manifest.sha256.clone(), actual });
+    }
+    Ok(())
 }
 
 fn check_datatypes(manifest: &Manifest) -> Result<(), RepositoryError> {
@@ -310,6 +390,10 @@ pub enum RepositoryError {
     Checksum { path: PathBuf, expected: String, actual: String },
     #[error("{0}")]
     Inconsistent(String),
+    #[error("repository {url}: {message}")]
+    Url { url: String, message: String },
+    #[error("the model store {url} failed: {message}")]
+    Store { url: String, message: String },
     #[error("{0}")]
     Reference(String),
 }
@@ -361,7 +445,7 @@ mod tests {
     #[test]
     fn corrupt_file_is_refused_by_checksum() {
         let dir = tempfile::tempdir().unwrap();
-        let src = demo().root().join("diabetes/1");
+        let src = demo().root().unwrap().join("diabetes/1");
         let dst = dir.path().join("diabetes/1");
         fs::create_dir_all(&dst).unwrap();
         fs::copy(src.join(MANIFEST_FILE), dst.join(MANIFEST_FILE)).unwrap();

@@ -20,13 +20,17 @@ pub fn models_dir() -> PathBuf {
 
 /// The demo configuration with `overrides` (`key=value`, as `--set` takes them), on a free port.
 pub fn config(overrides: &[&str]) -> Config {
-    let mut set = vec![
-        "listen=127.0.0.1:0".to_owned(),
-        "grpc_listen=127.0.0.1:0".to_owned(),
-        format!("models_dir={}", models_dir().display()),
-    ];
+    let mut set = vec![format!("models_dir={}", models_dir().display())];
     set.extend(overrides.iter().map(|s| s.to_string()));
-    let args = ServeArgs { config: Some(root().join("gauntlet.toml")), set, ..Default::default() };
+    let set: Vec<&str> = set.iter().map(String::as_str).collect();
+    config_from(&root().join("gauntlet.toml"), &set)
+}
+
+/// The configuration file `file` with `overrides`, on free ports.
+pub fn config_from(file: &Path, overrides: &[&str]) -> Config {
+    let mut set = vec!["listen=127.0.0.1:0".to_owned(), "grpc_listen=127.0.0.1:0".to_owned()];
+    set.extend(overrides.iter().map(|s| s.to_string()));
+    let args = ServeArgs { config: Some(file.to_owned()), set, ..Default::default() };
     Config::load_from(&args, &[]).expect("test config is valid")
 }
 
@@ -49,6 +53,12 @@ impl TestServer {
     }
 
     pub async fn start_with_options(overrides: &[&str], options: gauntlet::ServerOptions) -> Self {
+        Self::start_from(None, overrides, options).await
+    }
+
+    /// As `start_with_options`, from the configuration file `file` (`None`: the demo's, with the
+    /// demo models) instead.
+    pub async fn start_from(file: Option<&Path>, overrides: &[&str], options: gauntlet::ServerOptions) -> Self {
         let outcomes = tempfile::tempdir().unwrap();
         // Shadow threads run at background priority and may wait while tests keep the CPU busy: a
         // long default deadline keeps results about the models, not the machine (tests override it).
@@ -60,7 +70,11 @@ impl TestServer {
             overrides.push(format!("state_dir={}", state.path().display()));
         }
         let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
-        let server = gauntlet::Server::bind_with(config(&overrides), options).await.expect("gateway starts");
+        let config = match file {
+            None => config(&overrides),
+            Some(file) => config_from(file, &overrides),
+        };
+        let server = gauntlet::Server::bind_with(config, options).await.expect("gateway starts");
         let addr = server.local_addr().unwrap();
         let grpc = server.grpc_addr();
         let (tx, rx) = oneshot::channel::<()>();

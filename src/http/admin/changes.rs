@@ -16,7 +16,7 @@ use crate::http::openapi::{
 };
 use crate::inference::Gateway;
 use crate::inference::served;
-use crate::registry::{Change, ChangeError, Origin, StoreError};
+use crate::registry::{Change, ChangeError, LoadError, LoadStep, Origin, StoreError};
 use crate::repository::VersionId;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -169,6 +169,8 @@ fn change_error(error: ChangeError) -> Error {
         ChangeError::NoModel(_) | ChangeError::NotFound(_) => ErrorKind::NotFound,
         ChangeError::Conflict(_) => ErrorKind::Conflict,
         ChangeError::Invalid(_) => ErrorKind::InvalidInput,
+        // The store of versions is out of reach: the version itself may be fine.
+        ChangeError::Load(LoadError { step: LoadStep::Fetch, .. }) => ErrorKind::Unavailable,
         ChangeError::Load(_) => ErrorKind::Unprocessable,
         // Another replica's change was saved first (a cluster's compare-and-set).
         ChangeError::Persist(StoreError::Conflict { .. }) => ErrorKind::Conflict,

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{Denied, ModelPath, NotFound};
 use crate::inference::Gateway;
 use crate::inference::served;
@@ -120,12 +120,17 @@ fn summary(name: &str, deployment: &Deployment, versions: Vec<VersionView>) -> M
 /// Every served model's deployment.
 #[utoipa::path(get, path = "/admin/models", tag = "admin", security(("bearer" = ["read"])), responses((status = 200, body = Vec<ModelView>), Denied))]
 pub async fn list(State(gateway): State<Arc<Gateway>>) -> Json<Vec<ModelView>> {
-    Json(gateway.registry().models().map(|m| view(&gateway, m)).collect())
+    // Listing the repository may call an object store: off the async workers.
+    let views = tokio::task::spawn_blocking(move || gateway.registry().models().map(|m| view(&gateway, m)).collect());
+    Json(views.await.unwrap_or_default())
 }
 
 /// One model's deployment and every version on disk.
 #[utoipa::path(get, path = "/admin/models/{name}", tag = "admin", security(("bearer" = ["read"])), params(ModelPath),
     responses((status = 200, body = ModelView), NotFound, Denied))]
 pub async fn show(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
-    Ok(Json(view(&gateway, served(&gateway, &name)?)))
+    served(&gateway, &name)?;
+    let view = tokio::task::spawn_blocking(move || served(&gateway, &name).map(|model| view(&gateway, model)));
+    let view = view.await.map_err(|_| Error::new(ErrorKind::Internal, "listing the repository failed"))??;
+    Ok(Json(view))
 }

@@ -6,6 +6,8 @@
 //! `GAUNTLET_MODELS__BREAST_CANCER__CHAMPION=2`, `--set models.breast-cancer.champion=2`.
 //! Invalid configuration fails at start with the path of the key at fault.
 
+mod defaults;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +43,9 @@ pub struct ServeArgs {
     /// Model repository directory (key `models_dir`).
     #[arg(long)]
     pub models: Option<PathBuf>,
+    /// Model repository URL: file://, s3://, gs://, az:// (key `repository`).
+    #[arg(long)]
+    pub repository: Option<String>,
     /// Address to listen on, e.g. 127.0.0.1:8000 (key `listen`).
     #[arg(long)]
     pub listen: Option<String>,
@@ -72,6 +77,15 @@ pub struct Config {
     /// The model repository: `<models_dir>/<model>/<version>/{model.onnx,manifest.json}`.
     #[serde(default = "defaults::models_dir")]
     pub models_dir: PathBuf,
+    /// The model repository by URL instead (`file://`, `s3://`, `gs://`, `az://`); never with `models_dir`.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// The object store client's keys beyond its standard environment variables.
+    #[serde(default)]
+    pub repository_options: BTreeMap<String, String>,
+    /// Fetching from object storage: the cache, timeouts, retries.
+    #[serde(default)]
+    pub repository_fetch: crate::repository::FetchSettings,
     /// Backend for models that do not name their own.
     #[serde(default)]
     pub backend: BackendChoice,
@@ -263,81 +277,6 @@ fn optional_address<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     })
 }
 
-mod defaults {
-    use std::net::SocketAddr;
-    use std::path::PathBuf;
-
-    pub fn listen() -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], 8000))
-    }
-    pub fn grpc_listen() -> Option<SocketAddr> {
-        Some(SocketAddr::from(([127, 0, 0, 1], 8001)))
-    }
-    pub fn models_dir() -> PathBuf {
-        PathBuf::from("models")
-    }
-    pub fn max_request_bytes() -> usize {
-        4 << 20
-    }
-    pub fn request_timeout_ms() -> u64 {
-        10_000
-    }
-    pub fn max_concurrent_requests() -> usize {
-        512
-    }
-    pub fn inference_queue() -> usize {
-        256
-    }
-    pub fn inline_max_us() -> u64 {
-        250
-    }
-    pub fn warmup_runs() -> usize {
-        20
-    }
-    pub fn shutdown_grace_ms() -> u64 {
-        10_000
-    }
-    pub fn header_read_timeout_ms() -> u64 {
-        30_000
-    }
-    pub fn log_level() -> String {
-        "info".to_owned()
-    }
-    pub fn shadow_threads() -> usize {
-        1
-    }
-    pub fn shadow_queue() -> usize {
-        1024
-    }
-    pub fn shadow_deadline_ms() -> u64 {
-        250
-    }
-    pub fn shadow_cpu_budget() -> f64 {
-        0.05
-    }
-    pub fn shadow_sample_rate() -> f64 {
-        1.0
-    }
-    pub fn state_dir() -> PathBuf {
-        PathBuf::from("state")
-    }
-    pub fn outcomes_dir() -> PathBuf {
-        PathBuf::from("outcomes")
-    }
-    pub fn outcomes_queue() -> usize {
-        16_384
-    }
-    pub fn flush_interval_ms() -> u64 {
-        1000
-    }
-    pub fn rotate_bytes() -> u64 {
-        64 << 20
-    }
-    pub fn rotate_age_s() -> u64 {
-        3600
-    }
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self::from_table(toml::Table::new()).expect("the defaults are a valid config")
@@ -372,6 +311,7 @@ impl Config {
         }
         let flags = [
             ("models_dir", args.models.as_ref().map(|p| p.display().to_string())),
+            ("repository", args.repository.clone()),
             ("listen", args.listen.clone()),
             ("grpc_listen", args.grpc_listen.clone()),
             ("backend", args.backend.clone()),
@@ -394,6 +334,10 @@ impl Config {
     }
 
     fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        if table.contains_key("models_dir") && table.contains_key("repository") {
+            let message = "set `models_dir` (a folder) or `repository` (a URL), not both".into();
+            return Err(ConfigError::Invalid { key: "repository".into(), message });
+        }
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Invalid { key, message: e.into_inner().to_string() }
@@ -534,6 +478,15 @@ impl Config {
     /// Each model's promotion policy.
     pub fn policies(&self) -> BTreeMap<String, PolicySettings> {
         self.models.iter().map(|(name, m)| (name.clone(), m.policy.clone())).collect()
+    }
+
+    /// Where the versions live: `repository`'s URL, else `models_dir`.
+    pub fn open_repository(&self) -> Result<crate::repository::Repository, crate::repository::RepositoryError> {
+        use crate::repository::Repository;
+        match &self.repository {
+            None => Repository::open(&self.models_dir),
+            Some(url) => Repository::connect(url, &self.repository_options, &self.repository_fetch, &self.state_dir),
+        }
     }
 
     pub fn shadow_settings(&self) -> crate::shadow::ShadowSettings {

@@ -1,0 +1,432 @@
+//! A model repository in object storage (`s3://`, `gs://`, `az://`) through `object_store`, with
+//! the folder layout inside: `<prefix>/<model>/<version>/manifest.json` beside its model file.
+//!
+//! Invariants:
+//! - A version is fetched once into the local cache, keyed by its sha256, and verified against the
+//!   manifest *before* it is cached or loaded; what the cache holds is re-verified when read.
+//! - A version's manifest is written last by whoever uploads it: a version without one is not there
+//!   yet (not an error), so a half-uploaded version is never seen.
+//! - The cache is bounded in bytes: the least recently used files go first, never one a loaded
+//!   version came from (`Objects::in_use`). Its manifests let a restart serve with the store down.
+//! - The store is only called from blocking contexts (loading, the poller, admin changes run off
+//!   the async workers), through a runtime of its own: never from the request path.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::future::Future;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
+use parking_lot::Mutex;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use super::{MANIFEST_FILE, Manifest, RepositoryError, VersionId, checked_manifest};
+
+/// Fetching versions from object storage (`[repository_fetch]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchSettings {
+    /// Where fetched versions are kept, by sha256; unset: `<state_dir>/repository-cache`.
+    pub cache_dir: Option<PathBuf>,
+    /// The cache's bound in bytes (the files of loaded versions are kept whatever it says).
+    pub cache_bytes: u64,
+    /// One request's limit, connecting and whole.
+    pub timeout_ms: u64,
+    /// Retries of a failed request, with exponential backoff (0.1 s doubling, at most 5 s).
+    pub retries: usize,
+}
+
+impl Default for FetchSettings {
+    fn default() -> Self {
+        Self { cache_dir: None, cache_bytes: 10 << 30, timeout_ms: 30_000, retries: 3 }
+    }
+}
+
+pub(super) struct Objects {
+    /// The repository's URL as configured, without a trailing `/`: what messages name.
+    url: String,
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    /// The store's client runs here, whoever calls (`Option`: taken when dropped).
+    runtime: Option<tokio::runtime::Runtime>,
+    cache: Cache,
+}
+
+impl Drop for Objects {
+    /// The gateway may be dropped on an async worker, where a runtime cannot wait for its threads.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Objects {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects").field("url", &self.url).field("cache", &self.cache.dir).finish()
+    }
+}
+
+/// `scheme://bucket/prefix` split, with the scheme known.
+fn split(url: &str) -> Result<(&str, &str, &str), RepositoryError> {
+    let bad = |message: &str| RepositoryError::Url { url: url.to_owned(), message: message.to_owned() };
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("expected scheme://bucket/prefix"))?;
+    if !matches!(scheme, "s3" | "gs" | "az") {
+        return Err(bad("the scheme must be file, s3, gs or az"));
+    }
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(bad("the bucket (or container) is missing"));
+    }
+    Ok((scheme, bucket, prefix.trim_matches('/')))
+}
+
+impl Objects {
+    /// The store's client for `url`; nothing is fetched yet (a store out of reach is told on the
+    /// first read). A bad URL or option key is refused here, named.
+    pub(super) fn connect(
+        url: &str,
+        options: &BTreeMap<String, String>,
+        settings: &FetchSettings,
+        state_dir: &Path,
+    ) -> Result<Self, RepositoryError> {
+        let url = url.trim_end_matches('/').to_owned();
+        let (scheme, bucket, prefix) = split(&url)?;
+        let timeout = Duration::from_millis(settings.timeout_ms.max(1));
+        let retry = RetryConfig {
+            backoff: BackoffConfig {
+                init_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_secs(5),
+                base: 2.0,
+            },
+            max_retries: settings.retries,
+            retry_timeout: timeout * (settings.retries as u32 + 1),
+        };
+        let limit = format!("{}ms", timeout.as_millis());
+        // Ours first, so `[repository_options]` can still say otherwise.
+        let mut pairs = vec![("timeout".to_owned(), limit.clone()), ("connect_timeout".to_owned(), limit)];
+        pairs.extend(options.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let options = pairs;
+        let bad_key = |key: &str| RepositoryError::Url {
+            url: url.clone(),
+            message: format!("repository_options.{key} is not an option of a {scheme}:// store"),
+        };
+        let failed = |e: object_store::Error| RepositoryError::Url { url: url.clone(), message: e.to_string() };
+        let store: Arc<dyn ObjectStore> = match scheme {
+            "s3" => {
+                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                for (key, value) in options {
+                    builder = builder.with_config(key.parse().map_err(|_| bad_key(&key))?, value);
+                }
+                Arc::new(builder.with_retry(retry).build().map_err(failed)?)
+            }
+            "gs" => {
+                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
+                for (key, value) in options {
+                    builder = builder.with_config(key.parse().map_err(|_| bad_key(&key))?, value);
+                }
+                Arc::new(builder.with_retry(retry).build().map_err(failed)?)
+            }
+            _ => {
+                let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket);
+                for (key, value) in options {
+                    builder = builder.with_config(key.parse().map_err(|_| bad_key(&key))?, value);
+                }
+                Arc::new(builder.with_retry(retry).build().map_err(failed)?)
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("repository")
+            .enable_all()
+            .build()
+            .map_err(|e| RepositoryError::Io { path: PathBuf::from(&url), source: e })?;
+        let cache_dir = settings.cache_dir.clone().unwrap_or_else(|| state_dir.join("repository-cache"));
+        let cache = Cache::open(&cache_dir, settings.cache_bytes)?;
+        Ok(Self { prefix: ObjectPath::from(prefix), url, store, runtime: Some(runtime), cache })
+    }
+
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Runs one call to the store on the repository's own runtime and waits for it (from any thread).
+    fn block<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let runtime = self.runtime.as_ref().expect("taken only when dropped");
+        runtime.spawn(async move {
+            let _ = tx.send(work.await);
+        });
+        rx.recv().expect("the repository's runtime finishes what it is given")
+    }
+
+    fn path(&self, parts: &[&str]) -> ObjectPath {
+        parts.iter().fold(self.prefix.clone(), |path, part| path.join(*part))
+    }
+
+    fn store_failed(&self, what: &str, error: object_store::Error) -> RepositoryError {
+        RepositoryError::Store { url: self.url.clone(), message: format!("{what}: {error}") }
+    }
+
+    /// Model names: the prefixes under the repository's that hold at least one version.
+    pub(super) fn models(&self) -> Result<Vec<String>, RepositoryError> {
+        let (store, prefix) = (Arc::clone(&self.store), self.prefix.clone());
+        let listed = self.block(async move { store.list_with_delimiter(Some(&prefix)).await });
+        let names: Vec<String> = match listed {
+            Ok(listed) => listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect(),
+            Err(error) => {
+                let cached = self.cache.models();
+                if cached.is_empty() {
+                    return Err(self.store_failed("listing the models", error));
+                }
+                tracing::warn!(repository = %self.url, %error, "the store is out of reach: listing the cached models");
+                cached
+            }
+        };
+        let mut models = Vec::new();
+        for name in names {
+            match self.versions(&name) {
+                Ok(_) => models.push(name),
+                Err(RepositoryError::NoModel(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        models.sort();
+        Ok(models)
+    }
+
+    /// A model's versions: those whose manifest is there (it is uploaded last), in version order.
+    pub(super) fn versions(&self, model: &str) -> Result<Vec<VersionId>, RepositoryError> {
+        let (store, prefix) = (Arc::clone(&self.store), self.path(&[model]));
+        let depth = prefix.parts().count();
+        let listed = self.block(async move {
+            let mut found = Vec::new();
+            let mut listing = store.list(Some(&prefix));
+            while let Some(meta) = listing.next().await {
+                let parts: Vec<String> = meta?.location.parts().map(|p| p.as_ref().to_owned()).collect();
+                if parts.len() == depth + 2 && parts[depth + 1] == MANIFEST_FILE {
+                    found.push(VersionId::new(parts[depth].clone()));
+                }
+            }
+            Ok::<_, object_store::Error>(found)
+        });
+        let mut versions = match listed {
+            Ok(found) => found,
+            Err(error) => match self.cache.versions(model) {
+                cached if !cached.is_empty() => {
+                    tracing::warn!(repository = %self.url, model, %error, "the store is out of reach: the cached versions");
+                    cached
+                }
+                _ => return Err(self.store_failed(&format!("listing the versions of '{model}'"), error)),
+            },
+        };
+        // Object stores have no folders: a model with nothing under its prefix is not there.
+        if versions.is_empty() {
+            return Err(RepositoryError::NoModel(model.to_owned()));
+        }
+        versions.sort();
+        Ok(versions)
+    }
+
+    /// One version: its manifest read and checked, its model file fetched once into the cache and
+    /// verified. With the store out of reach, what the cache holds of it.
+    pub(super) fn version(&self, model: &str, version: &VersionId) -> Result<(Manifest, PathBuf), RepositoryError> {
+        let manifest_path = self.path(&[model, version.as_str(), MANIFEST_FILE]);
+        let shown = PathBuf::from(format!("{}/{manifest_path}", self.url_root()));
+        let store = Arc::clone(&self.store);
+        let location = manifest_path.clone();
+        let fetched = self.block(async move { store.get(&location).await?.bytes().await });
+        let text = match fetched {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(RepositoryError::NoVersion { model: model.to_owned(), version: version.clone() });
+            }
+            Err(error) => match self.cache.manifest(model, version) {
+                Some(text) => {
+                    tracing::warn!(repository = %self.url, model, version = %version, %error, "the store is out of reach: the cached version");
+                    text
+                }
+                None => return Err(self.store_failed(&format!("reading {manifest_path}"), error)),
+            },
+        };
+        let manifest = checked_manifest(&text, model, version, &shown)?;
+        let file = match self.cache.model(&manifest.sha256) {
+            Some(file) => file,
+            None => {
+                let location = self.path(&[model, version.as_str(), &manifest.model_file]);
+                let shown = PathBuf::from(format!("{}/{location}", self.url_root()));
+                let store = Arc::clone(&self.store);
+                let what = format!("fetching {location}");
+                let bytes = self
+                    .block(async move { store.get(&location).await?.bytes().await })
+                    .map_err(|error| self.store_failed(&what, error))?;
+                super::verify(&bytes, &manifest, &shown)?;
+                crate::metrics::repository_fetched(bytes.len() as u64);
+                self.cache.put(&manifest.sha256, &bytes)?
+            }
+        };
+        self.cache.put_manifest(model, version, &text)?;
+        Ok((manifest, file))
+    }
+
+    /// `scheme://bucket`, for showing an object's path.
+    fn url_root(&self) -> &str {
+        split(&self.url).map(|(scheme, bucket, _)| &self.url[..scheme.len() + 3 + bucket.len()]).unwrap_or(&self.url)
+    }
+
+    /// The sha256 of every version loaded now: the cache keeps their files whatever its bound.
+    pub(super) fn in_use(&self, sha256s: BTreeSet<String>) {
+        *self.cache.pinned.lock() = sha256s;
+    }
+}
+
+/// Fetched model files by sha256 (`<dir>/<sha256>.onnx`) and the manifests they came with
+/// (`<dir>/manifests/<model>/<version>/manifest.json`), bounded in bytes.
+struct Cache {
+    dir: PathBuf,
+    bytes: u64,
+    pinned: Mutex<BTreeSet<String>>,
+}
+
+impl Cache {
+    fn open(dir: &Path, bytes: u64) -> Result<Self, RepositoryError> {
+        fs::create_dir_all(dir.join("manifests"))
+            .map_err(|e| RepositoryError::Io { path: dir.to_owned(), source: e })?;
+        Ok(Self { dir: dir.to_owned(), bytes, pinned: Mutex::new(BTreeSet::new()) })
+    }
+
+    fn file(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{}.onnx", sha256.to_ascii_lowercase()))
+    }
+
+    /// The cached file of this sha256, if it is there and still hashes to it (its use time touched).
+    fn model(&self, sha256: &str) -> Option<PathBuf> {
+        let path = self.file(sha256);
+        let bytes = fs::read(&path).ok()?;
+        if !hex::encode(Sha256::digest(&bytes)).eq_ignore_ascii_case(sha256) {
+            tracing::warn!(path = %path.display(), "a cached model file no longer matches its sha256: fetched again");
+            let _ = fs::remove_file(&path);
+            return None;
+        }
+        let _ = fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
+        Some(path)
+    }
+
+    /// Keeps verified bytes (temporary file, fsync, rename), then evicts to the bound.
+    fn put(&self, sha256: &str, bytes: &[u8]) -> Result<PathBuf, RepositoryError> {
+        let path = self.file(sha256);
+        write_atomically(&path, bytes)?;
+        self.evict(sha256);
+        Ok(path)
+    }
+
+    /// The least recently used files first, until the cache is within its bound; never a pinned one
+    /// nor the one just fetched.
+    fn evict(&self, keep: &str) {
+        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let mut files: Vec<(SystemTime, u64, PathBuf, String)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_suffix(".onnx")?.to_owned();
+                let meta = e.metadata().ok()?;
+                Some((meta.modified().ok()?, meta.len(), e.path(), name))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        let pinned = self.pinned.lock().clone();
+        for (_, len, path, sha) in files {
+            if total <= self.bytes {
+                break;
+            }
+            if sha.eq_ignore_ascii_case(keep) || pinned.iter().any(|p| p.eq_ignore_ascii_case(&sha)) {
+                continue;
+            }
+            if fs::remove_file(&path).is_ok() {
+                total -= len;
+                crate::metrics::repository_evicted();
+            }
+        }
+    }
+
+    fn manifest_path(&self, model: &str, version: &VersionId) -> PathBuf {
+        self.dir.join("manifests").join(model).join(version.as_str()).join(MANIFEST_FILE)
+    }
+
+    fn manifest(&self, model: &str, version: &VersionId) -> Option<String> {
+        fs::read_to_string(self.manifest_path(model, version)).ok()
+    }
+
+    fn put_manifest(&self, model: &str, version: &VersionId, text: &str) -> Result<(), RepositoryError> {
+        let path = self.manifest_path(model, version);
+        if fs::read_to_string(&path).is_ok_and(|kept| kept == text) {
+            return Ok(());
+        }
+        write_atomically(&path, text.as_bytes())
+    }
+
+    fn models(&self) -> Vec<String> {
+        names(&self.dir.join("manifests"))
+    }
+
+    fn versions(&self, model: &str) -> Vec<VersionId> {
+        let dir = self.dir.join("manifests").join(model);
+        names(&dir).into_iter().filter(|v| dir.join(v).join(MANIFEST_FILE).is_file()).map(VersionId::new).collect()
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect()
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RepositoryError> {
+    let io = |e| RepositoryError::Io { path: path.to_owned(), source: e };
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let temporary = path.with_extension(format!("partial-{}", std::process::id()));
+    let mut file = fs::File::create(&temporary).map_err(io)?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
+    fs::rename(&temporary, path).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_scheme_bucket_and_prefix() {
+        assert_eq!(split("s3://models/team/a").unwrap(), ("s3", "models", "team/a"));
+        assert_eq!(split("gs://models").unwrap(), ("gs", "models", ""));
+        assert_eq!(split("az://container/x/").unwrap(), ("az", "container", "x"));
+        for bad in ["ftp://x/y", "s3:/x", "s3:///prefix"] {
+            let message = split(bad).unwrap_err().to_string();
+            assert!(message.contains(bad), "{message}");
+        }
+    }
+
+    #[test]
+    fn the_cache_evicts_the_least_recently_used_but_never_a_pinned_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 250).unwrap();
+        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+        let (a, b, c) = ([1u8; 100], [2u8; 100], [3u8; 100]);
+        cache.put(&sha(&a), &a).unwrap();
+        cache.put(&sha(&b), &b).unwrap();
+        *cache.pinned.lock() = [sha(&a)].into();
+        // Older by its time, pinned all the same; b goes.
+        let old = SystemTime::now() - Duration::from_secs(60);
+        fs::File::options().append(true).open(cache.file(&sha(&a))).unwrap().set_modified(old).unwrap();
+        cache.put(&sha(&c), &c).unwrap();
+        assert!(cache.model(&sha(&a)).is_some());
+        assert!(cache.model(&sha(&b)).is_none());
+        assert!(cache.model(&sha(&c)).is_some());
+    }
+}

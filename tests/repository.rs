@@ -1,0 +1,405 @@
+//! Versions from object storage: a gateway serving from `s3://` on an S3-compatible server the test
+//! starts itself (`moto_server`, from PyPI, in `scripts/python-env.sh moto`'s environment), a
+//! version uploaded while it serves and adopted by the poller, a corrupt upload refused with nothing
+//! swapped, the store stopped (a change fails cleanly, serving goes on, a retry works once it is
+//! back), a restart served from the cache with the store down, bad configurations refused naming
+//! what is wrong, and three replicas on a PostgreSQL of the test's own taking an uploaded version as
+//! a challenger through one admin call, under traffic.
+
+mod common;
+#[allow(dead_code)] // the helpers this file does not use
+#[path = "common/postgres.rs"]
+mod pg;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{TestServer, eventually};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStoreExt, PutPayload};
+use pg::Postgres;
+use serde_json::{Value, json};
+
+const BUCKET: &str = "models";
+
+/// The fetch counters are the process's: the tests that read them run one at a time.
+static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+const PREFIX: &str = "team/repo";
+
+/// `moto_server` on a free port of 127.0.0.1, killed when dropped. Its buckets live in memory.
+struct Moto {
+    port: u16,
+    child: Child,
+}
+
+impl Moto {
+    async fn start(port: Option<u16>) -> Self {
+        let python = common::python_env(Some("moto"));
+        let server = python.with_file_name("moto_server");
+        let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        let child = Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let moto = Self { port, child };
+        let url = moto.endpoint();
+        eventually("moto_server answers", Duration::from_secs(60), || async {
+            reqwest::get(&url).await.ok().map(|_| ())
+        })
+        .await;
+        // A bucket is made by a PUT (moto checks no signature).
+        let made = reqwest::Client::new().put(format!("{url}/{BUCKET}")).send().await.unwrap();
+        assert!(made.status().is_success(), "{}", made.status());
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn store(&self) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_bucket_name(BUCKET)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()
+            .unwrap()
+    }
+
+    /// Uploads a demo version's files, the manifest last (as a data scientist's tool must);
+    /// `corrupt` flips a byte of the model file.
+    async fn upload(&self, model: &str, from: &str, as_version: &str, corrupt: bool) -> usize {
+        let dir = common::models_dir().join(model).join(from);
+        let mut manifest: Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+        manifest["version"] = json!(as_version);
+        let file = manifest["model_file"].as_str().unwrap().to_owned();
+        let mut bytes = std::fs::read(dir.join(&file)).unwrap();
+        if corrupt {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0xff;
+        }
+        let store = self.store();
+        let at = |name: &str| ObjectPath::from(format!("{PREFIX}/{model}/{as_version}/{name}"));
+        let size = bytes.len();
+        store.put(&at(&file), PutPayload::from(bytes)).await.unwrap();
+        store.put(&at("manifest.json"), PutPayload::from(serde_json::to_vec(&manifest).unwrap())).await.unwrap();
+        size
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A configuration serving breast-cancer from the bucket (champion 1, challengers as given).
+fn config_file(dir: &Path, moto: &Moto, challengers: &[&str], poll_s: u64) -> PathBuf {
+    let challengers: Vec<String> = challengers.iter().map(|c| format!("\"{c}\"")).collect();
+    let text = format!(
+        r#"repository = "s3://{BUCKET}/{PREFIX}"
+repository_poll_s = {poll_s}
+shadow_cpu_budget = 2.0
+
+[repository_options]
+aws_endpoint = "{endpoint}"
+aws_allow_http = "true"
+aws_region = "us-east-1"
+aws_access_key_id = "test"
+aws_secret_access_key = "test"
+
+[repository_fetch]
+timeout_ms = 2000
+retries = 1
+
+[models.breast-cancer]
+champion = "1"
+challengers = [{challengers}]
+"#,
+        endpoint = moto.endpoint(),
+        challengers = challengers.join(", ")
+    );
+    let path = dir.join("gauntlet.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn row() -> Value {
+    common::infer_body(&common::reference_rows("breast-cancer", "1")[..1])
+}
+
+async fn infer(server: &TestServer) -> reqwest::Response {
+    reqwest::Client::new().post(server.url("/v2/models/breast-cancer/infer")).json(&row()).send().await.unwrap()
+}
+
+async fn model(server: &TestServer) -> Value {
+    reqwest::get(server.url("/admin/models/breast-cancer")).await.unwrap().json().await.unwrap()
+}
+
+fn challengers(view: &Value) -> Vec<String> {
+    let versions = view["versions"].as_array().cloned().unwrap_or_default();
+    versions.iter().filter(|v| v["state"] == "challenger").map(|v| v["version"].as_str().unwrap().to_owned()).collect()
+}
+
+async fn set_challengers(server: &TestServer, versions: &[&str]) -> reqwest::Response {
+    let url = server.url("/admin/models/breast-cancer/challengers");
+    reqwest::Client::new().put(url).json(&json!({ "versions": versions })).send().await.unwrap()
+}
+
+/// A counter of this process's gateways (the recorder is the process's).
+fn gauntlet_metric(name: &str) -> f64 {
+    let text = gauntlet::metrics::handle().render();
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_from_s3_adopts_an_upload_and_refuses_a_corrupt_one() {
+    let _one_at_a_time = FETCHING.lock().await;
+    let moto = Moto::start(None).await;
+    let size = moto.upload("breast-cancer", "1", "1", false).await;
+    moto.upload("breast-cancer", "2", "2", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), &moto, &["2"], 1);
+    let fetched_before = gauntlet_metric("gauntlet_repository_fetches_total");
+    let server = TestServer::start_from(Some(&file), &[], Default::default()).await;
+
+    let answer = infer(&server).await;
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(answer["model_version"], "1");
+    assert_eq!(challengers(&model(&server).await), ["2"]);
+    // Each version fetched once, whole (the counters are the process's: from before this server).
+    assert_eq!(gauntlet_metric("gauntlet_repository_fetches_total") - fetched_before, 2.0);
+    assert!(gauntlet_metric("gauntlet_repository_fetched_bytes_total") >= size as f64);
+
+    // A corrupt upload (version 3's bytes, one flipped, under 4): refused with the "corrupt"
+    // message, and nothing that serves changes. (The cache is keyed by sha256: were version 3's file
+    // fetched already, 4 would be served from it, which is right, so 4 comes first.)
+    moto.upload("breast-cancer", "3", "4", true).await;
+    let refused = set_challengers(&server, &["2", "4"]).await;
+    assert_eq!(refused.status(), 422);
+    let message = refused.text().await.unwrap();
+    assert!(message.contains("is corrupt: sha256"), "{message}");
+    assert!(message.contains(&format!("s3://{BUCKET}/{PREFIX}/breast-cancer/4/")), "{message}");
+    assert_eq!(challengers(&model(&server).await), ["2"]);
+    assert_eq!(infer(&server).await.status(), 200);
+
+    // Uploaded while serving: the poller adopts it as a challenger, under traffic, with no error.
+    moto.upload("breast-cancer", "3", "3", false).await;
+    let failed = std::sync::atomic::AtomicUsize::new(0);
+    eventually("version 3 shadows", Duration::from_secs(60), || async {
+        if infer(&server).await.status() != 200 {
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        challengers(&model(&server).await).contains(&"3".to_owned()).then_some(())
+    })
+    .await;
+    assert_eq!(failed.into_inner(), 0);
+    // (Version 4's manifest names version 3's sha256, now in the cache: the poller may load 4 from
+    // the cached file, whose bytes are exactly what its manifest attests, never the corrupt ones.)
+
+    // A version whose manifest is not there yet is not there: not an error of the store.
+    let store = moto.store();
+    let model_only = ObjectPath::from(format!("{PREFIX}/breast-cancer/5/model.onnx"));
+    store.put(&model_only, PutPayload::from(vec![0u8; 16])).await.unwrap();
+    let absent = set_challengers(&server, &["2", "3", "5"]).await;
+    assert_eq!(absent.status(), 422);
+    let message = absent.text().await.unwrap();
+    assert!(message.contains("'5' of model 'breast-cancer' is not in the repository"), "{message}");
+
+    // A manifest that names another version: refused, naming both.
+    let mut manifest = common::manifest("breast-cancer", "2");
+    manifest["version"] = json!("2");
+    let wrong = ObjectPath::from(format!("{PREFIX}/breast-cancer/6/manifest.json"));
+    store.put(&wrong, PutPayload::from(serde_json::to_vec(&manifest).unwrap())).await.unwrap();
+    let inconsistent = set_challengers(&server, &["2", "3", "6"]).await;
+    assert_eq!(inconsistent.status(), 422);
+    let message = inconsistent.text().await.unwrap();
+    assert!(message.contains("says it is breast-cancer/2 but lives in breast-cancer/6"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_goes_away_fails_changes_cleanly_and_a_restart_serves_from_the_cache() {
+    let _one_at_a_time = FETCHING.lock().await;
+    let moto = Moto::start(None).await;
+    let port = moto.port;
+    moto.upload("breast-cancer", "1", "1", false).await;
+    moto.upload("breast-cancer", "2", "2", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), &moto, &[], 0);
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = format!("state_dir={}", state.path().display());
+    let mut server = TestServer::start_from(Some(&file), &[&state_dir], Default::default()).await;
+    assert_eq!(infer(&server).await.status(), 200);
+    // Uploaded after the start (no poller here): fetched only when a change asks for it.
+    moto.upload("breast-cancer", "3", "3", false).await;
+
+    // The store goes away: the change fails with a 503 naming it; the champion keeps serving.
+    drop(moto);
+    let failed = set_challengers(&server, &["3"]).await;
+    assert_eq!(failed.status(), 503);
+    let message = failed.text().await.unwrap();
+    assert!(message.contains(&format!("the model store s3://{BUCKET}/{PREFIX} failed")), "{message}");
+    assert!(challengers(&model(&server).await).is_empty());
+    assert_eq!(infer(&server).await.status(), 200);
+
+    // Back (empty: moto keeps buckets in memory; the data scientist uploads again): the retry works.
+    let moto = Moto::start(Some(port)).await;
+    moto.upload("breast-cancer", "1", "1", false).await;
+    moto.upload("breast-cancer", "2", "2", false).await;
+    moto.upload("breast-cancer", "3", "3", false).await;
+    assert_eq!(set_challengers(&server, &["3"]).await.status(), 200);
+    assert_eq!(challengers(&model(&server).await), ["3"]);
+    server.stop().await.unwrap();
+
+    // A restart with the store down serves what it served, from the cache.
+    drop(moto);
+    let fetched = gauntlet_metric("gauntlet_repository_fetches_total");
+    let server = TestServer::start_from(Some(&file), &[&state_dir], Default::default()).await;
+    assert_eq!(infer(&server).await.status(), 200);
+    assert_eq!(challengers(&model(&server).await), ["3"]);
+    assert_eq!(gauntlet_metric("gauntlet_repository_fetches_total"), fetched);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_repositories_are_refused_naming_the_key_or_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = common::root().join("gauntlet.toml");
+    // Both a folder and a URL: the configuration says which key.
+    let args = gauntlet::config::ServeArgs {
+        config: Some(demo.clone()),
+        set: vec!["repository=s3://models/x".into()],
+        ..Default::default()
+    };
+    let error = gauntlet::config::Config::load_from(&args, &[]).unwrap_err().to_string();
+    assert!(error.contains("repository") && error.contains("not both"), "{error}");
+
+    let count = std::sync::atomic::AtomicUsize::new(0);
+    let start = |text: String| {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let file = dir.path().join(format!("bad-{n}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let state = format!("state_dir={}", dir.path().join("state").display());
+        let config = common::config_from(&file, &[&state]);
+        async move { gauntlet::Server::bind(config).await.err().map(|e| format!("{e:#}")).unwrap_or_default() }
+    };
+    let error = start("repository = \"ftp://host/x\"\n".into()).await;
+    assert!(error.contains("ftp://host/x") && error.contains("the scheme must be file, s3, gs or az"), "{error}");
+    let error = start("repository = \"s3://b\"\n[repository_options]\nnot_a_key = \"1\"\n".into()).await;
+    assert!(error.contains("repository_options.not_a_key"), "{error}");
+    let error = start(format!("repository = \"file://{}\"\n", dir.path().join("nowhere").display())).await;
+    assert!(error.contains("is not a directory"), "{error}");
+
+    // A bucket that does not exist, and a store that is not there at all: named, at start.
+    let moto = Moto::start(None).await;
+    let missing = format!(
+        "repository = \"s3://no-such-bucket/x\"\n[repository_options]\naws_endpoint = \"{}\"\naws_allow_http = \"true\"\naws_region = \"us-east-1\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\n[repository_fetch]\nretries = 0\n",
+        moto.endpoint()
+    );
+    let error = start(missing).await;
+    assert!(error.contains("the model store s3://no-such-bucket/x failed"), "{error}");
+    let away = "repository = \"gs://bucket/x\"\n[repository_fetch]\nretries = 0\ntimeout_ms = 500\n";
+    let error = start(away.into()).await;
+    assert!(error.contains("gs://bucket/x"), "{error}");
+    let error =
+        start("repository = \"az://container/x\"\n[repository_fetch]\nretries = 0\ntimeout_ms = 500\n".into()).await;
+    assert!(error.contains("az://container/x"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_takes_an_uploaded_challenger_through_one_call_under_traffic() {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let moto = Moto::start(None).await;
+    moto.upload("breast-cancer", "1", "1", false).await;
+    moto.upload("breast-cancer", "2", "2", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = config_file(dir.path(), &moto, &["2"], 0);
+    let database = format!("cluster.database_url={}", pg.url("postgres"));
+    let mut replicas = Vec::new();
+    for id in ["r1", "r2", "r3"] {
+        let replica = format!("cluster.replica_id={id}");
+        replicas.push(
+            TestServer::start_from(Some(&file), &[&database, &replica, "drift.enabled=false"], Default::default())
+                .await,
+        );
+    }
+    let client = reqwest::Client::new();
+    for replica in &replicas {
+        eventually("the replica reads the store", Duration::from_secs(60), || async {
+            let ready = client.get(replica.url("/v2/health/ready")).send().await.ok()?;
+            ready.status().is_success().then_some(())
+        })
+        .await;
+    }
+
+    // Traffic on all three throughout, paced so the replicas, PostgreSQL and moto share two cores.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (sent, failed) = (
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let mut load = Vec::new();
+    for replica in &replicas {
+        let (url, stop, sent, failed, client) =
+            (replica.url("/v2/models/breast-cancer/infer"), stop.clone(), sent.clone(), failed.clone(), client.clone());
+        load.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let ok = client.post(&url).json(&row()).send().await.is_ok_and(|r| r.status() == 200);
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    // Ten uploads, each made a challenger through one replica: the time until all three show it.
+    let mut took = Vec::new();
+    for n in 0..10 {
+        let version = (10 + n).to_string();
+        let from = if n % 2 == 0 { "3" } else { "2" };
+        let started = std::time::Instant::now();
+        moto.upload("breast-cancer", from, &version, false).await;
+        let changed = set_challengers(&replicas[n % 3], &[&version]).await;
+        assert_eq!(changed.status(), 200, "{}", changed.text().await.unwrap());
+        for replica in &replicas {
+            eventually("every replica shadows the upload", Duration::from_secs(60), || async {
+                let view: Value =
+                    client.get(replica.url("/admin/models/breast-cancer")).send().await.ok()?.json().await.ok()?;
+                (challengers(&view) == [version.clone()]).then_some(())
+            })
+            .await;
+        }
+        took.push(started.elapsed());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    took.sort();
+    eprintln!(
+        "upload to every replica shadowing it, 10 tries: p50 {:?}, max {:?}; {} requests",
+        took[took.len() / 2],
+        took[took.len() - 1],
+        sent.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(sent.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // Every replica fetched the bytes itself, once per distinct file: the cache is each replica's.
+    for replica in &replicas {
+        let cached = std::fs::read_dir(replica.state.path().join("repository-cache")).unwrap();
+        let files = cached.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "onnx")).count();
+        assert_eq!(files, 3, "versions 1, 2 and 3's files, each once");
+    }
+}
