@@ -15,7 +15,8 @@
 # --protocol grpc` (16 in flight) as the load generator, and counts the threads whose profile holds
 # `model_infer`. BENCH_TOKEN=T configures one token with the `infer` scope (by its SHA-256) and sends
 # it with every request, so the figure includes the check; BENCH_HEADER='Name: value' sends one more
-# header of another name (what receiving a header costs, without a check). Needs valgrind and wrk (`apt-get install
+# header of another name (what receiving a header costs, without a check). BENCH_CONFIG=file serves
+# another configuration than gauntlet.toml (an `s3://` repository, say). Needs valgrind and wrk (`apt-get install
 # valgrind wrk`). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -47,7 +48,7 @@ if [ -n "${BENCH_TOKEN:-}" ]; then
 fi
 
 valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$work/cg.out" \
-  "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$((port + 2))" --set log_level=warn \
+  "$gauntlet" serve --config "${BENCH_CONFIG:-gauntlet.toml}" --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$((port + 2))" --set log_level=warn \
   --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" --set "state_dir=$work/state" \
   "$@" 2>"$work/gateway.log" &
 pid=$!
