@@ -1,8 +1,8 @@
 //! Versions from object storage: a gateway serving from `s3://` on an S3-compatible server the test
 //! starts itself (`moto_server`, from PyPI, in `scripts/python-env.sh moto`'s environment), a
 //! version uploaded while it serves and adopted by the poller, a corrupt upload refused with nothing
-//! swapped, the store stopped (a change fails cleanly, serving goes on, a retry works once it is
-//! back), a restart served from the cache with the store down, bad configurations refused naming
+//! swapped, the store stopped mid-fetch (a change fails cleanly, serving goes on, a retry works once
+//! it is back), wrong credentials, a restart served from the cache with the store down, bad configurations refused naming
 //! what is wrong, and three replicas on a PostgreSQL of the test's own taking an uploaded version as
 //! a challenger through one admin call, under traffic.
 
@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 const BUCKET: &str = "models";
 
-/// The fetch counters are the process's: the tests that read them run one at a time.
+/// The fetch counters are the process's: the tests that fetch run one at a time.
 static FETCHING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const PREFIX: &str = "team/repo";
 
@@ -37,10 +37,21 @@ struct Moto {
 
 impl Moto {
     async fn start(port: Option<u16>) -> Self {
+        Self::start_with(port, false).await
+    }
+
+    /// `checked`: the server checks credentials after the bucket is made (moto's
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`): a key it does not know is refused.
+    async fn start_with(port: Option<u16>, checked: bool) -> Self {
         let python = common::python_env(Some("moto"));
         let server = python.with_file_name("moto_server");
         let port = port.unwrap_or_else(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-        let child = Command::new(server)
+        let mut command = Command::new(server);
+        if checked {
+            // The first request (making the bucket) goes unchecked; every one after needs a known key.
+            command.env("INITIAL_NO_AUTH_ACTION_COUNT", "1");
+        }
+        let child = command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -48,8 +59,8 @@ impl Moto {
             .expect("moto_server starts");
         let moto = Self { port, child };
         let url = moto.endpoint();
-        eventually("moto_server answers", Duration::from_secs(60), || async {
-            reqwest::get(&url).await.ok().map(|_| ())
+        eventually("moto_server listens", Duration::from_secs(60), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
         })
         .await;
         // A bucket is made by a PUT (moto checks no signature).
@@ -104,6 +115,11 @@ impl Drop for Moto {
 
 /// A configuration serving breast-cancer from the bucket (champion 1, challengers as given).
 fn config_file(dir: &Path, moto: &Moto, challengers: &[&str], poll_s: u64) -> PathBuf {
+    config_file_at(dir, &moto.endpoint(), challengers, poll_s)
+}
+
+/// The same, with the store at `endpoint` (a proxy in front of moto, say).
+fn config_file_at(dir: &Path, endpoint: &str, challengers: &[&str], poll_s: u64) -> PathBuf {
     let challengers: Vec<String> = challengers.iter().map(|c| format!("\"{c}\"")).collect();
     let text = format!(
         r#"repository = "s3://{BUCKET}/{PREFIX}"
@@ -125,7 +141,6 @@ retries = 1
 champion = "1"
 challengers = [{challengers}]
 "#,
-        endpoint = moto.endpoint(),
         challengers = challengers.join(", ")
     );
     let path = dir.join("gauntlet.toml");
@@ -227,46 +242,134 @@ async fn serves_from_s3_adopts_an_upload_and_refuses_a_corrupt_one() {
     assert!(message.contains("says it is breast-cancer/2 but lives in breast-cancer/6"), "{message}");
 }
 
+/// A TCP proxy in front of the store: it forwards, and on command cuts the next transfer of a model
+/// file after its first bytes and refuses every connection after (the store stopped mid-fetch), or
+/// refuses from now on (down), until it is told the store is back.
+struct Proxy {
+    port: u16,
+    state: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+const UP: u8 = 0;
+const CUT_NEXT_MODEL: u8 = 1;
+const DOWN: u8 = 2;
+
+impl Proxy {
+    async fn start(to: u16) -> Self {
+        use std::sync::atomic::Ordering::SeqCst;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(UP));
+        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (shared, counted) = (state.clone(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if shared.load(SeqCst) == DOWN {
+                    continue; // dropped: the connection is refused as it opens
+                }
+                let (state, cuts) = (shared.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else { return };
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    let model = std::sync::atomic::AtomicBool::new(false);
+                    let upstream = async {
+                        let mut buffer = vec![0u8; 16 << 10];
+                        loop {
+                            let n = client_read.read(&mut buffer).await.unwrap_or(0);
+                            if n == 0 || server_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                            let head = String::from_utf8_lossy(&buffer[..n.min(512)]).into_owned();
+                            if head.starts_with("GET ") && head.lines().next().is_some_and(|l| l.contains("model.onnx"))
+                            {
+                                model.store(true, SeqCst);
+                            }
+                        }
+                    };
+                    let downstream = async {
+                        let mut buffer = vec![0u8; 4 << 10];
+                        loop {
+                            let n = server_read.read(&mut buffer).await.unwrap_or(0);
+                            if n == 0 || client_write.write_all(&buffer[..n]).await.is_err() {
+                                break;
+                            }
+                            // After the first bytes of a model file: the store is gone.
+                            if model.load(SeqCst)
+                                && state.compare_exchange(CUT_NEXT_MODEL, DOWN, SeqCst, SeqCst).is_ok()
+                            {
+                                cuts.fetch_add(1, SeqCst);
+                                break;
+                            }
+                            if state.load(SeqCst) == DOWN {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = upstream => {}
+                        () = downstream => {}
+                    }
+                });
+            }
+        });
+        Self { port, state, cuts }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set(&self, state: u8) {
+        self.state.store(state, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_that_goes_away_fails_changes_cleanly_and_a_restart_serves_from_the_cache() {
+async fn a_store_that_stops_mid_fetch_fails_the_change_cleanly_and_a_restart_serves_from_the_cache() {
     let _one_at_a_time = FETCHING.lock().await;
     let moto = Moto::start(None).await;
-    let port = moto.port;
     moto.upload("breast-cancer", "1", "1", false).await;
     moto.upload("breast-cancer", "2", "2", false).await;
+    let proxy = Proxy::start(moto.port).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = config_file(dir.path(), &moto, &[], 0);
+    let file = config_file_at(dir.path(), &proxy.endpoint(), &[], 0);
     let state = tempfile::tempdir().unwrap();
     let state_dir = format!("state_dir={}", state.path().display());
     let mut server = TestServer::start_from(Some(&file), &[&state_dir], Default::default()).await;
     assert_eq!(infer(&server).await.status(), 200);
-    // Uploaded after the start (no poller here): fetched only when a change asks for it.
-    moto.upload("breast-cancer", "3", "3", false).await;
+    // Uploaded after the start (no poller here): fetched only when a change asks for it. Demo
+    // version 4's file (58 KB) is not in the cache, and comes in several reads.
+    moto.upload("breast-cancer", "4", "4", false).await;
 
-    // The store goes away: the change fails with a 503 naming it; the champion keeps serving.
-    drop(moto);
-    let failed = set_challengers(&server, &["3"]).await;
+    // The store stops in the middle of sending the file: the change fails with a 503 naming the
+    // store (its retry finds it gone), nothing changes, and the champion keeps serving.
+    proxy.set(CUT_NEXT_MODEL);
+    let failed = set_challengers(&server, &["4"]).await;
+    assert_eq!(proxy.cuts.load(std::sync::atomic::Ordering::SeqCst), 1, "the transfer was cut mid-file");
     assert_eq!(failed.status(), 503);
     let message = failed.text().await.unwrap();
     assert!(message.contains(&format!("the model store s3://{BUCKET}/{PREFIX} failed")), "{message}");
     assert!(challengers(&model(&server).await).is_empty());
     assert_eq!(infer(&server).await.status(), 200);
+    let cached: Vec<_> =
+        std::fs::read_dir(state.path().join("repository-cache")).unwrap().filter_map(Result::ok).collect();
+    assert!(cached.iter().all(|e| !e.file_name().to_string_lossy().contains("partial")), "no half file is kept");
 
-    // Back (empty: moto keeps buckets in memory; the data scientist uploads again): the retry works.
-    let moto = Moto::start(Some(port)).await;
-    moto.upload("breast-cancer", "1", "1", false).await;
-    moto.upload("breast-cancer", "2", "2", false).await;
-    moto.upload("breast-cancer", "3", "3", false).await;
-    assert_eq!(set_challengers(&server, &["3"]).await.status(), 200);
-    assert_eq!(challengers(&model(&server).await), ["3"]);
+    // The store is back: the same change works.
+    proxy.set(UP);
+    assert_eq!(set_challengers(&server, &["4"]).await.status(), 200);
+    assert_eq!(challengers(&model(&server).await), ["4"]);
     server.stop().await.unwrap();
 
-    // A restart with the store down serves what it served, from the cache.
-    drop(moto);
+    // A restart with the store down serves what it served, from the cache, fetching nothing.
+    proxy.set(DOWN);
     let fetched = gauntlet_metric("gauntlet_repository_fetches_total");
     let server = TestServer::start_from(Some(&file), &[&state_dir], Default::default()).await;
     assert_eq!(infer(&server).await.status(), 200);
-    assert_eq!(challengers(&model(&server).await), ["3"]);
+    assert_eq!(challengers(&model(&server).await), ["4"]);
     assert_eq!(gauntlet_metric("gauntlet_repository_fetches_total"), fetched);
 }
 
@@ -307,6 +410,17 @@ async fn bad_repositories_are_refused_naming_the_key_or_the_store() {
     );
     let error = start(missing).await;
     assert!(error.contains("the model store s3://no-such-bucket/x failed"), "{error}");
+    drop(moto);
+
+    // Wrong credentials: a store that checks them refuses the listing, and startup names the store.
+    let moto = Moto::start_with(None, true).await;
+    let wrong = format!(
+        "repository = \"s3://{BUCKET}/x\"\n[repository_options]\naws_endpoint = \"{}\"\naws_allow_http = \"true\"\naws_region = \"us-east-1\"\naws_access_key_id = \"AKIAWRONGWRONGWRONG0\"\naws_secret_access_key = \"s3cr3t-not-for-logs\"\n[repository_fetch]\nretries = 0\n",
+        moto.endpoint()
+    );
+    let error = start(wrong).await;
+    assert!(error.contains(&format!("the model store s3://{BUCKET}/x failed")), "{error}");
+    assert!(!error.contains("s3cr3t-not-for-logs"), "the secret key must not be told: {error}");
     let away = "repository = \"gs://bucket/x\"\n[repository_fetch]\nretries = 0\ntimeout_ms = 500\n";
     let error = start(away.into()).await;
     assert!(error.contains("gs://bucket/x"), "{error}");
@@ -317,6 +431,7 @@ async fn bad_repositories_are_refused_naming_the_key_or_the_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_takes_an_uploaded_challenger_through_one_call_under_traffic() {
+    let _one_at_a_time = FETCHING.lock().await;
     let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
     let moto = Moto::start(None).await;
     moto.upload("breast-cancer", "1", "1", false).await;
