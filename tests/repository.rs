@@ -436,16 +436,17 @@ async fn a_fleet_takes_an_uploaded_challenger_through_one_call_under_traffic() {
     let moto = Moto::start(None).await;
     moto.upload("breast-cancer", "1", "1", false).await;
     moto.upload("breast-cancer", "2", "2", false).await;
-    let dir = tempfile::tempdir().unwrap();
+    // The third replica reaches the store through a proxy, to be cut off from it later.
+    let proxy = Proxy::start(moto.port).await;
+    let (dir, third) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let file = config_file(dir.path(), &moto, &["2"], 0);
+    let file_through_proxy = config_file_at(third.path(), &proxy.endpoint(), &["2"], 0);
     let database = format!("cluster.database_url={}", pg.url("postgres"));
     let mut replicas = Vec::new();
-    for id in ["r1", "r2", "r3"] {
+    for (id, file) in [("r1", &file), ("r2", &file), ("r3", &file_through_proxy)] {
         let replica = format!("cluster.replica_id={id}");
-        replicas.push(
-            TestServer::start_from(Some(&file), &[&database, &replica, "drift.enabled=false"], Default::default())
-                .await,
-        );
+        let overrides = [database.as_str(), replica.as_str(), "drift.enabled=false", "cluster.poll_interval_ms=500"];
+        replicas.push(TestServer::start_from(Some(file), &overrides, Default::default()).await);
     }
     let client = reqwest::Client::new();
     for replica in &replicas {
@@ -498,6 +499,26 @@ async fn a_fleet_takes_an_uploaded_challenger_through_one_call_under_traffic() {
         }
         took.push(started.elapsed());
     }
+    // A replica that cannot fetch says why in /admin/cluster, serves on, and converges when the
+    // store is back.
+    proxy.set(DOWN);
+    moto.upload("breast-cancer", "4", "30", false).await;
+    assert_eq!(set_challengers(&replicas[0], &["30"]).await.status(), 200);
+    let problem = eventually("r3 reports that it cannot fetch", Duration::from_secs(60), || async {
+        let view: Value = client.get(replicas[0].url("/admin/cluster")).send().await.ok()?.json().await.ok()?;
+        let r3 = view["replicas"].as_array()?.iter().find(|r| r["id"] == "r3")?.clone();
+        let problem = r3["problem"].as_str().unwrap_or_default().to_owned();
+        (r3["converged"] == false && problem.contains("model store")).then_some(problem)
+    })
+    .await;
+    assert!(problem.contains(&format!("the model store s3://{BUCKET}/{PREFIX} failed")), "{problem}");
+    proxy.set(UP);
+    eventually("r3 converges once the store is back", Duration::from_secs(60), || async {
+        let view: Value =
+            client.get(replicas[2].url("/admin/models/breast-cancer")).send().await.ok()?.json().await.ok()?;
+        (challengers(&view) == ["30"]).then_some(())
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for task in load {
         task.await.unwrap();
@@ -511,10 +532,11 @@ async fn a_fleet_takes_an_uploaded_challenger_through_one_call_under_traffic() {
     );
     assert!(sent.load(std::sync::atomic::Ordering::Relaxed) > 0);
     assert_eq!(failed.load(std::sync::atomic::Ordering::Relaxed), 0);
-    // Every replica fetched the bytes itself, once per distinct file: the cache is each replica's.
+    // Every replica fetched the bytes itself, once per distinct file (demo versions 1 to 4): the
+    // cache is each replica's.
     for replica in &replicas {
         let cached = std::fs::read_dir(replica.state.path().join("repository-cache")).unwrap();
         let files = cached.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "onnx")).count();
-        assert_eq!(files, 3, "versions 1, 2 and 3's files, each once");
+        assert_eq!(files, 4, "the files of versions 1, 2, 3 and 4, each once");
     }
 }
