@@ -95,17 +95,18 @@ impl GrpcInferenceService for Service {
             return Err(status(&Error::from(denied)));
         }
         let (metadata, _, message) = request.into_parts();
-        inference::serve(&self.gateway, std::future::ready(Grpc { metadata, message })).await
+        inference::serve(&self.gateway, Grpc { metadata: &metadata, message }).await
     }
 }
 
-/// A ModelInfer call: its metadata and its message (whose tensors `decode` takes).
-struct Grpc {
-    metadata: MetadataMap,
+/// A ModelInfer call: its metadata (borrowed: each move of a future would copy it) and its message
+/// (whose tensors `decode` takes).
+struct Grpc<'a> {
+    metadata: &'a MetadataMap,
     message: ModelInferRequest,
 }
 
-impl Codec for Grpc {
+impl Codec for Grpc<'_> {
     /// The requested outputs, by index into the signature's outputs; empty: all of them.
     type Selection = Vec<usize>;
     type Answer = Result<Response<ModelInferResponse>, Status>;

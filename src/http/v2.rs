@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::json;
+use sync_wrapper::SyncWrapper;
 
 use super::codec::{self, ResponseHead};
 use super::openapi::{
@@ -63,7 +64,7 @@ pub(super) async fn serve_infer<B>(
     request: Request<B>,
 ) -> Response
 where
-    B: hyper::body::Body<Data = Bytes>,
+    B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = request.into_parts();
@@ -72,29 +73,38 @@ where
         return Error::from(denied).into_response();
     }
     let limit = gateway.config().max_request_bytes;
-    let headers = &parts.headers;
     // The headers are borrowed, not moved into the request: each move of a future would copy them
     // (measured: 150 request-thread instructions a request).
-    let receive = async move {
-        let body = read_body(body, limit).await;
-        Rest { name, version, headers, body }
-    };
-    inference::serve(gateway, receive).await
+    let incoming = Some(SyncWrapper::new((body, limit)));
+    let request = Rest { name, version, headers: &parts.headers, incoming, body: Ok(Bytes::new()) };
+    inference::serve(gateway, request).await
 }
 
 /// A REST inference request: its path's model and version, its headers and its body (or why it
 /// could not be read: told once the model is known, so an unknown model is a 404 first).
-struct Rest<'a> {
+struct Rest<'a, B> {
     name: &'a str,
     version: Option<&'a str>,
     headers: &'a HeaderMap,
+    /// The body still to read, with the limit on its size.
+    incoming: Option<SyncWrapper<(B, usize)>>,
     body: Result<Bytes, Error>,
 }
 
-impl Codec for Rest<'_> {
+impl<B> Codec for Rest<'_, B>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     type Selection = codec::OutputSelection;
     type Answer = Response;
     const PROTOCOL: Protocol = Protocol::Rest;
+
+    async fn receive(&mut self) {
+        if let Some((incoming, limit)) = self.incoming.take().map(SyncWrapper::into_inner) {
+            self.body = read_body(incoming, limit).await;
+        }
+    }
 
     fn target(&self) -> (&str, Option<&str>) {
         (self.name, self.version)

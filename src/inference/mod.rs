@@ -61,6 +61,12 @@ pub trait Codec {
     type Answer;
     const PROTOCOL: Protocol;
 
+    /// Reads what the request still has to receive (REST: its body), inside the guards so that a
+    /// slow body counts against the timeout. Its errors are kept for `decode` to tell, so an
+    /// unknown model is told first.
+    fn receive(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
     /// The model, and the version for a direct call.
     fn target(&self) -> (&str, Option<&str>);
     /// The request-id header or metadata entry, as sent (the rule is applied by [`serve`]).
@@ -89,18 +95,15 @@ pub struct Decoded<S> {
     pub selection: S,
 }
 
-/// One inference request, whole: under the guards ([`guarded`]) `receive` yields the protocol's
-/// request (REST reads its body there, so a slow body counts against the timeout), then begin →
-/// decode → id → run → encode → finish. Every protocol's inference handler is this call.
-pub async fn serve<C: Codec>(gateway: &Gateway, receive: impl Future<Output = C>) -> C::Answer {
-    let work = async {
-        let codec = receive.await;
-        answer(gateway, codec).await
-    };
+/// One inference request, whole: under the guards ([`guarded`]) receive → begin → decode → id →
+/// run → encode → finish. Every protocol's inference handler is this call.
+pub async fn serve<C: Codec>(gateway: &Gateway, codec: C) -> C::Answer {
+    let work = answer(gateway, codec);
     guarded(gateway, work).await.unwrap_or_else(|error| C::refuse(error, None))
 }
 
 async fn answer<C: Codec>(gateway: &Gateway, mut codec: C) -> C::Answer {
+    codec.receive().await;
     let header_id = |codec: &C| codec.id_header().filter(|id| acceptable_id(id)).map(str::to_owned);
     let (name, version) = codec.target();
     let mut call = match Inference::begin(gateway, name, version, C::PROTOCOL) {
