@@ -156,14 +156,19 @@ impl Objects {
         &self.url
     }
 
-    /// Runs one call to the store on the repository's own runtime and waits for it (from any thread).
-    fn block<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> T {
+    /// Runs one call to the store on the repository's own runtime and waits for it (from any
+    /// thread). A call that panicked inside the client is the store's failure, not the caller's panic.
+    fn block<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T, RepositoryError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let runtime = self.runtime.as_ref().expect("taken only when dropped");
-        runtime.spawn(async move {
-            let _ = tx.send(work.await);
-        });
-        rx.recv().expect("the repository's runtime finishes what it is given")
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(async move {
+                let _ = tx.send(work.await);
+            });
+        }
+        rx.recv().map_err(|_| RepositoryError::Store {
+            url: self.url.clone(),
+            message: "the store's client stopped without an answer".to_owned(),
+        })
     }
 
     fn path(&self, parts: &[&str]) -> ObjectPath {
@@ -177,7 +182,7 @@ impl Objects {
     /// Model names: the prefixes under the repository's that hold at least one version.
     pub(super) fn models(&self) -> Result<Vec<String>, RepositoryError> {
         let (store, prefix) = (Arc::clone(&self.store), self.prefix.clone());
-        let listed = self.block(async move { store.list_with_delimiter(Some(&prefix)).await });
+        let listed = self.block(async move { store.list_with_delimiter(Some(&prefix)).await })?;
         let names: Vec<String> = match listed {
             Ok(listed) => listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_owned)).collect(),
             Err(error) => {
@@ -215,7 +220,7 @@ impl Objects {
                 }
             }
             Ok::<_, object_store::Error>(found)
-        });
+        })?;
         let mut versions = match listed {
             Ok(found) => found,
             Err(error) => match self.cache.versions(model) {
@@ -241,7 +246,7 @@ impl Objects {
         let shown = PathBuf::from(format!("{}/{manifest_path}", self.url_root()));
         let store = Arc::clone(&self.store);
         let location = manifest_path.clone();
-        let fetched = self.block(async move { store.get(&location).await?.bytes().await });
+        let fetched = self.block(async move { store.get(&location).await?.bytes().await })?;
         let text = match fetched {
             Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             Err(object_store::Error::NotFound { .. }) => {
@@ -264,7 +269,7 @@ impl Objects {
                 let store = Arc::clone(&self.store);
                 let what = format!("fetching {location}");
                 let bytes = self
-                    .block(async move { store.get(&location).await?.bytes().await })
+                    .block(async move { store.get(&location).await?.bytes().await })?
                     .map_err(|error| self.store_failed(&what, error))?;
                 super::verify(&bytes, &manifest, &shown)?;
                 crate::metrics::repository_fetched(bytes.len() as u64);
