@@ -51,6 +51,8 @@ impl Default for FetchSettings {
 pub(super) struct Objects {
     /// The repository's URL as configured, without a trailing `/`: what messages name.
     url: String,
+    /// `scheme://bucket`, before an object's path in messages.
+    root: String,
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
     /// The store's client runs here, whoever calls (`Option`: taken when dropped).
@@ -118,28 +120,20 @@ impl Objects {
             message: format!("repository_options.{key} is not an option of a {scheme}:// store"),
         };
         let failed = |e: object_store::Error| RepositoryError::Url { url: url.clone(), message: e.to_string() };
+        // The three builders share no trait, only these method names: one body for all of them.
+        macro_rules! configured {
+            ($builder:expr) => {{
+                let mut builder = $builder;
+                for (key, value) in options {
+                    builder = builder.with_config(key.parse().map_err(|_| bad_key(&key))?, value);
+                }
+                Arc::new(builder.with_retry(retry).build().map_err(failed)?)
+            }};
+        }
         let store: Arc<dyn ObjectStore> = match scheme {
-            "s3" => {
-                let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
-                for (key, value) in options {
-                    builder = builder.with_config(key.parse().map_err(|_| bad_key(&key))?, value);
-                }
-                Arc::new(builder.with_retry(retry).build().map_err(failed)?)
-            }
-            "gs" => {
-                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket);
-                for (key, value) in options {
-                    builder = builder.with_config(key.parse().map_err(|_| bad_key(&key))?, value);
-                }
-                Arc::new(builder.with_retry(retry).build().map_err(failed)?)
-            }
-            _ => {
-                let mut builder = object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket);
-                for (key, value) in options {
-                    builder = builder.with_config(key.parse().map_err(|_| bad_key(&key))?, value);
-                }
-                Arc::new(builder.with_retry(retry).build().map_err(failed)?)
-            }
+            "s3" => configured!(object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket)),
+            "gs" => configured!(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket)),
+            _ => configured!(object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket)),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -149,7 +143,8 @@ impl Objects {
             .map_err(|e| RepositoryError::Io { path: PathBuf::from(&url), source: e })?;
         let cache_dir = settings.cache_dir.clone().unwrap_or_else(|| state_dir.join("repository-cache"));
         let cache = Cache::open(&cache_dir, settings.cache_bytes)?;
-        Ok(Self { prefix: ObjectPath::from(prefix), url, store, runtime: Some(runtime), cache })
+        let root = format!("{scheme}://{bucket}");
+        Ok(Self { prefix: ObjectPath::from(prefix), root, url, store, runtime: Some(runtime), cache })
     }
 
     pub(super) fn url(&self) -> &str {
@@ -243,7 +238,7 @@ impl Objects {
     /// verified. With the store out of reach, what the cache holds of it.
     pub(super) fn version(&self, model: &str, version: &VersionId) -> Result<(Manifest, PathBuf), RepositoryError> {
         let manifest_path = self.path(&[model, version.as_str(), MANIFEST_FILE]);
-        let shown = PathBuf::from(format!("{}/{manifest_path}", self.url_root()));
+        let shown = PathBuf::from(format!("{}/{manifest_path}", self.root));
         let store = Arc::clone(&self.store);
         let location = manifest_path.clone();
         let fetched = self.block(async move { store.get(&location).await?.bytes().await })?;
@@ -265,7 +260,7 @@ impl Objects {
             Some(file) => file,
             None => {
                 let location = self.path(&[model, version.as_str(), &manifest.model_file]);
-                let shown = PathBuf::from(format!("{}/{location}", self.url_root()));
+                let shown = PathBuf::from(format!("{}/{location}", self.root));
                 let store = Arc::clone(&self.store);
                 let what = format!("fetching {location}");
                 let bytes = self
@@ -278,11 +273,6 @@ impl Objects {
         };
         self.cache.put_manifest(model, version, &text)?;
         Ok((manifest, file))
-    }
-
-    /// `scheme://bucket`, for showing an object's path.
-    fn url_root(&self) -> &str {
-        split(&self.url).map(|(scheme, bucket, _)| &self.url[..scheme.len() + 3 + bucket.len()]).unwrap_or(&self.url)
     }
 
     /// The sha256 of every version loaded now: the cache keeps their files whatever its bound.

@@ -129,7 +129,6 @@ pub async fn list(State(gateway): State<Arc<Gateway>>) -> Json<Vec<ModelView>> {
 #[utoipa::path(get, path = "/admin/models/{name}", tag = "admin", security(("bearer" = ["read"])), params(ModelPath),
     responses((status = 200, body = ModelView), NotFound, Denied))]
 pub async fn show(State(gateway): State<Arc<Gateway>>, Path(name): Path<String>) -> Result<Json<ModelView>, Error> {
-    served(&gateway, &name)?;
     let view = tokio::task::spawn_blocking(move || served(&gateway, &name).map(|model| view(&gateway, model)));
     let view = view.await.map_err(|_| Error::new(ErrorKind::Internal, "listing the repository failed"))??;
     Ok(Json(view))
