@@ -10,6 +10,7 @@
 pub mod holdout;
 mod objects;
 pub mod profile;
+mod remote;
 
 pub use self::objects::FetchSettings;
 

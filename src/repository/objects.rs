@@ -12,9 +12,7 @@
 //!   the async workers), through a runtime of its own: never from the request path.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
 use std::future::Future;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -22,10 +20,9 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
-use parking_lot::Mutex;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
+use super::remote::{Cache, Worker};
 use super::{MANIFEST_FILE, Manifest, RepositoryError, VersionId, checked_manifest};
 
 /// Fetching versions from object storage (`[repository_fetch]`).
@@ -55,18 +52,9 @@ pub(super) struct Objects {
     root: String,
     store: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
-    /// The store's client runs here, whoever calls (`Option`: taken when dropped).
-    runtime: Option<tokio::runtime::Runtime>,
+    /// The store's client runs here, whoever calls.
+    worker: Worker,
     cache: Cache,
-}
-
-impl Drop for Objects {
-    /// The gateway may be dropped on an async worker, where a runtime cannot wait for its threads.
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
 }
 
 impl std::fmt::Debug for Objects {
@@ -135,16 +123,11 @@ impl Objects {
             "gs" => configured!(object_store::gcp::GoogleCloudStorageBuilder::from_env().with_bucket_name(bucket)),
             _ => configured!(object_store::azure::MicrosoftAzureBuilder::from_env().with_container_name(bucket)),
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("repository")
-            .enable_all()
-            .build()
-            .map_err(|e| RepositoryError::Io { path: PathBuf::from(&url), source: e })?;
+        let worker = Worker::new("repository")?;
         let cache_dir = settings.cache_dir.clone().unwrap_or_else(|| state_dir.join("repository-cache"));
         let cache = Cache::open(&cache_dir, settings.cache_bytes)?;
         let root = format!("{scheme}://{bucket}");
-        Ok(Self { prefix: ObjectPath::from(prefix), root, url, store, runtime: Some(runtime), cache })
+        Ok(Self { prefix: ObjectPath::from(prefix), root, url, store, worker, cache })
     }
 
     pub(super) fn url(&self) -> &str {
@@ -154,13 +137,7 @@ impl Objects {
     /// Runs one call to the store on the repository's own runtime and waits for it (from any
     /// thread). A call that panicked inside the client is the store's failure, not the caller's panic.
     fn block<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T, RepositoryError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if let Some(runtime) = &self.runtime {
-            runtime.spawn(async move {
-                let _ = tx.send(work.await);
-            });
-        }
-        rx.recv().map_err(|_| RepositoryError::Store {
+        self.worker.block(work).ok_or_else(|| RepositoryError::Store {
             url: self.url.clone(),
             message: "the store's client stopped without an answer".to_owned(),
         })
@@ -281,117 +258,6 @@ impl Objects {
     }
 }
 
-/// Fetched model files by sha256 (`<dir>/<sha256>.onnx`) and the manifests they came with
-/// (`<dir>/manifests/<model>/<version>/manifest.json`), bounded in bytes.
-struct Cache {
-    dir: PathBuf,
-    bytes: u64,
-    pinned: Mutex<BTreeSet<String>>,
-}
-
-impl Cache {
-    fn open(dir: &Path, bytes: u64) -> Result<Self, RepositoryError> {
-        fs::create_dir_all(dir.join("manifests"))
-            .map_err(|e| RepositoryError::Io { path: dir.to_owned(), source: e })?;
-        Ok(Self { dir: dir.to_owned(), bytes, pinned: Mutex::new(BTreeSet::new()) })
-    }
-
-    fn file(&self, sha256: &str) -> PathBuf {
-        self.dir.join(format!("{}.onnx", sha256.to_ascii_lowercase()))
-    }
-
-    /// The cached file of this sha256, if it is there and still hashes to it (its use time touched).
-    fn model(&self, sha256: &str) -> Option<PathBuf> {
-        let path = self.file(sha256);
-        let bytes = fs::read(&path).ok()?;
-        if !hex::encode(Sha256::digest(&bytes)).eq_ignore_ascii_case(sha256) {
-            tracing::warn!(path = %path.display(), "a cached model file no longer matches its sha256: fetched again");
-            let _ = fs::remove_file(&path);
-            return None;
-        }
-        let _ = fs::File::options().append(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
-        Some(path)
-    }
-
-    /// Keeps verified bytes (temporary file, fsync, rename), then evicts to the bound.
-    fn put(&self, sha256: &str, bytes: &[u8]) -> Result<PathBuf, RepositoryError> {
-        let path = self.file(sha256);
-        write_atomically(&path, bytes)?;
-        self.evict(sha256);
-        Ok(path)
-    }
-
-    /// The least recently used files first, until the cache is within its bound; never a pinned one
-    /// nor the one just fetched.
-    fn evict(&self, keep: &str) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
-        let mut files: Vec<(SystemTime, u64, PathBuf, String)> = entries
-            .filter_map(Result::ok)
-            .filter_map(|e| {
-                let name = e.file_name().to_str()?.strip_suffix(".onnx")?.to_owned();
-                let meta = e.metadata().ok()?;
-                Some((meta.modified().ok()?, meta.len(), e.path(), name))
-            })
-            .collect();
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        files.sort();
-        let pinned = self.pinned.lock().clone();
-        for (_, len, path, sha) in files {
-            if total <= self.bytes {
-                break;
-            }
-            if sha.eq_ignore_ascii_case(keep) || pinned.iter().any(|p| p.eq_ignore_ascii_case(&sha)) {
-                continue;
-            }
-            if fs::remove_file(&path).is_ok() {
-                total -= len;
-                crate::metrics::repository_evicted();
-            }
-        }
-    }
-
-    fn manifest_path(&self, model: &str, version: &VersionId) -> PathBuf {
-        self.dir.join("manifests").join(model).join(version.as_str()).join(MANIFEST_FILE)
-    }
-
-    fn manifest(&self, model: &str, version: &VersionId) -> Option<String> {
-        fs::read_to_string(self.manifest_path(model, version)).ok()
-    }
-
-    fn put_manifest(&self, model: &str, version: &VersionId, text: &str) -> Result<(), RepositoryError> {
-        let path = self.manifest_path(model, version);
-        if fs::read_to_string(&path).is_ok_and(|kept| kept == text) {
-            return Ok(());
-        }
-        write_atomically(&path, text.as_bytes())
-    }
-
-    fn models(&self) -> Vec<String> {
-        names(&self.dir.join("manifests"))
-    }
-
-    fn versions(&self, model: &str) -> Vec<VersionId> {
-        let dir = self.dir.join("manifests").join(model);
-        names(&dir).into_iter().filter(|v| dir.join(v).join(MANIFEST_FILE).is_file()).map(VersionId::new).collect()
-    }
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    entries.filter_map(Result::ok).filter_map(|e| e.file_name().to_str().map(str::to_owned)).collect()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RepositoryError> {
-    let io = |e| RepositoryError::Io { path: path.to_owned(), source: e };
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io)?;
-    }
-    let temporary = path.with_extension(format!("partial-{}", std::process::id()));
-    let mut file = fs::File::create(&temporary).map_err(io)?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
-    fs::rename(&temporary, path).map_err(io)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,23 +271,5 @@ mod tests {
             let message = split(bad).unwrap_err().to_string();
             assert!(message.contains(bad), "{message}");
         }
-    }
-
-    #[test]
-    fn the_cache_evicts_the_least_recently_used_but_never_a_pinned_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::open(dir.path(), 250).unwrap();
-        let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
-        let (a, b, c) = ([1u8; 100], [2u8; 100], [3u8; 100]);
-        cache.put(&sha(&a), &a).unwrap();
-        cache.put(&sha(&b), &b).unwrap();
-        *cache.pinned.lock() = [sha(&a)].into();
-        // Older by its time, pinned all the same; b goes.
-        let old = SystemTime::now() - Duration::from_secs(60);
-        fs::File::options().append(true).open(cache.file(&sha(&a))).unwrap().set_modified(old).unwrap();
-        cache.put(&sha(&c), &c).unwrap();
-        assert!(cache.model(&sha(&a)).is_some());
-        assert!(cache.model(&sha(&b)).is_none());
-        assert!(cache.model(&sha(&c)).is_some());
     }
 }
