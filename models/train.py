@@ -15,6 +15,8 @@ quantiles (numeric), or the values and their shares (categorical: a feature with
 
 Run from the repository root:  python3 models/train.py   (requirements: models/requirements.txt)
 The output is deterministic for pinned package versions: rerunning rewrites identical files.
+With `--register http://mlflow:5000` it also logs and registers every demo version in that MLflow
+Model Registry, through `models/mlflow_register.py` (requirements: tests/python/mlflow-requirements.txt).
 """
 
 from __future__ import annotations
@@ -167,14 +169,11 @@ def to_json_list(a: np.ndarray) -> list:
     return a.tolist()
 
 
-def write_version(name: str, version: str, description: str, estimator, model: onnx.ModelProto, task: dict,
-                  data: dict, x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                  backends_note: str) -> None:
-    folder = ROOT / name / version
-    folder.mkdir(parents=True, exist_ok=True)
+def build_manifest(name: str, version: str, description: str, estimator, model: onnx.ModelProto, task: dict,
+                   data: dict, x_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                   backends_note: str) -> tuple[bytes, dict]:
+    """The model's bytes and its manifest: what `write_version` writes and `mlflow_register.py` logs."""
     raw = model.SerializeToString()
-    (folder / "model.onnx").write_bytes(raw)
-
     session = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
     output_names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(output_names, session.run(None, {"input": x_test})))
@@ -238,8 +237,16 @@ def write_version(name: str, version: str, description: str, estimator, model: o
         },
         "profile": profile(x_train, data["feature_names"], session, task),
     }
+    return raw, manifest
+
+
+def write_version(name: str, version: str, *args, **kwargs) -> None:
+    raw, manifest = build_manifest(name, version, *args, **kwargs)
+    folder = ROOT / name / version
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(raw)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"{name}/{version}: {description}: {json.dumps(metrics)}")
+    print(f"{name}/{version}: {manifest['description']}: {json.dumps(manifest['holdout_metrics'])}")
 
 
 def write_holdout(name: str, feature_names: list[str], x: np.ndarray, y: np.ndarray, target: str) -> None:
@@ -308,7 +315,17 @@ def diabetes() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--register", metavar="TRACKING_URI",
+                        help="also log and register every version in this MLflow tracking server")
+    args = parser.parse_args()
     np.random.seed(SEED)
     breast_cancer()
     diabetes()
+    if args.register:
+        import mlflow_register
+        for folder in sorted(ROOT.glob("*/*/manifest.json")):
+            version = mlflow_register.register(folder.parent, tracking_uri=args.register)
+            print(f"{folder.parent.relative_to(ROOT)} registered as version {version}")
     sys.exit(0)

@@ -4,13 +4,16 @@
 #   scripts/python-env.sh          target/python: models/requirements.txt + tests/python/requirements.txt
 #   scripts/python-env.sh kserve   target/python-kserve: tests/python/kserve-requirements.txt
 #   scripts/python-env.sh moto     target/python-moto: tests/python/moto-requirements.txt (moto_server)
+#   scripts/python-env.sh mlflow   target/python-mlflow: models/requirements.txt + tests/python/mlflow-requirements.txt
+#                                  (mlflow server, models/mlflow_register.py)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 case "${1:-}" in
   "") venv="$root/target/python"; requirements=("$root/models/requirements.txt" "$root/tests/python/requirements.txt") ;;
   kserve) venv="$root/target/python-kserve"; requirements=("$root/tests/python/kserve-requirements.txt") ;;
   moto) venv="$root/target/python-moto"; requirements=("$root/tests/python/moto-requirements.txt") ;;
-  *) echo "usage: $0 [kserve|moto]" >&2; exit 2 ;;
+  mlflow) venv="$root/target/python-mlflow"; requirements=("$root/models/requirements.txt" "$root/tests/python/mlflow-requirements.txt") ;;
+  *) echo "usage: $0 [kserve|moto|mlflow]" >&2; exit 2 ;;
 esac
 stamp="$venv/.requirements"
 # Tests running at once ask for the same environment: one makes it, the others wait for it.
