@@ -354,3 +354,66 @@ async fn a_version_dropped_into_the_repository_starts_shadowing() {
     let audit = std::fs::read_to_string(server.state.path().join("audit.jsonl")).unwrap();
     assert!(audit.contains(r#""actor":"repository""#), "{audit}");
 }
+
+/// The search over the demo folder: the check's exact form, fingerprints, states, several models,
+/// and bad filters refused naming the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_repository_search_finds_versions_by_metric_fingerprint_and_state() {
+    let server = TestServer::start(&[]).await;
+    let found = |answer: &Value| -> Vec<(String, String, String)> {
+        let versions = answer["versions"].as_array().unwrap();
+        let text = |v: &Value, k: &str| v[k].as_str().unwrap().to_owned();
+        versions.iter().map(|v| (text(v, "model"), text(v, "version"), text(v, "state"))).collect()
+    };
+    let row = |m: &str, v: &str, s: &str| (m.to_owned(), v.to_owned(), s.to_owned());
+
+    // Exactly the form the issue gives: versions 1 and 3 (0.986 and 0.965), each with its state.
+    let path = "/admin/repository?model=breast-cancer&q=holdout_metrics.accuracy%20%3E%200.96";
+    let answer = admin(&server, reqwest::Method::GET, path, None).await;
+    assert_eq!(found(&answer), [row("breast-cancer", "1", "champion"), row("breast-cancer", "3", "challenger")]);
+    assert_eq!((answer["kind"].as_str(), answer["searched"].as_u64()), (Some("folder"), Some(4)));
+    let first = &answer["versions"][0];
+    assert_eq!(first["description"], "StandardScaler + LogisticRegression");
+    assert!(first["created"].as_str().unwrap().starts_with("20"), "{first}");
+    assert!(first.get("reference").is_none() && first.get("profile").is_none(), "kept out of answers");
+
+    // Trained on this data: every breast-cancer version, and no diabetes one.
+    let fingerprint = common::manifest("breast-cancer", "1")["training"]["data_sha256"].as_str().unwrap().to_owned();
+    let path = format!("/admin/repository?q=training.data_sha256%20%3D%20{fingerprint}");
+    let answer = admin(&server, reqwest::Method::GET, &path, None).await;
+    let everything: Vec<_> =
+        ["1", "2", "3", "4"].map(|v| row("breast-cancer", v, "")).into_iter().map(|r| (r.0, r.1)).collect();
+    let got: Vec<_> = found(&answer).into_iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(got, everything);
+    assert_eq!(answer["searched"], 6, "both models searched");
+
+    // State, text and numbers together; a field of the other model's task.
+    let answer = admin(
+        &server,
+        reqwest::Method::GET,
+        "/admin/repository?q=state%20%3D%20loaded%20and%20description%20~%20forest",
+        None,
+    )
+    .await;
+    assert_eq!(found(&answer), [row("breast-cancer", "4", "loaded")]);
+    let answer = admin(&server, reqwest::Method::GET, "/admin/repository?q=holdout_metrics.mae%20%3C%2042", None).await;
+    assert_eq!(found(&answer), [row("diabetes", "1", "champion")], "{answer}");
+
+    // Bad filters: 400 in the error shape, naming the token; an unknown model: 404.
+    for (q, token) in [
+        ("holdout_metrics.accuracy >", "expected a value after 'holdout_metrics.accuracy >'"),
+        ("holdout_metrics.accuracy >> 0.9", "found '>'"),
+        ("holdout_metrics.accuracy > 0.9 or state = champion", "expected 'and' at 31, found 'or'"),
+        ("holdout_metric.accuracy > 0.9", "no version has a field 'holdout_metric.accuracy'"),
+    ] {
+        let path = format!(
+            "/admin/repository?model=breast-cancer&q={}",
+            q.replace(' ', "%20").replace('>', "%3E").replace('=', "%3D")
+        );
+        let (status, answer) = call(&server, reqwest::Method::GET, &path, None).await;
+        assert_eq!(status, 400, "{q}: {answer}");
+        assert!(answer["error"].as_str().unwrap().contains(token), "{q}: {answer}");
+    }
+    let (status, _) = call(&server, reqwest::Method::GET, "/admin/repository?model=nope", None).await;
+    assert_eq!(status, 404);
+}

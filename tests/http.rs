@@ -513,7 +513,7 @@ async fn every_documented_operation_is_routed() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 23);
+    assert_eq!(operations, 24);
     // The old hand-kept list of routes, now read from the router's own document.
     let paths: Vec<&str> = document["paths"].as_object().unwrap().keys().map(String::as_str).collect();
     for path in [
@@ -523,6 +523,7 @@ async fn every_documented_operation_is_routed() {
         "/admin/models/{name}/drift",
         "/admin/models/{name}/versions/{version}",
         "/admin/cluster",
+        "/admin/repository",
         "/openapi.json",
         "/metrics",
     ] {
@@ -542,9 +543,16 @@ async fn every_documented_operation_is_routed() {
         }
     }
     assert!(errors > 40, "{errors} error responses");
-    for schema in
-        ["ErrorBody", "InferRequest", "InferResponse", "ModelView", "Report", "DriftReport", "FeedbackRequest"]
-    {
+    for schema in [
+        "ErrorBody",
+        "InferRequest",
+        "InferResponse",
+        "ModelView",
+        "Report",
+        "DriftReport",
+        "FeedbackRequest",
+        "SearchView",
+    ] {
         assert!(document["components"]["schemas"][schema].is_object(), "{schema} missing from the components");
     }
 }

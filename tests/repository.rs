@@ -196,6 +196,31 @@ async fn serves_from_s3_adopts_an_upload_and_refuses_a_corrupt_one() {
     assert_eq!(gauntlet_metric("gauntlet_repository_fetches_total") - fetched_before, 2.0);
     assert!(gauntlet_metric("gauntlet_repository_fetched_bytes_total") >= size as f64);
 
+    // The search reads the bucket's manifests: by metric, by state; a bad filter is a 400.
+    let search = |q: &'static str| {
+        let url = server.url("/admin/repository");
+        async move {
+            let answer =
+                reqwest::Client::new().get(url).query(&[("model", "breast-cancer"), ("q", q)]).send().await.unwrap();
+            (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+        }
+    };
+    let found = |view: &Value| -> Vec<(String, String)> {
+        let versions = view["versions"].as_array().unwrap();
+        versions.iter().map(|v| (v["version"].as_str().unwrap().into(), v["state"].as_str().unwrap().into())).collect()
+    };
+    let (status, view) = search("holdout_metrics.accuracy > 0.96").await;
+    assert_eq!((status, view["kind"].as_str()), (200, Some("s3")), "{view}");
+    assert_eq!(found(&view), [("1".into(), "champion".into())]);
+    assert!(view["versions"][0]["created"].as_str().is_some(), "the upload's time: {view}");
+    assert_eq!(
+        found(&search("state = challenger and training.split.test_size = 0.25").await.1),
+        [("2".into(), "challenger".into())]
+    );
+    let (status, view) = search("state =").await;
+    assert_eq!(status, 400, "{view}");
+    assert!(view["error"].as_str().unwrap().contains("expected a value after 'state ='"), "{view}");
+
     // A corrupt upload (version 3's bytes, one flipped, under 4): refused with the "corrupt"
     // message, and nothing that serves changes. (The cache is keyed by sha256: were version 3's file
     // fetched already, 4 would be served from it, which is right, so 4 comes first.)

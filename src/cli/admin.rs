@@ -1,5 +1,5 @@
 //! The commands that talk to a running gateway or read its logs, for data scientists:
-//! `gauntlet status | promote | rollback | load | unload | report`.
+//! `gauntlet status | promote | rollback | load | unload | report | search`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -99,6 +99,17 @@ pub enum AdminCommand {
     Unload(VersionChange),
     /// Champion against challengers: live from a gateway, or offline from outcome-log files.
     Report(ReportArgs),
+    /// Search every version in the repository (folder, object storage or MLflow) by its manifest,
+    /// lineage and state: `gauntlet search --model breast-cancer holdout_metrics.accuracy '>' 0.96`.
+    Search {
+        /// The filter: field op value, joined by `and` (several words are joined with spaces).
+        filter: Vec<String>,
+        /// One model; all when left out.
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 impl AdminCommand {
@@ -106,6 +117,9 @@ impl AdminCommand {
         let reason = |r: &Option<String>| json!({ "reason": r });
         let (connection, method, path, body) = match self {
             Self::Report(args) => return report(args).await,
+            Self::Search { filter, model, connection } => {
+                return search(connection, &filter.join(" "), model.as_deref()).await;
+            }
             Self::Status { cluster: true, connection, .. } => {
                 let Some(view) = cluster(connection).await? else {
                     bail!("{} is one node, not a cluster (no [cluster] database_url)", connection.url)
@@ -151,6 +165,45 @@ impl AdminCommand {
         let table = status_table(&view);
         print(connection, &view, table)
     }
+}
+
+async fn search(connection: &Connection, filter: &str, model: Option<&str>) -> anyhow::Result<()> {
+    let mut params = vec![("q", filter)];
+    params.extend(model.map(|m| ("model", m)));
+    // Only for its query encoding: the path is joined to --url by `call`.
+    let encoded = reqwest::Url::parse_with_params("http://gateway/", params)?;
+    let query = encoded.query().unwrap_or_default();
+    let view: crate::http::admin::repository::SearchView =
+        serde_json::from_value(call(connection, "GET", &format!("/admin/repository?{query}"), None).await?)?;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} ({}): {} of {} versions{}",
+        view.repository,
+        view.kind,
+        view.versions.len(),
+        view.searched,
+        if filter.is_empty() { String::new() } else { format!(" where {filter}") }
+    );
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or("-").to_owned();
+    for v in &view.versions {
+        let metrics = v["holdout_metrics"].as_object().map_or(String::new(), |m| {
+            m.iter().filter_map(|(k, x)| Some(format!("{k} {:.4}", x.as_f64()?))).collect::<Vec<_>>().join(", ")
+        });
+        let data = v["training"]["data_sha256"].as_str().map_or("-".to_owned(), |d| d.chars().take(12).collect());
+        let _ = writeln!(
+            out,
+            "  {:<16} {:<5} {:<10} data {:<12} {:<20} {}{}",
+            text(v, "model"),
+            text(v, "version"),
+            text(v, "state"),
+            data,
+            v["created"].as_str().unwrap_or("-"),
+            v["error"].as_str().map_or(text(v, "description"), |e| format!("refused: {e}")),
+            if metrics.is_empty() { String::new() } else { format!(" [{metrics}]") },
+        );
+    }
+    print(connection, &view, out)
 }
 
 fn print(connection: &Connection, value: &impl serde::Serialize, table: String) -> anyhow::Result<()> {

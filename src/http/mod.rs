@@ -72,6 +72,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
     let admin_read = OpenApiRouter::new()
         .routes(routes!(admin::models::list))
         .routes(routes!(admin::models::show))
+        .routes(routes!(admin::repository::search))
         .routes(routes!(admin::reports::comparison))
         .routes(routes!(admin::reports::drift))
         .routes(routes!(admin::reports::audit))

@@ -1,16 +1,19 @@
 //! The model repository, laid out as Triton lays it out: `<root>/<model>/<version>/model.onnx` with
-//! our `manifest.json` beside it, in a folder (`models_dir`, `file://`) or in object storage
-//! (`s3://`, `gs://`, `az://`: `objects`).
+//! our `manifest.json` beside it, in a folder (`models_dir`, `file://`), in object storage
+//! (`s3://`, `gs://`, `az://`: `objects`), or registered in an MLflow Model Registry
+//! (`mlflow+http(s)://`: `mlflow`).
 //!
-//! Invariant: a read-only view of where versions live, and the seam the registry reads through
-//! (the MLflow registry is to be another source behind it). It never holds live models; it hands
-//! the registry a verified `VersionEntry` (manifest parsed and consistent, model file's sha256
-//! checked, a local file to load) and nothing else. Its calls block: never on the request path.
+//! Invariant: a read-only view of where versions live, and the seam the registry reads through.
+//! It never holds live models; it hands the registry a verified `VersionEntry` (manifest parsed
+//! and consistent, model file's sha256 checked, a local file to load) and nothing else, and a
+//! search a `Described` per version. Writing the MLflow champion alias is its one write, and it
+//! never waits for it. Its calls block: never on the request path.
 
 pub mod holdout;
 mod objects;
 pub mod profile;
 mod remote;
+pub mod search;
 
 pub use self::objects::FetchSettings;
 
@@ -20,6 +23,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -200,7 +204,39 @@ pub struct VersionEntry {
     pub model_path: PathBuf,
 }
 
-/// Where versions live: a folder, or object storage (fetched into a local cache).
+/// One version as a search sees it: its manifest as written (without the reference rows and the
+/// training profile) and what its source knows of it.
+#[derive(Clone, Debug)]
+pub struct Described {
+    /// The manifest's keys, as written.
+    pub document: serde_json::Value,
+    /// When the version was registered (MLflow) or its manifest written or uploaded.
+    pub created: Option<SystemTime>,
+    /// MLflow: the run that logged it, its source URI, its tags and aliases.
+    pub run_id: Option<String>,
+    pub source: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub aliases: Vec<String>,
+}
+
+impl Described {
+    fn from_text(text: &str, path: &Path, created: Option<SystemTime>) -> Result<Self, RepositoryError> {
+        let mut document: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| RepositoryError::Manifest { path: path.to_owned(), source: e })?;
+        let Some(object) = document.as_object_mut() else {
+            return Err(RepositoryError::Inconsistent(format!("{} is not a JSON object", path.display())));
+        };
+        // Kept out of answers: hundreds of numbers no one searches.
+        object.remove("reference");
+        object.remove("profile");
+        Ok(Self { document, created, run_id: None, source: None, tags: BTreeMap::new(), aliases: Vec::new() })
+    }
+}
+
+/// A model's versions as a search sees them, each described or with why it cannot be.
+pub type Catalog = Vec<(VersionId, Result<Described, RepositoryError>)>;
+
+/// Where versions live: a folder, object storage or an MLflow registry (fetched into a local cache).
 #[derive(Clone, Debug)]
 pub struct Repository {
     source: Source,
@@ -222,22 +258,31 @@ impl Repository {
         Ok(Self { source: Source::Files(root) })
     }
 
-    /// A repository by URL (`repository`): `file:///path`, `s3://bucket/prefix`, `gs://…`, `az://…`.
-    /// Nothing is fetched yet; a bad URL or option is refused here.
+    /// A repository by URL (`repository`): `file:///path`, `s3://bucket/prefix`, `gs://…`, `az://…`,
+    /// `mlflow+http(s)://host:port`. Nothing is fetched yet; a bad URL or option (or credentials
+    /// an MLflow registry refuses) is refused here.
     /// `options`: the store client's keys (`[repository_options]`); the cache is under `state_dir`
-    /// unless `fetch` names one.
+    /// unless `fetch` names one; `aliases`: `[models.<name>.mlflow]`, for an MLflow registry.
     pub fn connect(
         url: &str,
         options: &BTreeMap<String, String>,
         fetch: &FetchSettings,
         state_dir: &Path,
     ) -> Result<Self, RepositoryError> {
-        match url.strip_prefix("file://") {
-            Some(path) => Self::open(path),
-            None => {
-                let objects = objects::Objects::connect(url, options, fetch, state_dir)?;
-                Ok(Self { source: Source::Objects(Arc::new(objects)) })
-            }
+        if let Some(path) = url.strip_prefix("file://") {
+            return Self::open(path);
+        }
+        let objects = objects::Objects::connect(url, options, fetch, state_dir)?;
+        Ok(Self { source: Source::Objects(Arc::new(objects)) })
+    }
+
+    /// What kind of source: `folder`, `s3`, `gs`, `az` or `mlflow`.
+    pub fn kind(&self) -> &'static str {
+        match &self.source {
+            Source::Files(_) => "folder",
+            Source::Objects(objects) if objects.url().starts_with("s3") => "s3",
+            Source::Objects(objects) if objects.url().starts_with("gs") => "gs",
+            Source::Objects(_) => "az",
         }
     }
 
@@ -257,11 +302,37 @@ impl Repository {
         }
     }
 
-    /// The sha256 of every loaded version: a cache keeps their files (object storage).
+    /// The sha256 of every loaded version: a cache keeps their files (object storage, MLflow).
     pub fn in_use(&self, sha256s: BTreeSet<String>) {
-        if let Source::Objects(objects) = &self.source {
-            objects.in_use(sha256s);
+        match &self.source {
+            Source::Files(_) => {}
+            Source::Objects(objects) => objects.in_use(sha256s),
         }
+    }
+
+    /// Every version of `model` as a search sees it; a version whose manifest cannot be read is
+    /// there with its error.
+    pub fn describe_all(&self, model: &str) -> Result<Catalog, RepositoryError> {
+        let versions = self.versions(model)?;
+        Ok(versions
+            .into_iter()
+            .map(|version| {
+                let described = match &self.source {
+                    Source::Objects(objects) => objects.describe(model, &version),
+                    _ => self.describe_file(model, &version),
+                };
+                (version, described)
+            })
+            .collect())
+    }
+
+    fn describe_file(&self, model: &str, version: &VersionId) -> Result<Described, RepositoryError> {
+        let root = self.root().unwrap_or(Path::new(""));
+        let path = root.join(model).join(version.as_str()).join(MANIFEST_FILE);
+        let io = |e| RepositoryError::Io { path: path.clone(), source: e };
+        let text = fs::read_to_string(&path).map_err(io)?;
+        let created = fs::metadata(&path).and_then(|m| m.modified()).ok();
+        Described::from_text(&text, &path, created)
     }
 
     /// Model names: the folders (prefixes) under the root that hold at least one version.

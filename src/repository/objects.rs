@@ -23,7 +23,7 @@ use object_store::{BackoffConfig, ObjectStore, ObjectStoreExt, RetryConfig};
 use serde::Deserialize;
 
 use super::remote::{Cache, Worker};
-use super::{MANIFEST_FILE, Manifest, RepositoryError, VersionId, checked_manifest};
+use super::{Described, MANIFEST_FILE, Manifest, RepositoryError, VersionId, checked_manifest};
 
 /// Fetching versions from object storage (`[repository_fetch]`).
 #[derive(Clone, Debug, Deserialize)]
@@ -250,6 +250,31 @@ impl Objects {
         };
         self.cache.put_manifest(model, version, &text)?;
         Ok((manifest, file))
+    }
+
+    /// One version's manifest as written, and when it was uploaded: what a search reads. The
+    /// cached manifest when the store is out of reach.
+    pub(super) fn describe(&self, model: &str, version: &VersionId) -> Result<Described, RepositoryError> {
+        let location = self.path(&[model, version.as_str(), MANIFEST_FILE]);
+        let store = Arc::clone(&self.store);
+        let path = location.clone();
+        let fetched = self.block(async move {
+            let got = store.get(&path).await?;
+            let modified = got.meta.last_modified;
+            Ok::<_, object_store::Error>((got.bytes().await?, modified))
+        })?;
+        let (text, created) = match fetched {
+            Ok((bytes, modified)) => (String::from_utf8_lossy(&bytes).into_owned(), Some(SystemTime::from(modified))),
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(RepositoryError::NoVersion { model: model.to_owned(), version: version.clone() });
+            }
+            Err(error) => match self.cache.manifest(model, version) {
+                Some(text) => (text, None),
+                None => return Err(self.store_failed(&format!("reading {location}"), error)),
+            },
+        };
+        let shown = PathBuf::from(format!("{}/{location}", self.root));
+        Described::from_text(&text, &shown, created)
     }
 
     /// The sha256 of every version loaded now: the cache keeps their files whatever its bound.

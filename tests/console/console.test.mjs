@@ -97,6 +97,28 @@ async function result(page, prefix) {
   assert.equal(await description.innerText(), XSS);
   await page.screenshot({ path: `${shots}/laptop.png`, fullPage: true });
 
+  // The repository's versions under a filter: the API's answer, each version with its state and
+  // lineage; a filter that does not parse shows the API's 400 naming the token.
+  const filter = "holdout_metrics.accuracy > 0.96";
+  await page.locator("#repository-filter").fill(filter);
+  await page.locator("#repository-form button[type=submit]").click();
+  const searched = (await api(url, `/admin/repository?model=breast-cancer&q=${encodeURIComponent(filter)}`)).body;
+  assert.deepEqual(searched.versions.map((v) => [v.version, v.state]), [["1", "champion"], ["3", "challenger"]]);
+  await page.waitForFunction((n) => document.querySelectorAll("#repository-versions tbody tr").length === n, searched.versions.length, { timeout: 20000 });
+  for (const v of searched.versions) {
+    const row = page.locator(`#repository-versions tr[data-version="${v.version}"]`);
+    assert.equal(await row.locator("[data-field=state]").innerText(), v.state);
+    assert.match(await row.locator("[data-field=lineage]").innerText(), new RegExp(`data ${v.training.data_sha256.slice(0, 12)}`));
+  }
+  await page.locator("section", { has: page.locator("#repository-title") }).screenshot({ path: `${shots}/versions-filtered.png` });
+  await page.locator("#repository-filter").fill("holdout_metrics.accuracy >");
+  await page.locator("#repository-form button[type=submit]").click();
+  await page.waitForFunction(() => document.querySelector("#repository-error")?.textContent.includes("expected a value after 'holdout_metrics.accuracy >'"), null, { timeout: 20000 });
+  figures.repository_filter_refused = await page.locator("#repository-error").innerText();
+  await page.locator("#repository-filter").fill("");
+  await page.locator("#repository-form button[type=submit]").click();
+  await page.waitForFunction(() => document.querySelectorAll("#repository-versions tbody tr").length === 4, null, { timeout: 20000 });
+
   // A refused change shows the refusing step's message (version 4's file is corrupt here).
   await page.locator("#challengers-form input[value='4']").check();
   await page.locator("#challengers-form button[type=submit]").click();

@@ -1,5 +1,5 @@
 //! The admin API under `/admin`: what data scientists and operators ask of a running gateway, by
-//! resource: `models` (what is deployed), `changes` (promote, roll back, challengers, load, unload),
+//! resource: `models` (what is deployed), `repository` (searching every version), `changes` (promote, roll back, challengers, load, unload),
 //! `reports` (the comparison and drift), `cluster` (the replicas sharing the deployments).
 //!
 //! Access: reading needs the `read` scope, changing the `change` scope (`crate::auth`, checked by
@@ -9,3 +9,4 @@ pub mod changes;
 pub mod cluster;
 pub mod models;
 pub mod reports;
+pub mod repository;

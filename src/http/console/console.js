@@ -12,6 +12,7 @@ const state = {
   models: [],
   selected: null,
   series: {}, // model -> { t: [], lines: { key: [values] } }
+  search: {}, // model -> { filter, answer }: the repository's versions, searched on demand
   busy: false,
 };
 
@@ -199,6 +200,52 @@ function deploymentView(model) {
     actionsView(model));
 }
 
+// ---- the repository: every version, its lineage and state, filtered ----
+
+async function searchVersions(name, filter) {
+  const query = new URLSearchParams({ model: name, q: filter });
+  const answer = await api("GET", `/admin/repository?${query}`);
+  state.search[name] = { filter, answer, draft: undefined };
+}
+
+function repositoryView(name) {
+  const search = state.search[name] || { filter: "", answer: null };
+  // What is typed and not yet searched survives the page's refreshes.
+  const input = el("input", { id: "repository-filter", type: "search", value: search.draft ?? search.filter,
+    placeholder: "holdout_metrics.accuracy > 0.96 and state = available", "aria-describedby": "repository-help",
+    oninput: () => { search.draft = input.value; state.search[name] = search; } });
+  const form = el("form", { id: "repository-form", onsubmit: async (event) => {
+    event.preventDefault();
+    await searchVersions(name, input.value.trim());
+    await refresh(true);
+  } }, el("label", { for: "repository-filter" }, "Filter "), input, " ", el("button", { type: "submit" }, "Search"));
+  const help = el("p", { id: "repository-help", class: "muted" },
+    "field op value, joined by and; fields are the manifest's keys, dotted (training.data_sha256), and state, created, run_id, aliases, tags.<key>; op: = != < <= > >= ~ (contains).");
+  const answer = search.answer;
+  let body;
+  if (!answer) body = el("p", { class: "muted" }, "Searching…");
+  else if (!answer.ok) body = el("p", { class: "result error", id: "repository-error", role: "alert" }, `Refused (${answer.status}): ${message(answer)}`);
+  else {
+    const rows = answer.data.versions.map((v) => {
+      const metrics = Object.entries(v.holdout_metrics || {}).map(([k, x]) => `${k} ${fmt(x)}`).join(", ");
+      const training = v.training || {};
+      const lineage = [training.data_sha256 ? `data ${training.data_sha256.slice(0, 12)}` : null,
+        training.split && training.split.holdout_sha256 ? `holdout ${training.split.holdout_sha256.slice(0, 12)}` : null,
+        v.run_id ? `run ${v.run_id}` : null, (v.aliases || []).length ? `aliases ${v.aliases.join(", ")}` : null].filter(Boolean).join(" · ");
+      return el("tr", { "data-version": v.version }, el("td", {}, v.version), el("td", { "data-field": "state" }, v.state),
+        el("td", { class: "long" }, v.error ? `refused: ${v.error}` : (v.description || "")), el("td", {}, metrics),
+        el("td", { "data-field": "lineage" }, lineage), el("td", {}, v.created || "–"));
+    });
+    body = el("div", { class: "scroll" },
+      el("p", { class: "muted" }, `${answer.data.versions.length} of ${answer.data.searched} versions in ${answer.data.repository} (${answer.data.kind})`),
+      el("table", { id: "repository-versions" },
+        el("thead", {}, el("tr", {}, ["version", "state", "description", "holdout metrics", "lineage", "created"].map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, rows)));
+  }
+  return el("section", { class: "wide", "aria-labelledby": "repository-title" },
+    el("h2", { id: "repository-title" }, "Versions in the repository"), form, help, body);
+}
+
 function actionsView(model) {
   const result = el("p", { class: "result", id: "action-result", role: "status", "aria-live": "polite" });
   const promote = model.challengers.map((version) =>
@@ -368,10 +415,15 @@ async function refresh(now = false) {
     const main = document.getElementById("main");
     const focusIsInDialog = document.getElementById("confirm").open;
     const keep = previousResult ? previousResult.cloneNode(true) : null;
-    main.replaceChildren(deploymentView(model), comparisonView(comparison.ok ? comparison.data : null),
+    if (!state.search[model.name]) await searchVersions(model.name, "");
+    main.replaceChildren(deploymentView(model), repositoryView(model.name), comparisonView(comparison.ok ? comparison.data : null),
       chartsView(model.name, comparison.ok ? comparison.data : null, drift.ok ? drift.data : null), auditView(audit.ok ? audit.data : null));
     if (keep) document.getElementById("action-result").replaceWith(keep);
-    if (focused && !focusIsInDialog) { const node = document.getElementById(focused); if (node) node.focus(); }
+    if (focused && !focusIsInDialog) {
+      const node = document.getElementById(focused);
+      if (node) node.focus();
+      if (node && node.type === "search") node.setSelectionRange(node.value.length, node.value.length);
+    }
     status(`Updated ${new Date().toLocaleTimeString()}`);
     if (!window.gauntletRenderedAt) {
       window.gauntletRenderedAt = performance.now();
