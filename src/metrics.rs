@@ -27,6 +27,7 @@ pub const FEEDBACK: &str = "gauntlet_feedback_total";
 pub const COMPARISON_DROPPED: &str = "gauntlet_comparison_records_dropped_total";
 pub const REPOSITORY_FETCHED_BYTES: &str = "gauntlet_repository_fetched_bytes_total";
 pub const REPOSITORY_FETCHES: &str = "gauntlet_repository_fetches_total";
+pub const REPOSITORY_ALIAS_WRITES: &str = "gauntlet_repository_alias_writes_total";
 pub const REPOSITORY_EVICTIONS: &str = "gauntlet_repository_cache_evictions_total";
 pub const COMPARISON_MODEL: &str = "gauntlet_comparison_model_metric";
 pub const COMPARISON_LABELLED: &str = "gauntlet_comparison_labelled_pairs";
@@ -110,7 +111,14 @@ fn describe() {
         "Ground-truth labels by model and result: joined, joined_late, held, duplicate, expired, unknown."
     );
     describe_counter!(COMPARISON_DROPPED, "Paired records the comparison could not take (its queue was full).");
-    describe_counter!(REPOSITORY_FETCHES, "Model files fetched from object storage into the cache (verified).");
+    describe_counter!(
+        REPOSITORY_FETCHES,
+        "Model files fetched from object storage or MLflow into the cache (verified)."
+    );
+    describe_counter!(
+        REPOSITORY_ALIAS_WRITES,
+        "Champion aliases written back to the MLflow registry after a promotion or rollback, by result (ok, failed)."
+    );
     describe_counter!(REPOSITORY_FETCHED_BYTES, "Bytes of model files fetched from object storage.");
     describe_counter!(REPOSITORY_EVICTIONS, "Model files the repository cache evicted to stay within its bound.");
     describe_gauge!(COMPARISON_MODEL, "Each version's accuracy (classification) or MAE (regression) on labelled rows.");
@@ -315,6 +323,10 @@ pub fn repository_fetched(bytes: u64) {
 }
 
 /// A file the repository cache evicted.
+pub fn repository_alias_written(ok: bool) {
+    counter!(REPOSITORY_ALIAS_WRITES, "result" => if ok { "ok" } else { "failed" }).increment(1);
+}
+
 pub fn repository_evicted() {
     counter!(REPOSITORY_EVICTIONS).increment(1);
 }

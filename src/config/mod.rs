@@ -243,6 +243,9 @@ pub struct ModelConfig {
     /// This deployment's drift thresholds; unset: those of `[drift]`.
     #[serde(default)]
     pub drift: Option<Thresholds>,
+    /// MLflow registry aliases that drive this deployment (`repository = "mlflow+http://…"` only).
+    #[serde(default)]
+    pub mlflow: Option<crate::repository::MlflowAliases>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -367,6 +370,18 @@ impl Config {
                 return Err(ConfigError::Invalid { key: key.into(), message: "must be greater than 0".into() });
             }
         }
+        let from_mlflow = self.repository.as_deref().is_some_and(|url| url.starts_with("mlflow+"));
+        for (name, model) in &self.models {
+            let Some(aliases) = &model.mlflow else { continue };
+            let key = format!("models.{name}.mlflow");
+            if !from_mlflow {
+                let message = "aliases need an MLflow registry: repository = \"mlflow+http://host:port\"".into();
+                return Err(ConfigError::Invalid { key, message });
+            }
+            if [&aliases.challenger_alias, &aliases.champion_alias].into_iter().flatten().any(|a| a.trim().is_empty()) {
+                return Err(ConfigError::Invalid { key, message: "an alias cannot be empty".into() });
+            }
+        }
         if !(self.shadow_cpu_budget > 0.0 && self.shadow_cpu_budget.is_finite()) {
             return Err(ConfigError::Invalid {
                 key: "shadow_cpu_budget".into(),
@@ -485,7 +500,11 @@ impl Config {
         use crate::repository::Repository;
         match &self.repository {
             None => Repository::open(&self.models_dir),
-            Some(url) => Repository::connect(url, &self.repository_options, &self.repository_fetch, &self.state_dir),
+            Some(url) => {
+                let aliases =
+                    self.models.iter().filter_map(|(name, m)| Some((name.clone(), m.mlflow.clone()?))).collect();
+                Repository::connect(url, &self.repository_options, &self.repository_fetch, &self.state_dir, aliases)
+            }
         }
     }
 

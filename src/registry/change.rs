@@ -131,6 +131,10 @@ impl Registry {
             model.applied.store(revision, Ordering::Release);
             next.publish_roles(Some(&current));
             self.keep_in_cache();
+            // Only the replica that made the change tells the source (an MLflow champion alias).
+            if next.champion().version() != current.champion().version() {
+                self.repository.champion_is(name, next.champion().version());
+            }
             next
         });
         match &result {
@@ -195,30 +199,47 @@ impl Registry {
     /// Loads, as challengers, the versions on disk that this registry has neither loaded nor tried
     /// before (`tried` remembers them, so a version refused by validation or its signature is not
     /// retried every poll; one whose files are incomplete is). Returns the versions added.
+    /// A model with an MLflow `challenger_alias` adopts only the version the alias names, whenever
+    /// it names one not loaded (on disk at start or not); `tried` keeps those as `<model>@<alias>`.
     pub fn adopt_new_versions(&self, tried: &mut BTreeSet<(String, VersionId)>) -> Vec<(String, VersionId)> {
         let mut added = Vec::new();
         for (name, model) in &self.models {
-            let Ok(on_disk) = self.repository.versions(name) else { continue };
-            for version in on_disk {
+            let (candidates, key, reason, by_alias) = match self.repository.challenger_alias(name) {
+                None => match self.repository.versions(name) {
+                    Ok(on_disk) => (on_disk, name.clone(), "a new version folder appeared", false),
+                    Err(_) => continue,
+                },
+                Some(Ok(aliased)) => {
+                    let reason = "the registry's challenger alias names it";
+                    (aliased.into_iter().collect(), format!("{name}@alias"), reason, true)
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(model = name, %error, "reading the challenger alias failed: next poll");
+                    continue;
+                }
+            };
+            for version in candidates {
                 // Fresh each time: an adoption just before changed the deployment.
                 let current = model.deployment();
-                if current.versions.contains_key(&version)
-                    || current.refused.contains_key(&version)
-                    || !tried.insert((name.clone(), version.clone()))
-                {
+                // By alias, a version loaded but not shadowing becomes a challenger too.
+                let taken = if by_alias {
+                    current.champion.version == version || current.challengers.iter().any(|c| c.version == version)
+                } else {
+                    current.versions.contains_key(&version)
+                };
+                if taken || current.refused.contains_key(&version) || !tried.insert((key.clone(), version.clone())) {
                     continue;
                 }
                 let mut challengers: Vec<VersionId> = current.challengers.iter().map(|c| c.version.clone()).collect();
                 challengers.push(version.clone());
                 let change = Change::SetChallengers { versions: challengers, shadow_sample_rate: None };
-                let origin =
-                    Origin { actor: "repository", reason: Some("a new version folder appeared"), evidence: None };
+                let origin = Origin { actor: "repository", reason: Some(reason), evidence: None };
                 match self.apply(name, &change, origin) {
                     Ok(_) => added.push((name.clone(), version)),
                     // Files still being copied in look corrupt or incomplete, and a store out of
                     // reach may come back: look again next time.
                     Err(ChangeError::Load(LoadError { step: LoadStep::Repository | LoadStep::Fetch, .. })) => {
-                        tried.remove(&(name.clone(), version));
+                        tried.remove(&(key.clone(), version));
                     }
                     Err(_) => {}
                 }

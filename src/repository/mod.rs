@@ -10,11 +10,13 @@
 //! never waits for it. Its calls block: never on the request path.
 
 pub mod holdout;
+mod mlflow;
 mod objects;
 pub mod profile;
 mod remote;
 pub mod search;
 
+pub use self::mlflow::MlflowAliases;
 pub use self::objects::FetchSettings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -246,6 +248,7 @@ pub struct Repository {
 enum Source {
     Files(PathBuf),
     Objects(Arc<objects::Objects>),
+    Mlflow(Arc<mlflow::Mlflow>),
 }
 
 impl Repository {
@@ -268,9 +271,20 @@ impl Repository {
         options: &BTreeMap<String, String>,
         fetch: &FetchSettings,
         state_dir: &Path,
+        aliases: BTreeMap<String, MlflowAliases>,
     ) -> Result<Self, RepositoryError> {
         if let Some(path) = url.strip_prefix("file://") {
             return Self::open(path);
+        }
+        if url.starts_with("mlflow+") {
+            if let Some(key) = options.keys().next() {
+                return Err(RepositoryError::Url {
+                    url: url.to_owned(),
+                    message: format!("repository_options.{key}: an MLflow registry takes no store options"),
+                });
+            }
+            let registry = mlflow::Mlflow::connect(url, fetch, state_dir, aliases)?;
+            return Ok(Self { source: Source::Mlflow(Arc::new(registry)) });
         }
         let objects = objects::Objects::connect(url, options, fetch, state_dir)?;
         Ok(Self { source: Source::Objects(Arc::new(objects)) })
@@ -283,6 +297,7 @@ impl Repository {
             Source::Objects(objects) if objects.url().starts_with("s3") => "s3",
             Source::Objects(objects) if objects.url().starts_with("gs") => "gs",
             Source::Objects(_) => "az",
+            Source::Mlflow(_) => "mlflow",
         }
     }
 
@@ -290,7 +305,7 @@ impl Repository {
     pub fn root(&self) -> Option<&Path> {
         match &self.source {
             Source::Files(root) => Some(root),
-            Source::Objects(_) => None,
+            Source::Objects(_) | Source::Mlflow(_) => None,
         }
     }
 
@@ -299,6 +314,7 @@ impl Repository {
         match &self.source {
             Source::Files(root) => root.display().to_string(),
             Source::Objects(objects) => objects.url().to_owned(),
+            Source::Mlflow(registry) => registry.url().to_owned(),
         }
     }
 
@@ -307,12 +323,33 @@ impl Repository {
         match &self.source {
             Source::Files(_) => {}
             Source::Objects(objects) => objects.in_use(sha256s),
+            Source::Mlflow(registry) => registry.set_in_use(sha256s),
+        }
+    }
+
+    /// For a model whose new versions are chosen by an MLflow alias (`challenger_alias`): the
+    /// version the alias names now. `None`: every new version is a candidate.
+    pub fn challenger_alias(&self, model: &str) -> Option<Result<Option<VersionId>, RepositoryError>> {
+        match &self.source {
+            Source::Mlflow(registry) => registry.challenger(model),
+            _ => None,
+        }
+    }
+
+    /// Tells the source which version is now `model`'s champion (MLflow: `champion_alias`, when
+    /// configured, written back without waiting).
+    pub fn champion_is(&self, model: &str, version: &VersionId) {
+        if let Source::Mlflow(registry) = &self.source {
+            registry.champion_is(model, version);
         }
     }
 
     /// Every version of `model` as a search sees it; a version whose manifest cannot be read is
     /// there with its error.
     pub fn describe_all(&self, model: &str) -> Result<Catalog, RepositoryError> {
+        if let Source::Mlflow(registry) = &self.source {
+            return registry.describe_all(model);
+        }
         let versions = self.versions(model)?;
         Ok(versions
             .into_iter()
@@ -340,6 +377,7 @@ impl Repository {
         let root = match &self.source {
             Source::Files(root) => root,
             Source::Objects(objects) => return objects.models(),
+            Source::Mlflow(registry) => return registry.models(),
         };
         let mut names = Vec::new();
         for entry in read_dir(root)? {
@@ -357,6 +395,7 @@ impl Repository {
         let root = match &self.source {
             Source::Files(root) => root,
             Source::Objects(objects) => return objects.versions(model),
+            Source::Mlflow(registry) => return registry.versions(model),
         };
         let dir = root.join(model);
         if !dir.is_dir() {
@@ -377,6 +416,10 @@ impl Repository {
             Source::Files(root) => root,
             Source::Objects(objects) => {
                 let (manifest, model_path) = objects.version(model, version)?;
+                return Ok(VersionEntry { manifest, model_path });
+            }
+            Source::Mlflow(registry) => {
+                let (manifest, model_path) = registry.version(model, version)?;
                 return Ok(VersionEntry { manifest, model_path });
             }
         };

@@ -45,6 +45,13 @@ impl Worker {
         }
         rx.recv().ok()
     }
+
+    /// Runs `work` here without waiting for it.
+    pub(super) fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(work);
+        }
+    }
 }
 
 impl Drop for Worker {
