@@ -190,14 +190,22 @@ async fn search(connection: &Connection, filter: &str, model: Option<&str>) -> a
         let metrics = v["holdout_metrics"].as_object().map_or(String::new(), |m| {
             m.iter().filter_map(|(k, x)| Some(format!("{k} {:.4}", x.as_f64()?))).collect::<Vec<_>>().join(", ")
         });
-        let data = v["training"]["data_sha256"].as_str().map_or("-".to_owned(), |d| d.chars().take(12).collect());
+        let mut lineage =
+            v["training"]["data_sha256"].as_str().map_or("-".to_owned(), |d| d.chars().take(12).collect());
+        if let Some(run) = v["run_id"].as_str() {
+            lineage.push_str(&format!(" run {}", run.chars().take(12).collect::<String>()));
+        }
+        if let Some(aliases) = v["aliases"].as_array().filter(|a| !a.is_empty()) {
+            let names: Vec<&str> = aliases.iter().filter_map(Value::as_str).collect();
+            lineage.push_str(&format!(" @{}", names.join(",@")));
+        }
         let _ = writeln!(
             out,
             "  {:<16} {:<5} {:<10} data {:<12} {:<20} {}{}",
             text(v, "model"),
             text(v, "version"),
             text(v, "state"),
-            data,
+            lineage,
             v["created"].as_str().unwrap_or("-"),
             v["error"].as_str().map_or(text(v, "description"), |e| format!("refused: {e}")),
             if metrics.is_empty() { String::new() } else { format!(" [{metrics}]") },

@@ -52,6 +52,16 @@ async function result(page, prefix) {
   return page.locator("#action-result").innerText();
 }
 
+/// A picture of one part of the page: clipped from the whole page, since the page re-renders every
+/// 2 s and an element picture fails when its element is replaced midway.
+async function shoot(page, selector, path) {
+  const box = await page.evaluate((s) => {
+    const r = document.querySelector(s).getBoundingClientRect();
+    return { x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height };
+  }, selector);
+  await page.screenshot({ path, fullPage: true, clip: box });
+}
+
 // ---- one gateway, no token (the console on loopback) ----
 {
   const { context, page, foreign, violations } = await open(url, { width: 1280, height: 900 });
@@ -110,7 +120,7 @@ async function result(page, prefix) {
     assert.equal(await row.locator("[data-field=state]").innerText(), v.state);
     assert.match(await row.locator("[data-field=lineage]").innerText(), new RegExp(`data ${v.training.data_sha256.slice(0, 12)}`));
   }
-  await page.locator("section", { has: page.locator("#repository-title") }).screenshot({ path: `${shots}/versions-filtered.png` });
+  await shoot(page, "section:has(#repository-title)", `${shots}/versions-filtered.png`);
   await page.locator("#repository-filter").fill("holdout_metrics.accuracy >");
   await page.locator("#repository-form button[type=submit]").click();
   await page.waitForFunction(() => document.querySelector("#repository-error")?.textContent.includes("expected a value after 'holdout_metrics.accuracy >'"), null, { timeout: 20000 });
