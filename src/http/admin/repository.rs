@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, ErrorKind};
-use crate::http::openapi::Denied;
+use crate::http::openapi::{BadRequest, Denied, NotFound, Unavailable};
 use crate::inference::Gateway;
 use crate::repository::search::{Filter, field};
 use crate::repository::{Described, RepositoryError, VersionId};
@@ -47,7 +47,7 @@ pub struct SearchView {
 
 /// Searches every version of the repository.
 #[utoipa::path(get, path = "/admin/repository", tag = "admin", security(("bearer" = ["read"])), params(SearchQuery),
-    responses((status = 200, body = SearchView), (status = 400, description = "The filter does not parse or names a field no version has"), Denied))]
+    responses((status = 200, body = SearchView), BadRequest, NotFound, Unavailable, Denied))]
 pub async fn search(
     State(gateway): State<Arc<Gateway>>,
     Query(query): Query<SearchQuery>,
