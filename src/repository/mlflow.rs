@@ -265,17 +265,7 @@ impl Mlflow {
                 _ => break,
             }
         }
-        let mut models = Vec::new();
-        for name in names {
-            match self.versions(&name) {
-                Ok(_) => models.push(name),
-                Err(RepositoryError::NoModel(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        models.sort();
-        models.dedup();
-        Ok(models)
+        super::remote::with_versions(names, |name| self.versions(name))
     }
 
     /// Every READY version of `model` with what the registry says of it.

@@ -166,16 +166,7 @@ impl Objects {
                 cached
             }
         };
-        let mut models = Vec::new();
-        for name in names {
-            match self.versions(&name) {
-                Ok(_) => models.push(name),
-                Err(RepositoryError::NoModel(_)) => {}
-                Err(error) => return Err(error),
-            }
-        }
-        models.sort();
-        Ok(models)
+        super::remote::with_versions(names, |name| self.versions(name))
     }
 
     /// A model's versions: those whose manifest is there (it is uploaded last), in version order.

@@ -17,6 +17,25 @@ use sha2::{Digest, Sha256};
 
 use super::{MANIFEST_FILE, RepositoryError, VersionId};
 
+/// The names that hold at least one version, sorted: a remote listing names prefixes or registered
+/// models that may hold none (`NoModel`), which are not models.
+pub(super) fn with_versions(
+    names: Vec<String>,
+    versions: impl Fn(&str) -> Result<Vec<VersionId>, RepositoryError>,
+) -> Result<Vec<String>, RepositoryError> {
+    let mut models = Vec::new();
+    for name in names {
+        match versions(&name) {
+            Ok(_) => models.push(name),
+            Err(RepositoryError::NoModel(_)) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    models.sort();
+    models.dedup();
+    Ok(models)
+}
+
 /// A client's own runtime: its calls are made and awaited here, whoever calls (`Option`: taken
 /// when dropped).
 pub(super) struct Worker {
