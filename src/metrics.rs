@@ -28,6 +28,7 @@ pub const COMPARISON_DROPPED: &str = "gauntlet_comparison_records_dropped_total"
 pub const REPOSITORY_FETCHED_BYTES: &str = "gauntlet_repository_fetched_bytes_total";
 pub const REPOSITORY_FETCHES: &str = "gauntlet_repository_fetches_total";
 pub const REPOSITORY_ALIAS_WRITES: &str = "gauntlet_repository_alias_writes_total";
+pub const SLICES_OVERFLOW: &str = "gauntlet_slices_overflow_total";
 pub const REPOSITORY_EVICTIONS: &str = "gauntlet_repository_cache_evictions_total";
 pub const COMPARISON_MODEL: &str = "gauntlet_comparison_model_metric";
 pub const COMPARISON_LABELLED: &str = "gauntlet_comparison_labelled_pairs";
@@ -114,6 +115,10 @@ fn describe() {
     describe_counter!(
         REPOSITORY_FETCHES,
         "Model files fetched from object storage or MLflow into the cache (verified)."
+    );
+    describe_counter!(
+        SLICES_OVERFLOW,
+        "Shadowed requests whose slice value was beyond max_slices distinct values, recorded in the slice other."
     );
     describe_counter!(
         REPOSITORY_ALIAS_WRITES,
@@ -323,6 +328,10 @@ pub fn repository_fetched(bytes: u64) {
 }
 
 /// A file the repository cache evicted.
+pub fn slice_overflowed() {
+    counter!(SLICES_OVERFLOW).increment(1);
+}
+
 pub fn repository_alias_written(ok: bool) {
     counter!(REPOSITORY_ALIAS_WRITES, "result" => if ok { "ok" } else { "failed" }).increment(1);
 }

@@ -20,11 +20,13 @@ pub struct Promotion {
     /// The last decision a dry-run policy recorded per model (action, champion, version), so each is
     /// recorded once rather than after every label.
     dry_run_noted: BTreeMap<String, (&'static str, String, String)>,
+    /// The last hold audited per model (champion, challenger and slices), so it is audited once.
+    held_noted: BTreeMap<String, (&'static str, String, String)>,
 }
 
 impl Promotion {
     pub fn new(registry: Arc<Registry>, policies: BTreeMap<String, PolicySettings>) -> Self {
-        Self { registry, policies, dry_run_noted: BTreeMap::new() }
+        Self { registry, policies, dry_run_noted: BTreeMap::new(), held_noted: BTreeMap::new() }
     }
 }
 
@@ -51,13 +53,31 @@ impl Listener for Promotion {
             Decision::Rollback { version, .. } => {
                 (Change::Rollback, version, "the champion it replaced is better by the sequential test")
             }
+            Decision::Hold { version, worse_slices, .. } => {
+                // Audited once per champion, challenger and set of slices: it holds after every label.
+                let names: Vec<&str> = worse_slices.iter().map(|s| s.slice.as_str()).collect();
+                let key = ("hold", champion.to_string(), format!("{version}:{}", names.join(",")));
+                if self.held_noted.get(model) != Some(&key) {
+                    let mut evidence = serde_json::to_value(decision.evidence()).unwrap_or_default();
+                    evidence["worse_slices"] = serde_json::to_value(worse_slices).unwrap_or_default();
+                    let reason = format!(
+                        "better by the sequential test, but significantly worse on slice {} (guard_slices)",
+                        names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
+                    );
+                    tracing::warn!(model, version = %version, slices = ?names, "the policy holds a promotion: worse on a slice");
+                    let origin = Origin { actor: "policy", reason: Some(&reason), evidence: Some(&evidence) };
+                    self.registry.record_decision(model, "promote", version, origin, "refused");
+                    self.held_noted.insert(model.to_owned(), key);
+                }
+                return;
+            }
         };
         let origin = Origin { actor: "policy", reason: Some(reason), evidence: evidence.as_ref() };
         if settings.dry_run {
             let key = (change.action(), champion.to_string(), version.to_string());
             if self.dry_run_noted.get(model) != Some(&key) {
                 tracing::info!(model, action = change.action(), version = %version, ?evidence, "policy (dry run) would act");
-                self.registry.record_decision(model, change.action(), version, origin);
+                self.registry.record_decision(model, change.action(), version, origin, "dry_run");
                 self.dry_run_noted.insert(model.to_owned(), key);
             }
             return;

@@ -1,11 +1,89 @@
-//! Per request: who answers (the champion, or a canary's share), and whether challengers shadow it.
+//! Per request: who answers (the champion, or a canary's share), whether challengers shadow it,
+//! and which slice (segment) its record falls in.
 //!
-//! Invariants: pure functions, no I/O; the same request id gives the same decision on every replica
+//! Invariants: no I/O; the slicer's set of keys is bounded (`max_slices`, the rest is `other`); the same request id gives the same decision on every replica
 //! and every release, because the hash is fixed here (FNV-1a 64 with a splitmix64 finaliser), not
 //! the standard library's randomly seeded one. Sampling and canary use different salts, so whether
 //! a request is shadowed says nothing of whether it is a canary.
 
+use std::collections::HashSet;
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
 use crate::repository::VersionId;
+
+/// `[models.<name>.slices]`: the segments the comparison is broken down by.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SliceSettings {
+    /// A request header (REST) or metadata entry (gRPC) whose value names the slice, such as
+    /// `x-region`; a request without it falls in the slice `(no <header>)`.
+    pub header: Option<String>,
+    /// Distinct slices at most, per model and replica; the values beyond them fall in `other`,
+    /// counted (`gauntlet_slices_overflow_total`).
+    pub max_slices: usize,
+}
+
+impl Default for SliceSettings {
+    fn default() -> Self {
+        Self { header: None, max_slices: 20 }
+    }
+}
+
+/// The longest slice key kept: a header value beyond it is cut (on a character boundary).
+pub const MAX_SLICE_BYTES: usize = 64;
+/// Where the values beyond `max_slices` go.
+pub const OTHER_SLICE: &str = "other";
+
+/// One model's slicer: the slice key of a request, from its header, out of a bounded set.
+#[derive(Debug)]
+pub struct Slicer {
+    header: String,
+    /// `(no <header>)`: computed once.
+    absent: String,
+    max: usize,
+    seen: RwLock<HashSet<String>>,
+}
+
+impl Slicer {
+    /// `None` when the settings name no source of slices.
+    pub fn new(settings: &SliceSettings) -> Option<Self> {
+        let header = settings.header.as_ref()?.to_ascii_lowercase();
+        Some(Self {
+            absent: format!("(no {header})"),
+            header,
+            max: settings.max_slices.max(1),
+            seen: RwLock::default(),
+        })
+    }
+
+    /// The header (or metadata entry) it reads.
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// The slice of a request whose header is `value`: its value (cut to `MAX_SLICE_BYTES`),
+    /// `(no <header>)` without one, or `other` once `max_slices` distinct values were seen.
+    pub fn key(&self, value: Option<&str>) -> String {
+        let Some(value) = value else { return self.absent.clone() };
+        let mut end = value.len().min(MAX_SLICE_BYTES);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        let value = &value[..end];
+        if self.seen.read().contains(value) {
+            return value.to_owned();
+        }
+        let mut seen = self.seen.write();
+        if seen.contains(value) || seen.len() < self.max {
+            seen.insert(value.to_owned());
+            return value.to_owned();
+        }
+        crate::metrics::slice_overflowed();
+        OTHER_SLICE.to_owned()
+    }
+}
 
 /// A deployment's traffic settings.
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -6,6 +6,7 @@
 //! come from: the live join (`join`) and the offline report over log files
 //! (`offline`) drive the same code, so they give the same figures.
 
+mod observation;
 pub mod offline;
 pub mod policy;
 pub mod replay;
@@ -17,121 +18,11 @@ use std::collections::{BTreeMap, VecDeque};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::outcomes::OutcomeRecord;
 use crate::registry::{Role, Status};
 use crate::repository::{Task, VersionId};
 
-pub use self::report::{ModelReport, PairReport, Report, Snapshot, Verdict};
-
-/// What one model said about one row.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-pub enum Prediction {
-    /// A class, and the probability of each of the task's classes (in its order) when the model gives them.
-    Class {
-        label: i64,
-        probabilities: Option<Vec<f64>>,
-    },
-    Value(f64),
-}
-
-/// One row's predictions, read from a model's outputs with the task's output names. `output`
-/// gives an output's values flattened in row-major order. `None` when an output is missing or
-/// the row counts disagree.
-pub fn predictions(task: &Task, output: impl Fn(&str) -> Option<Vec<f64>>) -> Option<Vec<Prediction>> {
-    match task {
-        Task::Classification { classes, label_output, probabilities_output, .. } => {
-            let labels = output(label_output)?;
-            let probabilities = probabilities_output
-                .as_deref()
-                .and_then(&output)
-                .filter(|p| !classes.is_empty() && p.len() == labels.len() * classes.len());
-            Some(
-                labels
-                    .iter()
-                    .enumerate()
-                    .map(|(row, label)| Prediction::Class {
-                        label: *label as i64,
-                        probabilities: probabilities
-                            .as_ref()
-                            .map(|p| p[row * classes.len()..(row + 1) * classes.len()].to_vec()),
-                    })
-                    .collect(),
-            )
-        }
-        Task::Regression { prediction_output } => {
-            Some(output(prediction_output)?.into_iter().map(Prediction::Value).collect())
-        }
-    }
-}
-
-impl Observation {
-    /// What the comparison needs of a paired record about to be written.
-    pub fn of(record: &OutcomeRecord<'_>) -> Self {
-        let results = record
-            .results
-            .iter()
-            .map(|r| ModelOutcome {
-                version: VersionId::new(r.version.clone()),
-                role: r.role,
-                status: r.status,
-                latency_ms: r.latency_ms.map(|d| d.as_secs_f64() * 1e3),
-                predictions: r
-                    .outputs
-                    .as_ref()
-                    .and_then(|outputs| predictions(record.task, |name| outputs.values(name)))
-                    .unwrap_or_default(),
-            })
-            .collect();
-        Self { request_id: record.request_id.clone(), results }
-    }
-}
-
-/// One model's part of an observation.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct ModelOutcome {
-    pub version: VersionId,
-    pub role: Role,
-    pub status: Status,
-    pub latency_ms: Option<f64>,
-    /// One per row when `status` is ok.
-    pub predictions: Vec<Prediction>,
-}
-
-/// One paired record, reduced to what the comparison needs.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct Observation {
-    pub request_id: String,
-    pub results: Vec<ModelOutcome>,
-}
-
-/// Ground truth for a request: one value per row (a class label or a number).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Truth(pub Vec<f64>);
-
-impl Truth {
-    /// A number, or an array of numbers (one per row), checked against the task.
-    pub fn parse(value: &serde_json::Value, task: &Task) -> Result<Self, String> {
-        let values: Vec<f64> = match value {
-            serde_json::Value::Array(items) => items.iter().map(|v| v.as_f64()).collect::<Option<_>>(),
-            other => other.as_f64().map(|v| vec![v]),
-        }
-        .ok_or_else(|| format!("truth must be a number or an array of numbers, not {value}"))?;
-        if values.is_empty() {
-            return Err("truth is an empty array".into());
-        }
-        for v in &values {
-            match task {
-                Task::Classification { classes, .. } if v.fract() != 0.0 || !classes.contains(&(*v as i64)) => {
-                    return Err(format!("truth {v} is not one of the model's classes {classes:?}"));
-                }
-                _ if !v.is_finite() => return Err(format!("truth {v} is not a finite number")),
-                _ => {}
-            }
-        }
-        Ok(Self(values))
-    }
-}
+pub use self::observation::{ModelOutcome, Observation, Prediction, Truth, predictions};
+pub use self::report::{ModelReport, PairReport, Report, SliceReport, Snapshot, Verdict};
 
 /// How the comparison judges.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize)]
@@ -225,6 +116,55 @@ struct PairStats {
     /// The same evidence counted only from labels that joined since the champion last changed:
     /// what the policy decides on, so a decision never rests on evidence an earlier one used.
     fresh: Fresh,
+    /// The labelled evidence per slice of the requests (`[models.<name>.slices]`), in the order the
+    /// slices first came; at most `MAX_SLICES` (the rest counted in `other`).
+    #[serde(default)]
+    slices: Vec<(String, SliceStats)>,
+}
+
+/// Distinct slices a pair keeps, whatever the records say: the gateway bounds them per replica
+/// (`max_slices`), and this bounds what a fleet's replicas or old logs can add together.
+const MAX_SLICES: usize = 256;
+
+/// One slice's labelled pairs.
+#[derive(Clone, Default, Deserialize, Serialize)]
+struct SliceStats {
+    labelled: u64,
+    champion_right: u64,
+    challenger_right: u64,
+    only_champion: u64,
+    only_challenger: u64,
+    champion_abs_error: f64,
+    challenger_abs_error: f64,
+    /// Paired differences, positive when the challenger did better: Σd and Σd².
+    d_sum: f64,
+    d_squares: f64,
+}
+
+impl SliceStats {
+    fn push(&mut self, d: f64) {
+        self.labelled += 1;
+        self.d_sum += d;
+        self.d_squares += d * d;
+    }
+}
+
+impl PairStats {
+    /// Where the stats of `slice` are, made on first use; past `MAX_SLICES`, those of `other`.
+    fn slice_index(&mut self, slice: &str) -> usize {
+        let key = if self.slices.len() >= MAX_SLICES && !self.slices.iter().any(|(k, _)| k == slice) {
+            crate::traffic::OTHER_SLICE
+        } else {
+            slice
+        };
+        match self.slices.iter().position(|(k, _)| k == key) {
+            Some(i) => i,
+            None => {
+                self.slices.push((key.to_owned(), SliceStats::default()));
+                self.slices.len() - 1
+            }
+        }
+    }
 }
 
 /// The paired evidence since the champion last changed.
@@ -454,6 +394,7 @@ impl Comparison {
             else {
                 continue;
             };
+            let slice = observation.slice.as_deref().map(|s| pair.slice_index(s));
             for ((a, b), &y) in champion.predictions.iter().zip(&challenger.predictions).zip(&truth.0) {
                 pair.labelled += 1;
                 match (a, b) {
@@ -467,6 +408,14 @@ impl Comparison {
                         pair.d_sum += d;
                         pair.d_squares += d * d;
                         pair.fresh.push(d, ra && !rb, rb && !ra);
+                        if let Some(i) = slice {
+                            let slice = &mut pair.slices[i].1;
+                            slice.champion_right += u64::from(ra);
+                            slice.challenger_right += u64::from(rb);
+                            slice.only_champion += u64::from(ra && !rb);
+                            slice.only_challenger += u64::from(rb && !ra);
+                            slice.push(d);
+                        }
                     }
                     (Prediction::Value(a), Prediction::Value(b)) => {
                         let (ea, eb) = ((a - y).abs(), (b - y).abs());
@@ -478,6 +427,12 @@ impl Comparison {
                         pair.d_squares += (ea - eb) * (ea - eb);
                         pair.differences.push(ea - eb);
                         pair.fresh.push(ea - eb, false, false);
+                        if let Some(i) = slice {
+                            let slice = &mut pair.slices[i].1;
+                            slice.champion_abs_error += ea;
+                            slice.challenger_abs_error += eb;
+                            slice.push(ea - eb);
+                        }
                     }
                     _ => {}
                 }

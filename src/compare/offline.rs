@@ -191,7 +191,7 @@ impl OfflineComparison {
             return false;
         };
         summary.records += 1;
-        let mut observation = observation(&task, key.1.clone(), line.results);
+        let mut observation = observation(&task, key.1.clone(), line.slice, line.results);
         if let Some(champion) = self.champions.get(&key.0)
             && observation.results.iter().any(|r| r.version == *champion)
         {
@@ -306,10 +306,10 @@ fn join(
 /// a record.
 pub fn observation_of(line: Line) -> Option<(String, Observation)> {
     let task = line.task?;
-    Some((line.model, observation(&task, line.request_id, line.results)))
+    Some((line.model, observation(&task, line.request_id, line.slice, line.results)))
 }
 
-fn observation(task: &Task, request_id: String, results: Vec<LineResult>) -> Observation {
+fn observation(task: &Task, request_id: String, slice: Option<String>, results: Vec<LineResult>) -> Observation {
     let results = results
         .into_iter()
         .map(|r| {
@@ -322,7 +322,7 @@ fn observation(task: &Task, request_id: String, results: Vec<LineResult>) -> Obs
             ModelOutcome { version: r.version, role: r.role, status: r.status, latency_ms: r.latency_ms, predictions }
         })
         .collect();
-    Observation { request_id, results }
+    Observation { request_id, slice, results }
 }
 
 /// Nested arrays of numbers (or booleans), row-major, as one flat list.

@@ -34,6 +34,9 @@ pub struct PolicySettings {
     pub max_error_rate: f64,
     /// After a promotion, return to the replaced champion (which keeps shadowing) if it proves better.
     pub rollback: bool,
+    /// Refuse a promotion while the challenger is significantly worse than the champion on any
+    /// slice (`[models.<name>.slices]`; the report's `worse_slices`), whatever it does overall.
+    pub guard_slices: bool,
 }
 
 impl Default for PolicySettings {
@@ -47,6 +50,7 @@ impl Default for PolicySettings {
             max_p99_ms: None,
             max_error_rate: 0.01,
             rollback: true,
+            guard_slices: false,
         }
     }
 }
@@ -58,6 +62,9 @@ pub enum Decision {
     Promote { version: VersionId, evidence: Evidence },
     /// Return to `version`, the champion the current one replaced.
     Rollback { version: VersionId, evidence: Evidence },
+    /// `version` would be promoted, but it is significantly worse on these slices
+    /// (`guard_slices`): nothing changes, and the audit says why.
+    Hold { version: VersionId, evidence: Evidence, worse_slices: Vec<super::SliceReport> },
 }
 
 /// The figures behind a decision, for the audit log.
@@ -86,7 +93,7 @@ pub struct Evidence {
 impl Decision {
     pub fn evidence(&self) -> &Evidence {
         match self {
-            Self::Promote { evidence, .. } | Self::Rollback { evidence, .. } => evidence,
+            Self::Promote { evidence, .. } | Self::Rollback { evidence, .. } | Self::Hold { evidence, .. } => evidence,
         }
     }
 }
@@ -141,8 +148,19 @@ pub fn decide(
     }
     let (version, evidence) = best?;
     if previous == Some(&version) {
-        settings.rollback.then_some(Decision::Rollback { version, evidence })
-    } else {
-        Some(Decision::Promote { version, evidence })
+        return settings.rollback.then_some(Decision::Rollback { version, evidence });
     }
+    if settings.guard_slices {
+        // The report's slice verdicts, adjusted over the champion's family: read only when a
+        // promotion is otherwise due, which is rare.
+        let report = comparison.report();
+        let pair = report.pairs.iter().find(|p| p.champion == champion.as_str() && p.challenger == version.as_str());
+        let worse_slices: Vec<super::SliceReport> = pair
+            .map(|p| p.slices.iter().filter(|s| s.verdict == super::Verdict::Worse).cloned().collect())
+            .unwrap_or_default();
+        if !worse_slices.is_empty() {
+            return Some(Decision::Hold { version, evidence, worse_slices });
+        }
+    }
+    Some(Decision::Promote { version, evidence })
 }

@@ -130,6 +130,8 @@ fn consult(
             simulated.previous.pop();
             ("rollback", version.clone())
         }
+        // A held promotion changes nothing (the live policy audits it once).
+        Decision::Hold { .. } => return None,
     };
     simulated.challengers.retain(|c| *c != version);
     simulated.challengers.insert(0, from.clone());

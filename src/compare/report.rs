@@ -138,6 +138,35 @@ pub struct PairReport {
     pub verdict: Verdict,
     /// Labelled pairs still needed to detect the current effect (power as configured), if it is not 0.
     pub more_pairs_needed: Option<u64>,
+    /// The same pairs per slice of the requests (`[models.<name>.slices]`), in the order the
+    /// slices first came; none when the records are not sliced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<SliceReport>,
+    /// The slices where the challenger is significantly worse while it is better overall (by
+    /// its improvement): what a promotion must not hide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worse_slices: Vec<String>,
+}
+
+/// Champion against one challenger on the labelled pairs of one slice.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SliceReport {
+    pub slice: String,
+    pub labelled_pairs: u64,
+    pub champion_metric: Option<f64>,
+    pub challenger_metric: Option<f64>,
+    /// As the pair's: accuracy gained, or absolute error saved per row, with its 95% interval.
+    pub improvement: Option<f64>,
+    #[schema(value_type = Option<Vec<f64>>)]
+    pub improvement_ci: Option<[f64; 2]>,
+    /// "mcnemar_exact" (classification) or "paired_t" (regression), and its two-sided p-value.
+    pub test: String,
+    pub p_value: Option<f64>,
+    /// Holm's adjustment over every (challenger, slice) of the champion.
+    pub adjusted_p_value: Option<f64>,
+    pub verdict: Verdict,
+    /// Significantly worse here while better overall.
+    pub flagged: bool,
 }
 
 impl Comparison {
@@ -225,11 +254,43 @@ impl Comparison {
             // Judged in `adjusted`, once every pair's p-value is known.
             verdict: Verdict::NotEnoughData,
             more_pairs_needed,
+            slices: pair.slices.iter().map(|(key, slice)| slice_report(key, slice, classification)).collect(),
+            worse_slices: Vec::new(),
         }
     }
 }
 
-const CORRECTION: &str = "holm (paired tests), bonferroni (sequential), over each champion's challengers";
+/// One slice's figures; judged in `adjusted`.
+fn slice_report(key: &str, slice: &super::SliceStats, classification: bool) -> SliceReport {
+    let n = slice.labelled;
+    let ratio = |a: u64| (n > 0).then(|| a as f64 / n as f64);
+    let mean = |sum: f64| (n > 0).then(|| sum / n as f64);
+    let difference = stats::PairedDifference::from_sums(n, slice.d_sum, slice.d_squares, 0.95);
+    let (champion_metric, challenger_metric, test, p_value) = if classification {
+        let p = (n > 0).then(|| stats::mcnemar_exact(slice.only_champion, slice.only_challenger));
+        (ratio(slice.champion_right), ratio(slice.challenger_right), "mcnemar_exact", p)
+    } else {
+        // Sums only, no sample kept per slice: a paired t-test (the pair's own test is Wilcoxon's).
+        let p = difference.map(|d| d.t_p);
+        (mean(slice.champion_abs_error), mean(slice.challenger_abs_error), "paired_t", p)
+    };
+    SliceReport {
+        slice: key.to_owned(),
+        labelled_pairs: n,
+        champion_metric,
+        challenger_metric,
+        improvement: mean(slice.d_sum),
+        improvement_ci: difference.map(|d| [d.ci_low, d.ci_high]),
+        test: test.into(),
+        p_value,
+        adjusted_p_value: p_value,
+        verdict: Verdict::NotEnoughData,
+        flagged: false,
+    }
+}
+
+const CORRECTION: &str = "holm (paired tests), bonferroni (sequential), over each champion's challengers; \
+                          slices: holm over every (challenger, slice) of the champion";
 
 /// The pairs with their p-values adjusted over each champion's challengers, then judged.
 fn adjusted(mut pairs: Vec<PairReport>, settings: &super::CompareSettings) -> Vec<PairReport> {
@@ -249,6 +310,20 @@ fn adjusted(mut pairs: Vec<PairReport>, settings: &super::CompareSettings) -> Ve
             running = running.max((p * (m - rank) as f64).min(1.0));
             pairs[i].adjusted_p_value = Some(running);
         }
+        // Slices: one family of every (challenger, slice) of this champion, Holm again. Holm holds
+        // the family's error rate whatever the dependence between the tests, and a "worse" flag is
+        // what blocks a promotion, so its false alarms are what the family bounds.
+        let mut tested: Vec<(usize, usize, f64)> = family
+            .iter()
+            .flat_map(|&i| pairs[i].slices.iter().enumerate().filter_map(move |(j, s)| Some((i, j, s.p_value?))))
+            .collect();
+        tested.sort_by(|a, b| a.2.total_cmp(&b.2));
+        let m = tested.len();
+        let mut running: f64 = 0.0;
+        for (rank, (i, j, p)) in tested.into_iter().enumerate() {
+            running = running.max((p * (m - rank) as f64).min(1.0));
+            pairs[i].slices[j].adjusted_p_value = Some(running);
+        }
     }
     for pair in &mut pairs {
         pair.verdict = match (pair.adjusted_p_value, pair.improvement) {
@@ -261,6 +336,17 @@ fn adjusted(mut pairs: Vec<PairReport>, settings: &super::CompareSettings) -> Ve
         if matches!(pair.verdict, Verdict::Better | Verdict::Worse) {
             pair.more_pairs_needed = None;
         }
+        let better_overall = pair.improvement.is_some_and(|d| d > 0.0);
+        for slice in &mut pair.slices {
+            slice.verdict = match (slice.adjusted_p_value, slice.improvement) {
+                _ if slice.labelled_pairs < settings.min_labelled_pairs => Verdict::NotEnoughData,
+                (Some(p), Some(d)) if p < settings.alpha && d > 0.0 => Verdict::Better,
+                (Some(p), Some(d)) if p < settings.alpha && d < 0.0 => Verdict::Worse,
+                _ => Verdict::NoSignificantDifference,
+            };
+            slice.flagged = better_overall && slice.verdict == Verdict::Worse;
+        }
+        pair.worse_slices = pair.slices.iter().filter(|s| s.flagged).map(|s| s.slice.clone()).collect();
     }
     pairs
 }
@@ -406,6 +492,23 @@ impl Report {
             if let Some(more) = p.more_pairs_needed.filter(|m| *m > 0) {
                 let _ =
                     writeln!(out, "  about {more} more labelled pairs would show whether the current effect is real");
+            }
+            for s in &p.slices {
+                let _ = writeln!(
+                    out,
+                    "  slice {:<16} {:>6} labelled: {} vs {}, improvement {} (95% CI {}), {} p = {} (adjusted {}): {}{}",
+                    s.slice,
+                    s.labelled_pairs,
+                    opt(s.champion_metric, 4),
+                    opt(s.challenger_metric, 4),
+                    opt(s.improvement, 4),
+                    s.improvement_ci.map_or("-".into(), |[lo, hi]| format!("{lo:.4} .. {hi:.4}")),
+                    s.test,
+                    s.p_value.map_or("-".into(), p_value),
+                    s.adjusted_p_value.map_or("-".into(), p_value),
+                    s.verdict,
+                    if s.flagged { "  << WORSE HERE, better overall" } else { "" }
+                );
             }
         }
         if let Some(policy) = &self.policy {

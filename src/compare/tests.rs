@@ -20,6 +20,7 @@ fn outcome(version: &str, role: Role, predictions: Vec<Prediction>) -> ModelOutc
 fn observation(id: usize, champion: Prediction, challenger: Prediction) -> Observation {
     Observation {
         request_id: id.to_string(),
+        slice: None,
         results: vec![outcome("1", Role::Champion, vec![champion]), outcome("2", Role::Challenger, vec![challenger])],
     }
 }
@@ -111,8 +112,11 @@ fn log_loss_and_brier_match_scikit_learn() {
     for (i, (y, p1)) in scores["y"].as_array().unwrap().iter().zip(scores["p1"].as_array().unwrap()).enumerate() {
         let p1 = p1.as_f64().unwrap();
         let prediction = Prediction::Class { label: i64::from(p1 >= 0.5), probabilities: Some(vec![1.0 - p1, p1]) };
-        let obs =
-            Observation { request_id: i.to_string(), results: vec![outcome("1", Role::Champion, vec![prediction])] };
+        let obs = Observation {
+            request_id: i.to_string(),
+            slice: None,
+            results: vec![outcome("1", Role::Champion, vec![prediction])],
+        };
         comparison.add(&obs);
         comparison.add_truth(&obs, &Truth(vec![y.as_f64().unwrap()]));
     }
@@ -374,4 +378,55 @@ fn a_checkpoint_of_another_format_or_damaged_is_refused_by_name() {
     assert_eq!(refused.to_string(), "checkpoint format 2 is not the format 1 this binary reads");
     let damaged = offline::OfflineComparison::resume(1, &bytes[..bytes.len() / 2], CompareSettings::default());
     assert!(damaged.err().unwrap().to_string().starts_with("checkpoint does not decode"));
+}
+
+/// A challenger better overall and worse on one slice: the report flags exactly that slice, and
+/// a guarded policy holds the promotion naming it (an unguarded one promotes).
+#[test]
+fn a_challenger_worse_on_one_slice_is_flagged_and_held() {
+    let mut comparison = Comparison::new("m", classification(), CompareSettings::default());
+    let mut rng = Rng(5);
+    // eu and us: the challenger is right 95% of the time, the champion 85%; apac: the reverse.
+    for i in 0..6_000 {
+        let slice = ["eu", "us", "apac"][i % 3];
+        let (champion, challenger) = if slice == "apac" { (0.95, 0.85) } else { (0.85, 0.95) };
+        let label = |p: f64, rng: &mut Rng| i64::from(rng.next() < p);
+        let mut observation = observation(
+            i,
+            Prediction::Class { label: label(champion, &mut rng), probabilities: None },
+            Prediction::Class { label: label(challenger, &mut rng), probabilities: None },
+        );
+        observation.slice = Some(slice.into());
+        comparison.add(&observation);
+        comparison.add_truth(&observation, &Truth(vec![1.0]));
+    }
+    let report = comparison.report();
+    let pair = &report.pairs[0];
+    assert_eq!(pair.verdict, Verdict::Better, "{pair:?}");
+    assert_eq!(pair.worse_slices, ["apac"]);
+    let slices: Vec<(&str, Verdict, bool)> =
+        pair.slices.iter().map(|s| (s.slice.as_str(), s.verdict, s.flagged)).collect();
+    assert_eq!(
+        slices,
+        [("eu", Verdict::Better, false), ("us", Verdict::Better, false), ("apac", Verdict::Worse, true)]
+    );
+    assert!(report.to_table().contains("slice apac"), "{}", report.to_table());
+
+    let (champion, challenger) = (VersionId::new("1"), VersionId::new("2"));
+    let guarded = policy::PolicySettings { enabled: true, guard_slices: true, ..Default::default() };
+    match policy::decide(&comparison, &champion, std::slice::from_ref(&challenger), None, &guarded) {
+        Some(policy::Decision::Hold { version, worse_slices, .. }) => {
+            assert_eq!(version, challenger);
+            assert_eq!(worse_slices.iter().map(|s| s.slice.as_str()).collect::<Vec<_>>(), ["apac"]);
+        }
+        other => panic!("expected a hold, got {other:?}"),
+    }
+    let unguarded = policy::PolicySettings { enabled: true, ..Default::default() };
+    let decided = policy::decide(&comparison, &champion, std::slice::from_ref(&challenger), None, &unguarded);
+    assert!(matches!(decided, Some(policy::Decision::Promote { .. })), "{decided:?}");
+
+    // The slices survive a checkpoint: what an analyst's successor reads back.
+    let bytes = serde_json::to_vec(&comparison).unwrap();
+    let back: Comparison = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(back.report().pairs[0].slices, pair.slices);
 }

@@ -243,6 +243,9 @@ pub struct ModelConfig {
     /// This deployment's drift thresholds; unset: those of `[drift]`.
     #[serde(default)]
     pub drift: Option<Thresholds>,
+    /// The segments the comparison is broken down by (`[models.<name>.slices]`); none by default.
+    #[serde(default)]
+    pub slices: crate::traffic::SliceSettings,
     /// MLflow registry aliases that drive this deployment (`repository = "mlflow+http://…"` only).
     #[serde(default)]
     pub mlflow: Option<crate::repository::MlflowAliases>,
@@ -368,6 +371,23 @@ impl Config {
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid { key: key.into(), message: "must be greater than 0".into() });
+            }
+        }
+        for (name, model) in &self.models {
+            let key = format!("models.{name}.slices");
+            if let Some(header) = &model.slices.header
+                && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err()
+            {
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.header"),
+                    message: format!("'{header}' is not a header name"),
+                });
+            }
+            if model.slices.max_slices == 0 {
+                return Err(ConfigError::Invalid {
+                    key: format!("{key}.max_slices"),
+                    message: "must be at least 1".into(),
+                });
             }
         }
         let from_mlflow = self.repository.as_deref().is_some_and(|url| url.starts_with("mlflow+"));

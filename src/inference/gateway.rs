@@ -45,6 +45,8 @@ pub struct Gateway {
     analyst_holds: Option<Arc<AtomicBool>>,
     /// Who may do what: the configured tokens and their scopes.
     access: Access,
+    /// Each model's slicer, when `[models.<name>.slices]` names a source; built once.
+    slicers: std::collections::HashMap<String, crate::traffic::Slicer>,
 }
 
 /// What a program embedding the gateway (or a test) can add to its configuration.
@@ -131,8 +133,14 @@ impl Gateway {
                 .context("starting the shadow threads")?,
         );
         let access = Access::new(&config.auth, config.admin_token.as_ref()).context("reading [auth]")?;
+        let slicers = config
+            .models
+            .iter()
+            .filter_map(|(name, m)| Some((name.clone(), crate::traffic::Slicer::new(&m.slices)?)))
+            .collect();
         Ok(Self {
             access,
+            slicers,
             in_flight: tokio::sync::Semaphore::new(config.max_concurrent_requests),
             config,
             registry,
@@ -198,6 +206,11 @@ impl Gateway {
     /// Drift of each deployment's traffic from its champion's training profile.
     pub fn drift(&self) -> &Drift {
         &self.drift
+    }
+
+    /// Model `name`'s slicer, if its records are sliced.
+    pub fn slicer(&self, name: &str) -> Option<&crate::traffic::Slicer> {
+        self.slicers.get(name)
     }
 
     pub(super) fn in_flight(&self) -> &tokio::sync::Semaphore {

@@ -209,19 +209,19 @@ impl<'g> Inference<'g> {
     }
 
     /// Runs the answering version on the decoded inputs, then hands the same tensors to the drift
-    /// monitor and the shadow (never waiting on either). `canary_key` reads the deployment's
-    /// canary key (a header or metadata entry of that name), if it has one.
+    /// monitor and the shadow (never waiting on either). `header` reads a header or metadata entry
+    /// by name: the deployment's canary key, and the slice of a shadowed request.
     pub async fn run<'k>(
         &mut self,
         id: &str,
-        canary_key: impl FnOnce(&str) -> Option<&'k str>,
+        header: impl Fn(&str) -> Option<&'k str>,
         inputs: Vec<Tensor>,
     ) -> Result<Ran, Error> {
         let deployment = &self.deployment;
         // With neither challengers nor a canary there is nothing to decide.
         let plays = !deployment.challengers().is_empty() || deployment.canary().is_some();
         let decision = (!self.direct && plays).then(|| {
-            let key = deployment.canary_key_header().and_then(canary_key);
+            let key = deployment.canary_key_header().and_then(&header);
             deployment.plan().decide(id, key)
         });
         if decision.is_some_and(|d| d.canary)
@@ -247,7 +247,9 @@ impl<'g> Inference<'g> {
             && !deployment.challengers().is_empty()
             && !self.gateway.shadow().shed_if_full(deployment, answering)
         {
+            let slice = self.gateway.slicer(answering.name()).map(|slicer| slicer.key(header(slicer.header())));
             self.gateway.shadow().submit(ShadowRequest {
+                slice,
                 deployment: Arc::clone(deployment),
                 request_id: id.to_owned(),
                 timestamp: SystemTime::now(),

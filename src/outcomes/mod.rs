@@ -57,6 +57,9 @@ pub struct OutcomeRecord<'a> {
     pub inputs: Option<NamedTensors<'a>>,
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub inputs_sha256: Option<String>,
+    /// The request's slice (`[models.<name>.slices]`), when its model's records are sliced.
+    #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
+    pub slice: Option<&'a str>,
     pub results: Vec<ModelResult<'a>>,
 }
 
@@ -88,6 +91,10 @@ impl OutcomeRecord<'_> {
         if let Some(sha256) = &self.inputs_sha256 {
             out.extend_from_slice(b",\"inputs_sha256\":");
             write_str(&mut out, sha256);
+        }
+        if let Some(slice) = self.slice {
+            out.extend_from_slice(b",\"slice\":");
+            write_str(&mut out, slice);
         }
         out.extend_from_slice(b",\"results\":[");
         for (i, result) in self.results.iter().enumerate() {
@@ -397,6 +404,7 @@ mod tests {
             task: &task,
             inputs: Some(NamedTensors::new(&input_specs, &inputs)),
             inputs_sha256: None,
+            slice: None,
             results: vec![
                 ModelResult {
                     role: Role::Champion,
@@ -436,6 +444,7 @@ mod tests {
             task: &task,
             inputs: None,
             inputs_sha256: Some("ab".into()),
+            slice: Some("eu \"west\""),
             results: vec![ModelResult {
                 version: "2".into(),
                 role: Role::Challenger,
@@ -451,7 +460,7 @@ mod tests {
         assert_eq!(String::from_utf8(record.to_json_line()).unwrap(), format!("{line}\n"));
         assert_eq!(
             line,
-            r#"{"kind":"outcome","request_id":"r1","timestamp":"2023-11-14T22:13:20.123Z","model":"m","answered_by":"1","task":{"kind":"regression","prediction_output":"y"},"inputs_sha256":"ab","results":[{"version":"2","role":"challenger","sha256":"cd","status":"shed"}]}"#
+            r#"{"kind":"outcome","request_id":"r1","timestamp":"2023-11-14T22:13:20.123Z","model":"m","answered_by":"1","task":{"kind":"regression","prediction_output":"y"},"inputs_sha256":"ab","slice":"eu \"west\"","results":[{"version":"2","role":"challenger","sha256":"cd","status":"shed"}]}"#
         );
     }
 }

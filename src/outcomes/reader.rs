@@ -29,6 +29,8 @@ pub struct Line {
     #[serde(default)]
     pub inputs: Option<Box<serde_json::value::RawValue>>,
     #[serde(default)]
+    pub slice: Option<String>,
+    #[serde(default)]
     pub results: Vec<LineResult>,
     #[serde(default)]
     pub truth: Option<serde_json::Value>,

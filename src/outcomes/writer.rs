@@ -354,6 +354,7 @@ mod tests {
             answered_by: "1".into(),
             inputs: None,
             inputs_sha256: None,
+            slice: None,
             results: vec![ModelResult {
                 version: "1".into(),
                 role: Role::Champion,

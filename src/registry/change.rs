@@ -264,8 +264,9 @@ impl Registry {
         self.store.history(name, limit)
     }
 
-    /// Records a change that was decided but not made (a policy in dry run) in the audit log.
-    pub fn record_decision(&self, name: &str, action: &str, version: &VersionId, origin: Origin<'_>) {
+    /// Records a change that was decided but not made in the audit log, with `result`: `dry_run`
+    /// (a policy in dry run) or `refused` (a policy's guard held it).
+    pub fn record_decision(&self, name: &str, action: &str, version: &VersionId, origin: Origin<'_>, result: &str) {
         let Some(model) = self.models.get(name) else { return };
         let from = model.deployment().state();
         self.store.audit(&AuditEntry {
@@ -277,7 +278,7 @@ impl Registry {
             from: &from,
             to: None,
             reason: origin.reason,
-            result: "dry_run",
+            result,
             error: None,
             evidence: origin.evidence,
         });

@@ -75,6 +75,8 @@ pub struct ShadowRequest {
     pub answered: Arc<ModelVersion>,
     pub outputs: Arc<Vec<Tensor>>,
     pub latency: Duration,
+    /// The request's slice (`[models.<name>.slices]`), if its model's records are sliced.
+    pub slice: Option<String>,
 }
 
 impl Shadow {

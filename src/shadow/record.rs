@@ -148,6 +148,7 @@ impl PendingRecord {
             answered_by: answered.version().to_string(),
             inputs,
             inputs_sha256: inputs_sha,
+            slice: request.slice.as_deref(),
             results,
         }
     }
