@@ -85,6 +85,21 @@ async fn the_console_in_a_real_browser() {
     let dir = format!("models_dir={}", models.path().display());
     let mut open = TestServer::start(&[&dir]).await;
     let mut guarded = TestServer::start(&[&dir, &format!("admin_token={TOKEN}")]).await;
+    // A challenger better overall and worse for one region: what the slices view is for.
+    let sliced_overrides = [
+        "models.breast-cancer.champion=2",
+        "models.breast-cancer.challengers=[\"1\"]",
+        "models.breast-cancer.slices.header=x-region",
+        "shadow_cpu_budget=2.0",
+    ];
+    let mut sliced = TestServer::start(&sliced_overrides).await;
+    let requests = common::feed_regions(&sliced, 21).await;
+    common::eventually("the sliced gateway's labels join", Duration::from_secs(60), || async {
+        let report: serde_json::Value =
+            reqwest::get(sliced.url("/admin/models/breast-cancer/comparison")).await.ok()?.json().await.ok()?;
+        (report["labelled_records"].as_u64()? == requests).then_some(())
+    })
+    .await;
     // More rows than the holdout has (it cycles), so that drift has a judged window to show.
     feed(&open, "breast-cancer", 300).await;
     feed(&open, "diabetes", 111).await;
@@ -120,6 +135,7 @@ async fn the_console_in_a_real_browser() {
         .arg(console.join("console.test.mjs"))
         .env("GAUNTLET_URL", format!("http://{}", open.addr))
         .env("GAUNTLET_TOKEN_URL", format!("http://{}", guarded.addr))
+        .env("GAUNTLET_SLICES_URL", format!("http://{}", sliced.addr))
         .env("GAUNTLET_TOKEN", TOKEN)
         .env("SCREENSHOTS", &shots)
         .env("CHROMIUM", &browser)
@@ -129,9 +145,10 @@ async fn the_console_in_a_real_browser() {
     let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "the browser checks failed:\n{log}");
     eprintln!("console: {log}screenshots in {}", shots.display());
-    for shot in ["laptop.png", "after-promotion.png", "narrow.png", "with-token.png"] {
+    for shot in ["laptop.png", "after-promotion.png", "narrow.png", "with-token.png", "slices.png"] {
         assert!(shots.join(shot).metadata().is_ok_and(|m| m.len() > 1000), "{shot}");
     }
     open.stop().await.unwrap();
     guarded.stop().await.unwrap();
+    sliced.stop().await.unwrap();
 }

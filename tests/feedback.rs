@@ -305,10 +305,9 @@ async fn a_dry_run_policy_records_its_decision_and_changes_nothing() {
 }
 
 /// Slices end to end: requests carry `x-region`, records carry the slice, labels join, and the
-/// comparison breaks each pair down by slice. Champion 2 against challenger 1 on real holdout
-/// labels: the challenger is better overall (it alone is right on five rows, the champion alone on
-/// one), and the test puts the champion's one row in `apac`. The report flags exactly `apac`; the
-/// guarded policy holds the promotion and audits why, naming the slice.
+/// comparison breaks each pair down by slice (`common::feed_regions`: champion 2 against challenger
+/// 1, better overall, worse on `apac`). The report flags exactly `apac`; the guarded policy holds the
+/// promotion and audits why, naming the slice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_challenger_worse_on_one_region_is_flagged_and_its_promotion_held() {
     let overrides = [
@@ -322,55 +321,8 @@ async fn a_challenger_worse_on_one_region_is_flagged_and_its_promotion_held() {
     ]
     .concat();
     let server = TestServer::start(&overrides).await;
-    let client = reqwest::Client::new();
-    let holdout = common::holdout("breast-cancer");
-    let truths = holdout.truth.clone().unwrap().1;
-    // Each version's label on each row, asked of that version directly.
-    let label = |version: &'static str, row: Vec<f64>| {
-        let (client, url) = (client.clone(), server.url(&format!("/v2/models/breast-cancer/versions/{version}/infer")));
-        async move {
-            let answer: Value =
-                client.post(url).json(&common::infer_body(&[row])).send().await.unwrap().json().await.unwrap();
-            answer["outputs"][0]["data"][0].as_f64().unwrap()
-        }
-    };
-    let mut regions = Vec::new();
-    for (i, row) in holdout.rows.iter().enumerate() {
-        let (champion, challenger) = (label("2", row.clone()).await, label("1", row.clone()).await);
-        let only_champion_right = champion == truths[i] && challenger != truths[i];
-        regions.push(match i {
-            _ if only_champion_right || i % 7 == 0 => Some("apac"),
-            _ if i % 10 == 3 => None,
-            _ if i % 2 == 0 => Some("eu"),
-            _ => Some("us"),
-        });
-    }
-    assert!(regions.iter().filter(|r| **r == Some("apac")).count() > 1);
-
-    // Every request first, then the labels: apac's first, so that the slice's evidence is in before
-    // the overall evidence is enough for the policy.
-    let cycles = 21;
-    let url = server.url("/v2/models/breast-cancer/infer");
-    for cycle in 0..cycles {
-        for (i, row) in holdout.rows.iter().enumerate() {
-            let mut request = client.post(&url).header("x-request-id", format!("c{cycle}-r{i}"));
-            if let Some(region) = regions[i] {
-                request = request.header("x-region", region);
-            }
-            let answer = request.json(&common::infer_body(std::slice::from_ref(row))).send().await.unwrap();
-            assert_eq!(answer.status(), 200);
-        }
-    }
-    let n = holdout.rows.len();
-    let mut order: Vec<usize> = (0..n).filter(|&i| regions[i] == Some("apac")).collect();
-    order.extend((0..n).filter(|&i| regions[i] != Some("apac")));
-    for i in order {
-        let labels: Vec<Value> =
-            (0..cycles).map(|c| json!({ "id": format!("c{c}-r{i}"), "truth": truths[i] })).collect();
-        let (status, answer) = post(&server, "breast-cancer", json!({ "feedback": labels })).await;
-        assert_eq!(status, 200, "{answer}");
-    }
-    let report = labelled(&server, "breast-cancer", (cycles * n) as u64).await;
+    let requests = common::feed_regions(&server, 21).await;
+    let report = labelled(&server, "breast-cancer", requests).await;
     eprintln!("{}", report.to_table());
     let pair = report.pairs.iter().find(|p| p.challenger == "1").expect("the pair");
     assert_eq!(pair.verdict, gauntlet::compare::Verdict::Better, "{pair:?}");

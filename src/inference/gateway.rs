@@ -210,7 +210,8 @@ impl Gateway {
 
     /// Model `name`'s slicer, if its records are sliced.
     pub fn slicer(&self, name: &str) -> Option<&crate::traffic::Slicer> {
-        self.slicers.get(name)
+        // No model sliced (the default): no hash of the name on the request path.
+        if self.slicers.is_empty() { None } else { self.slicers.get(name) }
     }
 
     pub(super) fn in_flight(&self) -> &tokio::sync::Semaphore {

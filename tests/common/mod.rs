@@ -243,3 +243,62 @@ pub fn loadtest_args_at(addr: SocketAddr, model: &str, data: PathBuf) -> Loadtes
         cacert: None,
     }
 }
+
+/// Feeds breast-cancer's holdout `cycles` times with an `x-region` header, then its true labels, to
+/// a gateway whose champion is version 2 and whose challenger is version 1 (slices by `x-region`).
+/// The challenger is better overall (on real labels it alone is right on five rows, the champion
+/// alone on one); each row's region is chosen here, after asking both versions directly, so that
+/// the champion's one row is in `apac` (with every seventh row), a tenth of the rows carry no
+/// header, and the rest are `eu` or `us`. `apac`'s labels go first, so that slice's evidence is in
+/// before the overall evidence is enough for a policy. Returns the requests sent.
+pub async fn feed_regions(server: &TestServer, cycles: usize) -> u64 {
+    let client = reqwest::Client::new();
+    let holdout = holdout("breast-cancer");
+    let truths = holdout.truth.clone().expect("the holdout has labels").1;
+    let label = |version: &'static str, row: Vec<f64>| {
+        let (client, url) = (client.clone(), server.url(&format!("/v2/models/breast-cancer/versions/{version}/infer")));
+        async move {
+            let answer: serde_json::Value =
+                client.post(url).json(&infer_body(&[row])).send().await.unwrap().json().await.unwrap();
+            answer["outputs"][0]["data"][0].as_f64().unwrap()
+        }
+    };
+    let mut regions = Vec::new();
+    for (i, row) in holdout.rows.iter().enumerate() {
+        let (champion, challenger) = (label("2", row.clone()).await, label("1", row.clone()).await);
+        let only_champion_right = champion == truths[i] && challenger != truths[i];
+        regions.push(match i {
+            _ if only_champion_right || i % 7 == 0 => Some("apac"),
+            _ if i % 10 == 3 => None,
+            _ if i % 2 == 0 => Some("eu"),
+            _ => Some("us"),
+        });
+    }
+    assert!(regions.iter().filter(|r| **r == Some("apac")).count() > 1);
+    let url = server.url("/v2/models/breast-cancer/infer");
+    for cycle in 0..cycles {
+        for (i, row) in holdout.rows.iter().enumerate() {
+            let mut request = client.post(&url).header("x-request-id", format!("c{cycle}-r{i}"));
+            if let Some(region) = regions[i] {
+                request = request.header("x-region", region);
+            }
+            let answer = request.json(&infer_body(std::slice::from_ref(row))).send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+        }
+    }
+    let n = holdout.rows.len();
+    let mut order: Vec<usize> = (0..n).filter(|&i| regions[i] == Some("apac")).collect();
+    order.extend((0..n).filter(|&i| regions[i] != Some("apac")));
+    for i in order {
+        let labels: Vec<serde_json::Value> =
+            (0..cycles).map(|c| serde_json::json!({ "id": format!("c{c}-r{i}"), "truth": truths[i] })).collect();
+        let answer = client
+            .post(server.url("/v2/models/breast-cancer/feedback"))
+            .json(&serde_json::json!({ "feedback": labels }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    (cycles * n) as u64
+}

@@ -199,5 +199,30 @@ async function shoot(page, selector, path) {
   await context.close();
 }
 
+// ---- slices: a challenger better overall and worse for one region ----
+{
+  const slicesUrl = process.env.GAUNTLET_SLICES_URL;
+  const { context, page, violations } = await open(slicesUrl, { width: 1280, height: 900 });
+  await page.waitForSelector("body[data-ready=true]", { timeout: 30000 });
+  const comparison = (await api(slicesUrl, "/admin/models/breast-cancer/comparison")).body;
+  const pair = comparison.pairs.find((p) => p.challenger === "1");
+  assert.deepEqual(pair.worse_slices, ["apac"]);
+  await page.waitForSelector("#slices tbody tr", { timeout: 20000 });
+  // Every slice of the API is a row with its figures; the worse one is marked, and said above.
+  for (const slice of pair.slices) {
+    const row = page.locator(`#slices tr[data-pair="2-1"][data-slice="${slice.slice}"]`);
+    assert.equal(await row.locator("[data-field=labelled_pairs]").innerText(), String(slice.labelled_pairs));
+    assert.ok((await row.locator("[data-field=improvement]").innerText()).startsWith(slice.improvement.toFixed(4)));
+    assert.equal(await row.getAttribute("class"), slice.flagged ? "flagged" : null);
+  }
+  assert.match(await page.locator('[data-worse="2-1"]').innerText(), /better overall but significantly worse on: apac/);
+  const captions = await page.locator("figcaption").allInnerTexts();
+  assert.ok(captions.some((c) => /improvement per slice/.test(c)), `no slice picture: ${captions}`);
+  await shoot(page, "section:has(#comparison-title)", `${shots}/slices.png`);
+  figures.slices_checked = pair.slices.length;
+  assert.deepEqual(violations, []);
+  await context.close();
+}
+
 await browser.close();
 console.log(JSON.stringify(figures));

@@ -172,6 +172,30 @@ function barChart(title, bars, { rules = [], unit = "" } = {}) {
   return figure(title, chart, []);
 }
 
+/// Each slice's improvement as a point with its 95% interval, against the line of no difference.
+function intervalChart(title, items) {
+  const width = 560, rowHeight = 20, left = 150, right = 16;
+  const height = Math.max(items.length, 1) * rowHeight + 26;
+  const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": title });
+  const values = items.flatMap((i) => [i.low, i.high, i.value]).filter((v) => v !== null && v !== undefined);
+  const span = Math.max(...values.map(Math.abs), 1e-6);
+  const x = (v) => left + ((v + span) / (2 * span)) * (width - left - right);
+  items.forEach((item, i) => {
+    const y = 4 + i * rowHeight + rowHeight / 2;
+    const color = item.flagged ? "#b3261e" : item.verdict === "better" ? "#1c7c3a" : COLORS[0];
+    chart.append(svg("text", { x: 2, y: y + 4 }, item.label));
+    if (item.low !== null && item.high !== null) {
+      chart.append(svg("line", { x1: x(item.low), x2: x(item.high), y1: y, y2: y, stroke: color, "stroke-width": 2 }));
+    }
+    if (item.value !== null) chart.append(svg("circle", { cx: x(item.value), cy: y, r: 4, fill: color }));
+  });
+  chart.append(svg("line", { x1: x(0), x2: x(0), y1: 0, y2: height - 20, stroke: "#5b6475", "stroke-dasharray": "4 3" }));
+  chart.append(svg("text", { x: x(0) - 40, y: height - 6 }, "no difference"));
+  chart.append(svg("text", { x: left, y: height - 6 }, fmt(-span, 3)));
+  chart.append(svg("text", { x: width - right - 40, y: height - 6 }, fmt(span, 3)));
+  return figure(title, chart, []);
+}
+
 function figure(title, chart, lines) {
   // Colours through the CSSOM: the CSP allows no inline style attribute.
   const legend = el("p", { class: "legend" }, lines.map((l, i) => {
@@ -298,7 +322,32 @@ function comparisonView(comparison) {
       el("tbody", {}, versions))),
     el("div", { class: "scroll" }, el("table", { id: "pairs" },
       el("thead", {}, el("tr", {}, ["pair", "labelled", metric, "improvement [95% CI]", "agreement", "divergence", "paired test p", "sequential p", "verdict", "coverage"].map((h) => el("th", { scope: "col" }, h)))),
-      el("tbody", {}, pairs))));
+      el("tbody", {}, pairs))),
+    slicesView(comparison, metric));
+}
+
+/// Each pair's slices: where a challenger better on average is worse for one group.
+function slicesView(comparison, metric) {
+  const pairs = comparison.pairs.filter((p) => (p.slices || []).length > 0);
+  if (pairs.length === 0) return null;
+  const warnings = pairs.filter((p) => (p.worse_slices || []).length > 0).map((p) =>
+    el("p", { class: "result error", role: "alert", "data-worse": `${p.champion}-${p.challenger}` },
+      `Challenger ${p.challenger} is better overall but significantly worse on: ${p.worse_slices.join(", ")}`));
+  const rows = pairs.flatMap((p) => p.slices.map((s) =>
+    el("tr", { "data-pair": `${p.champion}-${p.challenger}`, "data-slice": s.slice, class: s.flagged ? "flagged" : undefined },
+      el("td", {}, `${p.champion} vs ${p.challenger}`), el("td", {}, s.slice), el("td", { "data-field": "labelled_pairs" }, s.labelled_pairs),
+      el("td", {}, `${fmt(s.champion_metric)} vs ${fmt(s.challenger_metric)}`),
+      el("td", { "data-field": "improvement" }, fmt(s.improvement), s.improvement_ci ? ` [${fmt(s.improvement_ci[0])}, ${fmt(s.improvement_ci[1])}]` : ""),
+      el("td", {}, `${fmt(s.p_value)} (adj. ${fmt(s.adjusted_p_value)})`),
+      el("td", { "data-field": "verdict", class: `verdict-${s.verdict}` }, s.verdict.replaceAll("_", " "), s.flagged ? " (better overall)" : ""))));
+  const charts = pairs.map((p) => intervalChart(`${p.champion} vs ${p.challenger}: improvement per slice, with its 95% interval`,
+    p.slices.map((s) => ({ label: s.slice, value: s.improvement ?? null, low: s.improvement_ci ? s.improvement_ci[0] : null,
+      high: s.improvement_ci ? s.improvement_ci[1] : null, verdict: s.verdict, flagged: s.flagged }))));
+  return el("div", { id: "slices-view" }, el("h3", {}, "By slice"), warnings,
+    el("div", { class: "scroll" }, el("table", { id: "slices" },
+      el("thead", {}, el("tr", {}, ["pair", "slice", "labelled", metric, "improvement [95% CI]", "p (Holm-adjusted)", "verdict"].map((h) => el("th", { scope: "col" }, h)))),
+      el("tbody", {}, rows))),
+    el("div", { class: "charts" }, charts));
 }
 
 function chartsView(name, comparison, drift) {
