@@ -80,6 +80,7 @@ impl Analyst {
             holding,
             drift,
             buffer: Vec::new(),
+            history_at: None,
         };
         let thread = std::thread::Builder::new().name("gauntlet-analyst".into()).spawn(move || work.run())?;
         Ok(Self { closing, thread: Mutex::new(Some(thread)) })
@@ -104,6 +105,8 @@ struct Work {
     drift: DriftReports,
     /// The checkpoint's bytes, kept from one to the next.
     buffer: Vec<u8>,
+    /// When the history's last points were written (`history_interval_s` apart).
+    history_at: Option<Instant>,
 }
 
 /// This replica's drift reports, by model, as JSON.
@@ -340,17 +343,27 @@ impl Work {
 
     /// The reports of the models that changed, and the analyst's heartbeat.
     fn snapshot(
-        &self,
+        &mut self,
         client: &mut Client,
         offline: &OfflineComparison,
         changed: &mut BTreeSet<String>,
         replica: &str,
     ) -> Result<(), postgres::Error> {
         let s = self.connector.schema();
+        let every = Duration::from_secs(self.settings.history_interval_s.max(1));
+        let history_due = self.history_at.is_none_or(|t| t.elapsed() >= every);
         for model in std::mem::take(changed) {
             let Some(comparison) = offline.comparison(&model) else { continue };
-            let Ok(report) = serde_json::to_value(comparison.report()) else { continue };
+            let report = comparison.report();
+            if history_due {
+                let point = crate::compare::history::Point::of(&report, std::time::SystemTime::now());
+                crate::cluster::write_history(client, s, &model, &point, self.settings.history_points.max(1))?;
+            }
+            let Ok(report) = serde_json::to_value(report) else { continue };
             write_snapshot(client, s, SnapshotTable::Reports, &model, &report, replica)?;
+        }
+        if history_due {
+            self.history_at = Some(Instant::now());
         }
         // The drift state the cluster alerts on is the analyst's: every replica shows it.
         for (model, report) in (self.drift)() {

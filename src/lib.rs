@@ -17,6 +17,7 @@ pub mod drift;
 pub mod error;
 pub mod executor;
 pub mod grpc;
+pub mod history;
 pub mod http;
 pub mod inference;
 pub mod join;

@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["outcomes", "executor"],
     &["compare"],
     &["join", "cluster"],
-    &["drift", "promotion", "analyst"],
+    &["drift", "promotion", "analyst", "history"],
     &["shadow"],
     &["config"],
     // The gateway and the request path both protocols share, from admission to the record.

@@ -78,6 +78,9 @@ dir = "{base}/outcomes"
 log_inputs = "none"
 [drift]
 enabled = false
+[comparison]
+# A history point a second while labels join, so a test sees several.
+history_interval_s = 1
 [cluster]
 database_url = "{url}"
 replica_id = "{id}"
@@ -825,6 +828,18 @@ async fn one_comparison_across_replicas_through_a_failover_and_an_outage() {
     for replica in &replicas {
         report_with(&client, replica, sent).await;
     }
+    let history = |replica: &Replica| {
+        let (client, replica) = (client.clone(), replica.addr);
+        async move {
+            let url = format!("http://{replica}/admin/models/{MODEL}/history");
+            let answer: Value = client.get(url).send().await.ok()?.json().await.ok()?;
+            answer["points"].as_array().cloned()
+        }
+    };
+    let before = common::eventually("the analyst writes a history point", WAIT, || async {
+        history(&replicas[0]).await.filter(|p| !p.is_empty())
+    })
+    .await;
 
     // The analyst dies (SIGKILL: its lock goes with its connection); another takes over.
     let index = replicas.iter().position(|r| r.config.parent().unwrap().ends_with(&view)).unwrap();
@@ -840,6 +855,13 @@ async fn one_comparison_across_replicas_through_a_failover_and_an_outage() {
         pair(i, &replicas).await;
     }
     sent += 30;
+    // The history survives the analyst: its points are still there, and the next one's follow.
+    let after = common::eventually("the next analyst adds to the history", WAIT, || async {
+        let newest = |p: &Vec<Value>| p.last().and_then(|l| l["labelled_records"].as_u64()).unwrap_or(0);
+        history(&replicas[0]).await.filter(|p| p.len() > before.len() && newest(p) > 40)
+    })
+    .await;
+    assert_eq!(after[0], before[0], "the first point is kept");
     // The database goes away mid-traffic: requests are served, labels accepted, nothing lost.
     pg.stop();
     for i in 70..100 {

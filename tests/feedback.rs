@@ -350,3 +350,45 @@ async fn a_challenger_worse_on_one_region_is_flagged_and_its_promotion_held() {
     let model: Value = reqwest::get(server.url("/admin/models/breast-cancer")).await.unwrap().json().await.unwrap();
     assert_eq!(model["champion"], "2", "nothing promoted");
 }
+
+/// One node's history: a point a second while labels join, kept in the state directory, read back
+/// from a time, and still there after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_comparisons_history_survives_a_restart() {
+    let state = tempfile::tempdir().unwrap();
+    let overrides = [format!("state_dir={}", state.path().display()), "comparison.history_interval_s=1".into()];
+    let overrides: Vec<&str> = overrides.iter().map(String::as_str).collect();
+    let mut server = TestServer::start(&overrides).await;
+    let history = |server: &TestServer, query: &str| {
+        let url = server.url(&format!("/admin/models/breast-cancer/history{query}"));
+        async move {
+            let answer = reqwest::get(url).await.unwrap();
+            (answer.status().as_u16(), answer.json::<Value>().await.unwrap())
+        }
+    };
+    // Labels until two points are written (a second apart, while labels join).
+    let points = common::eventually("two history points", Duration::from_secs(60), || async {
+        run(&replay_with_feedback(&server, "breast-cancer", 20)).await.unwrap();
+        let (_, answer) = history(&server, "").await;
+        let points = answer["points"].as_array().cloned().unwrap_or_default();
+        (points.len() >= 2).then_some(points)
+    })
+    .await;
+    let first = &points[0];
+    assert!(first["pairs"][0]["labelled_pairs"].as_u64().unwrap() > 0, "{first}");
+    assert!(first["at"].as_str().unwrap() < points[1]["at"].as_str().unwrap());
+    server.stop().await.unwrap();
+
+    let server = TestServer::start(&overrides).await;
+    let (status, answer) = history(&server, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["interval_s"], 1);
+    let kept = answer["points"].as_array().unwrap();
+    assert!(kept.len() >= points.len() && kept[..points.len()] == points[..], "the points written before the restart");
+    let since = points[1]["at"].as_str().unwrap().replace(':', "%3A");
+    let (_, recent) = history(&server, &format!("?since={since}")).await;
+    assert_eq!(recent["points"][0], points[1]);
+    let (status, refused) = history(&server, "?since=yesterday").await;
+    assert_eq!(status, 400);
+    assert!(refused["error"].as_str().unwrap().contains("RFC 3339"), "{refused}");
+}

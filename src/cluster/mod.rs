@@ -247,6 +247,17 @@ impl Cluster {
         self.connector.report(name)
     }
 
+    /// Model `name`'s history points taken at or after `since`, oldest first, the newest `limit`.
+    /// Blocking.
+    pub fn history(
+        &self,
+        name: &str,
+        since: Option<std::time::SystemTime>,
+        limit: usize,
+    ) -> Result<Vec<crate::compare::history::Point>, StoreError> {
+        self.connector.history(name, since, limit)
+    }
+
     /// Every replica's heartbeat and each model's revision, read from the store. Blocking.
     pub fn status(&self) -> Result<ClusterView, StoreError> {
         let stale_after = Duration::from_millis(3 * self.connector.settings().heartbeat_interval_ms + 2000);
@@ -336,6 +347,31 @@ pub fn write_snapshot(
              ON CONFLICT (model) DO UPDATE SET report = EXCLUDED.report, at = now(), analyst = EXCLUDED.analyst"
         ),
         &[&model, report, &analyst],
+    )?;
+    Ok(())
+}
+
+/// Adds `point` to model `model`'s history and deletes what is beyond the newest `keep`.
+pub fn write_history(
+    client: &mut postgres::Client,
+    s: &str,
+    model: &str,
+    point: &crate::compare::history::Point,
+    keep: usize,
+) -> Result<(), postgres::Error> {
+    let text = serde_json::to_string(point).unwrap_or_default();
+    client.execute(
+        &format!(
+            "INSERT INTO {s}.history (model, at, point) VALUES ($1, now(), $2::text::json) ON CONFLICT DO NOTHING"
+        ),
+        &[&model, &text],
+    )?;
+    client.execute(
+        &format!(
+            "DELETE FROM {s}.history WHERE model = $1 AND at < \
+             (SELECT at FROM {s}.history WHERE model = $1 ORDER BY at DESC OFFSET $2 LIMIT 1)"
+        ),
+        &[&model, &(keep.saturating_sub(1) as i64)],
     )?;
     Ok(())
 }

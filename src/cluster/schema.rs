@@ -145,6 +145,14 @@ const MIGRATIONS: &[&str] = &[
             WHERE l.model = r.model AND l.request_id = r.request_id
             ORDER BY at LIMIT 1
         ) l ON true;",
+    // 5: the comparison's history: the analyst's point per model every `history_interval_s`,
+    // at most `history_points` per model (older ones deleted as new ones come).
+    "CREATE TABLE {s}.history (
+        model text NOT NULL,
+        at timestamptz NOT NULL,
+        point json NOT NULL,
+        PRIMARY KEY (model, at)
+     );",
 ];
 
 #[derive(Debug)]

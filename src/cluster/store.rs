@@ -210,6 +210,27 @@ impl Connector {
         Ok(Some(report))
     }
 
+    pub(super) fn history(
+        &self,
+        name: &str,
+        since: Option<std::time::SystemTime>,
+        limit: usize,
+    ) -> Result<Vec<crate::compare::history::Point>, StoreError> {
+        let s = self.schema().to_owned();
+        let since = since.unwrap_or(std::time::SystemTime::UNIX_EPOCH);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self.with(|client| {
+            Ok(client.query(
+                &format!(
+                    "SELECT point::text FROM (SELECT point, at FROM {s}.history WHERE model = $1 AND at >= $2 \
+                     ORDER BY at DESC LIMIT $3) newest ORDER BY at"
+                ),
+                &[&name, &since, &limit],
+            )?)
+        })?;
+        Ok(rows.iter().filter_map(|row| serde_json::from_str(row.get::<_, &str>(0)).ok()).collect())
+    }
+
     /// Model `name`'s row of the analyst's snapshot `table`, and which analyst wrote it when.
     pub(super) fn snapshot(
         &self,

@@ -6,6 +6,7 @@
 //! come from: the live join (`join`) and the offline report over log files
 //! (`offline`) drive the same code, so they give the same figures.
 
+pub mod history;
 mod observation;
 pub mod offline;
 pub mod policy;
@@ -36,11 +37,22 @@ pub struct CompareSettings {
     pub min_labelled_pairs: u64,
     /// Regression: two predictions agree when they differ by at most this share of the larger.
     pub agreement_tolerance: f64,
+    /// A point of the comparison's history (`history`) at most this often, while labels join.
+    pub history_interval_s: u64,
+    /// Points kept per model (10,080: a week at one a minute).
+    pub history_points: usize,
 }
 
 impl Default for CompareSettings {
     fn default() -> Self {
-        Self { alpha: 0.05, power: 0.8, min_labelled_pairs: 30, agreement_tolerance: 0.05 }
+        Self {
+            alpha: 0.05,
+            power: 0.8,
+            min_labelled_pairs: 30,
+            agreement_tolerance: 0.05,
+            history_interval_s: 60,
+            history_points: 10_080,
+        }
     }
 }
 

@@ -76,6 +76,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .routes(routes!(admin::reports::comparison))
         .routes(routes!(admin::reports::drift))
         .routes(routes!(admin::reports::audit))
+        .routes(routes!(admin::reports::history))
         .routes(routes!(admin::cluster::show))
         .route_layer(scope(Scope::Read));
     let admin_change = OpenApiRouter::new()

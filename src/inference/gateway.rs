@@ -120,6 +120,10 @@ impl Gateway {
         {
             listeners.push(Box::new(policy));
         }
+        // One node keeps the comparison's history in files; a cluster's analyst, in the store.
+        if cluster.is_none() {
+            listeners.push(Box::new(crate::history::HistoryFiles::new(&config.state_dir, &config.comparison)));
+        }
         let models =
             registry.models().map(|m| (m.name().to_owned(), m.deployment().champion().manifest().task.clone()));
         let durability = Durability { sink: records, checkpoint_dir, log_dir: config.outcomes.dir.clone() };

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 
 use crate::compare::Report;
+use crate::compare::history::History;
 use crate::drift::DriftReport;
 use crate::error::{Error, ErrorKind};
 use crate::http::openapi::{BadRequest, Denied, ModelPath, NotFound, Unavailable};
@@ -118,4 +119,64 @@ pub async fn audit(
         .map_err(|_| Error::new(ErrorKind::Internal, "reading the audit log panicked"))?
         .map_err(|error| Error::new(ErrorKind::Unavailable, format!("reading the audit log: {error}")))?;
     Ok(Json(AuditView { model: name, entries }))
+}
+
+/// Which points of the history `GET …/history` returns.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryQuery {
+    /// RFC 3339: points taken at or after this time (default: all that are kept).
+    pub since: Option<String>,
+    /// At most this many, the newest (default and most: 100,000).
+    pub limit: Option<usize>,
+}
+
+/// The comparison's history: a point every `comparison.history_interval_s` while labels join,
+/// oldest first, kept in the state directory (one node) or the cluster's store.
+#[utoipa::path(get, path = "/admin/models/{name}/history", tag = "admin", security(("bearer" = ["read"])), params(ModelPath, HistoryQuery),
+    responses((status = 200, body = History), BadRequest, NotFound, Denied, Unavailable))]
+pub async fn history(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<History>, Error> {
+    served(&gateway, &name)?;
+    // Read by hand so that a bad value is a 400 in the API's error shape.
+    let (mut since, mut limit) = (None, 100_000);
+    // The url crate (through reqwest) decodes the pairs: a time's `%3A` as a browser sends it.
+    let parsed = reqwest::Url::parse(&format!("http://gateway/?{}", query.as_deref().unwrap_or("")))
+        .map_err(|e| Error::invalid_input(format!("the query string does not parse: {e}")))?;
+    for (key, value) in parsed.query_pairs() {
+        match key.as_ref() {
+            "since" => {
+                since = Some(humantime::parse_rfc3339_weak(&value).map_err(|_| {
+                    Error::invalid_input(format!(
+                        "since must be an RFC 3339 time such as 2026-12-01T00:00:00Z, not '{value}'"
+                    ))
+                })?);
+            }
+            "limit" => {
+                limit = value.parse::<usize>().map_err(|_| {
+                    Error::invalid_input(format!("limit must be a whole number of points, not '{value}'"))
+                })?;
+            }
+            other => {
+                return Err(Error::invalid_input(format!(
+                    "unknown query parameter '{other}'; this takes since and limit"
+                )));
+            }
+        }
+    }
+    let limit = limit.min(100_000);
+    let interval_s = gateway.config().comparison.history_interval_s;
+    let model = name.clone();
+    // A file or a database: off the async workers.
+    let points = tokio::task::spawn_blocking(move || match gateway.cluster() {
+        Some(cluster) => cluster.history(&model, since, limit).map_err(|e| e.to_string()),
+        None => crate::history::read(&gateway.config().state_dir, &model, since, limit).map_err(|e| e.to_string()),
+    })
+    .await
+    .map_err(|_| Error::new(ErrorKind::Internal, "reading the history panicked"))?
+    .map_err(|error| Error::new(ErrorKind::Unavailable, format!("reading the history: {error}")))?;
+    Ok(Json(History { model: name, interval_s, points }))
 }
