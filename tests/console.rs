@@ -83,7 +83,8 @@ async fn the_console_in_a_real_browser() {
     let models = tempfile::tempdir().unwrap();
     repository(models.path());
     let dir = format!("models_dir={}", models.path().display());
-    let mut open = TestServer::start(&[&dir]).await;
+    // A history point a second, so the page has a history written before it opened to draw.
+    let mut open = TestServer::start(&[&dir, "comparison.history_interval_s=1"]).await;
     let mut guarded = TestServer::start(&[&dir, &format!("admin_token={TOKEN}")]).await;
     // A challenger better overall and worse for one region: what the slices view is for.
     let sliced_overrides = [
@@ -103,6 +104,18 @@ async fn the_console_in_a_real_browser() {
     // More rows than the holdout has (it cycles), so that drift has a judged window to show.
     feed(&open, "breast-cancer", 300).await;
     feed(&open, "diabetes", 111).await;
+    // At least two history points before the page opens: more labelled traffic until there are.
+    common::eventually("two history points", Duration::from_secs(60), || async {
+        let history: serde_json::Value =
+            reqwest::get(open.url("/admin/models/breast-cancer/history")).await.ok()?.json().await.ok()?;
+        if history["points"].as_array()?.len() >= 2 {
+            return Some(());
+        }
+        feed(&open, "breast-cancer", 20).await;
+        None
+    })
+    .await;
+
     // Every label joined before the browser looks, so the page and the API show the same figures.
     common::eventually("the labels join", Duration::from_secs(60), || async {
         let report: serde_json::Value =

@@ -91,9 +91,19 @@ async function shoot(page, selector, path) {
     assert.ok((await row.locator("[data-field=improvement]").innerText()).startsWith(pair.improvement.toFixed(4)));
     assert.ok((await row.locator("[data-field=agreement]").innerText()).startsWith(pair.agreement.toFixed(4)));
     assert.equal(await row.locator("[data-field=verdict]").innerText().then((t) => t.split(" (")[0]), pair.verdict.replaceAll("_", " "));
-    assert.ok((await row.locator("[data-field=p_value]").innerText()).includes(pair.p_value.toFixed(4)));
+    // As the page writes a number: four places, or one significant digit below 1e-4.
+    const shown = pair.p_value !== 0 && Math.abs(pair.p_value) < 1e-4 ? pair.p_value.toExponential(1) : pair.p_value.toFixed(4);
+    assert.ok((await row.locator("[data-field=p_value]").innerText()).includes(shown));
   }
   figures.pairs_checked = comparison.pairs.length;
+
+  // The lines start from the history the server kept before the page opened: every point of it
+  // is drawn at the first render, with where the figures stand now after them.
+  const history = (await api(url, "/admin/models/breast-cancer/history")).body;
+  assert.ok(history.points.length >= 2, `the test wrote a history first: ${history.points.length}`);
+  const drawn = await page.locator("figure svg[data-points]").first().getAttribute("data-points");
+  assert.ok(Number(drawn) >= history.points.length + 1, `${drawn} points drawn, ${history.points.length} in the history`);
+  figures.history_points_drawn = Number(drawn);
 
   // The pictures: each version's metric, the improvement with its interval, coverage, latency
   // distributions, and drift against its thresholds.

@@ -4,14 +4,14 @@
 "use strict";
 
 const REFRESH_MS = 2000;
-const HISTORY = 300; // points kept per series, since the page opened
+const HISTORY = 20000; // points kept per series: the server's history, a week a minute by default
 const COLORS = ["#2457c5", "#c2410c", "#15803d", "#7e22ce", "#0e7490", "#a16207"];
 
 const state = {
   token: sessionStorage.getItem("gauntlet-token") || "",
   models: [],
   selected: null,
-  series: {}, // model -> { t: [], lines: { key: [values] } }
+  series: {}, // model -> { t: [], lines: { key: [values] }, last: "at" of the newest history point }
   search: {}, // model -> { filter, answer }: the repository's versions, searched on demand
   busy: false,
 };
@@ -75,25 +75,48 @@ function message(answer) {
   return (answer.data && answer.data.error) || `HTTP ${answer.status}`;
 }
 
-// ---- history kept while the page is open ----
+// ---- the comparison's history, from the server, and where it stands now ----
 
-function remember(model, comparison, stamp) {
-  const series = state.series[model] || (state.series[model] = { t: [], lines: {} });
-  series.t.push(stamp);
+/// The history points taken since the newest one the page has (all of them when it opens).
+async function readHistory(model) {
+  const series = state.series[model] || (state.series[model] = { t: [], lines: {}, last: null });
+  const since = series.last ? `?since=${encodeURIComponent(series.last)}` : "";
+  const answer = await api("GET", `/admin/models/${encodeURIComponent(model)}/history${since}`);
+  if (!answer.ok) return;
+  for (const point of answer.data.points) {
+    if (series.last && point.at <= series.last) continue;
+    remember(series, point);
+    series.last = point.at;
+  }
+}
+
+/// A point as the history has it, from the live comparison: where the lines end now.
+function pointOf(comparison) {
+  return { at: new Date().toISOString(), pairs: comparison.pairs };
+}
+
+/// Adds one point (history-shaped: per pair, both metrics, improvement and interval, coverage).
+function remember(series, point) {
+  series.t.push(Date.parse(point.at));
   const put = (key, value) => {
     const line = series.lines[key] || (series.lines[key] = []);
     while (line.length < series.t.length - 1) line.push(null);
     line.push(value === undefined ? null : value);
   };
-  const metric = comparison.task === "classification" ? "accuracy" : "mae";
-  for (const m of comparison.models) {
-    put(`metric ${m.version}`, m[metric]);
-    // Accuracy's 95% Wilson interval over the version's labelled rows (the report gives MAE none).
-    const [low, high] = metric === "accuracy" ? wilson(m.accuracy, m.labelled_rows) : [null, null];
-    put(`mlow ${m.version}`, low);
-    put(`mhigh ${m.version}`, high);
+  // Each version's metric on its pairs' labelled rows: the champion's from its first pair.
+  const seen = new Set();
+  for (const p of point.pairs) {
+    for (const [version, value] of [[p.champion, p.champion_metric], [p.challenger, p.challenger_metric]]) {
+      if (seen.has(version)) continue;
+      seen.add(version);
+      put(`metric ${version}`, value);
+      // Accuracy's 95% Wilson interval over the labelled pairs (MAE has none here).
+      const [low, high] = series.accuracy ? wilson(value, p.labelled_pairs) : [null, null];
+      put(`mlow ${version}`, low);
+      put(`mhigh ${version}`, high);
+    }
   }
-  for (const p of comparison.pairs) {
+  for (const p of point.pairs) {
     const key = `${p.champion}→${p.challenger}`;
     put(`improvement ${key}`, p.improvement);
     put(`low ${key}`, p.improvement_ci ? p.improvement_ci[0] : null);
@@ -133,7 +156,8 @@ function lineChart(title, lines, { bands = [], yLabel = "", rule = null } = {}) 
   const y = (v) => top + (1 - (v - lo) / (hi - lo)) * (height - top - bottom);
   chart.append(svg("line", { x1: left, x2: width - right, y1: height - bottom, y2: height - bottom, stroke: "#d8dde6" }));
   for (const v of [lo, (lo + hi) / 2, hi]) chart.append(svg("text", { x: 2, y: y(v) + 4 }, fmt(v, 3)));
-  chart.append(svg("text", { x: left, y: height - 6 }, `${yLabel} over the last ${n} refreshes`));
+  chart.setAttribute("data-points", String(n));
+  chart.append(svg("text", { x: left, y: height - 6 }, `${yLabel}: ${n} points, the history's and now`));
   if (rule !== null) {
     chart.append(svg("line", { x1: left, x2: width - right, y1: y(rule), y2: y(rule), stroke: "#888", "stroke-dasharray": "4 3" }));
   }
@@ -351,7 +375,11 @@ function slicesView(comparison, metric) {
 }
 
 function chartsView(name, comparison, drift) {
-  const series = state.series[name] || { t: [], lines: {} };
+  const kept = state.series[name] || { t: [], lines: {} };
+  // The history's lines, then where each stands now (not kept: the next history point will be).
+  const series = { t: [...kept.t], lines: Object.fromEntries(Object.entries(kept.lines).map(([k, v]) => [k, [...v]])),
+    accuracy: !comparison || comparison.task === "classification" };
+  if (comparison) remember(series, pointOf(comparison));
   const pick = (prefix) => Object.entries(series.lines).filter(([k]) => k.startsWith(prefix)).map(([k, v]) => ({ name: k.slice(prefix.length), values: v }));
   const metric = comparison && comparison.task === "regression" ? "MAE" : "accuracy";
   const improvements = pick("improvement ");
@@ -384,7 +412,7 @@ function chartsView(name, comparison, drift) {
     }
   }
   return el("section", { class: "wide", "aria-labelledby": "charts-title" }, el("h2", { id: "charts-title" }, "Pictures"),
-    el("p", { class: "muted" }, "Lines: as the figures stood at each refresh since this page opened."),
+    el("p", { class: "muted" }, "Lines: the comparison's history (a point every history_interval_s while labels join, kept by the server), then where it stands now."),
     el("div", { class: "charts" }, charts));
 }
 
@@ -458,7 +486,9 @@ async function refresh(now = false) {
     if (!model) return;
     const base = `/admin/models/${encodeURIComponent(model.name)}`;
     const [comparison, drift, audit] = await Promise.all([api("GET", `${base}/comparison`), api("GET", `${base}/drift`), api("GET", `${base}/audit?limit=50`)]);
-    if (comparison.ok) remember(model.name, comparison.data, Date.now());
+    if (comparison.ok && state.series[model.name] === undefined) state.series[model.name] = { t: [], lines: {}, last: null };
+    if (comparison.ok) state.series[model.name].accuracy = comparison.data.task === "classification";
+    await readHistory(model.name);
     const focused = document.activeElement && document.activeElement.id;
     const previousResult = document.getElementById("action-result");
     const main = document.getElementById("main");
