@@ -81,6 +81,7 @@ impl Analyst {
             drift,
             buffer: Vec::new(),
             history_at: None,
+            history_pending: BTreeSet::new(),
         };
         let thread = std::thread::Builder::new().name("gauntlet-analyst".into()).spawn(move || work.run())?;
         Ok(Self { closing, thread: Mutex::new(Some(thread)) })
@@ -105,8 +106,10 @@ struct Work {
     drift: DriftReports,
     /// The checkpoint's bytes, kept from one to the next.
     buffer: Vec<u8>,
-    /// When the history's last points were written (`history_interval_s` apart).
+    /// When the history's last points were written (`history_interval_s` apart), and the models
+    /// whose comparison changed since.
     history_at: Option<Instant>,
+    history_pending: BTreeSet<String>,
 }
 
 /// This replica's drift reports, by model, as JSON.
@@ -349,25 +352,27 @@ impl Work {
         changed: &mut BTreeSet<String>,
         replica: &str,
     ) -> Result<(), postgres::Error> {
-        let s = self.connector.schema();
-        let every = Duration::from_secs(self.settings.history_interval_s.max(1));
-        let history_due = self.history_at.is_none_or(|t| t.elapsed() >= every);
+        let s = self.connector.schema().to_owned();
         for model in std::mem::take(changed) {
             let Some(comparison) = offline.comparison(&model) else { continue };
-            let report = comparison.report();
-            if history_due {
-                let point = crate::compare::history::Point::of(&report, std::time::SystemTime::now());
-                crate::cluster::write_history(client, s, &model, &point, self.settings.history_points.max(1))?;
-            }
-            let Ok(report) = serde_json::to_value(report) else { continue };
-            write_snapshot(client, s, SnapshotTable::Reports, &model, &report, replica)?;
+            let Ok(report) = serde_json::to_value(comparison.report()) else { continue };
+            write_snapshot(client, &s, SnapshotTable::Reports, &model, &report, replica)?;
+            self.history_pending.insert(model);
         }
-        if history_due {
+        // The history: a point for each model that changed since the last points, when they are due
+        // (snapshots come more often than points, so a change is remembered until then).
+        let every = Duration::from_secs(self.settings.history_interval_s.max(1));
+        if !self.history_pending.is_empty() && self.history_at.is_none_or(|t| t.elapsed() >= every) {
+            for model in std::mem::take(&mut self.history_pending) {
+                let Some(comparison) = offline.comparison(&model) else { continue };
+                let point = crate::compare::history::Point::of(&comparison.report(), std::time::SystemTime::now());
+                crate::cluster::write_history(client, &s, &model, &point, self.settings.history_points.max(1))?;
+            }
             self.history_at = Some(Instant::now());
         }
         // The drift state the cluster alerts on is the analyst's: every replica shows it.
         for (model, report) in (self.drift)() {
-            write_snapshot(client, s, SnapshotTable::Drift, &model, &report, replica)?;
+            write_snapshot(client, &s, SnapshotTable::Drift, &model, &report, replica)?;
         }
         client.execute(&format!("UPDATE {s}.analyst SET heartbeat_at = now() WHERE id = $1"), &[&replica])?;
         Ok(())
