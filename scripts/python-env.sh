@@ -6,6 +6,7 @@
 #   scripts/python-env.sh moto     target/python-moto: tests/python/moto-requirements.txt (moto_server)
 #   scripts/python-env.sh mlflow   target/python-mlflow: models/requirements.txt + tests/python/mlflow-requirements.txt
 #                                  (mlflow server, models/mlflow_register.py)
+#   scripts/python-env.sh nannyml  target/python-nannyml: tests/python/nannyml-requirements.txt (CBPE's reference)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 case "${1:-}" in
@@ -13,7 +14,8 @@ case "${1:-}" in
   kserve) venv="$root/target/python-kserve"; requirements=("$root/tests/python/kserve-requirements.txt") ;;
   moto) venv="$root/target/python-moto"; requirements=("$root/tests/python/moto-requirements.txt") ;;
   mlflow) venv="$root/target/python-mlflow"; requirements=("$root/models/requirements.txt" "$root/tests/python/mlflow-requirements.txt") ;;
-  *) echo "usage: $0 [kserve|moto|mlflow]" >&2; exit 2 ;;
+  nannyml) venv="$root/target/python-nannyml"; requirements=("$root/tests/python/nannyml-requirements.txt") ;;
+  *) echo "usage: $0 [kserve|moto|mlflow|nannyml]" >&2; exit 2 ;;
 esac
 stamp="$venv/.requirements"
 # Tests running at once ask for the same environment: one makes it, the others wait for it.

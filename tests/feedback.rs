@@ -392,3 +392,127 @@ async fn the_comparisons_history_survives_a_restart() {
     assert_eq!(status, 400);
     assert!(refused["error"].as_str().unwrap().contains("RFC 3339"), "{refused}");
 }
+
+/// Each version's probabilities and labels on the holdout rows, asked of that version directly:
+/// NannyML's input.
+async fn scored_holdout(server: &TestServer, versions: &[&str]) -> Value {
+    let client = reqwest::Client::new();
+    let holdout = common::holdout("breast-cancer");
+    let truths = holdout.truth.clone().unwrap().1;
+    let mut out = serde_json::Map::new();
+    for version in versions {
+        let (mut p, mut pred) = (Vec::new(), Vec::new());
+        for row in &holdout.rows {
+            let url = server.url(&format!("/v2/models/breast-cancer/versions/{version}/infer"));
+            let answer: Value = client
+                .post(url)
+                .json(&common::infer_body(std::slice::from_ref(row)))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let outputs = answer["outputs"].as_array().unwrap();
+            let output = |name: &str| outputs.iter().find(|o| o["name"] == name).unwrap()["data"].clone();
+            p.push(output("probabilities")[1].clone());
+            pred.push(output("label")[0].clone());
+        }
+        out.insert(version.to_string(), json!({ "p": p, "pred": pred, "y": truths }));
+    }
+    Value::Object(out)
+}
+
+/// The label-free estimate (CBPE) against NannyML's on the same rows, and under a covariate shift.
+/// With the holdout's labels as the live labelled records, each version's estimate over every record
+/// equals NannyML's (fitted on the same rows as reference) when both make the same calibration
+/// choice; the choice itself is printed beside (NannyML draws its ten folds at random, the gateway
+/// hashes request ids: on 143 rows they can disagree). Replaying only rows whose mean radius is 13 to
+/// 17, where the classes overlap, the champion's realised accuracy drops, and its estimate drops too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_label_free_estimate_agrees_with_nannyml_and_follows_a_shift() {
+    let server = TestServer::start(&["shadow_cpu_budget=2.0"]).await;
+    let rows = holdout_rows("breast-cancer");
+    run(&replay_with_feedback(&server, "breast-cancer", rows)).await.unwrap();
+    let report = labelled(&server, "breast-cancer", rows).await;
+    let scored = scored_holdout(&server, &["1", "2", "3"]).await;
+    let python = common::python_env(Some("nannyml"));
+    let script = common::root().join("tests/python/cbpe_nannyml.py");
+    let ours: Value = serde_json::to_value(&report.models).unwrap();
+    let calibrated: serde_json::Map<String, Value> = ours
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["version"].as_str().unwrap().to_owned(),
+                json!(m["estimate_calibration"].as_str().unwrap().starts_with("isotonic")),
+            )
+        })
+        .collect();
+    let nannyml = |force: Option<&serde_json::Map<String, Value>>| {
+        let mut command = std::process::Command::new(&python);
+        command.arg(&script);
+        if let Some(force) = force {
+            command.arg(serde_json::to_string(force).unwrap());
+        }
+        let mut child =
+            command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        serde_json::to_writer(child.stdin.take().unwrap(), &scored).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()
+    };
+    let (as_is, same_choice) = (nannyml(None), nannyml(Some(&calibrated)));
+    for model in &report.models {
+        let v = model.version.as_str();
+        let estimate = model.estimated_accuracy.expect("an estimate");
+        let theirs = same_choice[v]["estimated_accuracy"].as_f64().unwrap();
+        eprintln!(
+            "version {v}: gateway {estimate:.6} ({}); NannyML with the same choice {theirs:.6}; NannyML as is {:.6} \
+             (calibrated: {}); realised {:.6}",
+            model.estimate_calibration.as_deref().unwrap(),
+            as_is[v]["estimated_accuracy"].as_f64().unwrap(),
+            as_is[v]["calibrated"],
+            model.accuracy.unwrap()
+        );
+        assert!((estimate - theirs).abs() < 1e-3, "version {v}: {estimate} against NannyML's {theirs}");
+        let labelled = model.estimated_accuracy_labelled.unwrap();
+        assert!((labelled - estimate).abs() < 1e-12, "every record is labelled here: {labelled} {estimate}");
+    }
+
+    // Under a covariate shift (rows of mean radius 13 to 17 only), on a gateway of its own.
+    let shifted = TestServer::start(&["shadow_cpu_budget=2.0"]).await;
+    let holdout = common::holdout("breast-cancer");
+    let truths = holdout.truth.clone().unwrap().1;
+    let client = reqwest::Client::new();
+    let mut labels = Vec::new();
+    for (i, row) in holdout.rows.iter().enumerate().filter(|(_, r)| (13.0..=17.0).contains(&r[0])) {
+        let id = format!("shift-{i}");
+        let url = shifted.url("/v2/models/breast-cancer/infer");
+        let answer = client
+            .post(url)
+            .header("x-request-id", &id)
+            .json(&common::infer_body(std::slice::from_ref(row)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+        labels.push(json!({ "id": id, "truth": truths[i] }));
+    }
+    let n = labels.len() as u64;
+    let (status, _) = post(&shifted, "breast-cancer", json!({ "feedback": labels })).await;
+    assert_eq!(status, 200);
+    let after = labelled(&shifted, "breast-cancer", n).await;
+    let champion = |r: &Report| r.models.iter().find(|m| m.version == "1").cloned().unwrap();
+    let (full, shift) = (champion(&report), champion(&after));
+    eprintln!(
+        "champion under the shift ({n} rows): realised {:.4} -> {:.4}, estimated {:.4} -> {:.4}",
+        full.accuracy.unwrap(),
+        shift.accuracy.unwrap(),
+        full.estimated_accuracy.unwrap(),
+        shift.estimated_accuracy.unwrap()
+    );
+    assert!(shift.accuracy.unwrap() < full.accuracy.unwrap());
+    assert!(shift.estimated_accuracy.unwrap() < full.estimated_accuracy.unwrap());
+}

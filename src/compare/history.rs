@@ -1,6 +1,6 @@
 //! The comparison's history: a point per model every `history_interval_s`, each the figures a data
 //! scientist looks back on (per pair: labelled pairs, both metrics, the improvement and its
-//! interval, the sequential p, coverage, the verdict, the worse slices). Pure: the one node's files
+//! interval, the sequential p, coverage, the verdict, the worse slices, both estimated accuracies). Pure: the one node's files
 //! (`crate::history`) and the cluster's table keep the points.
 
 use serde::{Deserialize, Serialize};
@@ -33,11 +33,18 @@ pub struct PointPair {
     pub verdict: Verdict,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub worse_slices: Vec<String>,
+    /// Label-free (CBPE): each version's estimated accuracy, where the task has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_estimated: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenger_estimated: Option<f64>,
 }
 
 impl Point {
     /// The figures of `report`, taken at `at`.
     pub fn of(report: &Report, at: std::time::SystemTime) -> Self {
+        let estimated =
+            |version: &str| report.models.iter().find(|m| m.version == version).and_then(|m| m.estimated_accuracy);
         Self {
             at: humantime::format_rfc3339_millis(at).to_string(),
             records: report.records,
@@ -57,6 +64,8 @@ impl Point {
                     coverage: p.coverage,
                     verdict: p.verdict,
                     worse_slices: p.worse_slices.clone(),
+                    champion_estimated: estimated(&p.champion),
+                    challenger_estimated: estimated(&p.challenger),
                 })
                 .collect(),
         }

@@ -6,6 +6,7 @@
 //! come from: the live join (`join`) and the offline report over log files
 //! (`offline`) drive the same code, so they give the same figures.
 
+mod estimate;
 pub mod history;
 mod observation;
 pub mod offline;
@@ -95,6 +96,9 @@ struct ModelStats {
     probability_rows: u64,
     log_loss: f64,
     brier: f64,
+    /// Binary classifiers with probabilities: what the label-free estimate needs (`estimate`).
+    #[serde(default)]
+    confidence: Option<Box<estimate::Confidence>>,
 }
 
 #[derive(Default, Deserialize, Serialize)]
@@ -258,6 +262,7 @@ impl ModelStats {
             probability_rows: 0,
             log_loss: 0.0,
             brier: 0.0,
+            confidence: None,
         }
     }
 }
@@ -307,10 +312,14 @@ impl Comparison {
                 let _ = stats.latency_us.record(((ms * 1e3).round() as u64).max(1));
             }
             for prediction in &result.predictions {
-                if let Prediction::Class { label, .. } = prediction
+                if let Prediction::Class { label, probabilities } = prediction
                     && let Some(i) = class_index(*label)
                 {
                     stats.class_counts[i] += 1;
+                    // Binary with probabilities: the label-free estimate's row.
+                    if let (2, Some(p)) = (classes.len(), probabilities) {
+                        stats.confidence.get_or_insert_default().push(i == 1, p[1]);
+                    }
                 }
             }
         }
@@ -387,6 +396,12 @@ impl Comparison {
                             stats.probability_rows += 1;
                             stats.log_loss -= p[k].clamp(1e-15, 1.0).ln();
                             stats.brier += brier(p, k);
+                            if classes.len() == 2
+                                && let Some(confidence) = &mut stats.confidence
+                            {
+                                let positive = classes.get(1).is_some_and(|c| *c == *label);
+                                confidence.push_labelled(positive, p[1], k == 1, &observation.request_id);
+                            }
                         }
                     }
                     Prediction::Value(v) => {

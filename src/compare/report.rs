@@ -75,6 +75,19 @@ pub struct ModelReport {
     pub log_loss: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub brier: Option<f64>,
+    /// Label-free (CBPE, binary classifiers with probabilities): the accuracy estimated from the
+    /// version's own probabilities on every record, labelled or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_accuracy: Option<f64>,
+    /// The same estimate over the labelled records only, and minus their realised accuracy: how
+    /// far off the estimate is where it can be checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_accuracy_labelled: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate_error: Option<f64>,
+    /// The calibration the estimate used, or why none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate_calibration: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -370,6 +383,7 @@ fn histogram(latency_us: &hdrhistogram::Histogram<u64>) -> Vec<[f64; 2]> {
 }
 
 fn model_report(version: &str, stats: &ModelStats) -> ModelReport {
+    let estimate = stats.confidence.as_ref().and_then(|c| c.estimate());
     let rows = stats.labelled_rows as f64;
     let per_row = |sum: f64, n: u64| (n > 0).then(|| sum / n as f64);
     let latency = |q: f64| (!stats.latency_us.is_empty()).then(|| stats.latency_us.value_at_quantile(q) as f64 / 1e3);
@@ -397,6 +411,10 @@ fn model_report(version: &str, stats: &ModelStats) -> ModelReport {
         rmse: if classification { None } else { (rows > 0.0).then(|| (stats.squared_error / rows).sqrt()) },
         log_loss: per_row(stats.log_loss, stats.probability_rows),
         brier: per_row(stats.brier, stats.probability_rows),
+        estimated_accuracy: estimate.as_ref().map(|e| e.accuracy),
+        estimated_accuracy_labelled: estimate.as_ref().and_then(|e| e.labelled),
+        estimate_error: estimate.as_ref().and_then(|e| e.error),
+        estimate_calibration: estimate.map(|e| format!("{} ({} rows)", e.calibration, e.rows)),
     }
 }
 
@@ -455,6 +473,18 @@ impl Report {
                 opt(m.latency_p99_ms, 3),
                 m.labelled_rows,
                 metrics
+            );
+        }
+        for m in self.models.iter().filter(|m| m.estimated_accuracy.is_some()) {
+            let _ = writeln!(
+                out,
+                "version {} label-free (CBPE): estimated accuracy {} over every record; on the labelled ones {} (realised {}, error {}); calibration: {}",
+                m.version,
+                opt(m.estimated_accuracy, 4),
+                opt(m.estimated_accuracy_labelled, 4),
+                opt(m.accuracy, 4),
+                opt(m.estimate_error, 4),
+                m.estimate_calibration.as_deref().unwrap_or("-")
             );
         }
         if !self.pairs.is_empty() && !self.correction.is_empty() {

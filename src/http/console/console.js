@@ -92,7 +92,9 @@ async function readHistory(model) {
 
 /// A point as the history has it, from the live comparison: where the lines end now.
 function pointOf(comparison) {
-  return { at: new Date().toISOString(), pairs: comparison.pairs };
+  const estimated = (v) => (comparison.models.find((m) => m.version === v) || {}).estimated_accuracy;
+  const pairs = comparison.pairs.map((p) => ({ ...p, champion_estimated: estimated(p.champion), challenger_estimated: estimated(p.challenger) }));
+  return { at: new Date().toISOString(), pairs };
 }
 
 /// Adds one point (history-shaped: per pair, both metrics, improvement and interval, coverage).
@@ -106,10 +108,11 @@ function remember(series, point) {
   // Each version's metric on its pairs' labelled rows: the champion's from its first pair.
   const seen = new Set();
   for (const p of point.pairs) {
-    for (const [version, value] of [[p.champion, p.champion_metric], [p.challenger, p.challenger_metric]]) {
+    for (const [version, value, estimated] of [[p.champion, p.champion_metric, p.champion_estimated], [p.challenger, p.challenger_metric, p.challenger_estimated]]) {
       if (seen.has(version)) continue;
       seen.add(version);
       put(`metric ${version}`, value);
+      if (estimated !== undefined && estimated !== null) put(`estimated ${version}`, estimated);
       // Accuracy's 95% Wilson interval over the labelled pairs (MAE has none here).
       const [low, high] = series.accuracy ? wilson(value, p.labelled_pairs) : [null, null];
       put(`mlow ${version}`, low);
@@ -321,7 +324,9 @@ function comparisonView(comparison) {
   if (!comparison) return el("section", {}, el("h2", {}, "Comparison"), el("p", { class: "muted" }, "No comparison yet."));
   const metric = comparison.task === "classification" ? "accuracy" : "mae";
   const versions = comparison.models.map((m) =>
-    el("tr", {}, el("td", {}, m.version), el("td", {}, m.records), el("td", {}, m.labelled_rows), el("td", {}, fmt(m[metric])),
+    el("tr", { "data-version": m.version }, el("td", {}, m.version), el("td", {}, m.records), el("td", {}, m.labelled_rows), el("td", {}, fmt(m[metric])),
+      el("td", { "data-field": "estimated", title: m.estimate_calibration || "" },
+        m.estimated_accuracy === undefined ? "–" : `${fmt(m.estimated_accuracy)} (labelled: ${fmt(m.estimated_accuracy_labelled)}, error ${fmt(m.estimate_error)})`),
       el("td", {}, fmt(m.latency_p50_ms, 3)), el("td", {}, fmt(m.latency_p99_ms, 3)),
       el("td", {}, `${m.errors + m.panics + m.timeouts} / ${m.shed}`)));
   const pairs = comparison.pairs.map((p) =>
@@ -342,7 +347,7 @@ function comparisonView(comparison) {
     el("h2", { id: "comparison-title" }, `Comparison: ${comparison.records} paired records, ${comparison.labelled_records} labelled`),
     el("p", { class: "muted" }, `alpha ${comparison.alpha}: ${comparison.correction || ""}`),
     el("div", { class: "scroll" }, el("table", { id: "versions" },
-      el("thead", {}, el("tr", {}, ["version", "records", "labelled", metric, "p50 ms", "p99 ms", "failed / shed"].map((h) => el("th", { scope: "col" }, h)))),
+      el("thead", {}, el("tr", {}, ["version", "records", "labelled", metric, "estimated without labels (CBPE)", "p50 ms", "p99 ms", "failed / shed"].map((h) => el("th", { scope: "col" }, h)))),
       el("tbody", {}, versions))),
     el("div", { class: "scroll" }, el("table", { id: "pairs" },
       el("thead", {}, el("tr", {}, ["pair", "labelled", metric, "improvement [95% CI]", "agreement", "divergence", "paired test p", "sequential p", "verdict", "coverage"].map((h) => el("th", { scope: "col" }, h)))),
@@ -390,6 +395,7 @@ function chartsView(name, comparison, drift) {
     lineChart(`${metric} of each version${metric === "accuracy" ? ", with its 95% interval" : ""}`, metrics, { bands: metricBands, yLabel: metric }),
     lineChart("challenger's improvement, with its 95% interval", improvements, { bands, yLabel: "improvement", rule: 0 }),
     lineChart("coverage of each pair", pick("coverage "), { yLabel: "coverage" }),
+    ...(pick("estimated ").length ? [lineChart("accuracy estimated without labels (CBPE), each version", pick("estimated "), { yLabel: "estimated accuracy" })] : []),
   ];
   if (comparison) {
     for (const m of comparison.models) {
