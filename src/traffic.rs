@@ -11,15 +11,24 @@ use std::collections::HashSet;
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use crate::repository::VersionId;
+use crate::model::Tensor;
+use crate::repository::profile::Distribution;
+use crate::repository::{Manifest, VersionId};
 
-/// `[models.<name>.slices]`: the segments the comparison is broken down by.
+/// `[models.<name>.slices]`: the segments the comparison is broken down by: a request header's
+/// value, or the bin of one input feature.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SliceSettings {
     /// A request header (REST) or metadata entry (gRPC) whose value names the slice, such as
     /// `x-region`; a request without it falls in the slice `(no <header>)`.
     pub header: Option<String>,
+    /// Or an input feature, by its name in the manifest's training profile (`mean radius`): the
+    /// slice is the bin its value (the request's first row's) falls in.
+    pub feature: Option<String>,
+    /// The feature's bin edges, ascending; unset: `bins` quantile bins of its training profile.
+    pub edges: Vec<f64>,
+    pub bins: usize,
     /// Distinct slices at most, per model and replica; the values beyond them fall in `other`,
     /// counted (`gauntlet_slices_overflow_total`).
     pub max_slices: usize,
@@ -27,7 +36,7 @@ pub struct SliceSettings {
 
 impl Default for SliceSettings {
     fn default() -> Self {
-        Self { header: None, max_slices: 20 }
+        Self { header: None, feature: None, edges: Vec::new(), bins: 4, max_slices: 20 }
     }
 }
 
@@ -36,42 +45,68 @@ pub const MAX_SLICE_BYTES: usize = 64;
 /// Where the values beyond `max_slices` go.
 pub const OTHER_SLICE: &str = "other";
 
-/// One model's slicer: the slice key of a request, from its header, out of a bounded set.
+/// One model's slicer: the slice key of a shadowed request, out of a bounded set.
 #[derive(Debug)]
 pub struct Slicer {
-    header: String,
-    /// `(no <header>)`: computed once.
-    absent: String,
+    source: Source,
     max: usize,
     seen: RwLock<HashSet<String>>,
 }
 
+#[derive(Debug)]
+enum Source {
+    /// The header's name, and `(no <header>)`, computed once.
+    Header { name: String, absent: String },
+    /// Where the feature is in the inputs (tensor, column), its bin edges and each bin's name.
+    Feature { tensor: usize, column: usize, edges: Vec<f64>, names: Vec<String> },
+}
+
 impl Slicer {
-    /// `None` when the settings name no source of slices.
-    pub fn new(settings: &SliceSettings) -> Option<Self> {
-        let header = settings.header.as_ref()?.to_ascii_lowercase();
-        Some(Self {
-            absent: format!("(no {header})"),
-            header,
-            max: settings.max_slices.max(1),
-            seen: RwLock::default(),
-        })
+    /// `Ok(None)` when the settings name no source of slices; an error says what does not fit the
+    /// model (`manifest`: the champion's, whose training profile names the features).
+    pub fn new(settings: &SliceSettings, manifest: &Manifest) -> Result<Option<Self>, String> {
+        let max = settings.max_slices.max(1);
+        let source = match (&settings.header, &settings.feature) {
+            (None, None) => return Ok(None),
+            (Some(_), Some(_)) => return Err("set header or feature, not both".into()),
+            (Some(header), None) => {
+                let name = header.to_ascii_lowercase();
+                Source::Header { absent: format!("(no {name})"), name }
+            }
+            (None, Some(feature)) => feature_source(feature, settings, manifest)?,
+        };
+        Ok(Some(Self { source, max, seen: RwLock::default() }))
     }
 
-    /// The header (or metadata entry) it reads.
-    pub fn header(&self) -> &str {
-        &self.header
-    }
-
-    /// The slice of a request whose header is `value`: its value (cut to `MAX_SLICE_BYTES`),
-    /// `(no <header>)` without one, or `other` once `max_slices` distinct values were seen.
-    pub fn key(&self, value: Option<&str>) -> String {
-        let Some(value) = value else { return self.absent.clone() };
-        let mut end = value.len().min(MAX_SLICE_BYTES);
-        while !value.is_char_boundary(end) {
-            end -= 1;
+    /// The header (or metadata entry) it reads, if it reads one.
+    pub fn header(&self) -> Option<&str> {
+        match &self.source {
+            Source::Header { name, .. } => Some(name),
+            Source::Feature { .. } => None,
         }
-        let value = &value[..end];
+    }
+
+    /// The slice of a request: its header's value (cut to `MAX_SLICE_BYTES`) or `(no <header>)`,
+    /// bounded to `max_slices` distinct values (then `other`); or its feature's bin (the first
+    /// row's value; a bounded set already).
+    pub fn key(&self, header: Option<&str>, inputs: &[Tensor]) -> String {
+        let value = match &self.source {
+            Source::Header { absent, .. } => {
+                let Some(value) = header else { return absent.clone() };
+                let mut end = value.len().min(MAX_SLICE_BYTES);
+                while !value.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &value[..end]
+            }
+            Source::Feature { tensor, column, edges, names } => {
+                return match inputs.get(*tensor).and_then(|t| t.data().get_f64(*column)) {
+                    // Bin i holds the values with exactly i edges at or below them, as the profile's.
+                    Some(v) if v.is_finite() => names[edges.partition_point(|e| *e <= v)].clone(),
+                    _ => "(no value)".to_owned(),
+                };
+            }
+        };
         if self.seen.read().contains(value) {
             return value.to_owned();
         }
@@ -83,6 +118,48 @@ impl Slicer {
         crate::metrics::slice_overflowed();
         OTHER_SLICE.to_owned()
     }
+}
+
+/// Where `feature` is in the inputs, from the manifest's profile, and its bins: `edges`, or `bins`
+/// quantile bins of its training values.
+fn feature_source(feature: &str, settings: &SliceSettings, manifest: &Manifest) -> Result<Source, String> {
+    let profile =
+        manifest.profile.as_ref().ok_or("the champion's manifest has no training profile to find features in")?;
+    let series = profile.features.iter().find(|s| s.name == feature).ok_or_else(|| {
+        let names: Vec<&str> = profile.features.iter().map(|s| s.name.as_str()).collect();
+        format!("no feature '{feature}' in the training profile; its features: {names:?}")
+    })?;
+    let tensor = manifest
+        .inputs
+        .iter()
+        .position(|i| i.name == series.tensor)
+        .ok_or("the profile names an input the model does not have")?;
+    let column = series.column.unwrap_or(0);
+    let edges = if settings.edges.is_empty() {
+        let Distribution::Numeric { quantiles, .. } = &series.distribution else {
+            return Err(format!("'{feature}' is categorical in the profile: give edges"));
+        };
+        let bins = settings.bins.clamp(2, 20);
+        let mut edges: Vec<f64> = (1..bins).map(|k| quantiles[(k * (quantiles.len() - 1)) / bins]).collect();
+        edges.dedup();
+        edges
+    } else {
+        if settings.edges.windows(2).any(|w| w[0] >= w[1]) || settings.edges.iter().any(|e| !e.is_finite()) {
+            return Err("edges must be finite and ascending".into());
+        }
+        settings.edges.clone()
+    };
+    let number = |v: f64| {
+        let text = format!("{v:.4}");
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    };
+    let mut names = Vec::with_capacity(edges.len() + 1);
+    names.push(format!("{feature} < {}", number(edges[0])));
+    for w in edges.windows(2) {
+        names.push(format!("{} ≤ {feature} < {}", number(w[0]), number(w[1])));
+    }
+    names.push(format!("{feature} ≥ {}", number(edges[edges.len() - 1])));
+    Ok(Source::Feature { tensor, column, edges, names })
 }
 
 /// A deployment's traffic settings.
@@ -157,6 +234,53 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn manifest() -> Manifest {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/models/breast-cancer/1/manifest.json");
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_slicer_keeps_its_bound_and_names_the_absent_header() {
+        let settings = SliceSettings { header: Some("X-Region".into()), max_slices: 2, ..Default::default() };
+        let slicer = Slicer::new(&settings, &manifest()).unwrap().unwrap();
+        assert_eq!(slicer.header(), Some("x-region"));
+        let key = |value| slicer.key(value, &[]);
+        assert_eq!(key(Some("eu")), "eu");
+        assert_eq!(key(Some("us")), "us");
+        assert_eq!(key(Some("apac")), OTHER_SLICE);
+        assert_eq!(key(Some("eu")), "eu");
+        assert_eq!(key(None), "(no x-region)");
+        let long = "é".repeat(40);
+        assert_eq!(key(Some(&long)), OTHER_SLICE, "cut, then bounded like any other value");
+        assert!(Slicer::new(&SliceSettings::default(), &manifest()).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_feature_is_binned_by_its_edges_or_its_training_quantiles() {
+        let row = |radius: f64| {
+            let mut values = vec![0.0f32; 30];
+            values[0] = radius as f32;
+            vec![Tensor::new(vec![1, 30], crate::model::TensorData::Fp32(values)).unwrap()]
+        };
+        let edges =
+            SliceSettings { feature: Some("mean radius".into()), edges: vec![12.0, 15.5], ..Default::default() };
+        let slicer = Slicer::new(&edges, &manifest()).unwrap().unwrap();
+        assert_eq!(slicer.header(), None);
+        assert_eq!(slicer.key(None, &row(11.0)), "mean radius < 12");
+        assert_eq!(slicer.key(None, &row(12.0)), "12 ≤ mean radius < 15.5");
+        assert_eq!(slicer.key(None, &row(20.0)), "mean radius ≥ 15.5");
+        let quartiles = SliceSettings { feature: Some("mean radius".into()), ..Default::default() };
+        let slicer = Slicer::new(&quartiles, &manifest()).unwrap().unwrap();
+        assert!(slicer.key(None, &row(5.0)).starts_with("mean radius < "));
+        for bad in [
+            SliceSettings { feature: Some("radius".into()), ..Default::default() },
+            SliceSettings { feature: Some("mean radius".into()), edges: vec![2.0, 1.0], ..Default::default() },
+            SliceSettings { feature: Some("mean radius".into()), header: Some("x".into()), ..Default::default() },
+        ] {
+            assert!(Slicer::new(&bad, &manifest()).is_err(), "{bad:?}");
+        }
+    }
 
     fn plan(rate: f64, canary_share: Option<f64>) -> TrafficPlan {
         TrafficPlan {

@@ -349,6 +349,21 @@ async fn a_challenger_worse_on_one_region_is_flagged_and_its_promotion_held() {
     assert_eq!(held[0]["evidence"]["worse_slices"][0]["slice"], "apac");
     let model: Value = reqwest::get(server.url("/admin/models/breast-cancer")).await.unwrap().json().await.unwrap();
     assert_eq!(model["champion"], "2", "nothing promoted");
+
+    // The slices are in the log: `gauntlet report --log` gives the same ones, figure for figure.
+    let mut server = server;
+    server.stop().await.unwrap();
+    let files = reader::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
+    let mut offline = OfflineComparison::new(CompareSettings::default());
+    reader::each_line(&files, &mut |line| {
+        offline.line(line);
+    })
+    .unwrap();
+    let (comparisons, _) = offline.finish(files.len());
+    let offline = comparisons["breast-cancer"].report();
+    let offline_pair = offline.pairs.iter().find(|p| p.challenger == "1").unwrap();
+    assert_eq!(offline_pair.slices, pair.slices);
+    assert_eq!(offline_pair.worse_slices, ["apac"]);
 }
 
 /// One node's history: a point a second while labels join, kept in the state directory, read back
@@ -515,4 +530,34 @@ async fn the_label_free_estimate_agrees_with_nannyml_and_follows_a_shift() {
     );
     assert!(shift.accuracy.unwrap() < full.accuracy.unwrap());
     assert!(shift.estimated_accuracy.unwrap() < full.estimated_accuracy.unwrap());
+}
+
+/// Slices by a binned feature: `mean radius` cut at 13 and 17, the slice taken from each request's
+/// inputs; every labelled pair lands in one of the three, and the bins hold the rows they should.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slices_by_a_binned_feature_hold_the_rows_of_their_range() {
+    let overrides = [
+        "models.breast-cancer.slices.feature=mean radius",
+        "models.breast-cancer.slices.edges=[13.0, 17.0]",
+        "shadow_cpu_budget=2.0",
+    ];
+    let server = TestServer::start(&overrides).await;
+    let rows = holdout_rows("breast-cancer");
+    run(&replay_with_feedback(&server, "breast-cancer", rows)).await.unwrap();
+    let report = labelled(&server, "breast-cancer", rows).await;
+    let holdout = common::holdout("breast-cancer");
+    let expected = |low: f64, high: f64| holdout.rows.iter().filter(|r| r[0] >= low && r[0] < high).count() as u64;
+    for pair in &report.pairs {
+        let mut slices: Vec<(&str, u64)> = pair.slices.iter().map(|s| (s.slice.as_str(), s.labelled_pairs)).collect();
+        slices.sort();
+        assert_eq!(
+            slices,
+            [
+                ("13 ≤ mean radius < 17", expected(13.0, 17.0)),
+                ("mean radius < 13", expected(f64::NEG_INFINITY, 13.0)),
+                ("mean radius ≥ 17", expected(17.0, f64::INFINITY)),
+            ],
+            "{pair:?}"
+        );
+    }
 }

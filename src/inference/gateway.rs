@@ -137,11 +137,16 @@ impl Gateway {
                 .context("starting the shadow threads")?,
         );
         let access = Access::new(&config.auth, config.admin_token.as_ref()).context("reading [auth]")?;
-        let slicers = config
-            .models
-            .iter()
-            .filter_map(|(name, m)| Some((name.clone(), crate::traffic::Slicer::new(&m.slices)?)))
-            .collect();
+        let mut slicers = std::collections::HashMap::new();
+        for (name, settings) in &config.models {
+            let Some(model) = registry.model(name) else { continue };
+            let deployment = model.deployment();
+            if let Some(slicer) = crate::traffic::Slicer::new(&settings.slices, deployment.champion().manifest())
+                .map_err(|message| anyhow::anyhow!("models.{name}.slices: {message}"))?
+            {
+                slicers.insert(name.clone(), slicer);
+            }
+        }
         Ok(Self {
             access,
             slicers,

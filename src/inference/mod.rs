@@ -247,7 +247,10 @@ impl<'g> Inference<'g> {
             && !deployment.challengers().is_empty()
             && !self.gateway.shadow().shed_if_full(deployment, answering)
         {
-            let slice = self.gateway.slicer(answering.name()).map(|slicer| slicer.key(header(slicer.header())));
+            let slice = self
+                .gateway
+                .slicer(answering.name())
+                .map(|slicer| slicer.key(slicer.header().and_then(&header), &inputs));
             self.gateway.shadow().submit(ShadowRequest {
                 slice,
                 deployment: Arc::clone(deployment),
