@@ -49,6 +49,19 @@ async fn labelled(server: &TestServer, model: &str, rows: u64) -> Report {
     .await
 }
 
+/// What `gauntlet report --log` computes over the server's outcome log.
+fn offline_comparisons(
+    server: &TestServer,
+) -> (std::collections::BTreeMap<String, gauntlet::compare::Comparison>, gauntlet::compare::offline::ReadSummary) {
+    let files = reader::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
+    let mut offline = OfflineComparison::new(CompareSettings::default());
+    reader::each_line(&files, &mut |line| {
+        offline.line(line);
+    })
+    .unwrap();
+    offline.finish(files.len())
+}
+
 #[track_caller]
 fn close(actual: Option<f64>, expected: f64, tolerance: f64) {
     let actual = actual.expect("a figure");
@@ -96,13 +109,7 @@ async fn holdout_labels_reproduce_the_manifest_figures_live_and_offline() {
     }
     server.stop().await.unwrap();
 
-    let files = reader::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
-    let mut offline = OfflineComparison::new(CompareSettings::default());
-    reader::each_line(&files, &mut |line| {
-        offline.line(line);
-    })
-    .unwrap();
-    let (comparisons, summary) = offline.finish(files.len());
+    let (comparisons, summary) = offline_comparisons(&server);
     assert_eq!((summary.unmatched_feedback, summary.duplicate_feedback, summary.unreadable_lines), (0, 0, 0));
     for report in &live {
         let offline = comparisons[&report.model].report();
@@ -353,13 +360,7 @@ async fn a_challenger_worse_on_one_region_is_flagged_and_its_promotion_held() {
     // The slices are in the log: `gauntlet report --log` gives the same ones, figure for figure.
     let mut server = server;
     server.stop().await.unwrap();
-    let files = reader::expand(&[format!("{}/*.jsonl", server.outcomes.path().display())]).unwrap();
-    let mut offline = OfflineComparison::new(CompareSettings::default());
-    reader::each_line(&files, &mut |line| {
-        offline.line(line);
-    })
-    .unwrap();
-    let (comparisons, _) = offline.finish(files.len());
+    let (comparisons, _) = offline_comparisons(&server);
     let offline = comparisons["breast-cancer"].report();
     let offline_pair = offline.pairs.iter().find(|p| p.challenger == "1").unwrap();
     assert_eq!(offline_pair.slices, pair.slices);

@@ -364,6 +364,30 @@ fn adjusted(mut pairs: Vec<PairReport>, settings: &super::CompareSettings) -> Ve
     pairs
 }
 
+/// A figure to `digits` places, or "-".
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// "champion vs challenger, improvement (95% CI), test p = (adjusted)": how a pair and a slice print.
+fn paired(
+    metrics: [Option<f64>; 2],
+    improvement: Option<f64>,
+    ci: Option<[f64; 2]>,
+    test: &str,
+    p: [Option<f64>; 2],
+) -> String {
+    format!(
+        "{} vs {}, improvement {} (95% CI {}), {test} p = {} (adjusted {})",
+        opt(metrics[0], 4),
+        opt(metrics[1], 4),
+        opt(improvement, 4),
+        ci.map_or("-".into(), |[lo, hi]| format!("{lo:.4} .. {hi:.4}")),
+        p[0].map_or("-".into(), p_value),
+        p[1].map_or("-".into(), p_value),
+    )
+}
+
 fn p_value(p: f64) -> String {
     if p < 1e-4 { format!("{p:.1e}") } else { format!("{p:.4}") }
 }
@@ -422,7 +446,6 @@ impl Report {
     /// A table for people.
     pub fn to_table(&self) -> String {
         let mut out = String::new();
-        let opt = |v: Option<f64>, digits: usize| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"));
         let _ = writeln!(
             out,
             "{} ({}): {} paired records, {} with ground truth",
@@ -506,16 +529,16 @@ impl Report {
             );
             let _ = writeln!(
                 out,
-                "  {} labelled pairs: {} {} vs {}, improvement {} (95% CI {}), {} p = {} (adjusted {}), sequential p = {} (adjusted {})",
+                "  {} labelled pairs: {} {}, sequential p = {} (adjusted {})",
                 p.labelled_pairs,
                 p.metric,
-                opt(p.champion_metric, 4),
-                opt(p.challenger_metric, 4),
-                opt(p.improvement, 4),
-                p.improvement_ci.map_or("-".into(), |[lo, hi]| format!("{lo:.4} .. {hi:.4}")),
-                p.test,
-                p.p_value.map_or("-".into(), p_value),
-                p.adjusted_p_value.map_or("-".into(), p_value),
+                paired(
+                    [p.champion_metric, p.challenger_metric],
+                    p.improvement,
+                    p.improvement_ci,
+                    &p.test,
+                    [p.p_value, p.adjusted_p_value]
+                ),
                 p_value(p.sequential_p_value),
                 p_value(p.adjusted_sequential_p_value)
             );
@@ -526,16 +549,16 @@ impl Report {
             for s in &p.slices {
                 let _ = writeln!(
                     out,
-                    "  slice {:<16} {:>6} labelled: {} vs {}, improvement {} (95% CI {}), {} p = {} (adjusted {}): {}{}",
+                    "  slice {:<16} {:>6} labelled: {}: {}{}",
                     s.slice,
                     s.labelled_pairs,
-                    opt(s.champion_metric, 4),
-                    opt(s.challenger_metric, 4),
-                    opt(s.improvement, 4),
-                    s.improvement_ci.map_or("-".into(), |[lo, hi]| format!("{lo:.4} .. {hi:.4}")),
-                    s.test,
-                    s.p_value.map_or("-".into(), p_value),
-                    s.adjusted_p_value.map_or("-".into(), p_value),
+                    paired(
+                        [s.champion_metric, s.challenger_metric],
+                        s.improvement,
+                        s.improvement_ci,
+                        &s.test,
+                        [s.p_value, s.adjusted_p_value]
+                    ),
                     s.verdict,
                     if s.flagged { "  << WORSE HERE, better overall" } else { "" }
                 );
