@@ -14,8 +14,9 @@ use crate::repository::holdout::Holdout;
 /// One request body, serialised once, and its rows' truth when the data has it.
 pub(super) struct Body {
     pub(super) bytes: bytes::Bytes,
-    /// The same rows as a gRPC message (its byte fields are shared, not copied, per send).
-    pub(super) message: ModelInferRequest,
+    /// The same rows as a gRPC ModelInfer message, encoded once: a send writes these bytes as they
+    /// are (and the request id after them, with `--feedback`).
+    pub(super) message: bytes::Bytes,
     pub(super) truth: Option<Value>,
 }
 
@@ -73,7 +74,7 @@ pub(super) fn bodies(
                 let rows = &t[n * batch..(n + 1) * batch];
                 if batch == 1 { json!(rows[0]) } else { json!(rows) }
             });
-            let message = grpc_message(model, version, input, chunk);
+            let message = prost::Message::encode_to_vec(&grpc_message(model, version, input, chunk)).into();
             Body { bytes: bytes::Bytes::from(body.to_string()), message, truth }
         })
         .collect())

@@ -1,18 +1,70 @@
 //! `--protocol grpc`: ModelInfer over HTTP/2 connections of tonic's client.
+//!
+//! A call sends the request's bytes as they were encoded before the run (`RawCodec`), and reads the
+//! answer's frame without decoding it: the generator measures the server, not prost. Measured side
+//! by side against h2load: `benches/grpc.sh`.
 
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tonic::Status;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::data::InputSpec;
 use crate::grpc::GrpcInferenceServiceClient;
-use crate::grpc::pb::{ModelInferRequest, ModelMetadataRequest};
+use crate::grpc::pb::ModelMetadataRequest;
+
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+/// `ModelInferRequest.id`: field 3, length-delimited.
+const ID_TAG: u8 = (3 << 3) | 2;
+
+/// Writes bytes already encoded; reads an answer by skipping it (its status is in the trailers).
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ();
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Status> {
+        let n = src.remaining();
+        src.advance(n);
+        Ok(Some(()))
+    }
+}
 
 /// gRPC clients, one HTTP/2 connection each; request `i` goes over connection `i % n`.
 pub(super) struct GrpcClients {
     clients: Vec<GrpcInferenceServiceClient<Channel>>,
+    channels: Vec<Channel>,
     /// `Bearer <token>`, sent as `authorization` metadata with every call.
     authorization: Option<MetadataValue<Ascii>>,
 }
@@ -37,14 +89,15 @@ impl GrpcClients {
             }
             endpoint = endpoint.tls_config(tls).context("TLS for --grpc-url")?;
         }
-        let mut clients = Vec::with_capacity(connections);
+        let (mut clients, mut channels) = (Vec::with_capacity(connections), Vec::with_capacity(connections));
         for _ in 0..connections {
             let channel =
                 endpoint.clone().tcp_nodelay(true).connect().await.with_context(|| format!("connecting to {url}"))?;
             // The gateway's own limit (`max_request_bytes`) decides; the client does not cut first.
-            clients.push(GrpcInferenceServiceClient::new(channel).max_decoding_message_size(usize::MAX));
+            clients.push(GrpcInferenceServiceClient::new(channel.clone()).max_decoding_message_size(usize::MAX));
+            channels.push(channel);
         }
-        Ok(Self { clients, authorization })
+        Ok(Self { clients, channels, authorization })
     }
 
     /// The model's single input, from its gRPC metadata.
@@ -76,11 +129,36 @@ impl GrpcClients {
         request
     }
 
-    pub(super) async fn infer(&self, i: u64, message: ModelInferRequest, timeout: Duration) -> Result<(), String> {
-        let mut client = self.clients[(i % self.clients.len() as u64) as usize].clone();
-        let mut request = self.request(message);
+    /// One ModelInfer call of `message` (encoded), with `id` appended as its request id if given.
+    pub(super) async fn infer(
+        &self,
+        i: u64,
+        message: &Bytes,
+        id: Option<&str>,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let channel = self.channels[(i % self.channels.len() as u64) as usize].clone();
+        let payload = match id {
+            None => message.clone(),
+            // A field appended after the others is read as if it were among them (protobuf's
+            // encoding), so the prebuilt bytes need no re-encoding.
+            Some(id) => {
+                let mut out = BytesMut::with_capacity(message.len() + id.len() + 6);
+                out.put_slice(message);
+                out.put_u8(ID_TAG);
+                prost::encoding::encode_varint(id.len() as u64, &mut out);
+                out.put_slice(id.as_bytes());
+                out.freeze()
+            }
+        };
+        let mut request = self.request(payload);
         request.set_timeout(timeout);
-        match tokio::time::timeout(timeout, client.model_infer(request)).await {
+        let call = async move {
+            let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+            grpc.ready().await.map_err(|e| Status::unavailable(e.to_string()))?;
+            grpc.unary(request, tonic::codegen::http::uri::PathAndQuery::from_static(MODEL_INFER), RawCodec).await
+        };
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => Err("timeout".to_owned()),
             Ok(Err(status)) => Err(format!("grpc {:?}", status.code())),

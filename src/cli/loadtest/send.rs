@@ -50,13 +50,7 @@ impl Target {
                 }
                 send_http(request).await
             }
-            Sender::Grpc(clients, timeout) => {
-                let mut message = body.message.clone();
-                if let Some(id) = &id {
-                    message.id.clone_from(id);
-                }
-                clients.infer(i, message, *timeout).await
-            }
+            Sender::Grpc(clients, timeout) => clients.infer(i, &body.message, id.as_deref(), *timeout).await,
         };
         let ok = outcome.is_ok();
         self.recorder.record(scheduled.elapsed(), outcome);
