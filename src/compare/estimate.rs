@@ -26,7 +26,7 @@ pub const MIN_CALIBRATION_ROWS: usize = 100;
 const FOLDS: u8 = 10;
 
 /// One version's confidences (binary classification with probabilities).
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Deserialize, Serialize)]
 pub(super) struct Confidence {
     /// Every row: how many, the sum of the predicted class's probability, and per bin of the
     /// positive class's probability how many predicted each class.
@@ -40,6 +40,18 @@ pub(super) struct Confidence {
     labelled_correct: u64,
     /// Recent labelled rows, (positive probability, truth, fold), for the calibration.
     kept: std::collections::VecDeque<(f32, u8, u8)>,
+    /// The last calibration decided, and at how many labelled rows: decided again only once they
+    /// grew by a hundredth (a report is asked for every second by a cluster's analyst; the decision
+    /// is ten isotonic fits over up to 20,000 rows). Not kept in checkpoints.
+    #[serde(skip)]
+    decided: parking_lot::Mutex<Option<Decided>>,
+}
+
+/// A calibration decision: at how many labelled rows, the calibrator if any, and the words for it.
+struct Decided {
+    at: u64,
+    calibrator: Option<std::sync::Arc<Isotonic>>,
+    text: String,
 }
 
 impl Default for Confidence {
@@ -53,6 +65,7 @@ impl Default for Confidence {
             labelled_predicted: vec![[0; 2]; BINS],
             labelled_correct: 0,
             kept: std::collections::VecDeque::new(),
+            decided: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -99,7 +112,7 @@ impl Confidence {
         if self.rows == 0 {
             return None;
         }
-        let (calibrator, calibration) = self.calibration();
+        let (calibrator, calibration) = self.calibration_now();
         let over = |rows: u64, raw: f64, predicted: &[[u64; 2]]| match &calibrator {
             None => raw / rows as f64,
             Some(c) => {
@@ -125,6 +138,20 @@ impl Confidence {
             rows: self.rows,
             calibration,
         })
+    }
+
+    /// The calibration as last decided, decided again when the labelled rows grew by a hundredth.
+    fn calibration_now(&self) -> (Option<std::sync::Arc<Isotonic>>, String) {
+        let mut decided = self.decided.lock();
+        let fresh = decided.as_ref().is_some_and(|d| self.labelled_rows.saturating_sub(d.at) * 100 < d.at.max(1));
+        if !fresh {
+            let (calibrator, text) = self.calibration();
+            *decided = Some(Decided { at: self.labelled_rows, calibrator: calibrator.map(std::sync::Arc::new), text });
+        }
+        match &*decided {
+            Some(d) => (d.calibrator.clone(), d.text.clone()),
+            None => (None, String::new()),
+        }
     }
 
     /// The calibrator to use, if any, and what was decided, in words.
