@@ -93,16 +93,9 @@ pub async fn audit(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<AuditView>, Error> {
     served(&gateway, &name)?;
-    // Read by hand so that a bad value is a 400 in the API's error shape.
     let mut limit = 100;
-    for (key, value) in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
-    {
-        match key {
+    for (key, value) in query_pairs(query.as_deref())? {
+        match key.as_str() {
             "limit" => {
                 limit = value.parse::<usize>().map_err(|_| {
                     Error::invalid_input(format!("limit must be a whole number of entries, not '{value}'"))
@@ -141,13 +134,9 @@ pub async fn history(
     axum::extract::RawQuery(query): axum::extract::RawQuery,
 ) -> Result<Json<History>, Error> {
     served(&gateway, &name)?;
-    // Read by hand so that a bad value is a 400 in the API's error shape.
     let (mut since, mut limit) = (None, 100_000);
-    // The url crate (through reqwest) decodes the pairs: a time's `%3A` as a browser sends it.
-    let parsed = reqwest::Url::parse(&format!("http://gateway/?{}", query.as_deref().unwrap_or("")))
-        .map_err(|e| Error::invalid_input(format!("the query string does not parse: {e}")))?;
-    for (key, value) in parsed.query_pairs() {
-        match key.as_ref() {
+    for (key, value) in query_pairs(query.as_deref())? {
+        match key.as_str() {
             "since" => {
                 since = Some(humantime::parse_rfc3339_weak(&value).map_err(|_| {
                     Error::invalid_input(format!(
@@ -179,4 +168,13 @@ pub async fn history(
     .map_err(|_| Error::new(ErrorKind::Internal, "reading the history panicked"))?
     .map_err(|error| Error::new(ErrorKind::Unavailable, format!("reading the history: {error}")))?;
     Ok(Json(History { model: name, interval_s, points }))
+}
+
+/// A query string's pairs, decoded (a time's `%3A` as a browser sends it) by the url crate, through
+/// reqwest. The handlers read their parameters from them by hand, so that a bad value is a 400 in
+/// the API's error shape rather than the extractor's.
+fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, Error> {
+    let parsed = reqwest::Url::parse(&format!("http://gateway/?{}", query.unwrap_or("")))
+        .map_err(|e| Error::invalid_input(format!("the query string does not parse: {e}")))?;
+    Ok(parsed.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
 }
