@@ -240,17 +240,18 @@ def build_manifest(name: str, version: str, description: str, estimator, model: 
     return raw, manifest
 
 
-def write_version(name: str, version: str, *args, **kwargs) -> None:
+def write_version(name: str, version: str, *args, root: pathlib.Path = ROOT, **kwargs) -> None:
     raw, manifest = build_manifest(name, version, *args, **kwargs)
-    folder = ROOT / name / version
+    folder = root / name / version
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(raw)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"{name}/{version}: {manifest['description']}: {json.dumps(manifest['holdout_metrics'])}")
 
 
-def write_holdout(name: str, feature_names: list[str], x: np.ndarray, y: np.ndarray, target: str) -> None:
-    with open(ROOT / name / "holdout.csv", "w", newline="") as f:
+def write_holdout(name: str, feature_names: list[str], x: np.ndarray, y: np.ndarray, target: str,
+                  root: pathlib.Path = ROOT) -> None:
+    with open(root / name / "holdout.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow([*feature_names, target])
         for row, truth in zip(x, y):
@@ -258,7 +259,8 @@ def write_holdout(name: str, feature_names: list[str], x: np.ndarray, y: np.ndar
             w.writerow([np.format_float_positional(v, unique=True, trim="-") for v in row] + [truth.item()])
 
 
-def breast_cancer() -> None:
+def breast_cancer_split() -> dict:
+    """The breast-cancer data, its split and task, as every version of that model is trained on them."""
     ds = load_breast_cancer()
     x, y = ds.data.astype(np.float32), ds.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=TEST_SIZE, random_state=SEED, stratify=y)
@@ -267,7 +269,13 @@ def breast_cancer() -> None:
             "data_sha256": fingerprint(x, y), "holdout_sha256": fingerprint(x_test, y_test)}
     task = {"kind": "classification", "classes": [0, 1], "class_names": [str(n) for n in ds.target_names],
             "label_output": "label", "probabilities_output": "probabilities"}
-    common = dict(task=task, data=data, x_train=x_train, x_test=x_test, y_test=y_test)
+    return dict(task=task, data=data, x_train=x_train, x_test=x_test, y_test=y_test, y_train=y_train)
+
+
+def breast_cancer() -> None:
+    common = breast_cancer_split()
+    x_train, y_train = common["x_train"], common.pop("y_train")
+    x_test, y_test, data = common["x_test"], common["y_test"], common["data"]
 
     lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000, random_state=SEED)).fit(x_train, y_train)
     write_version("breast-cancer", "1", "StandardScaler + LogisticRegression", lr, export(lr, 30),
@@ -290,6 +298,31 @@ def breast_cancer() -> None:
                   **common)
 
     write_holdout("breast-cancer", data["feature_names"], x_test, y_test, "label")
+
+
+HEAVY_VERSION = "9"
+HEAVY_LAYERS = (2048, 2048, 2048)
+
+
+def heavy(root: pathlib.Path) -> None:
+    """A repository with a heavy breast-cancer champion candidate: version 1 (copied) and version 9, an MLP of
+    three 2,048-wide layers (about 34 MB; a row costs ONNX Runtime hundreds of microseconds, so the gateway
+    places it on the inference pool and batching pays). Not committed: `--heavy target/heavy-models` makes it."""
+    import shutil
+    common = breast_cancer_split()
+    x_train, y_train = common["x_train"], common.pop("y_train")
+    scaler = StandardScaler().fit(x_train)
+    mlp = MLPClassifier(hidden_layer_sizes=HEAVY_LAYERS, max_iter=15, random_state=SEED)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 15 epochs do not converge, by choice: the weights, not the fit, matter here
+        mlp.fit(scaler.transform(x_train), y_train)
+    mlp = fold_scaler_into_mlp(scaler, mlp)
+    for version in ("1",):
+        shutil.copytree(ROOT / "breast-cancer" / version, root / "breast-cancer" / version, dirs_exist_ok=True)
+    shutil.copy(ROOT / "breast-cancer" / "holdout.csv", root / "breast-cancer" / "holdout.csv")
+    write_version("breast-cancer", HEAVY_VERSION, f"MLPClassifier {HEAVY_LAYERS}, a heavy model for batching",
+                  mlp, export(mlp, 30), backends_note="ort and tract", root=root, **common)
 
 
 def diabetes() -> None:
@@ -319,8 +352,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--register", metavar="TRACKING_URI",
                         help="also log and register every version in this MLflow tracking server")
+    parser.add_argument("--heavy", metavar="DIR", type=pathlib.Path,
+                        help="only write a repository in DIR: breast-cancer 1 and a heavy version 9 (an MLP of "
+                             "three 2,048-wide layers) for batching tests and benches")
     args = parser.parse_args()
     np.random.seed(SEED)
+    if args.heavy:
+        heavy(args.heavy.resolve())
+        sys.exit(0)
     breast_cancer()
     diabetes()
     if args.register:
