@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gauntlet::http::codec::{OutputSelection, ResponseHead, decode_request, encode_response};
 use gauntlet::model::{BackendChoice, Loader, OnnxRuntime, Tensor};
-use gauntlet::registry::{LoadSettings, load_version};
+use gauntlet::registry::{BatchSettings, LoadSettings, load_version};
 use gauntlet::repository::{Repository, VersionId};
 
 // The server's allocator, for ONNX Runtime too (build.rs exports it to shared libraries), so the
@@ -32,7 +32,9 @@ fn first_row(model: &str, version: &str) -> Vec<Tensor> {
 
 fn one_row(c: &mut Criterion) {
     let loader = Loader::new(OnnxRuntime::init(None), 1);
-    let settings = |backend| LoadSettings { backend, warmup_runs: 10, inline_max: Duration::from_micros(250) };
+    let batching = BatchSettings { max_batch: 1, max_queue_delay: Duration::ZERO, queue: 1 };
+    let settings =
+        |backend| LoadSettings { backend, warmup_runs: 10, inline_max: Duration::from_micros(250), batching };
     let mut group = c.benchmark_group("one_row");
     group.throughput(Throughput::Elements(1));
     let versions = [

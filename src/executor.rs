@@ -14,8 +14,9 @@ use crossbeam_queue::ArrayQueue;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorKind};
+use crate::model::ModelError;
 use crate::model::Tensor;
-use crate::registry::{ModelVersion, Placement};
+use crate::registry::{Batcher, ModelVersion, Placement, Unrun};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -154,10 +155,13 @@ impl Executor {
             Placement::Inline => {
                 catch_unwind(AssertUnwindSafe(|| version.infer(inputs))).map_err(|_| PoolError::Panicked)
             }
-            Placement::Pool => {
-                let (version, inputs) = (Arc::clone(version), Arc::clone(inputs));
-                self.pool.run(move || version.infer(&inputs)).await
-            }
+            Placement::Pool => match version.batcher() {
+                Some(batcher) if rows <= batcher.max_batch() => self.batched(version, batcher, inputs, rows).await,
+                _ => {
+                    let (version, inputs) = (Arc::clone(version), Arc::clone(inputs));
+                    self.pool.run(move || version.infer(&inputs)).await
+                }
+            },
         };
         match result {
             Ok(Ok(outputs)) => Ok(outputs),
@@ -179,6 +183,33 @@ impl Executor {
                 ))
             }
             Err(PoolError::Stopped) => Err(Error::new(ErrorKind::Unavailable, "the gateway is shutting down")),
+        }
+    }
+}
+
+impl Executor {
+    /// Queues the request's rows on its version's batcher, and a drain on the pool unless one is
+    /// already waiting for a thread; then waits for its own outputs (see `registry::batch`).
+    async fn batched(
+        &self,
+        version: &Arc<ModelVersion>,
+        batcher: &Batcher,
+        inputs: &Arc<Vec<Tensor>>,
+        rows: usize,
+    ) -> Result<Result<Vec<Tensor>, ModelError>, PoolError> {
+        let (reply, schedule) = batcher.push(Arc::clone(inputs), rows).ok_or(PoolError::Full)?;
+        if schedule {
+            let drainer = Arc::clone(version);
+            if let Err(error) = self.pool.spawn(move || drainer.drain()) {
+                batcher.drain_refused();
+                return Err(error);
+            }
+        }
+        match reply.await {
+            Ok(Ok(outputs)) => Ok(outputs),
+            Ok(Err(Unrun::Panicked)) => Err(PoolError::Panicked),
+            Ok(Err(Unrun::Full)) => Err(PoolError::Full),
+            Err(_) => Err(PoolError::Stopped),
         }
     }
 }

@@ -13,6 +13,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const REQUESTS: &str = "gauntlet_inference_requests_total";
 pub const REQUEST_DURATION: &str = "gauntlet_inference_request_duration_seconds";
 pub const MODEL_DURATION: &str = "gauntlet_model_inference_duration_seconds";
+pub const BATCH_ROWS: &str = "gauntlet_batch_rows";
 pub const REQUESTS_BY_PROTOCOL: &str = "gauntlet_inference_requests_by_protocol_total";
 pub const REJECTED: &str = "gauntlet_requests_rejected_total";
 pub const MODEL_LOADED: &str = "gauntlet_model_version_loaded";
@@ -65,6 +66,9 @@ const BUCKETS: [f64; 18] = [
     2.5, 5.0, 10.0,
 ];
 
+/// Rows per batched call: powers of two up to the largest shadow batch.
+const BATCH_BUCKETS: [f64; 8] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
 /// The process-wide Prometheus recorder, installed on first use (several gateways in one test
 /// process share it).
 pub fn handle() -> &'static PrometheusHandle {
@@ -73,6 +77,8 @@ pub fn handle() -> &'static PrometheusHandle {
         let recorder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
             .expect("BUCKETS is not empty")
+            .set_buckets_for_metric(Matcher::Full(BATCH_ROWS.into()), &BATCH_BUCKETS)
+            .expect("BATCH_BUCKETS is not empty")
             .build_recorder();
         let handle = recorder.handle();
         // Fails only if another recorder was installed first, and then that one records.
@@ -91,7 +97,15 @@ fn describe() {
         "Inference request time inside the gateway: decode, model, encode."
     );
     describe_counter!(REQUESTS_BY_PROTOCOL, "Inference requests by the protocol they came in by (rest, grpc).");
-    describe_histogram!(MODEL_DURATION, metrics::Unit::Seconds, "Time in the model's backend alone.");
+    describe_histogram!(
+        MODEL_DURATION,
+        metrics::Unit::Seconds,
+        "Time in the model's backend alone, per call (a batch of requests is one call)."
+    );
+    describe_histogram!(
+        BATCH_ROWS,
+        "Rows per model call, by path: champion (requests run together by [models.x.batching]) or shadow."
+    );
     describe_counter!(
         REJECTED,
         "Requests refused before reaching a model, by kind (overloaded, invalid_input, not_found, ...)."
@@ -192,6 +206,8 @@ pub struct VersionMetrics {
     ok: Counter,
     ok_duration: Histogram,
     model_duration: Histogram,
+    /// Rows per call: requests batched on the pool (champion), a challenger's scored batches (shadow).
+    batch_rows: [Histogram; 2],
     /// Shadow results by status, in `SHADOW_STATUSES` order.
     shadow: Vec<Counter>,
 }
@@ -210,6 +226,8 @@ impl VersionMetrics {
             ok: counter!(REQUESTS, &labels("ok")),
             ok_duration: histogram!(REQUEST_DURATION, &labels("ok")),
             model_duration: histogram!(MODEL_DURATION, "model" => model.to_owned(), "version" => version.to_owned(), "backend" => backend.to_owned()),
+            batch_rows: ["champion", "shadow"]
+                .map(|path| histogram!(BATCH_ROWS, "model" => model.to_owned(), "version" => version.to_owned(), "path" => path)),
             shadow: SHADOW_STATUSES
                 .iter()
                 .map(|&status| counter!(SHADOW_RESULTS, "model" => model.to_owned(), "version" => version.to_owned(), "status" => status))
@@ -219,6 +237,16 @@ impl VersionMetrics {
 
     pub fn model_time(&self, elapsed: Duration) {
         self.model_duration.record(elapsed);
+    }
+
+    /// A batched call of `rows` rows on the request path (pool requests run together).
+    pub fn batch(&self, rows: usize) {
+        self.batch_rows[0].record(rows as f64);
+    }
+
+    /// A challenger's scored batch of `rows` rows.
+    pub fn shadow_batch(&self, rows: usize) {
+        self.batch_rows[1].record(rows as f64);
     }
 
     pub fn request_ok(&self, elapsed: Duration) {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use gauntlet::model::{BackendChoice, Loader, OnnxRuntime, Tensor, TensorData};
-use gauntlet::registry::{LoadSettings, LoadStep, ModelVersion, load_version};
+use gauntlet::registry::{BatchSettings, LoadSettings, LoadStep, ModelVersion, load_version};
 use gauntlet::repository::holdout::Holdout;
 use gauntlet::repository::{Repository, VersionId};
 
@@ -22,7 +22,12 @@ fn without_onnxruntime() -> Loader {
 }
 
 fn settings(backend: BackendChoice) -> LoadSettings {
-    LoadSettings { backend, warmup_runs: 2, inline_max: std::time::Duration::from_micros(250) }
+    LoadSettings {
+        backend,
+        warmup_runs: 2,
+        inline_max: std::time::Duration::from_micros(250),
+        batching: BatchSettings { max_batch: 1, max_queue_delay: std::time::Duration::ZERO, queue: 1 },
+    }
 }
 
 fn load(
@@ -126,4 +131,69 @@ fn holdout_accuracy_matches_the_manifest() {
     let correct = labels.iter().zip(&truth).filter(|(a, b)| a == b).count();
     let accuracy = correct as f64 / truth.len() as f64;
     assert!((accuracy - loaded.manifest().holdout_metrics["accuracy"]).abs() < 1e-12);
+}
+
+/// Rows of a holdout, one request each.
+fn one_row_requests(model: &str) -> Vec<std::sync::Arc<Vec<Tensor>>> {
+    let all = holdout(model);
+    let rows = all.rows();
+    all.split_rows(&vec![1; rows]).unwrap().into_iter().map(|row| std::sync::Arc::new(vec![row])).collect()
+}
+
+/// The champion path's batched calls and rows of a version so far, from the metrics.
+fn batched_calls(model: &str, version: &str) -> (f64, f64) {
+    let text = gauntlet::metrics::handle().render();
+    let series = |name: &str| {
+        let head = format!("{name}{{model=\"{model}\",version=\"{version}\",path=\"champion\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse().unwrap())
+    };
+    (series("gauntlet_batch_rows_count"), series("gauntlet_batch_rows_sum"))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn batched_answers_equal_each_row_run_alone_on_every_version_and_backend() {
+    use gauntlet::executor::{Executor, InferencePool};
+    // The recorder first: versions register their metrics with whichever is installed when they load.
+    gauntlet::metrics::handle();
+    let loader = with_onnxruntime();
+    let executor = Executor::new(InferencePool::new("batch-test", 2, 1024).unwrap());
+    let tract = [("breast-cancer", "3"), ("diabetes", "1")].map(|(m, v)| (m, v, BackendChoice::Tract));
+    for (model, version, backend) in ALL.map(|(m, v)| (m, v, BackendChoice::Ort)).into_iter().chain(tract) {
+        let settings = LoadSettings {
+            // Every version on the pool, where requests are batched.
+            inline_max: std::time::Duration::ZERO,
+            batching: BatchSettings { max_batch: 32, max_queue_delay: std::time::Duration::ZERO, queue: 1024 },
+            ..settings(backend)
+        };
+        let loaded = load_version(&repository(), &loader, model, &VersionId::new(version), settings).unwrap();
+        let loaded = std::sync::Arc::new(loaded);
+        assert!(loaded.batcher().is_some(), "{model}/{version} has a batch dimension");
+        let requests = one_row_requests(model);
+        let before = batched_calls(model, version);
+        // All queued before the first completes (one thread here): the pool's drains take them in batches.
+        let answers =
+            futures_util::future::join_all(requests.iter().map(|inputs| executor.infer(&loaded, inputs))).await;
+        let after = batched_calls(model, version);
+        let (calls, rows) = (after.0 - before.0, after.1 - before.1);
+        assert_eq!(rows, requests.len() as f64, "{model}/{version} {backend:?}: every row ran once, batched");
+        assert!(calls * 4.0 <= rows, "{model}/{version} {backend:?}: {rows} rows in {calls} calls: batches formed");
+        let tolerance = loaded.manifest().reference.tolerance;
+        let trees = loaded.manifest().description.contains("Boost") || loaded.manifest().description.contains("Forest");
+        for (i, (inputs, answer)) in requests.iter().zip(answers).enumerate() {
+            let batched = answer.unwrap_or_else(|e| panic!("{model}/{version} row {i}: {e}"));
+            let alone = loaded.infer(inputs).unwrap();
+            assert_eq!(batched.len(), alone.len());
+            for (b, a) in batched.iter().zip(&alone) {
+                assert_eq!(b.shape(), a.shape(), "{model}/{version} row {i}");
+                let exact = trees || !matches!(a.data(), TensorData::Fp32(_) | TensorData::Fp64(_));
+                let (b, a) = (b.data().to_f64(), a.data().to_f64());
+                if exact {
+                    assert_eq!(b, a, "{model}/{version} {backend:?} row {i}: labels and trees are identical");
+                } else {
+                    let within = a.iter().zip(&b).all(|(&x, &y)| tolerance.accepts(x, y));
+                    assert!(within, "{model}/{version} {backend:?} row {i}: {b:?} vs alone {a:?}");
+                }
+            }
+        }
+    }
 }

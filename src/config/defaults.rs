@@ -27,6 +27,9 @@ pub fn inference_queue() -> usize {
 pub fn inline_max_us() -> u64 {
     250
 }
+pub fn max_batch() -> usize {
+    32
+}
 pub fn warmup_runs() -> usize {
     20
 }

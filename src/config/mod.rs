@@ -23,7 +23,7 @@ use crate::drift::{DriftSettings, Thresholds};
 use crate::join::JoinSettings;
 use crate::model::BackendChoice;
 use crate::outcomes::{LogInputs, WriterSettings};
-use crate::registry::{DeploymentSpec, InitialDeployments, LoadSettings};
+use crate::registry::{BatchSettings, DeploymentSpec, InitialDeployments, LoadSettings};
 use crate::repository::VersionId;
 pub use crate::secret::Secret;
 use crate::tls::TlsSettings;
@@ -249,6 +249,29 @@ pub struct ModelConfig {
     /// MLflow registry aliases that drive this deployment (`repository = "mlflow+http://…"` only).
     #[serde(default)]
     pub mlflow: Option<crate::repository::MlflowAliases>,
+    /// How this model's requests on the inference pool run together (`[models.<name>.batching]`).
+    #[serde(default)]
+    pub batching: BatchingConfig,
+}
+
+/// Dynamic batching of requests to versions slow enough for the inference pool (`inline_max_us`);
+/// versions that run inline, and models without a batch dimension, are never batched.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// The most rows one model call runs; 1 turns batching off.
+    #[serde(default = "defaults::max_batch")]
+    pub max_batch: usize,
+    /// How long a batch may wait for more requests, in µs; 0 (the default): only requests already
+    /// queued while every pool thread was busy join, and none waits for another.
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self { max_batch: defaults::max_batch(), max_queue_delay_us: 0 }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -383,6 +406,18 @@ impl Config {
                     message: format!("'{header}' is not a header name"),
                 });
             }
+            if model.batching.max_batch == 0 {
+                return Err(ConfigError::Invalid {
+                    key: format!("models.{name}.batching.max_batch"),
+                    message: "must be at least 1 (1 turns batching off)".into(),
+                });
+            }
+            if model.batching.max_queue_delay_us >= self.request_timeout_ms.saturating_mul(1000) {
+                return Err(ConfigError::Invalid {
+                    key: format!("models.{name}.batching.max_queue_delay_us"),
+                    message: "must be shorter than request_timeout_ms".into(),
+                });
+            }
             if model.slices.max_slices == 0 {
                 return Err(ConfigError::Invalid {
                     key: format!("{key}.max_slices"),
@@ -486,20 +521,25 @@ impl Config {
     /// The deployments to start with: the configured models, or with none configured every model
     /// in the repository.
     pub fn initial_deployments(&self) -> InitialDeployments {
-        let settings = |backend: Option<BackendChoice>| LoadSettings {
+        let settings = |backend: Option<BackendChoice>, batching: BatchingConfig| LoadSettings {
             backend: backend.unwrap_or(self.backend),
             warmup_runs: self.warmup_runs,
             inline_max: self.inline_max(),
+            batching: BatchSettings {
+                max_batch: batching.max_batch,
+                max_queue_delay: Duration::from_micros(batching.max_queue_delay_us),
+                queue: self.inference_queue,
+            },
         };
         if self.models.is_empty() {
-            return InitialDeployments::WholeRepository(settings(None));
+            return InitialDeployments::WholeRepository(settings(None, BatchingConfig::default()));
         }
         let specs = self.models.iter().map(|(name, m)| DeploymentSpec {
             name: name.clone(),
             champion: m.champion.clone(),
             challengers: m.challengers.clone(),
             versions: m.versions.clone(),
-            settings: settings(m.backend),
+            settings: settings(m.backend, m.batching),
             plan: TrafficPlan {
                 shadow_sample_rate: m.shadow_sample_rate,
                 canary: m.canary.as_ref().map(|c| Canary { version: c.version.clone(), share: c.share }),
@@ -665,6 +705,17 @@ mod tests {
         assert!(err.contains("`models.x.canary.version`"), "{err}");
         let err = load("[outcomes]\nlog_inputs = \"some\"", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("`outcomes.log_inputs`"), "{err}");
+        let batching =
+            |table: &str| load(&format!("[models.x]\nchampion = \"1\"\n[models.x.batching]\n{table}"), &[], &[]);
+        let err = batching("max_batch = 0").unwrap_err().to_string();
+        assert!(err.contains("`models.x.batching.max_batch`") && err.contains("1 turns batching off"), "{err}");
+        let err = batching("max_queue_delay_us = 10000000").unwrap_err().to_string();
+        assert!(err.contains("`models.x.batching.max_queue_delay_us`"), "{err}");
+        let err = batching("max_batch = 8\ndelay = 1").unwrap_err().to_string();
+        assert!(err.contains("models.x.batching") && err.contains("delay"), "{err}");
+        let ok = batching("max_batch = 8\nmax_queue_delay_us = 200").unwrap();
+        assert_eq!((ok.models["x"].batching.max_batch, ok.models["x"].batching.max_queue_delay_us), (8, 200));
+        assert_eq!(load("[models.x]\nchampion = \"1\"", &[], &[]).unwrap().models["x"].batching.max_batch, 32);
     }
 
     #[test]

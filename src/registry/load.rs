@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::batch::{BatchCost, Batcher};
 use super::version::{LoadSettings, ModelVersion};
 use crate::metrics::VersionMetrics;
 use crate::model::{DataType, Loader, Model, ModelError, Tensor, TensorData};
@@ -35,7 +36,10 @@ pub fn load_version(
     let one_row =
         warm_up(model.as_ref(), &reference, settings.warmup_runs).map_err(|e| fail(LoadStep::WarmUp, e.to_string()))?;
     let metrics = VersionMetrics::new(name, version.as_str(), model.backend().as_str());
+    let batcher = Batcher::for_version(settings.batching, &manifest);
     Ok(ModelVersion {
+        batcher,
+        cost: BatchCost::new(one_row),
         name: name.to_owned(),
         version: version.clone(),
         manifest,

@@ -9,6 +9,7 @@
 //! `DeploymentStore`, files by default) and swapped in whole. In a cluster, a change saved by
 //! another replica arrives through `follow`: the same loading path and swap, without saving again.
 
+mod batch;
 mod change;
 mod deployment;
 mod load;
@@ -23,6 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
+pub use self::batch::{BatchCost, BatchSettings, Batcher, Unrun};
 pub use self::change::{Change, ChangeError, Origin};
 pub use self::deployment::{Deployment, DeploymentSpec};
 pub use self::load::{LoadError, LoadStep, load_version, validate};

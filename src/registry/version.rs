@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::batch::{BatchCost, BatchSettings, Batcher};
 use crate::metrics::VersionMetrics;
 use crate::model::{Backend, BackendChoice, Model, ModelError, Tensor};
 use crate::repository::{Manifest, VersionId};
@@ -18,6 +19,8 @@ pub struct LoadSettings {
     pub backend: BackendChoice,
     pub warmup_runs: usize,
     pub inline_max: Duration,
+    /// How requests placed on the inference pool are batched.
+    pub batching: BatchSettings,
 }
 
 /// Where a request's inference runs (see `executor`).
@@ -37,6 +40,10 @@ pub struct ModelVersion {
     pub(super) one_row: Duration,
     pub(super) inline_max: Duration,
     pub(super) metrics: VersionMetrics,
+    /// Where its pool requests wait to run together (`None`: batching off or no batch dimension).
+    pub(super) batcher: Option<Batcher>,
+    /// Its time per row by batch size, learnt from its calls (starting from `one_row`).
+    pub(super) cost: BatchCost,
 }
 
 // === impl ModelVersion ===
