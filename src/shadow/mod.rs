@@ -12,10 +12,13 @@
 //!   preempted, would stall the request) and never assembles or serialises a record.
 //! - Everything after runs on the shadow pool: each challenger's inference, and, in whichever job
 //!   finishes last, assembling, counting and serialising the record.
-//! - Batched: a shadow thread takes up to `MAX_BATCH` queued jobs at once and scores those of one
-//!   version in a single run (rows stacked), so under load a challenger pays its per-run overhead
-//!   once per batch, not once per request. A batch that fails or panics is scored again one
-//!   request at a time, so each result is its own. A batched result's latency is the batch's.
+//! - Batched: a shadow thread takes up to `LOOK` queued jobs at once and scores those of one
+//!   version in runs of up to `MAX_BATCH` rows (stacked), sized by the version's measured time
+//!   per row at each batch size and the oldest job's deadline, so under load a challenger pays its
+//!   per-run overhead (a heavy model: reading its weights) once per batch, not once per request.
+//!   Under pressure the oldest jobs that could only run in a small batch are timeouts, so that
+//!   newer ones run in a full one (`score::plan`). A batch that fails or panics is scored again
+//!   one request at a time, so each result is its own. A batched result's latency is the batch's.
 //! - When no challenger can be queued at all, no record is written (there is nothing to pair); the
 //!   request still counts, as `shed` per challenger and as an incomplete one in coverage.
 //! - Bounded: a job the queue cannot take is `shed`; one that could not start before the deadline
@@ -31,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use self::pacer::Pacer;
 use self::record::{Job, Outlets, PendingRecord, Slot};
-use self::thread::{MAX_BATCH, POLL, ShadowThread, idle_poll_max};
+use self::thread::{LOOK, POLL, ShadowThread, idle_poll_max};
 use crate::background::{self, Priority, Worker};
 use crate::join::LabelJoin;
 use crate::metrics::ShadowCoverage;
@@ -95,7 +98,7 @@ impl Shadow {
             name: "shadow",
             threads,
             queue: settings.queue,
-            batch: MAX_BATCH,
+            batch: LOOK,
             priority: Priority::Idle,
             poll: POLL,
             poll_idle: idle_poll_max(settings.deadline),

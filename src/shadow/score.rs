@@ -11,30 +11,24 @@ use crate::model::Tensor;
 use crate::registry::ModelVersion;
 use crate::registry::Status;
 
-/// Scores jobs of one version, oldest first, in batches no larger than the version (at its warm-up
-/// speed) can finish before the oldest job's deadline: jobs already past their deadline are
-/// timeouts, never run; a batch whose inputs do not stack, or that fails, runs one job at a time.
-pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRecord>, usize)>) {
-    group.reverse();
+/// Scores jobs of one version (in queue order, so oldest first) in the largest batches that can
+/// finish before their oldest job's deadline, at the version's measured time per row for that size
+/// ([`BatchCost`](crate::registry::BatchCost)). When the oldest jobs have too little time left for
+/// more than a small batch and newer ones allow a larger one, the oldest are timeouts, never run:
+/// under pressure a row scored in a large batch costs a fraction of one scored alone, so more
+/// records complete within `shadow_cpu_budget`. A batch whose inputs do not stack, or that fails,
+/// runs one job at a time.
+pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRecord>, usize)>, max_rows: usize) {
+    let rows_of = |(pending, _): &(Arc<PendingRecord>, usize)| pending.request.inputs.first().map_or(1, Tensor::rows);
     while !group.is_empty() {
         let now = Instant::now();
-        let mut batch: Vec<(Arc<PendingRecord>, usize)> = Vec::new();
-        let mut rows = 0;
-        while let Some((pending, _)) = group.last() {
-            if now >= pending.deadline {
-                // Work that can no longer make its deadline is not worth the CPU.
-                let (pending, slot) = group.pop().expect("just looked");
-                pending.report(slot, Err((Status::Timeout, None)));
-                continue;
-            }
-            let budget = batch.first().map_or(pending.deadline, |(first, _)| first.deadline) - now;
-            let more = pending.request.inputs.first().map_or(1, Tensor::rows);
-            if !batch.is_empty() && version.one_row().saturating_mul((rows + more) as u32) > budget {
-                break;
-            }
-            rows += more;
-            batch.push(group.pop().expect("just looked"));
+        let (skip, take) = plan(&group, now, max_rows, rows_of, |rows| version.cost().estimate(rows));
+        for (pending, slot) in group.drain(..skip) {
+            // Work that cannot make its deadline (or only in a batch too small to be worth it)
+            // is not worth the CPU.
+            pending.report(slot, Err((Status::Timeout, None)));
         }
+        let mut batch: Vec<(Arc<PendingRecord>, usize)> = group.drain(..take).collect();
         match batch.len() {
             0 => {}
             1 => {
@@ -53,6 +47,57 @@ pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRec
     }
 }
 
+/// Which jobs of `group` (oldest first) to run now: `(skip, take)`, the `skip` oldest to time out
+/// and the next `take` as one batch, the largest batch of consecutive jobs (of at most `max_rows`
+/// rows, unless one job alone has more) whose estimated time ends before the deadline of its first
+/// (oldest). On a tie, the one that starts oldest. A job whose deadline has passed is never taken;
+/// `take` is 0 only when none can finish in time.
+fn plan<J: HasDeadline>(
+    group: &[J],
+    now: Instant,
+    max_rows: usize,
+    rows_of: impl Fn(&J) -> usize,
+    estimate: impl Fn(usize) -> Duration,
+) -> (usize, usize) {
+    let mut best = (group.len(), 0);
+    for start in 0..group.len() {
+        let Some(left) = group[start].deadline().checked_duration_since(now).filter(|d| !d.is_zero()) else {
+            continue;
+        };
+        if group.len() - start <= best.1 {
+            break;
+        }
+        let (mut rows, mut take) = (0, 0);
+        for job in &group[start..] {
+            let more = rows_of(job);
+            if (take > 0 && rows + more > max_rows) || estimate(rows + more) > left {
+                break;
+            }
+            rows += more;
+            take += 1;
+        }
+        if take > best.1 {
+            best = (start, take);
+        }
+        if rows >= max_rows {
+            // A full batch: none starting later is larger, and this one starts oldest.
+            break;
+        }
+    }
+    best
+}
+
+/// What [`plan`] reads of a job.
+trait HasDeadline {
+    fn deadline(&self) -> Instant;
+}
+
+impl HasDeadline for (Arc<PendingRecord>, usize) {
+    fn deadline(&self) -> Instant {
+        self.0.deadline
+    }
+}
+
 /// One run over the stacked inputs, cut back into each request's outputs; `None` if the inputs do
 /// not stack or the run fails (each is then run alone, so an error is its own request's).
 fn run_batch(version: &ModelVersion, live: &[(Arc<PendingRecord>, usize)]) -> Option<Vec<Scored>> {
@@ -60,6 +105,7 @@ fn run_batch(version: &ModelVersion, live: &[(Arc<PendingRecord>, usize)]) -> Op
     let count = live[0].0.request.inputs.len();
     let inputs: Vec<Tensor> = (0..count).map(|i| Tensor::concat_rows(&inputs_of(i))).collect::<Option<_>>()?;
     let rows: Vec<usize> = live.iter().map(|(p, _)| p.request.inputs[0].rows()).collect();
+    version.metrics().shadow_batch(rows.iter().sum());
     let (outputs, latency) = infer(version, &inputs).ok()?;
     let mut per_request: Vec<Vec<Tensor>> = (0..live.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
     for output in &outputs {
@@ -76,7 +122,9 @@ fn score_one(pending: &PendingRecord, slot: usize) {
         // Work that can no longer make its deadline is not worth the CPU.
         Err((Status::Timeout, None))
     } else {
-        infer(&pending.slots[slot].version, &pending.request.inputs)
+        let version = &pending.slots[slot].version;
+        version.metrics().shadow_batch(pending.request.inputs.first().map_or(1, Tensor::rows));
+        infer(version, &pending.request.inputs)
             .and_then(|(outputs, latency)| pending.within_deadline(Ok((outputs, latency, 1))))
     };
     pending.report(slot, scored);
@@ -86,8 +134,63 @@ fn score_one(pending: &PendingRecord, slot: usize) {
 fn infer(version: &ModelVersion, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Duration), (Status, Option<String>)> {
     let start = Instant::now();
     match catch_unwind(AssertUnwindSafe(|| version.infer(inputs))) {
-        Ok(Ok(outputs)) => Ok((outputs, start.elapsed())),
+        Ok(Ok(outputs)) => {
+            let took = start.elapsed();
+            version.cost().observe(inputs.first().map_or(1, Tensor::rows), took);
+            Ok((outputs, took))
+        }
         Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
         Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl HasDeadline for Instant {
+        fn deadline(&self) -> Instant {
+            *self
+        }
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A heavy model's cost: 1 ms a call plus 0.1 ms a row.
+    fn heavy(rows: usize) -> Duration {
+        MS + MS / 10 * rows as u32
+    }
+
+    #[test]
+    fn with_time_for_all_every_job_runs_in_one_batch() {
+        let now = Instant::now();
+        let group: Vec<Instant> = (0..10).map(|i| now + 100 * MS + i * MS).collect();
+        assert_eq!(plan(&group, now, 64, |_| 1, heavy), (0, 10));
+    }
+
+    #[test]
+    fn the_oldest_are_timed_out_when_newer_ones_make_a_larger_batch() {
+        let now = Instant::now();
+        // The two oldest have 1.3 ms left: a batch of 3 at most. From the third on, 10 ms: all 8.
+        let mut group = vec![now + 13 * MS / 10, now + 13 * MS / 10];
+        group.extend((0..8).map(|_| now + 10 * MS));
+        assert_eq!(plan(&group, now, 64, |_| 1, heavy), (2, 8));
+        // Past deadlines are never taken, even when nothing else is.
+        let late = vec![now - MS, now];
+        assert_eq!(plan(&late, now, 64, |_| 1, heavy), (2, 0));
+        // Nothing fits: everything is a timeout.
+        assert_eq!(plan(&[now + MS / 2], now, 64, |_| 1, heavy), (1, 0));
+    }
+
+    #[test]
+    fn rows_not_jobs_are_what_a_batch_costs() {
+        let now = Instant::now();
+        let group = vec![now + 9 * MS / 2; 4];
+        // 20 rows a job: 1 + 2 ms for one job, 1 + 4 for two; 4.5 ms left → one job at a time.
+        assert_eq!(plan(&group, now, 64, |_| 20, heavy), (0, 1));
+        // At most max_rows rows, unless one job alone has more; the first full batch wins.
+        let group = vec![now + 100 * MS; 10];
+        assert_eq!(plan(&group, now, 4, |_| 1, heavy), (0, 4));
+        assert_eq!(plan(&group, now, 4, |_| 6, heavy), (0, 1));
     }
 }

@@ -1,5 +1,5 @@
-//! A shadow thread: takes up to `MAX_BATCH` jobs a look, scores those of one version as one batch,
-//! then rests to stay within its share of `shadow_cpu_budget`.
+//! A shadow thread: takes up to `LOOK` jobs a look, scores those of one version in batches of up to
+//! `MAX_BATCH` rows, then rests to stay within its share of `shadow_cpu_budget`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +9,13 @@ use super::record::Job;
 use super::score::score_group;
 use crate::background::{Closing, Work};
 
-/// Jobs a shadow thread takes from the queue at once, and so the largest batch.
+/// The most rows of one version a shadow thread scores in one call.
 pub(super) const MAX_BATCH: usize = 64;
+
+/// Jobs a shadow thread takes from the queue at once: several batches' worth, so that when the
+/// oldest have too little time left (after a rest, under pressure) a full batch can still be formed
+/// from newer ones (`score::plan`).
+pub(super) const LOOK: usize = 4 * MAX_BATCH;
 
 /// How long a shadow thread that found the queue empty first sleeps before it looks again (then
 /// longer, up to `idle_poll_max`, while it stays empty: `IdlePoll`).
@@ -46,7 +51,7 @@ impl Work for ShadowThread {
             let (group, rest): (Vec<_>, Vec<_>) =
                 scores.into_iter().partition(|(p, slot)| Arc::ptr_eq(&p.slots[*slot].version, &version));
             scores = rest;
-            score_group(&version, group);
+            score_group(&version, group, MAX_BATCH);
         }
         self.pacer.worked(cpu);
         // In slices, so a close is seen soon: then the queue is drained at full speed (the server
