@@ -441,3 +441,58 @@ async fn a_burst_is_scored_in_batches_with_each_requests_own_outputs() {
     }
     assert!(largest_batch > 1, "no batch formed behind a 20 ms challenger");
 }
+
+/// The champion path's batched calls and rows of breast-cancer version 1, from `/metrics`.
+async fn champion_batches(server: &TestServer) -> (f64, f64) {
+    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let series = |name: &str| {
+        let head = format!("{name}{{model=\"breast-cancer\",version=\"1\",path=\"champion\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse().unwrap())
+    };
+    (series("gauntlet_batch_rows_count"), series("gauntlet_batch_rows_sum"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batched_champion_answers_each_request_as_alone_with_its_own_id_and_record() {
+    // Every version on the inference pool (inline_max_us = 0), where concurrent requests run together.
+    let mut server = TestServer::start(&["inline_max_us=0", "models.breast-cancer.batching.max_batch=16"]).await;
+    let rows = Arc::new(holdout_rows("breast-cancer"));
+    let n = 120;
+    let before = champion_batches(&server).await;
+    let url = server.url("/v2/models/breast-cancer/infer");
+    let answers = futures_join_all((0..n).map(|i| {
+        let (rows, url) = (Arc::clone(&rows), url.clone());
+        async move {
+            let body = with_id(std::slice::from_ref(&rows[i % rows.len()]), &format!("c{i}"));
+            let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    }))
+    .await;
+    let after = champion_batches(&server).await;
+    let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(batched_rows, n as f64, "each request's row ran once");
+    assert!(calls < batched_rows, "{n} concurrent requests ran in {calls} calls: some together");
+    // The same rows in one request of more rows than max_batch: run alone, unbatched.
+    let rows_used: Vec<Vec<f64>> = (0..n).map(|i| rows[i % rows.len()].clone()).collect();
+    let (status, text) = infer(&server, "/v2/models/breast-cancer/versions/1/infer", &infer_body(&rows_used)).await;
+    assert_eq!(status, 200);
+    let alone: Value = serde_json::from_str(&text).unwrap();
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer["id"], format!("c{i}"), "each answer carries its own request's id");
+        assert_eq!(answer["outputs"][0]["data"], json!([alone["outputs"][0]["data"][i]]), "label of c{i}");
+        let probabilities = &alone["outputs"][1]["data"].as_array().unwrap()[2 * i..2 * i + 2];
+        common::assert_close(&answer["outputs"][1]["data"], &json!(probabilities), 1e-6);
+    }
+    server.stop().await.unwrap();
+    // One paired record per request, whose champion outputs are the answer's.
+    let records = server.records();
+    assert_eq!(records.len(), n);
+    for record in &records {
+        let i: usize = record["request_id"].as_str().unwrap()[1..].parse().unwrap();
+        let champion = &record["results"][0];
+        assert_eq!(champion["version"], "1", "{record}");
+        assert_eq!(champion["outputs"]["label"], answers[i]["outputs"][0]["data"], "{record}");
+    }
+}
