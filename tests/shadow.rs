@@ -442,11 +442,11 @@ async fn a_burst_is_scored_in_batches_with_each_requests_own_outputs() {
     assert!(largest_batch > 1, "no batch formed behind a 20 ms challenger");
 }
 
-/// The champion path's batched calls and rows of breast-cancer version 1, from `/metrics`.
-async fn champion_batches(server: &TestServer) -> (f64, f64) {
+/// The champion path's batched calls and rows of a breast-cancer version, from `/metrics`.
+async fn champion_batches(server: &TestServer, version: &str) -> (f64, f64) {
     let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
     let series = |name: &str| {
-        let head = format!("{name}{{model=\"breast-cancer\",version=\"1\",path=\"champion\"}} ");
+        let head = format!("{name}{{model=\"breast-cancer\",version=\"{version}\",path=\"champion\"}} ");
         text.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse().unwrap())
     };
     (series("gauntlet_batch_rows_count"), series("gauntlet_batch_rows_sum"))
@@ -458,7 +458,7 @@ async fn a_batched_champion_answers_each_request_as_alone_with_its_own_id_and_re
     let mut server = TestServer::start(&["inline_max_us=0", "models.breast-cancer.batching.max_batch=16"]).await;
     let rows = Arc::new(holdout_rows("breast-cancer"));
     let n = 120;
-    let before = champion_batches(&server).await;
+    let before = champion_batches(&server, "1").await;
     let url = server.url("/v2/models/breast-cancer/infer");
     let answers = futures_join_all((0..n).map(|i| {
         let (rows, url) = (Arc::clone(&rows), url.clone());
@@ -470,7 +470,7 @@ async fn a_batched_champion_answers_each_request_as_alone_with_its_own_id_and_re
         }
     }))
     .await;
-    let after = champion_batches(&server).await;
+    let after = champion_batches(&server, "1").await;
     let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
     assert_eq!(batched_rows, n as f64, "each request's row ran once");
     assert!(calls < batched_rows, "{n} concurrent requests ran in {calls} calls: some together");
@@ -494,5 +494,59 @@ async fn a_batched_champion_answers_each_request_as_alone_with_its_own_id_and_re
         let champion = &record["results"][0];
         assert_eq!(champion["version"], "1", "{record}");
         assert_eq!(champion["outputs"]["label"], answers[i]["outputs"][0]["data"], "{record}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heavy_demo_version_comes_from_train_py_and_runs_concurrent_requests_together() {
+    // What a newcomer runs: `models/train.py --heavy DIR` (breast-cancer 1 and the heavy 9).
+    let repository = tempfile::tempdir().unwrap();
+    let train = std::process::Command::new(common::python())
+        .arg(common::root().join("models/train.py"))
+        .arg("--heavy")
+        .arg(repository.path())
+        .status()
+        .unwrap();
+    assert!(train.success(), "models/train.py --heavy failed");
+    let config = repository.path().join("heavy.toml");
+    let models = repository.path().display();
+    let toml = format!("models_dir = \"{models}\"\n[models.breast-cancer]\nchampion = \"9\"\nchallengers = [\"1\"]\n");
+    std::fs::write(&config, toml).unwrap();
+    // Default settings: its warm-up time places it on the pool, where requests are batched.
+    let mut server = TestServer::start_from(Some(&config), &[], gauntlet::ServerOptions::default()).await;
+    let rows = Arc::new(holdout_rows("breast-cancer"));
+    let n = 64;
+    let before = champion_batches(&server, "9").await;
+    let url = server.url("/v2/models/breast-cancer/infer");
+    let answers = futures_join_all((0..n).map(|i| {
+        let (rows, url) = (Arc::clone(&rows), url.clone());
+        async move {
+            let body = with_id(std::slice::from_ref(&rows[i]), &format!("h{i}"));
+            let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    }))
+    .await;
+    let after = champion_batches(&server, "9").await;
+    let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
+    assert_eq!(batched_rows, n as f64, "the heavy version runs on the pool, batched");
+    assert!(calls < batched_rows, "{n} concurrent requests ran in {calls} calls");
+    // The same 64 rows in one request, more rows than max_batch (32): one call, unbatched.
+    let (status, text) = infer(&server, "/v2/models/breast-cancer/infer", &infer_body(&rows[..n])).await;
+    assert_eq!(status, 200);
+    let alone: Value = serde_json::from_str(&text).unwrap();
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer["model_version"], "9");
+        assert_eq!(answer["outputs"][0]["data"], json!([alone["outputs"][0]["data"][i]]), "label of h{i}");
+        let probabilities = &alone["outputs"][1]["data"].as_array().unwrap()[2 * i..2 * i + 2];
+        common::assert_close(&answer["outputs"][1]["data"], &json!(probabilities), 1e-4);
+    }
+    server.stop().await.unwrap();
+    let records = server.records();
+    assert_eq!(records.len(), n + 1, "one record per request, the 64-row one too");
+    for record in &records {
+        assert_eq!(record["results"][1]["version"], "1", "{record}");
+        assert_eq!(record["results"][1]["status"], "ok", "the tiny challenger scored it: {record}");
     }
 }
