@@ -13,7 +13,6 @@
 //! (its timeout) is not run; a batch whose inputs do not stack, that fails or that panics is run
 //! again one request at a time, so an error is only its own request's.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use std::time::{Duration, Instant};
 use crossbeam_queue::ArrayQueue;
 use tokio::sync::oneshot;
 
-use super::version::ModelVersion;
 use crate::model::{ModelError, Tensor};
 use crate::repository::Manifest;
 
@@ -84,7 +82,7 @@ impl Batcher {
     }
 
     /// Queues a request's rows. Returns where its reply will arrive, and whether the caller must
-    /// queue a drain ([`ModelVersion::drain`]) on the pool; `None` when the queue is full.
+    /// queue a drain (`ModelVersion::drain`) on the pool; `None` when the queue is full.
     pub fn push(&self, inputs: Arc<Vec<Tensor>>, rows: usize) -> Option<(oneshot::Receiver<Reply>, bool)> {
         let (reply, receiver) = oneshot::channel();
         let waiting = Waiting { inputs, rows, since: Instant::now(), reply };
@@ -176,82 +174,61 @@ impl BatchCost {
     }
 }
 
-impl ModelVersion {
-    /// Runs this version's queued requests in batches until none is queued (on a pool thread).
-    pub fn drain(&self) {
-        let Some(batcher) = &self.batcher else { return };
+impl Batcher {
+    /// Runs the queued requests in batches until none is queued (on a pool thread): `run` is one
+    /// guarded call of the model, `rows` hears each batch's size.
+    pub(super) fn drain(&self, run: impl Fn(&[Tensor]) -> Reply, rows: impl Fn(usize)) {
         // Requests queued from now on queue another drain, which a free pool thread runs beside
-        // this one: batches form only when every thread is busy.
-        // (A read-modify-write with acquire: it reads the flag a `push` set after queueing, so the
-        // pops below see that request.)
-        batcher.scheduled.swap(false, Ordering::AcqRel);
+        // this one: batches form only when every thread is busy. (A read-modify-write with
+        // acquire: it reads the flag a `push` set after queueing, so the pops below see that
+        // request.)
+        self.scheduled.swap(false, Ordering::AcqRel);
         let mut carry = None;
         loop {
-            let batch = batcher.next_batch(&mut carry);
+            let batch = self.next_batch(&mut carry);
             if batch.is_empty() {
                 return;
             }
-            self.run_batch(batch);
+            rows(batch.iter().map(|w| w.rows).sum());
+            run_batch(batch, &run);
         }
     }
+}
 
-    fn run_batch(&self, mut batch: Vec<Waiting>) {
-        self.metrics.batch(batch.iter().map(|w| w.rows).sum());
-        if batch.len() == 1 {
-            let waiting = batch.pop().expect("one request");
-            let reply = self.run_guarded(&waiting.inputs);
-            let _ = waiting.reply.send(reply);
-            return;
-        }
-        match self.run_stacked(&batch) {
-            Some(per_request) => {
-                for (waiting, outputs) in batch.into_iter().zip(per_request) {
-                    let _ = waiting.reply.send(Ok(Ok(outputs)));
-                }
+fn run_batch(mut batch: Vec<Waiting>, run: &impl Fn(&[Tensor]) -> Reply) {
+    if batch.len() == 1 {
+        let waiting = batch.pop().expect("one request");
+        let _ = waiting.reply.send(run(&waiting.inputs));
+        return;
+    }
+    match run_stacked(&batch, run) {
+        Some(per_request) => {
+            for (waiting, outputs) in batch.into_iter().zip(per_request) {
+                let _ = waiting.reply.send(Ok(Ok(outputs)));
             }
-            None => {
-                for waiting in batch {
-                    let reply = self.run_guarded(&waiting.inputs);
-                    let _ = waiting.reply.send(reply);
-                }
+        }
+        None => {
+            for waiting in batch {
+                let _ = waiting.reply.send(run(&waiting.inputs));
             }
         }
     }
+}
 
-    /// One run over the stacked inputs, cut back per request; `None` if they do not stack, or the
-    /// run fails or panics.
-    fn run_stacked(&self, batch: &[Waiting]) -> Option<Vec<Vec<Tensor>>> {
-        let count = batch[0].inputs.len();
-        let inputs = (0..count)
-            .map(|i| Tensor::concat_rows(&batch.iter().map(|w| &w.inputs[i]).collect::<Vec<_>>()))
-            .collect::<Option<Vec<Tensor>>>()?;
-        let outputs = self.run_guarded(&inputs).ok()?.ok()?;
-        let rows: Vec<usize> = batch.iter().map(|w| w.rows).collect();
-        let mut per_request: Vec<Vec<Tensor>> = (0..batch.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
-        for output in &outputs {
-            for (request, piece) in per_request.iter_mut().zip(output.split_rows(&rows)?) {
-                request.push(piece);
-            }
+/// One run over the stacked inputs, cut back per request; `None` if they do not stack, or the run
+/// fails or panics.
+fn run_stacked(batch: &[Waiting], run: &impl Fn(&[Tensor]) -> Reply) -> Option<Vec<Vec<Tensor>>> {
+    let count = batch[0].inputs.len();
+    let inputs = (0..count)
+        .map(|i| Tensor::concat_rows(&batch.iter().map(|w| &w.inputs[i]).collect::<Vec<_>>()))
+        .collect::<Option<Vec<Tensor>>>()?;
+    let outputs = run(&inputs).ok()?.ok()?;
+    let rows: Vec<usize> = batch.iter().map(|w| w.rows).collect();
+    let mut per_request: Vec<Vec<Tensor>> = (0..batch.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
+    for output in &outputs {
+        for (request, piece) in per_request.iter_mut().zip(output.split_rows(&rows)?) {
+            request.push(piece);
         }
-        Some(per_request)
     }
-
-    fn run_guarded(&self, inputs: &[Tensor]) -> Reply {
-        let start = Instant::now();
-        let reply = catch_unwind(AssertUnwindSafe(|| self.infer(inputs))).map_err(|_| Unrun::Panicked);
-        if let Ok(Ok(_)) = &reply {
-            self.cost.observe(inputs.first().map_or(1, Tensor::rows), start.elapsed());
-        }
-        reply
-    }
-
-    /// Its time per row by batch size, as measured so far.
-    pub fn cost(&self) -> &BatchCost {
-        &self.cost
-    }
-
-    /// This version's batcher, when it batches.
-    pub fn batcher(&self) -> Option<&Batcher> {
-        self.batcher.as_ref()
-    }
+    Some(per_request)
 }

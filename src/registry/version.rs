@@ -1,10 +1,11 @@
 //! One loaded, validated, warmed-up model version, and where its inference runs.
 
 use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::batch::{BatchCost, BatchSettings, Batcher};
+use super::batch::{BatchCost, BatchSettings, Batcher, Reply, Unrun};
 use crate::metrics::VersionMetrics;
 use crate::model::{Backend, BackendChoice, Model, ModelError, Tensor};
 use crate::repository::{Manifest, VersionId};
@@ -81,6 +82,33 @@ impl ModelVersion {
         } else {
             Placement::Pool
         }
+    }
+
+    /// Runs this version's queued requests in batches until none is queued (on a pool thread).
+    pub fn drain(&self) {
+        if let Some(batcher) = &self.batcher {
+            batcher.drain(|inputs| self.run_guarded(inputs), |rows| self.metrics.batch(rows));
+        }
+    }
+
+    /// One run whose panic is its result; a success teaches the version's batch cost.
+    fn run_guarded(&self, inputs: &[Tensor]) -> Reply {
+        let start = Instant::now();
+        let reply = catch_unwind(AssertUnwindSafe(|| self.infer(inputs))).map_err(|_| Unrun::Panicked);
+        if let Ok(Ok(_)) = &reply {
+            self.cost.observe(inputs.first().map_or(1, Tensor::rows), start.elapsed());
+        }
+        reply
+    }
+
+    /// Its time per row by batch size, as measured so far.
+    pub fn cost(&self) -> &BatchCost {
+        &self.cost
+    }
+
+    /// This version's batcher, when it batches.
+    pub fn batcher(&self) -> Option<&Batcher> {
+        self.batcher.as_ref()
     }
 
     /// Runs the model (synchronously) and records its time.
