@@ -7,6 +7,7 @@
 //! Invalid configuration fails at start with the path of the key at fault.
 
 mod defaults;
+mod models;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -24,9 +25,10 @@ use crate::join::JoinSettings;
 use crate::model::BackendChoice;
 use crate::outcomes::{LogInputs, WriterSettings};
 use crate::registry::{BatchSettings, DeploymentSpec, InitialDeployments, LoadSettings};
-use crate::repository::VersionId;
 pub use crate::secret::Secret;
 use crate::tls::TlsSettings;
+
+pub use self::models::{BatchingConfig, CanaryConfig, ModelConfig};
 use crate::traffic::{Canary, TrafficPlan};
 
 const ENV_PREFIX: &str = "GAUNTLET_";
@@ -215,76 +217,6 @@ impl OutcomesConfig {
             rotate_age: Duration::from_secs(self.rotate_age_s),
         }
     }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// The version that answers unversioned requests.
-    pub champion: VersionId,
-    /// Versions to load (champion included); unset: every version in the repository.
-    #[serde(default)]
-    pub versions: Option<Vec<VersionId>>,
-    /// This model's backend; unset: the top-level `backend`.
-    #[serde(default)]
-    pub backend: Option<BackendChoice>,
-    /// Versions that shadow the champion on sampled requests.
-    #[serde(default)]
-    pub challengers: Vec<VersionId>,
-    /// Share of requests, in [0, 1], the challengers shadow (decided by a hash of the request id).
-    #[serde(default = "defaults::shadow_sample_rate")]
-    pub shadow_sample_rate: f64,
-    /// A challenger that answers a share of requests itself.
-    #[serde(default)]
-    pub canary: Option<CanaryConfig>,
-    /// Automatic promotion and rollback on the comparison's sequential test; off by default.
-    #[serde(default)]
-    pub policy: PolicySettings,
-    /// This deployment's drift thresholds; unset: those of `[drift]`.
-    #[serde(default)]
-    pub drift: Option<Thresholds>,
-    /// The segments the comparison is broken down by (`[models.<name>.slices]`); none by default.
-    #[serde(default)]
-    pub slices: crate::traffic::SliceSettings,
-    /// MLflow registry aliases that drive this deployment (`repository = "mlflow+http://…"` only).
-    #[serde(default)]
-    pub mlflow: Option<crate::repository::MlflowAliases>,
-    /// How this model's requests on the inference pool run together (`[models.<name>.batching]`).
-    #[serde(default)]
-    pub batching: BatchingConfig,
-}
-
-/// Dynamic batching of requests to versions slow enough for the inference pool (`inline_max_us`);
-/// versions that run inline, and models without a batch dimension, are never batched.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BatchingConfig {
-    /// The most rows one model call runs; 1 turns batching off.
-    #[serde(default = "defaults::max_batch")]
-    pub max_batch: usize,
-    /// How long a batch may wait for more requests, in µs; 0 (the default): only requests already
-    /// queued while every pool thread was busy join, and none waits for another.
-    #[serde(default)]
-    pub max_queue_delay_us: u64,
-}
-
-impl Default for BatchingConfig {
-    fn default() -> Self {
-        Self { max_batch: defaults::max_batch(), max_queue_delay_us: 0 }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CanaryConfig {
-    /// One of the challengers.
-    pub version: VersionId,
-    /// Share of requests, in [0, 1], it answers.
-    pub share: f64,
-    /// A request header (e.g. `x-user-id`) whose value decides, so a client stays on one version;
-    /// unset or absent: the request id decides.
-    #[serde(default)]
-    pub key_header: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -631,6 +563,7 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::repository::VersionId;
 
     fn load(file: &str, env: &[(&str, &str)], set: &[&str]) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
