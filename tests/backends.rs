@@ -160,9 +160,15 @@ async fn batched_answers_equal_each_row_run_alone_on_every_version_and_backend()
     let tract = [("breast-cancer", "3"), ("diabetes", "1")].map(|(m, v)| (m, v, BackendChoice::Tract));
     for (model, version, backend) in ALL.map(|(m, v)| (m, v, BackendChoice::Ort)).into_iter().chain(tract) {
         let settings = LoadSettings {
-            // Every version on the pool, where requests are batched.
+            // Every version on the pool, where requests are batched; a drain waits up to 100 ms for
+            // more rows (these models take microseconds: without it a free thread would run each
+            // row as it comes, and whether batches form would be the scheduler's affair).
             inline_max: std::time::Duration::ZERO,
-            batching: BatchSettings { max_batch: 32, max_queue_delay: std::time::Duration::ZERO, queue: 1024 },
+            batching: BatchSettings {
+                max_batch: 32,
+                max_queue_delay: std::time::Duration::from_millis(100),
+                queue: 1024,
+            },
             ..settings(backend)
         };
         let loaded = load_version(&repository(), &loader, model, &VersionId::new(version), settings).unwrap();
@@ -170,7 +176,7 @@ async fn batched_answers_equal_each_row_run_alone_on_every_version_and_backend()
         assert!(loaded.batcher().is_some(), "{model}/{version} has a batch dimension");
         let requests = one_row_requests(model);
         let before = batched_calls(model, version);
-        // All queued before the first completes (one thread here): the pool's drains take them in batches.
+        // All queued in one pass (one runtime thread), within the queue delay: batches of 32.
         let answers =
             futures_util::future::join_all(requests.iter().map(|inputs| executor.infer(&loaded, inputs))).await;
         let after = batched_calls(model, version);

@@ -442,6 +442,22 @@ async fn a_burst_is_scored_in_batches_with_each_requests_own_outputs() {
     assert!(largest_batch > 1, "no batch formed behind a 20 ms challenger");
 }
 
+/// `n` one-row breast-cancer requests at once (ids `{prefix}{i}`, row `i` of `rows`, cycling), each
+/// answered 200: their answers, in order.
+async fn all_at_once(server: &TestServer, rows: &Arc<Vec<Vec<f64>>>, n: usize, prefix: &str) -> Vec<Value> {
+    let url = server.url("/v2/models/breast-cancer/infer");
+    futures_join_all((0..n).map(|i| {
+        let (rows, url, id) = (Arc::clone(rows), url.clone(), format!("{prefix}{i}"));
+        async move {
+            let body = with_id(std::slice::from_ref(&rows[i % rows.len()]), &id);
+            let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    }))
+    .await
+}
+
 /// The champion path's batched calls and rows of a breast-cancer version, from `/metrics`.
 async fn champion_batches(server: &TestServer, version: &str) -> (f64, f64) {
     let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
@@ -454,22 +470,19 @@ async fn champion_batches(server: &TestServer, version: &str) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batched_champion_answers_each_request_as_alone_with_its_own_id_and_record() {
-    // Every version on the inference pool (inline_max_us = 0), where concurrent requests run together.
-    let mut server = TestServer::start(&["inline_max_us=0", "models.breast-cancer.batching.max_batch=16"]).await;
+    // Every version on the inference pool (inline_max_us = 0), where concurrent requests run together;
+    // a batch waits up to 20 ms for more (these models take microseconds: a free pool thread would
+    // otherwise run each as it comes).
+    let mut server = TestServer::start(&[
+        "inline_max_us=0",
+        "models.breast-cancer.batching.max_batch=16",
+        "models.breast-cancer.batching.max_queue_delay_us=20000",
+    ])
+    .await;
     let rows = Arc::new(holdout_rows("breast-cancer"));
     let n = 120;
     let before = champion_batches(&server, "1").await;
-    let url = server.url("/v2/models/breast-cancer/infer");
-    let answers = futures_join_all((0..n).map(|i| {
-        let (rows, url) = (Arc::clone(&rows), url.clone());
-        async move {
-            let body = with_id(std::slice::from_ref(&rows[i % rows.len()]), &format!("c{i}"));
-            let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.json::<Value>().await.unwrap()
-        }
-    }))
-    .await;
+    let answers = all_at_once(&server, &rows, n, "c").await;
     let after = champion_batches(&server, "1").await;
     let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
     assert_eq!(batched_rows, n as f64, "each request's row ran once");
@@ -517,17 +530,7 @@ async fn the_heavy_demo_version_comes_from_train_py_and_runs_concurrent_requests
     let rows = Arc::new(holdout_rows("breast-cancer"));
     let n = 64;
     let before = champion_batches(&server, "9").await;
-    let url = server.url("/v2/models/breast-cancer/infer");
-    let answers = futures_join_all((0..n).map(|i| {
-        let (rows, url) = (Arc::clone(&rows), url.clone());
-        async move {
-            let body = with_id(std::slice::from_ref(&rows[i]), &format!("h{i}"));
-            let response = reqwest::Client::new().post(url).json(&body).send().await.unwrap();
-            assert_eq!(response.status(), 200);
-            response.json::<Value>().await.unwrap()
-        }
-    }))
-    .await;
+    let answers = all_at_once(&server, &rows, n, "h").await;
     let after = champion_batches(&server, "9").await;
     let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
     assert_eq!(batched_rows, n as f64, "the heavy version runs on the pool, batched");
