@@ -633,3 +633,48 @@ async fn fuzzed_model_infer_requests_never_crash_or_fail_inside() {
     assert!(grpc.model_infer(raw_request("breast-cancer", &holdout("breast-cancer").rows[..1])).await.is_ok());
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_requests_are_batched_on_the_pool_as_rest_ones_are() {
+    // Every version on the pool, where concurrent requests run together (a batch waits up to 20 ms
+    // for more: these models take microseconds).
+    let mut server = TestServer::start(&[
+        "inline_max_us=0",
+        "models.breast-cancer.batching.max_batch=16",
+        "models.breast-cancer.batching.max_queue_delay_us=20000",
+    ])
+    .await;
+    let batches = |text: &str, name: &str| {
+        let head = format!("{name}{{model=\"breast-cancer\",version=\"1\",path=\"champion\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let metrics = || async { reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap() };
+    let before = metrics().await;
+    let rows = holdout("breast-cancer").rows;
+    let n = 48;
+    let grpc = client(&server).await;
+    let calls = (0..n).map(|i| {
+        let (mut grpc, mut request) = (grpc.clone(), raw_request("breast-cancer", &rows[i..i + 1]));
+        request.id = format!("g{i}");
+        tokio::spawn(async move { grpc.model_infer(request).await.unwrap().into_inner() })
+    });
+    let mut answers = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        answers.push(call.await.unwrap());
+    }
+    let after = metrics().await;
+    let calls = batches(&after, "gauntlet_batch_rows_count") - batches(&before, "gauntlet_batch_rows_count");
+    let batched_rows = batches(&after, "gauntlet_batch_rows_sum") - batches(&before, "gauntlet_batch_rows_sum");
+    assert_eq!(batched_rows, n as f64, "each gRPC request's row ran once, batched");
+    assert!(calls < batched_rows, "{n} concurrent gRPC requests ran in {calls} calls");
+    // Each answer is its own request's: its id, and what REST answers for its row alone (labels
+    // exactly; probabilities within the manifest's tolerance: a batched GEMM sums in another order).
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.id, format!("g{i}"));
+        let (grpc, rest) =
+            (as_json(answer), rest_as_json(&rest_infer(&server, "breast-cancer", &rows[i..i + 1]).await));
+        assert_eq!(grpc["outputs"][0], rest["outputs"][0], "row {i}: the label");
+        common::assert_close(&grpc["outputs"][1]["data"], &rest["outputs"][1]["data"], 1e-4);
+    }
+    server.stop().await.unwrap();
+}
