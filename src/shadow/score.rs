@@ -19,10 +19,12 @@ use crate::registry::Status;
 /// records complete within `shadow_cpu_budget`. A batch whose inputs do not stack, or that fails,
 /// runs one job at a time.
 pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRecord>, usize)>, max_rows: usize) {
-    let rows_of = |(pending, _): &(Arc<PendingRecord>, usize)| pending.request.inputs.first().map_or(1, Tensor::rows);
+    let job = |(pending, _): &(Arc<PendingRecord>, usize)| {
+        (pending.deadline, pending.request.inputs.first().map_or(1, Tensor::rows))
+    };
     while !group.is_empty() {
         let now = Instant::now();
-        let (skip, take) = plan(&group, now, max_rows, rows_of, |rows| version.cost().estimate(rows));
+        let (skip, take) = plan(&group, now, max_rows, job, |rows| version.cost().estimate(rows));
         for (pending, slot) in group.drain(..skip) {
             // Work that cannot make its deadline (or only in a batch too small to be worth it)
             // is not worth the CPU.
@@ -51,25 +53,25 @@ pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRec
 /// and the next `take` as one batch, the largest batch of consecutive jobs (of at most `max_rows`
 /// rows, unless one job alone has more) whose estimated time ends before the deadline of its first
 /// (oldest). On a tie, the one that starts oldest. A job whose deadline has passed is never taken;
-/// `take` is 0 only when none can finish in time.
-fn plan<J: HasDeadline>(
+/// `take` is 0 only when none can finish in time. `job` reads a job's deadline and rows.
+fn plan<J>(
     group: &[J],
     now: Instant,
     max_rows: usize,
-    rows_of: impl Fn(&J) -> usize,
+    job: impl Fn(&J) -> (Instant, usize),
     estimate: impl Fn(usize) -> Duration,
 ) -> (usize, usize) {
     let mut best = (group.len(), 0);
     for start in 0..group.len() {
-        let Some(left) = group[start].deadline().checked_duration_since(now).filter(|d| !d.is_zero()) else {
+        let Some(left) = job(&group[start]).0.checked_duration_since(now).filter(|d| !d.is_zero()) else {
             continue;
         };
         if group.len() - start <= best.1 {
             break;
         }
         let (mut rows, mut take) = (0, 0);
-        for job in &group[start..] {
-            let more = rows_of(job);
+        for queued in &group[start..] {
+            let more = job(queued).1;
             if (take > 0 && rows + more > max_rows) || estimate(rows + more) > left {
                 break;
             }
@@ -85,17 +87,6 @@ fn plan<J: HasDeadline>(
         }
     }
     best
-}
-
-/// What [`plan`] reads of a job.
-trait HasDeadline {
-    fn deadline(&self) -> Instant;
-}
-
-impl HasDeadline for (Arc<PendingRecord>, usize) {
-    fn deadline(&self) -> Instant {
-        self.0.deadline
-    }
 }
 
 /// One run over the stacked inputs, cut back into each request's outputs; `None` if the inputs do
@@ -148,12 +139,6 @@ fn infer(version: &ModelVersion, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Dura
 mod tests {
     use super::*;
 
-    impl HasDeadline for Instant {
-        fn deadline(&self) -> Instant {
-            *self
-        }
-    }
-
     const MS: Duration = Duration::from_millis(1);
 
     /// A heavy model's cost: 1 ms a call plus 0.1 ms a row.
@@ -165,7 +150,7 @@ mod tests {
     fn with_time_for_all_every_job_runs_in_one_batch() {
         let now = Instant::now();
         let group: Vec<Instant> = (0..10).map(|i| now + 100 * MS + i * MS).collect();
-        assert_eq!(plan(&group, now, 64, |_| 1, heavy), (0, 10));
+        assert_eq!(plan(&group, now, 64, |&d| (d, 1), heavy), (0, 10));
     }
 
     #[test]
@@ -174,12 +159,12 @@ mod tests {
         // The two oldest have 1.3 ms left: a batch of 3 at most. From the third on, 10 ms: all 8.
         let mut group = vec![now + 13 * MS / 10, now + 13 * MS / 10];
         group.extend((0..8).map(|_| now + 10 * MS));
-        assert_eq!(plan(&group, now, 64, |_| 1, heavy), (2, 8));
+        assert_eq!(plan(&group, now, 64, |&d| (d, 1), heavy), (2, 8));
         // Past deadlines are never taken, even when nothing else is.
         let late = vec![now - MS, now];
-        assert_eq!(plan(&late, now, 64, |_| 1, heavy), (2, 0));
+        assert_eq!(plan(&late, now, 64, |&d| (d, 1), heavy), (2, 0));
         // Nothing fits: everything is a timeout.
-        assert_eq!(plan(&[now + MS / 2], now, 64, |_| 1, heavy), (1, 0));
+        assert_eq!(plan(&[now + MS / 2], now, 64, |&d| (d, 1), heavy), (1, 0));
     }
 
     #[test]
@@ -187,10 +172,10 @@ mod tests {
         let now = Instant::now();
         let group = vec![now + 9 * MS / 2; 4];
         // 20 rows a job: 1 + 2 ms for one job, 1 + 4 for two; 4.5 ms left → one job at a time.
-        assert_eq!(plan(&group, now, 64, |_| 20, heavy), (0, 1));
+        assert_eq!(plan(&group, now, 64, |&d| (d, 20), heavy), (0, 1));
         // At most max_rows rows, unless one job alone has more; the first full batch wins.
         let group = vec![now + 100 * MS; 10];
-        assert_eq!(plan(&group, now, 4, |_| 1, heavy), (0, 4));
-        assert_eq!(plan(&group, now, 4, |_| 6, heavy), (0, 1));
+        assert_eq!(plan(&group, now, 4, |&d| (d, 1), heavy), (0, 4));
+        assert_eq!(plan(&group, now, 4, |&d| (d, 6), heavy), (0, 1));
     }
 }
