@@ -1,6 +1,8 @@
 //! Both backends on the real demo models: what each loads, what validation refuses, and that they
 //! agree wherever both run.
 
+mod common;
+
 use std::path::Path;
 
 use gauntlet::model::{BackendChoice, Loader, OnnxRuntime, Tensor, TensorData};
@@ -140,14 +142,9 @@ fn one_row_requests(model: &str) -> Vec<std::sync::Arc<Vec<Tensor>>> {
     all.split_rows(&vec![1; rows]).unwrap().into_iter().map(|row| std::sync::Arc::new(vec![row])).collect()
 }
 
-/// The champion path's batched calls and rows of a version so far, from the metrics.
+/// The champion path's batched calls and rows of a version so far, from this process's metrics.
 fn batched_calls(model: &str, version: &str) -> (f64, f64) {
-    let text = gauntlet::metrics::handle().render();
-    let series = |name: &str| {
-        let head = format!("{name}{{model=\"{model}\",version=\"{version}\",path=\"champion\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse().unwrap())
-    };
-    (series("gauntlet_batch_rows_count"), series("gauntlet_batch_rows_sum"))
+    common::champion_batches(&gauntlet::metrics::handle().render(), model, version)
 }
 
 #[tokio::test(flavor = "current_thread")]

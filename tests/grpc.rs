@@ -644,12 +644,7 @@ async fn grpc_requests_are_batched_on_the_pool_as_rest_ones_are() {
         "models.breast-cancer.batching.max_queue_delay_us=20000",
     ])
     .await;
-    let batches = |text: &str, name: &str| {
-        let head = format!("{name}{{model=\"breast-cancer\",version=\"1\",path=\"champion\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse::<f64>().unwrap())
-    };
-    let metrics = || async { reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap() };
-    let before = metrics().await;
+    let before = server.champion_batches("breast-cancer", "1").await;
     let rows = holdout("breast-cancer").rows;
     let n = 48;
     let grpc = client(&server).await;
@@ -662,9 +657,8 @@ async fn grpc_requests_are_batched_on_the_pool_as_rest_ones_are() {
     for call in calls.collect::<Vec<_>>() {
         answers.push(call.await.unwrap());
     }
-    let after = metrics().await;
-    let calls = batches(&after, "gauntlet_batch_rows_count") - batches(&before, "gauntlet_batch_rows_count");
-    let batched_rows = batches(&after, "gauntlet_batch_rows_sum") - batches(&before, "gauntlet_batch_rows_sum");
+    let after = server.champion_batches("breast-cancer", "1").await;
+    let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
     assert_eq!(batched_rows, n as f64, "each gRPC request's row ran once, batched");
     assert!(calls < batched_rows, "{n} concurrent gRPC requests ran in {calls} calls");
     // Each answer is its own request's: its id, and what REST answers for its row alone (labels

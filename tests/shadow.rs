@@ -458,16 +458,6 @@ async fn all_at_once(server: &TestServer, rows: &Arc<Vec<Vec<f64>>>, n: usize, p
     .await
 }
 
-/// The champion path's batched calls and rows of a breast-cancer version, from `/metrics`.
-async fn champion_batches(server: &TestServer, version: &str) -> (f64, f64) {
-    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
-    let series = |name: &str| {
-        let head = format!("{name}{{model=\"breast-cancer\",version=\"{version}\",path=\"champion\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse().unwrap())
-    };
-    (series("gauntlet_batch_rows_count"), series("gauntlet_batch_rows_sum"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batched_champion_answers_each_request_as_alone_with_its_own_id_and_record() {
     // Every version on the inference pool (inline_max_us = 0), where concurrent requests run together;
@@ -481,9 +471,9 @@ async fn a_batched_champion_answers_each_request_as_alone_with_its_own_id_and_re
     .await;
     let rows = Arc::new(holdout_rows("breast-cancer"));
     let n = 120;
-    let before = champion_batches(&server, "1").await;
+    let before = server.champion_batches("breast-cancer", "1").await;
     let answers = all_at_once(&server, &rows, n, "c").await;
-    let after = champion_batches(&server, "1").await;
+    let after = server.champion_batches("breast-cancer", "1").await;
     let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
     assert_eq!(batched_rows, n as f64, "each request's row ran once");
     assert!(calls < batched_rows, "{n} concurrent requests ran in {calls} calls: some together");
@@ -529,9 +519,9 @@ async fn the_heavy_demo_version_comes_from_train_py_and_runs_concurrent_requests
     let mut server = TestServer::start_from(Some(&config), &[], gauntlet::ServerOptions::default()).await;
     let rows = Arc::new(holdout_rows("breast-cancer"));
     let n = 64;
-    let before = champion_batches(&server, "9").await;
+    let before = server.champion_batches("breast-cancer", "9").await;
     let answers = all_at_once(&server, &rows, n, "h").await;
-    let after = champion_batches(&server, "9").await;
+    let after = server.champion_batches("breast-cancer", "9").await;
     let (calls, batched_rows) = (after.0 - before.0, after.1 - before.1);
     assert_eq!(batched_rows, n as f64, "the heavy version runs on the pool, batched");
     assert!(calls < batched_rows, "{n} concurrent requests ran in {calls} calls");

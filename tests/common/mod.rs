@@ -84,6 +84,12 @@ impl TestServer {
         Self { addr, grpc, outcomes, state, shutdown: Some(tx), task: Some(task) }
     }
 
+    /// This server's champion-path batches of a version so far (see [`champion_batches`]).
+    pub async fn champion_batches(&self, model: &str, version: &str) -> (f64, f64) {
+        let metrics = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        champion_batches(&metrics, model, version)
+    }
+
     /// Every outcome record written so far, in file (time) order.
     pub fn records(&self) -> Vec<serde_json::Value> {
         let mut files: Vec<PathBuf> =
@@ -301,4 +307,14 @@ pub async fn feed_regions(server: &TestServer, cycles: usize) -> u64 {
         assert_eq!(answer.status(), 200);
     }
     (cycles * n) as u64
+}
+
+/// A version's requests batched on the inference pool, in Prometheus text: the model calls and the
+/// rows they ran (`gauntlet_batch_rows{path="champion"}`'s count and sum; 0 before the first).
+pub fn champion_batches(metrics: &str, model: &str, version: &str) -> (f64, f64) {
+    let series = |name: &str| {
+        let head = format!("{name}{{model=\"{model}\",version=\"{version}\",path=\"champion\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&head)).map_or(0.0, |v| v.parse().unwrap())
+    };
+    (series("gauntlet_batch_rows_count"), series("gauntlet_batch_rows_sum"))
 }
