@@ -185,9 +185,7 @@ impl Executor {
             Err(PoolError::Stopped) => Err(Error::new(ErrorKind::Unavailable, "the gateway is shutting down")),
         }
     }
-}
 
-impl Executor {
     /// Queues the request's rows on its version's batcher, and a drain on the pool unless one is
     /// already waiting for a thread; then waits for its own outputs (see `registry::batch`).
     async fn batched(

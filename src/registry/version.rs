@@ -91,14 +91,10 @@ impl ModelVersion {
         }
     }
 
-    /// One run whose panic is its result; a success teaches the version's batch cost.
+    /// One run whose panic is its result.
     fn run_guarded(&self, inputs: &[Tensor]) -> Reply {
-        let start = Instant::now();
-        let reply = catch_unwind(AssertUnwindSafe(|| self.infer(inputs))).map_err(|_| Unrun::Panicked);
-        if let Ok(Ok(_)) = &reply {
-            self.cost.observe(inputs.first().map_or(1, Tensor::rows), start.elapsed());
-        }
-        reply
+        catch_unwind(AssertUnwindSafe(|| self.infer_learning(inputs).map(|(outputs, _)| outputs)))
+            .map_err(|_| Unrun::Panicked)
     }
 
     /// Its time per row by batch size, as measured so far.
@@ -113,10 +109,26 @@ impl ModelVersion {
 
     /// Runs the model (synchronously) and records its time.
     pub fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, ModelError> {
+        self.infer_timed(inputs).map(|(outputs, _)| outputs)
+    }
+
+    /// As [`infer`](Self::infer), with the run's time, which a success also teaches its batch
+    /// cost. Off the request path only (batches, the shadow): every request thread writing the
+    /// same averages would share their cache line.
+    pub fn infer_learning(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Duration), ModelError> {
+        let timed = self.infer_timed(inputs);
+        if let Ok((_, took)) = &timed {
+            self.cost.observe(inputs.first().map_or(1, Tensor::rows), *took);
+        }
+        timed
+    }
+
+    fn infer_timed(&self, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Duration), ModelError> {
         let start = Instant::now();
         let result = self.model.infer(inputs);
-        self.metrics.model_time(start.elapsed());
-        result
+        let took = start.elapsed();
+        self.metrics.model_time(took);
+        result.map(|outputs| (outputs, took))
     }
 }
 

@@ -123,13 +123,8 @@ fn score_one(pending: &PendingRecord, slot: usize) {
 
 /// One run of a challenger, timed: its error or panic is its result, and reaches no client.
 fn infer(version: &ModelVersion, inputs: &[Tensor]) -> Result<(Vec<Tensor>, Duration), (Status, Option<String>)> {
-    let start = Instant::now();
-    match catch_unwind(AssertUnwindSafe(|| version.infer(inputs))) {
-        Ok(Ok(outputs)) => {
-            let took = start.elapsed();
-            version.cost().observe(inputs.first().map_or(1, Tensor::rows), took);
-            Ok((outputs, took))
-        }
+    match catch_unwind(AssertUnwindSafe(|| version.infer_learning(inputs))) {
+        Ok(Ok(timed)) => Ok(timed),
         Ok(Err(error)) => Err((Status::Error, Some(error.to_string()))),
         Err(_panic) => Err((Status::Panic, Some("the model panicked".to_owned()))),
     }
