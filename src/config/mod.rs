@@ -138,6 +138,11 @@ pub struct Config {
     /// A challenger not finished this long after its request was answered is recorded as `timeout`.
     #[serde(default = "defaults::shadow_deadline_ms")]
     pub shadow_deadline_ms: u64,
+    /// How long a challenger's job may wait for others of its version, to be scored with them in
+    /// one run (fewer, larger runs: each costs a model's fixed overhead once). Default: three
+    /// quarters of `shadow_deadline_ms`; 0 scores each job as soon as a shadow thread takes it.
+    #[serde(default)]
+    pub shadow_max_wait_ms: Option<u64>,
     /// Cores the shadow threads may use together (e.g. 0.25: a quarter of one); they pace
     /// themselves on their own CPU time, and what they cannot get to is shed or times out.
     #[serde(default = "defaults::shadow_cpu_budget")]
@@ -375,6 +380,12 @@ impl Config {
                 message: "must be a number of cores greater than 0".into(),
             });
         }
+        if self.shadow_max_wait_ms.is_some_and(|wait| wait >= self.shadow_deadline_ms) {
+            return Err(ConfigError::Invalid {
+                key: "shadow_max_wait_ms".into(),
+                message: "must be shorter than shadow_deadline_ms (the rest of the deadline is the time to run)".into(),
+            });
+        }
         if let Some((key, message)) = self.auth.invalid() {
             return Err(ConfigError::Invalid { key: format!("auth.{key}"), message });
         }
@@ -505,6 +516,9 @@ impl Config {
             threads: self.shadow_threads,
             queue: self.shadow_queue,
             deadline: Duration::from_millis(self.shadow_deadline_ms),
+            max_wait: self
+                .shadow_max_wait_ms
+                .map_or(Duration::from_millis(self.shadow_deadline_ms) * 3 / 4, Duration::from_millis),
             cpu_budget: self.shadow_cpu_budget,
         }
     }
@@ -622,6 +636,11 @@ mod tests {
             assert!(err.contains("`shadow_cpu_budget`"), "{budget}: {err}");
         }
         assert_eq!(load(FILE, &[], &["shadow_cpu_budget=1.5"]).unwrap().shadow_cpu_budget, 1.5);
+        let err = load(FILE, &[], &["shadow_max_wait_ms=250"]).unwrap_err().to_string();
+        assert!(err.contains("`shadow_max_wait_ms`") && err.contains("shorter than shadow_deadline_ms"), "{err}");
+        let wait = |set: &[&str]| load(FILE, &[], set).unwrap().shadow_settings().max_wait;
+        assert_eq!(wait(&[]), Duration::from_micros(187_500), "three quarters of the 250 ms deadline");
+        assert_eq!(wait(&["shadow_max_wait_ms=0"]), Duration::ZERO);
         let err = load("[models.x]\nchampion = \"3\"\nversions = [\"1\"]", &[], &[]).unwrap_err().to_string();
         assert!(err.contains("`models.x.champion`"), "{err}");
         let err = load("[models.x]\nchampion = \"1\"\nchallengers = [\"2\"]\nshadow_sample_rate = 1.5", &[], &[])

@@ -12,8 +12,10 @@
 //!   preempted, would stall the request) and never assembles or serialises a record.
 //! - Everything after runs on the shadow pool: each challenger's inference, and, in whichever job
 //!   finishes last, assembling, counting and serialising the record.
-//! - Batched: a shadow thread takes up to `LOOK` queued jobs at once and scores those of one
-//!   version in runs of up to `MAX_BATCH` rows (stacked), sized by the version's measured time
+//! - Batched: a shadow thread takes up to `LOOK` queued jobs at once and holds each version's until
+//!   they make `MAX_BATCH` rows or the oldest has waited `shadow_max_wait_ms` (so a quiet gateway
+//!   pays a model's fixed cost per run once for several records; the rest of the deadline is the
+//!   time to run). It scores them in runs of up to `MAX_BATCH` rows (stacked), sized by the version's measured time
 //!   per row at each batch size and the oldest job's deadline, so under load a challenger pays its
 //!   per-run overhead (a heavy model: reading its weights) once per batch, not once per request.
 //!   Under pressure the oldest jobs that could only run in a small batch are timeouts, so that
@@ -65,6 +67,8 @@ pub struct ShadowSettings {
     pub queue: usize,
     /// After this long a member's result is a timeout.
     pub deadline: Duration,
+    /// How long a job may be held for others of its version to be scored with it (less than `deadline`).
+    pub max_wait: Duration,
     /// Cores the threads may use together, at most (paced on their own CPU time).
     pub cpu_budget: f64,
 }
@@ -103,7 +107,9 @@ impl Shadow {
             poll: POLL,
             poll_idle: idle_poll_max(settings.deadline),
         };
-        let pool = Worker::start(thread, |_| ShadowThread { pacer: Pacer::for_this_thread(share) })?;
+        let pool = Worker::start(thread, |_| {
+            ShadowThread::new(Pacer::for_this_thread(share), settings.deadline.saturating_sub(settings.max_wait))
+        })?;
         Ok(Self { pool, deadline: settings.deadline, log_inputs, outlets: Arc::new(Outlets { join, coverage }) })
     }
 

@@ -18,13 +18,13 @@ use crate::registry::Status;
 /// under pressure a row scored in a large batch costs a fraction of one scored alone, so more
 /// records complete within `shadow_cpu_budget`. A batch whose inputs do not stack, or that fails,
 /// runs one job at a time.
-pub(super) fn score_group(version: &ModelVersion, mut group: Vec<(Arc<PendingRecord>, usize)>, max_rows: usize) {
+pub(super) fn score_group(version: &ModelVersion, group: &mut Vec<(Arc<PendingRecord>, usize)>, max_rows: usize) {
     let job = |(pending, _): &(Arc<PendingRecord>, usize)| {
         (pending.deadline, pending.request.inputs.first().map_or(1, Tensor::rows))
     };
     while !group.is_empty() {
         let now = Instant::now();
-        let (skip, take) = plan(&group, now, max_rows, job, |rows| version.cost().estimate(rows));
+        let (skip, take) = plan(group, now, max_rows, job, |rows| version.cost().estimate(rows));
         for (pending, slot) in group.drain(..skip) {
             // Work that cannot make its deadline (or only in a batch too small to be worth it)
             // is not worth the CPU.

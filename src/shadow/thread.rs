@@ -1,13 +1,17 @@
-//! A shadow thread: takes up to `LOOK` jobs a look, scores those of one version in batches of up to
-//! `MAX_BATCH` rows, then rests to stay within its share of `shadow_cpu_budget`.
+//! A shadow thread: takes up to `LOOK` jobs a look and holds each version's jobs until they make a
+//! batch worth its run (`MAX_BATCH` rows, or the oldest has waited its part of the deadline), scores
+//! them in batches of up to `MAX_BATCH` rows, then rests to stay within its share of
+//! `shadow_cpu_budget`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::pacer::{Pacer, REST_SLICE};
-use super::record::Job;
+use super::record::{Job, PendingRecord};
 use super::score::score_group;
 use crate::background::{Closing, Work};
+use crate::model::Tensor;
+use crate::registry::ModelVersion;
 
 /// The most rows of one version a shadow thread scores in one call.
 pub(super) const MAX_BATCH: usize = 64;
@@ -28,42 +32,124 @@ pub(super) fn idle_poll_max(deadline: Duration) -> Duration {
     (deadline / 8).clamp(POLL, Duration::from_millis(16))
 }
 
-/// One shadow thread's own state: its pacer.
+/// A shadow thread's own state: its pacer and the jobs it holds for a fuller batch.
 pub(super) struct ShadowThread {
-    pub(super) pacer: Pacer,
+    pacer: Pacer,
+    /// Score jobs taken but not yet scored, by version. None longer than its `wait`, and at most
+    /// `MAX_BATCH` rows a version (one with more is scored at once): bounded, like the queue.
+    held: Vec<Held>,
+    /// How long before its deadline a held job is scored at the latest: the deadline less
+    /// `shadow_max_wait_ms` (a quarter of it by default). Below `MAX_BATCH` rows
+    /// in that time, a tiny challenger's run costs mostly ONNX Runtime's fixed cost per call (about
+    /// 32k instructions, against 14k a row for the demo's challengers), so rows scored together
+    /// cost a fraction each.
+    reserve: Duration,
+    /// Seen at the first look; lets a rest owed by work done in `tick` end early at shutdown.
+    closing: Option<Closing>,
+}
+
+/// One version's held jobs, in the order taken (so oldest first).
+struct Held {
+    version: Arc<ModelVersion>,
+    jobs: Vec<(Arc<PendingRecord>, usize)>,
+    rows: usize,
+    /// The first job's deadline.
+    first: Instant,
+    /// When they are scored whatever their rows: `first` less the thread's `reserve` and twice
+    /// the time the rows held would take.
+    due: Instant,
+}
+
+impl ShadowThread {
+    /// `reserve`: the time to run that a held job keeps before its deadline.
+    pub(super) fn new(pacer: Pacer, reserve: Duration) -> Self {
+        Self { pacer, held: Vec::new(), reserve, closing: None }
+    }
+
+    fn hold(&mut self, pending: Arc<PendingRecord>, slot: usize) {
+        let rows = pending.request.inputs.first().map_or(1, Tensor::rows);
+        let version = &pending.slots[slot].version;
+        let index = match self.held.iter().position(|held| Arc::ptr_eq(&held.version, version)) {
+            Some(index) => index,
+            None => {
+                let (version, first) = (Arc::clone(version), pending.deadline);
+                self.held.push(Held { version, jobs: Vec::new(), rows: 0, first, due: first });
+                self.held.len() - 1
+            }
+        };
+        let held = &mut self.held[index];
+        held.rows += rows;
+        held.jobs.push((pending, slot));
+        // Twice the time the rows held would take (at the version's measured cost), on top of the
+        // reserve: a slow model's batch stops growing while there is still time to run it.
+        let run = held.version.cost().estimate(held.rows.min(MAX_BATCH)) * 2;
+        held.due = held.first.checked_sub(self.reserve + run).unwrap_or_else(Instant::now);
+    }
+
+    /// Scores each version's held jobs that are due (`all`: every one): those with `MAX_BATCH`
+    /// rows, or whose `due` has come. Returns when the next of the others is due.
+    fn score_due(&mut self, now: Instant, all: bool) -> Option<Instant> {
+        let is_due = |held: &Held| all || held.rows >= MAX_BATCH || now >= held.due;
+        if self.held.iter().any(is_due) {
+            // Read only when there is work: a thread's CPU clock is a system call.
+            let cpu = self.pacer.clock();
+            self.held.retain_mut(|held| {
+                if !is_due(held) {
+                    return true;
+                }
+                score_group(&held.version, &mut held.jobs, MAX_BATCH);
+                false
+            });
+            self.pacer.worked(cpu);
+        }
+        self.held.iter().map(|held| held.due).min()
+    }
+
+    /// Rests what the pacer says is owed, in slices so a close is seen soon: then the queue is
+    /// drained at full speed (the server has stopped answering).
+    fn rest_owed(&mut self) {
+        let closing = || self.closing.as_ref().is_some_and(Closing::is_closing);
+        while let Some(rest) = self.pacer.due().filter(|_| !closing()) {
+            self.pacer.rest(rest.min(REST_SLICE));
+        }
+    }
 }
 
 impl Work for ShadowThread {
     type Message = Job;
 
     fn handle(&mut self, taken: &mut Vec<Job>, closing: &Closing) {
-        let cpu = self.pacer.clock();
-        let mut scores = Vec::with_capacity(taken.len());
+        if self.closing.is_none() {
+            self.closing = Some(closing.clone());
+        }
         for job in taken.drain(..) {
             match job {
-                Job::Score(pending, slot) => scores.push((pending, slot)),
+                Job::Score(pending, slot) => self.hold(pending, slot),
                 Job::Finish(pending) => pending.finish(),
             }
         }
-        // Group by version, keeping queue order within each group.
-        while let Some((pending, slot)) = scores.first() {
-            let version = Arc::clone(&pending.slots[*slot].version);
-            let (group, rest): (Vec<_>, Vec<_>) =
-                scores.into_iter().partition(|(p, slot)| Arc::ptr_eq(&p.slots[*slot].version, &version));
-            scores = rest;
-            score_group(&version, group, MAX_BATCH);
+        self.score_due(Instant::now(), closing.is_closing());
+        self.rest_owed();
+    }
+
+    /// Scores the held jobs whose wait is over; the thread looks again by the next one's.
+    fn tick(&mut self, now: Instant) -> Duration {
+        if self.held.is_empty() {
+            return Duration::MAX;
         }
-        self.pacer.worked(cpu);
-        // In slices, so a close is seen soon: then the queue is drained at full speed (the server
-        // has stopped answering).
-        while let Some(rest) = self.pacer.due().filter(|_| !closing.is_closing()) {
-            self.pacer.rest(rest.min(REST_SLICE));
-        }
+        let next = self.score_due(now, false);
+        self.rest_owed();
+        next.map_or(Duration::MAX, |next| next.saturating_duration_since(Instant::now()))
     }
 
     /// An idle poll pays off rest too.
     fn rest(&mut self, duration: Duration) {
         self.pacer.rest(duration);
+    }
+
+    /// At shutdown nothing is held back: every job taken is scored (or timed out) before the join closes.
+    fn finish(&mut self) {
+        self.score_due(Instant::now(), true);
     }
 }
 
