@@ -250,12 +250,15 @@ async fn comparison_with(address: &str, model: &str, labelled: u64) -> serde_jso
     .await
 }
 
-/// The drift report of breast-cancer at `address` once its windows have seen `rows` rows.
+/// The drift report of breast-cancer at `address` once its windows have seen `rows` rows, labelled.
 async fn drift_with(address: &str, rows: u64) -> serde_json::Value {
     let url = format!("http://{address}/admin/models/breast-cancer/drift");
     common::eventually(&format!("drift over {rows} rows at {address}"), Duration::from_secs(60), || async {
         let report: serde_json::Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
-        (report["rows_seen"] == rows).then_some(report)
+        // Every labelled row in the concept windows too: a record is joined once its challengers
+        // are scored, which can be most of the shadow deadline after its answer.
+        let joined = report["concept"].as_array()?.iter().all(|w| w["labelled_rows"] == rows);
+        (report["rows_seen"] == rows && joined).then_some(report)
     })
     .await
 }
