@@ -60,6 +60,11 @@ impl ModelIndex {
     }
 
     /// The state to checkpoint, `now` being the checkpoint's time.
+    /// Records and labels held: what a checkpoint writes, nearly all of it.
+    pub(super) fn len(&self) -> usize {
+        self.records.len() + self.held.len()
+    }
+
     pub(super) fn save(&self, now: Instant) -> SavedIndex<'_> {
         let age = |at: Instant| now.saturating_duration_since(at).as_millis() as u64;
         // `order` names each indexed record once (pushed when new, popped when evicted);

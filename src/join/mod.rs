@@ -8,8 +8,8 @@
 //! The join is also the one owner of the record-and-label fan-out: a record's or label's JSON line
 //! travels with it, and the join thread, having taken it, stamps it with the next number of its
 //! sequence (`"seq"`) and hands it to the outcome log. So the stamped lines in the log are the
-//! join's own history, in its order. Every `checkpoint_interval_s` the thread writes its whole state
-//! (every index and comparison) with the last number it stamped to `state_dir` (`checkpoint`); at
+//! join's own history, in its order. Every `checkpoint_interval_s`, once enough lines came since the
+//! last (`JoinThread::checkpoint_due`), the thread writes its whole state (every index and comparison) with the last number it stamped to `state_dir` (`checkpoint`); at
 //! start it reads the newest checkpoint that decodes and takes the log's stamped lines after it
 //! through the same code, so a restart keeps the comparison and the policy's evidence, and a
 //! SIGKILL loses at most what the log had not yet flushed. A line the join could not take (its
@@ -138,6 +138,23 @@ pub struct LabelJoin {
 }
 
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// New lines a periodic checkpoint waits for at least (`JoinThread::checkpoint_due`): about a
+/// second's reading at a restart. Before, a checkpoint every 10 s with any new line made a quiet
+/// gateway write its whole state for a few hundred lines: at 30 req/s, 17k instructions a record
+/// with the index nearly empty, and O(index) a record as it fills (200,000 records by default).
+const CHECKPOINT_LINES: u64 = 10_000;
+/// The longest a checkpoint waits for lines, whatever their number: the log's retention is days.
+const CHECKPOINT_LONGEST: Duration = Duration::from_secs(3_600);
+
+/// Whether `lines` new lines, `since` the last checkpoint, are worth a checkpoint of `held()`
+/// records and labels (see `JoinThread::checkpoint_due`).
+fn checkpoint_worth(lines: u64, since: Duration, interval: Duration, held: impl Fn() -> usize) -> bool {
+    if lines == 0 || interval.is_zero() || since < interval {
+        return false;
+    }
+    since >= CHECKPOINT_LONGEST.max(interval) || lines >= CHECKPOINT_LINES.max(held() as u64 / 8)
+}
 /// How long the join thread sleeps when nothing waits for it: 2 ms, up to 16 ms while nothing does.
 /// It polls rather than blocks, like the outcome writer: a blocked receiver would make every shadow
 /// thread pay a futex wake per record. Feedback and reports wait at most `POLL_IDLE` longer.
@@ -272,8 +289,7 @@ impl Work for JoinThread {
     /// Ends what outlived its time, every few seconds sets the changed comparisons' gauges, and
     /// writes the checkpoint when it is due.
     fn tick(&mut self, now: Instant) -> Duration {
-        let interval = Duration::from_secs(self.settings.checkpoint_interval_s);
-        if self.seq != self.saved_seq && !interval.is_zero() && now.duration_since(self.last_checkpoint) >= interval {
+        if self.checkpoint_due(now) {
             self.checkpoint(now);
         }
         for (name, index) in &mut self.models {
@@ -326,6 +342,18 @@ impl JoinThread {
         self.sink.offer(checkpoint::stamp(line, self.seq));
     }
 
+    /// A checkpoint writes the whole state (every record waiting for its label), a restart reads
+    /// it and then the lines after it. So one is due after `checkpoint_interval_s` only once the
+    /// lines since the last are worth it: `CHECKPOINT_LINES`, or an eighth of the records held
+    /// (whose writing then costs each new line at most about eight records' worth); or after
+    /// `CHECKPOINT_LONGEST` with any. A restart reads at most that many lines again.
+    fn checkpoint_due(&self, now: Instant) -> bool {
+        let interval = Duration::from_secs(self.settings.checkpoint_interval_s);
+        let since = now.duration_since(self.last_checkpoint);
+        // The index is summed only when the rest allows one: at most once a tick.
+        checkpoint_worth(self.seq - self.saved_seq, since, interval, || self.models.values().map(ModelIndex::len).sum())
+    }
+
     fn checkpoint(&mut self, now: Instant) {
         let Some(dir) = &self.checkpoint_dir else { return };
         let began = Instant::now();
@@ -369,5 +397,31 @@ fn publish_gauges(report: &Report) {
         if let Some(pv) = p.p_value {
             gauge!(COMPARISON_P_VALUE, &labels).set(pv);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_waits_for_lines_worth_writing_the_state_for() {
+        let (s10, minute) = (Duration::from_secs(10), Duration::from_secs(60));
+        let small = || 1_000;
+        // Within the interval, or with nothing new, never.
+        assert!(!checkpoint_worth(50_000, Duration::from_secs(9), s10, small));
+        assert!(!checkpoint_worth(0, CHECKPOINT_LONGEST, s10, small));
+        // A quiet gateway: 300 lines in 10 s are not worth it; 10,000 are, whatever the time since.
+        assert!(!checkpoint_worth(300, s10, s10, small));
+        assert!(checkpoint_worth(CHECKPOINT_LINES, s10, s10, small));
+        // A full index: an eighth of it in new lines.
+        let full = || 200_000;
+        assert!(!checkpoint_worth(24_999, minute, s10, full));
+        assert!(checkpoint_worth(25_000, minute, s10, full));
+        // Any line after the longest wait; and never sooner than the interval, however long it is.
+        assert!(checkpoint_worth(1, CHECKPOINT_LONGEST, s10, full));
+        assert!(!checkpoint_worth(1, CHECKPOINT_LONGEST, 2 * CHECKPOINT_LONGEST, full));
+        // 0 turns the periodic ones off.
+        assert!(!checkpoint_worth(1_000_000, CHECKPOINT_LONGEST, Duration::ZERO, full));
     }
 }
