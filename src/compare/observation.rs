@@ -55,7 +55,7 @@ impl Observation {
             .results
             .iter()
             .map(|r| ModelOutcome {
-                version: VersionId::new(r.version.clone()),
+                version: VersionId::new(r.version),
                 role: r.role,
                 status: r.status,
                 latency_ms: r.latency_ms.map(|d| d.as_secs_f64() * 1e3),
@@ -66,7 +66,7 @@ impl Observation {
                     .unwrap_or_default(),
             })
             .collect();
-        Self { request_id: record.request_id.clone(), slice: record.slice.map(str::to_owned), results }
+        Self { request_id: record.request_id.to_owned(), slice: record.slice.map(str::to_owned), results }
     }
 }
 

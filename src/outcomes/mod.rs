@@ -45,14 +45,18 @@ pub enum LogInputs {
 pub struct OutcomeRecord<'a> {
     /// Always "outcome": tells records from feedback lines in the same files.
     pub kind: &'static str,
-    pub request_id: String,
+    pub request_id: &'a str,
     #[cfg_attr(test, serde(serialize_with = "crate::json::rfc3339::serialize"))]
     pub timestamp: SystemTime,
-    pub model: String,
+    pub model: &'a str,
     /// The version whose answer the client got.
-    pub answered_by: String,
+    pub answered_by: &'a str,
     /// Which outputs hold the prediction (from the manifest): the offline report needs nothing else.
     pub task: &'a Task,
+    /// `task` as `serde_json` writes it, when the caller has it already (a version serialises its
+    /// task once: `ModelVersion::task_json`); written into the line as is.
+    #[cfg_attr(test, serde(skip))]
+    pub task_json: Option<&'a [u8]>,
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
     pub inputs: Option<NamedTensors<'a>>,
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none"))]
@@ -75,15 +79,18 @@ impl OutcomeRecord<'_> {
         out.extend_from_slice(b"{\"kind\":");
         write_str(&mut out, self.kind);
         out.extend_from_slice(b",\"request_id\":");
-        write_str(&mut out, &self.request_id);
+        write_str(&mut out, self.request_id);
         // RFC 3339 needs no escaping: written straight into the line, as `rfc3339` has serde do.
         let _ = write!(out, ",\"timestamp\":\"{}\"", humantime::format_rfc3339_millis(self.timestamp));
         out.extend_from_slice(b",\"model\":");
-        write_str(&mut out, &self.model);
+        write_str(&mut out, self.model);
         out.extend_from_slice(b",\"answered_by\":");
-        write_str(&mut out, &self.answered_by);
+        write_str(&mut out, self.answered_by);
         out.extend_from_slice(b",\"task\":");
-        write(&mut out, self.task);
+        match self.task_json {
+            Some(json) => out.extend_from_slice(json),
+            None => write(&mut out, self.task),
+        }
         if let Some(inputs) = &self.inputs {
             out.extend_from_slice(b",\"inputs\":");
             inputs.write_json(&mut out);
@@ -102,11 +109,11 @@ impl OutcomeRecord<'_> {
                 out.push(b',');
             }
             out.extend_from_slice(b"{\"version\":");
-            write_str(&mut out, &result.version);
+            write_str(&mut out, result.version);
             out.extend_from_slice(b",\"role\":\"");
             out.extend_from_slice(result.role.label().as_bytes());
             out.extend_from_slice(b"\",\"sha256\":");
-            write_str(&mut out, &result.sha256);
+            write_str(&mut out, result.sha256);
             out.extend_from_slice(b",\"status\":\"");
             out.extend_from_slice(result.status.label().as_bytes());
             out.push(b'"');
@@ -170,9 +177,9 @@ pub trait RecordSink: Send + Sync {
 #[derive(Debug)]
 #[cfg_attr(test, derive(Serialize))]
 pub struct ModelResult<'a> {
-    pub version: String,
+    pub version: &'a str,
     pub role: Role,
-    pub sha256: String,
+    pub sha256: &'a str,
     pub status: Status,
     /// Time in the model alone; absent when it never ran (shed) or was abandoned (timeout).
     #[cfg_attr(test, serde(skip_serializing_if = "Option::is_none", serialize_with = "milliseconds"))]
@@ -386,9 +393,9 @@ mod tests {
             probabilities_output: Some("p".into()),
         };
         let result = |status, latency_ms, batch, outputs, error: Option<&str>| ModelResult {
-            version: "12".into(),
+            version: "12",
             role: Role::Challenger,
-            sha256: "7aac63e971981e8c".into(),
+            sha256: "7aac63e971981e8c",
             status,
             latency_ms,
             batch,
@@ -397,11 +404,13 @@ mod tests {
         };
         let record = OutcomeRecord {
             kind: "outcome",
-            request_id: "id with \"quotes\" and \u{1}".into(),
+            request_id: "id with \"quotes\" and \u{1}",
             timestamp: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
-            model: "breast-cancer".into(),
-            answered_by: "1".into(),
+            model: "breast-cancer",
+            answered_by: "1",
             task: &task,
+            // The cached bytes are serde's: the oracle below serialises `task` itself.
+            task_json: Some(&serde_json::to_vec(&task).unwrap()),
             inputs: Some(NamedTensors::new(&input_specs, &inputs)),
             inputs_sha256: None,
             slice: None,
@@ -437,18 +446,19 @@ mod tests {
         let task = Task::Regression { prediction_output: "y".into() };
         let record = OutcomeRecord {
             kind: "outcome",
-            request_id: "r1".into(),
+            request_id: "r1",
             timestamp: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
-            model: "m".into(),
-            answered_by: "1".into(),
+            model: "m",
+            answered_by: "1",
             task: &task,
+            task_json: None,
             inputs: None,
             inputs_sha256: Some("ab".into()),
             slice: Some("eu \"west\""),
             results: vec![ModelResult {
-                version: "2".into(),
+                version: "2",
                 role: Role::Challenger,
-                sha256: "cd".into(),
+                sha256: "cd",
                 status: Status::Shed,
                 latency_ms: None,
                 batch: None,

@@ -344,21 +344,22 @@ mod tests {
 
     static TASK: Task = Task::Regression { prediction_output: String::new() };
 
-    fn record(i: usize) -> OutcomeRecord<'static> {
+    fn record(id: &str) -> OutcomeRecord<'_> {
         OutcomeRecord {
             kind: "outcome",
             task: &TASK,
-            request_id: format!("r{i}"),
+            task_json: None,
+            request_id: id,
             timestamp: SystemTime::now(),
-            model: "m".into(),
-            answered_by: "1".into(),
+            model: "m",
+            answered_by: "1",
             inputs: None,
             inputs_sha256: None,
             slice: None,
             results: vec![ModelResult {
-                version: "1".into(),
+                version: "1",
                 role: Role::Champion,
-                sha256: "x".into(),
+                sha256: "x",
                 status: Status::Ok,
                 latency_ms: Some(Duration::from_micros(12)),
                 batch: None,
@@ -392,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = OutcomeWriter::start(settings(dir.path(), 4096)).unwrap();
         for i in 0..2000 {
-            assert!(writer.offer(record(i).to_json_line()));
+            assert!(writer.offer(record(&format!("r{i}")).to_json_line()));
         }
         writer.close();
         let lines = lines(dir.path());
@@ -411,7 +412,7 @@ mod tests {
         let mut s = settings(dir.path(), u64::MAX);
         s.capacity = 1;
         let writer = OutcomeWriter::start(s).unwrap();
-        let accepted = (0..10_000).filter(|&i| writer.offer(record(i).to_json_line())).count();
+        let accepted = (0..10_000).filter(|&i| writer.offer(record(&format!("r{i}")).to_json_line())).count();
         writer.close();
         assert!(accepted < 10_000, "some were dropped");
         assert_eq!(lines(dir.path()).len(), accepted, "every accepted record was written");
@@ -439,7 +440,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log_dir = dir.path().join("log");
         let mut log = Log::new(settings(&log_dir, u64::MAX));
-        let line = |i| format!("{}\n", serde_json::to_string(&record(i)).unwrap()).into_bytes();
+        let line = |i| format!("{}\n", serde_json::to_string(&record(&format!("r{i}"))).unwrap()).into_bytes();
         log.write_line(&line(0)); // the directory does not exist: lost, counted, logged
         assert!(log.file.is_none());
         fs::create_dir_all(&log_dir).unwrap();

@@ -37,7 +37,9 @@ pub fn load_version(
         warm_up(model.as_ref(), &reference, settings.warmup_runs).map_err(|e| fail(LoadStep::WarmUp, e.to_string()))?;
     let metrics = VersionMetrics::new(name, version.as_str(), model.backend().as_str());
     let batcher = Batcher::for_version(settings.batching, &manifest);
+    let task_json = serde_json::to_vec(&manifest.task).expect("a task always serialises").into_boxed_slice();
     Ok(ModelVersion {
+        task_json,
         batcher,
         cost: BatchCost::new(one_row),
         name: name.to_owned(),

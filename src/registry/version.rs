@@ -45,6 +45,8 @@ pub struct ModelVersion {
     pub(super) batcher: Option<Batcher>,
     /// Its time per row by batch size, learnt from its calls (starting from `one_row`).
     pub(super) cost: BatchCost,
+    /// Its manifest's task as JSON, written into every record it answers as is.
+    pub(super) task_json: Box<[u8]>,
 }
 
 // === impl ModelVersion ===
@@ -60,6 +62,11 @@ impl ModelVersion {
 
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The manifest's task, serialised once (`serde_json`'s bytes, as the record's `task`).
+    pub fn task_json(&self) -> &[u8] {
+        &self.task_json
     }
 
     pub fn backend(&self) -> Backend {

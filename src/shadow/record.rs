@@ -88,7 +88,7 @@ impl PendingRecord {
         }
         self.outlets.coverage(self.request.answered.name(), complete);
         let record = self.assemble();
-        self.outlets.join.record(record.model.clone(), Observation::of(&record), record.to_json_line());
+        self.outlets.join.record(record.model.to_owned(), Observation::of(&record), record.to_json_line());
     }
 
     /// The record, borrowing every tensor from the request and the slots.
@@ -128,9 +128,9 @@ impl PendingRecord {
                     Err((status, error)) => (status, None, None, None, error),
                 };
                 ModelResult {
-                    version: version.version().to_string(),
+                    version: version.version().as_str(),
                     role,
-                    sha256: manifest.sha256.clone(),
+                    sha256: &manifest.sha256,
                     status,
                     latency_ms,
                     batch,
@@ -142,10 +142,11 @@ impl PendingRecord {
         OutcomeRecord {
             kind: "outcome",
             task: &manifest.task,
-            request_id: request.request_id.clone(),
+            task_json: Some(answered.task_json()),
+            request_id: &request.request_id,
             timestamp: request.timestamp,
-            model: answered.name().to_owned(),
-            answered_by: answered.version().to_string(),
+            model: answered.name(),
+            answered_by: answered.version().as_str(),
             inputs,
             inputs_sha256: inputs_sha,
             slice: request.slice.as_deref(),
