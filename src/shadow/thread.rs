@@ -60,6 +60,12 @@ struct Held {
     due: Instant,
 }
 
+impl Held {
+    fn is_due(&self, now: Instant) -> bool {
+        self.rows >= MAX_BATCH || now >= self.due
+    }
+}
+
 impl ShadowThread {
     /// `reserve`: the time to run that a held job keeps before its deadline.
     pub(super) fn new(pacer: Pacer, reserve: Duration) -> Self {
@@ -87,22 +93,15 @@ impl ShadowThread {
     }
 
     /// Scores each version's held jobs that are due (`all`: every one): those with `MAX_BATCH`
-    /// rows, or whose `due` has come. Returns when the next of the others is due.
-    fn score_due(&mut self, now: Instant, all: bool) -> Option<Instant> {
-        let is_due = |held: &Held| all || held.rows >= MAX_BATCH || now >= held.due;
-        if self.held.iter().any(is_due) {
-            // Read only when there is work: a thread's CPU clock is a system call.
-            let cpu = self.pacer.clock();
-            self.held.retain_mut(|held| {
-                if !is_due(held) {
-                    return true;
-                }
-                score_group(&held.version, &mut held.jobs, MAX_BATCH);
-                false
-            });
-            self.pacer.worked(cpu);
-        }
-        self.held.iter().map(|held| held.due).min()
+    /// rows, or whose `due` has come.
+    fn score_due(&mut self, now: Instant, all: bool) {
+        self.held.retain_mut(|held| {
+            if !(all || held.is_due(now)) {
+                return true;
+            }
+            score_group(&held.version, &mut held.jobs, MAX_BATCH);
+            false
+        });
     }
 
     /// Rests what the pacer says is owed, in slices so a close is seen soon: then the queue is
@@ -122,6 +121,7 @@ impl Work for ShadowThread {
         if self.closing.is_none() {
             self.closing = Some(closing.clone());
         }
+        let cpu = self.pacer.clock();
         for job in taken.drain(..) {
             match job {
                 Job::Score(pending, slot) => self.hold(pending, slot),
@@ -129,16 +129,20 @@ impl Work for ShadowThread {
             }
         }
         self.score_due(Instant::now(), closing.is_closing());
+        self.pacer.worked(cpu);
         self.rest_owed();
     }
 
     /// Scores the held jobs whose wait is over; the thread looks again by the next one's.
     fn tick(&mut self, now: Instant) -> Duration {
-        if self.held.is_empty() {
-            return Duration::MAX;
+        if self.held.iter().any(|held| held.is_due(now)) {
+            // Read only when there is work: a thread's CPU clock is a system call.
+            let cpu = self.pacer.clock();
+            self.score_due(now, false);
+            self.pacer.worked(cpu);
+            self.rest_owed();
         }
-        let next = self.score_due(now, false);
-        self.rest_owed();
+        let next = self.held.iter().map(|held| held.due).min();
         next.map_or(Duration::MAX, |next| next.saturating_duration_since(Instant::now()))
     }
 
