@@ -3,6 +3,7 @@
 #   A  champion only             B  two challengers (2, 3) at 100% sampling
 #   C  one very slow challenger (tests/fixtures/slow: ~15-25 ms a row) at 100% sampling
 #   A2 (BENCH_CONTROL=1) a second champion-only gateway: the noise floor of the comparison
+#   B0 (BENCH_BASELINE=path/to/gauntlet) B served by another build: before and after in one run
 #
 #   benches/shadow.sh [rounds=3] [seconds=10]
 #
@@ -38,8 +39,10 @@ ln -s "$root/tests/fixtures/slow/breast-cancer/9" "$work/models/breast-cancer/9"
 
 configs=(A B C)
 [ -z "${BENCH_CONTROL:-}" ] || configs+=(A2)
-declare -A port=([A]=19201 [B]=19202 [C]=19203 [A2]=19204)
-declare -A challengers=([A]='[]' [B]='["2", "3"]' [C]='["9"]' [A2]='[]')
+[ -z "${BENCH_BASELINE:-}" ] || configs+=(B0)
+declare -A port=([A]=19201 [B]=19202 [C]=19203 [A2]=19204 [B0]=19205)
+declare -A challengers=([A]='[]' [B]='["2", "3"]' [C]='["9"]' [A2]='[]' [B0]='["2", "3"]')
+declare -A binary=([B0]="${BENCH_BASELINE:-}")
 
 start() { # name...: a fresh gateway for each, returns when all are ready
   local name
@@ -59,7 +62,7 @@ champion = "1"
 versions = ["1", "2", "3", "9"]
 challengers = ${challengers[$name]}
 TOML
-    "$gauntlet" serve --config "$work/$name.toml" 2>"$work/$name.log" &
+    "${binary[$name]:-$gauntlet}" serve --config "$work/$name.toml" 2>"$work/$name.log" &
     pid[$name]=$!
   done
   for name in "$@"; do
@@ -124,7 +127,7 @@ python3 - "$work" "$rate" "$seconds" "$rounds" "${configs[@]}" <<'PY'
 import collections, math, random, statistics, sys
 work, rate, seconds, rounds, configs = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5:]
 names = {"A": "champion only", "B": "2 challengers, 100%", "C": "slow challenger, 100%",
-         "A2": "champion only (control)"}
+         "A2": "champion only (control)", "B0": "2 challengers, baseline"}
 rows, pooled = collections.defaultdict(dict), {}
 for line in open(f"{work}/rate.tsv"):
     name, r, rps, p50, p99, errors, c0, t0, c1, t1 = line.split()
