@@ -35,14 +35,13 @@ pub(super) fn idle_poll_max(deadline: Duration) -> Duration {
 /// A shadow thread's own state: its pacer and the jobs it holds for a fuller batch.
 pub(super) struct ShadowThread {
     pacer: Pacer,
-    /// Score jobs taken but not yet scored, by version. None longer than its `wait`, and at most
+    /// Score jobs taken but not yet scored, by version. None past its version's `due`, and at most
     /// `MAX_BATCH` rows a version (one with more is scored at once): bounded, like the queue.
     held: Vec<Held>,
     /// How long before its deadline a held job is scored at the latest: the deadline less
-    /// `shadow_max_wait_ms` (a quarter of it by default). Below `MAX_BATCH` rows
-    /// in that time, a tiny challenger's run costs mostly ONNX Runtime's fixed cost per call (about
-    /// 32k instructions, against 14k a row for the demo's challengers), so rows scored together
-    /// cost a fraction each.
+    /// `shadow_max_wait_ms` (a quarter of it by default). Below `MAX_BATCH` rows in that time, a
+    /// tiny challenger's run is mostly ONNX Runtime's fixed cost per call (callgrind: the demo's MLP
+    /// 46k instructions a call and 0.9k a row), so rows scored together cost a fraction each.
     reserve: Duration,
     /// Seen at the first look; lets a rest owed by work done in `tick` end early at shutdown.
     closing: Option<Closing>,
@@ -72,6 +71,7 @@ impl ShadowThread {
         Self { pacer, held: Vec::new(), reserve, closing: None }
     }
 
+    /// Adds a job to its version's held ones, and moves their `due` earlier as their rows grow.
     fn hold(&mut self, pending: Arc<PendingRecord>, slot: usize) {
         let rows = pending.request.inputs.first().map_or(1, Tensor::rows);
         let version = &pending.slots[slot].version;
