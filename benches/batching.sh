@@ -43,6 +43,7 @@ listen = "127.0.0.1:${port[$name]}"
 grpc_listen = ""
 models_dir = "$root/target/heavy-models"
 log_level = "warn"
+state_dir = "$work/state-$name"
 [outcomes]
 dir = "$work/outcomes-$name"
 [models.breast-cancer]
@@ -62,7 +63,7 @@ TOML
 stop() {
   local name
   for name in "$@"; do kill "${pid[$name]}" 2>/dev/null || true; done
-  for name in "$@"; do wait "${pid[$name]}" 2>/dev/null || true; unset "pid[$name]"; rm -rf "$work/outcomes-$name"; done
+  for name in "$@"; do wait "${pid[$name]}" 2>/dev/null || true; unset "pid[$name]"; rm -rf "$work/outcomes-$name" "$work/state-$name"; done
 }
 batches() { # name -> the champion path's gauntlet_batch_rows buckets, "le=count ..."
   curl -s "http://127.0.0.1:${port[$1]}/metrics" | awk -v v="${champion[$1]}" '

@@ -27,12 +27,14 @@ trap cleanup EXIT
 floor_port=19100 gateway_port=19101 shadowed_port=19102 nodrift_port=19103
 "$floor" "127.0.0.1:$floor_port" 2>"$work/floor.log" & pids+=($!)
 "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$gateway_port" --grpc-listen "" --set log_level=warn \
-  --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" 2>"$work/gateway.log" & pids+=($!)
+  --set 'models.breast-cancer.challengers=[]' --set "outcomes.dir=$work/outcomes" --set "state_dir=$work/state" \
+  2>"$work/gateway.log" & pids+=($!)
 "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$nodrift_port" --grpc-listen "" --set log_level=warn \
   --set 'models.breast-cancer.challengers=[]' --set drift.enabled=false --set "outcomes.dir=$work/outcomes-nodrift" \
+  --set "state_dir=$work/state-nodrift" \
   2>"$work/nodrift.log" & pids+=($!)
 "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$shadowed_port" --grpc-listen "" --set log_level=warn \
-  --set "outcomes.dir=$work/outcomes-shadowed" 2>"$work/shadowed.log" & pids+=($!)
+  --set "outcomes.dir=$work/outcomes-shadowed" --set "state_dir=$work/state-shadowed" 2>"$work/shadowed.log" & pids+=($!)
 for port in $floor_port $gateway_port $nodrift_port $shadowed_port; do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break; \
     (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done

@@ -52,6 +52,7 @@ listen = "127.0.0.1:${port[$name]}"
 grpc_listen = ""
 models_dir = "$work/models"
 log_level = "warn"
+state_dir = "$work/state-$name"
 shadow_deadline_ms = 250
 ${BENCH_CPU_BUDGET:+shadow_cpu_budget = $BENCH_CPU_BUDGET}
 [outcomes]
@@ -73,7 +74,7 @@ TOML
 stop() { # name...: graceful stop; the outcome logs go with them (a bench writes gigabytes)
   local name
   for name in "$@"; do kill "${pid[$name]}" 2>/dev/null || true; done
-  for name in "$@"; do wait "${pid[$name]}" 2>/dev/null || true; unset "pid[$name]"; rm -rf "$work/outcomes-$name"; done
+  for name in "$@"; do wait "${pid[$name]}" 2>/dev/null || true; unset "pid[$name]"; rm -rf "$work/outcomes-$name" "$work/state-$name"; done
 }
 
 load() { # name extra-args... -> JSON summary
