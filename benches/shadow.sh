@@ -166,6 +166,10 @@ for name in configs:
     print(f"{names[name]:<26}{statistics.median(x[0] for x in r):>8.0f}{quantile(pooled[name], 0.5):>8.3f}{p99:>8.3f}{sum(x[3] for x in r):>8}{p99 / base - 1:>+10.1%}{shown:>26}{coverage:>10}")
 print(f"per round, p99 ms ({' '.join(configs)}): " + "; ".join(
     " ".join(f"{rows[n][i][2]:.2f}" for n in configs) for i in range(1, rounds + 1)))
+shadowed = [n for n in configs if n not in ("A", "A2")]
+print(f"per round, coverage ({' '.join(shadowed)}): " + "; ".join(
+    " ".join(f"{rows[n][i][4] / rows[n][i][5]:.1%}" if rows[n][i][5] else "-" for n in shadowed)
+    for i in range(1, rounds + 1)))
 print()
 print("saturation (closed loop, 32 in flight)")
 print(f"{'config':<26}{'req/s':>8}{'vs A':>8}{'coverage':>10}")
