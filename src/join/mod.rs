@@ -9,11 +9,12 @@
 //! travels with it, and the join thread, having taken it, stamps it with the next number of its
 //! sequence (`"seq"`) and hands it to the outcome log. So the stamped lines in the log are the
 //! join's own history, in its order. Every `checkpoint_interval_s`, once enough lines came since the
-//! last (`JoinThread::checkpoint_due`), the thread writes its whole state (every index and comparison) with the last number it stamped to `state_dir` (`checkpoint`); at
-//! start it reads the newest checkpoint that decodes and takes the log's stamped lines after it
-//! through the same code, so a restart keeps the comparison and the policy's evidence, and a
-//! SIGKILL loses at most what the log had not yet flushed. A line the join could not take (its
-//! queue full) goes to the log unstamped: counted neither live nor at a restart.
+//! last (`JoinThread::checkpoint_due`), the thread writes its whole state (every index and
+//! comparison) with the last number it stamped to `state_dir` (`checkpoint`); at start it reads the
+//! newest checkpoint that decodes and takes the log's stamped lines after it through the same code,
+//! so a restart keeps the comparison and the policy's evidence, and a SIGKILL loses at most what the
+//! log had not yet flushed. A line the join could not take (its queue full) goes to the log
+//! unstamped: counted neither live nor at a restart.
 //!
 //! Invariants: every structure is bounded. Records are indexed per model up to `index_capacity`
 //! and `retention`; an evicted id is remembered (bounded) so its late label is answered `expired`.
@@ -155,6 +156,7 @@ fn checkpoint_worth(lines: u64, since: Duration, interval: Duration, held: impl 
     }
     since >= CHECKPOINT_LONGEST.max(interval) || lines >= CHECKPOINT_LINES.max(held() as u64 / 8)
 }
+
 /// How long the join thread sleeps when nothing waits for it: 2 ms, up to 16 ms while nothing does.
 /// It polls rather than blocks, like the outcome writer: a blocked receiver would make every shadow
 /// thread pay a futex wake per record. Feedback and reports wait at most `POLL_IDLE` longer.
