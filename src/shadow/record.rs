@@ -55,6 +55,11 @@ pub(super) struct PendingRecord {
 }
 
 impl PendingRecord {
+    /// The request's rows: what scoring it costs, and what it adds to a batch.
+    pub(super) fn rows(&self) -> usize {
+        self.request.inputs.first().map_or(1, Tensor::rows)
+    }
+
     /// A result that came after the deadline counts as a timeout.
     pub(super) fn within_deadline(&self, scored: Scored) -> Scored {
         match scored {

@@ -19,9 +19,7 @@ use crate::registry::Status;
 /// records complete within `shadow_cpu_budget`. A batch whose inputs do not stack, or that fails,
 /// runs one job at a time.
 pub(super) fn score_group(version: &ModelVersion, group: &mut Vec<(Arc<PendingRecord>, usize)>, max_rows: usize) {
-    let job = |(pending, _): &(Arc<PendingRecord>, usize)| {
-        (pending.deadline, pending.request.inputs.first().map_or(1, Tensor::rows))
-    };
+    let job = |(pending, _): &(Arc<PendingRecord>, usize)| (pending.deadline, pending.rows());
     while !group.is_empty() {
         let now = Instant::now();
         let (skip, take) = plan(group, now, max_rows, job, |rows| version.cost().estimate(rows));
@@ -114,7 +112,7 @@ fn score_one(pending: &PendingRecord, slot: usize) {
         Err((Status::Timeout, None))
     } else {
         let version = &pending.slots[slot].version;
-        version.metrics().shadow_batch(pending.request.inputs.first().map_or(1, Tensor::rows));
+        version.metrics().shadow_batch(pending.rows());
         infer(version, &pending.request.inputs)
             .and_then(|(outputs, latency)| pending.within_deadline(Ok((outputs, latency, 1))))
     };

@@ -10,7 +10,6 @@ use super::pacer::{Pacer, REST_SLICE};
 use super::record::{Job, PendingRecord};
 use super::score::score_group;
 use crate::background::{Closing, Work};
-use crate::model::Tensor;
 use crate::registry::ModelVersion;
 
 /// The most rows of one version a shadow thread scores in one call.
@@ -52,10 +51,8 @@ struct Held {
     version: Arc<ModelVersion>,
     jobs: Vec<(Arc<PendingRecord>, usize)>,
     rows: usize,
-    /// The first job's deadline.
-    first: Instant,
-    /// When they are scored whatever their rows: `first` less the thread's `reserve` and twice
-    /// the time the rows held would take.
+    /// When they are scored whatever their rows: the first job's deadline less the thread's
+    /// `reserve` and twice the time the rows held would take.
     due: Instant,
 }
 
@@ -73,13 +70,13 @@ impl ShadowThread {
 
     /// Adds a job to its version's held ones, and moves their `due` earlier as their rows grow.
     fn hold(&mut self, pending: Arc<PendingRecord>, slot: usize) {
-        let rows = pending.request.inputs.first().map_or(1, Tensor::rows);
+        let rows = pending.rows();
         let version = &pending.slots[slot].version;
         let index = match self.held.iter().position(|held| Arc::ptr_eq(&held.version, version)) {
             Some(index) => index,
             None => {
-                let (version, first) = (Arc::clone(version), pending.deadline);
-                self.held.push(Held { version, jobs: Vec::new(), rows: 0, first, due: first });
+                let version = Arc::clone(version);
+                self.held.push(Held { version, jobs: Vec::new(), rows: 0, due: pending.deadline });
                 self.held.len() - 1
             }
         };
@@ -87,9 +84,11 @@ impl ShadowThread {
         held.rows += rows;
         held.jobs.push((pending, slot));
         // Twice the time the rows held would take (at the version's measured cost), on top of the
-        // reserve: a slow model's batch stops growing while there is still time to run it.
+        // reserve, before the first job's deadline: a slow model's batch stops growing while there
+        // is still time to run it.
         let run = held.version.cost().estimate(held.rows.min(MAX_BATCH)) * 2;
-        held.due = held.first.checked_sub(self.reserve + run).unwrap_or_else(Instant::now);
+        let first = held.jobs[0].0.deadline;
+        held.due = first.checked_sub(self.reserve + run).unwrap_or_else(Instant::now);
     }
 
     /// Scores each version's held jobs that are due (`all`: every one): those with `MAX_BATCH`
