@@ -28,6 +28,7 @@ declare -A pid
 cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 source benches/body.sh
+source benches/gateways.sh
 write_body "$work"
 
 declare -A port=([U]=19301 [B]=19302 [TU]=19303 [TB]=19304 [S]=19305)
@@ -52,18 +53,9 @@ challengers = ${challengers[$name]}
 [models.breast-cancer.batching]
 max_batch = ${max_batch[$name]}
 TOML
-    "$gauntlet" serve --config "$work/$name.toml" 2>"$work/$name.log" &
-    pid[$name]=$!
+    launch "$name" "$gauntlet"
   done
-  for name in "$@"; do
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:${port[$name]}/v2/health/ready" >/dev/null 2>&1 && continue 2; sleep 0.05; done
-    echo "gateway $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
-  done
-}
-stop() {
-  local name
-  for name in "$@"; do kill "${pid[$name]}" 2>/dev/null || true; done
-  for name in "$@"; do wait "${pid[$name]}" 2>/dev/null || true; unset "pid[$name]"; rm -rf "$work/outcomes-$name" "$work/state-$name"; done
+  wait_ready "$@"
 }
 batches() { # name -> the champion path's gauntlet_batch_rows buckets, "le=count ..."
   curl -s "http://127.0.0.1:${port[$1]}/metrics" | awk -v v="${champion[$1]}" '

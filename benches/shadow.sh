@@ -30,6 +30,7 @@ gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
 
 work="$(mktemp -d)"
 declare -A pid
+source benches/gateways.sh
 cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
@@ -63,18 +64,9 @@ champion = "1"
 versions = ["1", "2", "3", "9"]
 challengers = ${challengers[$name]}
 TOML
-    "${binary[$name]:-$gauntlet}" serve --config "$work/$name.toml" 2>"$work/$name.log" &
-    pid[$name]=$!
+    launch "$name" "${binary[$name]:-$gauntlet}"
   done
-  for name in "$@"; do
-    for _ in $(seq 200); do curl -sf "http://127.0.0.1:${port[$name]}/v2/health/ready" >/dev/null 2>&1 && continue 2; sleep 0.05; done
-    echo "gateway $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
-  done
-}
-stop() { # name...: graceful stop; the outcome logs go with them (a bench writes gigabytes)
-  local name
-  for name in "$@"; do kill "${pid[$name]}" 2>/dev/null || true; done
-  for name in "$@"; do wait "${pid[$name]}" 2>/dev/null || true; unset "pid[$name]"; rm -rf "$work/outcomes-$name" "$work/state-$name"; done
+  wait_ready "$@"
 }
 
 load() { # name extra-args... -> JSON summary

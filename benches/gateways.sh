@@ -1,0 +1,20 @@
+# Sourced by the benches that run several named gateways at once (shadow.sh, batching.sh). The
+# caller declares the associative arrays `port` and `pid` and sets `$work`; gateway NAME serves
+# `$work/NAME.toml` (which the caller writes, with `state_dir = "$work/state-NAME"` and its outcome
+# log in `$work/outcomes-NAME`) and logs to `$work/NAME.log`.
+launch() { # name binary: serves the gateway in the background
+  "$2" serve --config "$work/$1.toml" 2>"$work/$1.log" &
+  pid[$1]=$!
+}
+wait_ready() { # name...: returns when every one answers ready; exits with its log if one does not in 30 s
+  local name
+  for name in "$@"; do
+    for _ in $(seq 600); do curl -sf "http://127.0.0.1:${port[$name]}/v2/health/ready" >/dev/null 2>&1 && continue 2; sleep 0.05; done
+    echo "gateway $name did not start:" >&2; cat "$work/$name.log" >&2; exit 1
+  done
+}
+stop() { # name...: graceful stop; their outcome logs and state go with them (a bench writes gigabytes)
+  local name
+  for name in "$@"; do kill "${pid[$name]}" 2>/dev/null || true; done
+  for name in "$@"; do wait "${pid[$name]}" 2>/dev/null || true; unset "pid[$name]"; rm -rf "$work/outcomes-$name" "$work/state-$name"; done
+}
