@@ -142,7 +142,7 @@ impl Server {
         let mut servers = std::pin::pin!(async move {
             rest.await.context("the HTTP server task failed")?;
             if let Some(grpc) = grpc {
-                grpc.await.context("the gRPC server task failed")?.context("the gRPC server failed")?;
+                grpc.await.context("the gRPC server task failed")?;
             }
             anyhow::Ok(())
         });

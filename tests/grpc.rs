@@ -476,6 +476,36 @@ async fn shedding_is_unavailable_and_a_timeout_is_deadline_exceeded() {
     server.stop().await.unwrap();
 }
 
+/// Shutdown, as for REST: a call under way is answered, and `serve` returns Ok once it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_under_way_at_shutdown_is_answered() {
+    let row = holdout("breast-cancer").rows[..1].to_vec();
+    let (options, mut gate) = gated();
+    let overrides = ["inline_max_us=0", "models.breast-cancer.challengers=[]"];
+    let mut server = TestServer::start_with_options(&overrides, options).await;
+    let mut grpc = client(&server).await;
+    // The connection is up and has answered once before the call that will be under way.
+    assert!(grpc.model_infer(raw_request("breast-cancer", &row)).await.is_ok());
+    gate.armed.store(true, Ordering::SeqCst);
+    let under_way = tokio::spawn({
+        let request = raw_request("breast-cancer", &row);
+        async move { grpc.model_infer(request).await }
+    });
+    gate.started.recv().await.unwrap();
+    server.begin_shutdown();
+    let address = server.grpc.unwrap();
+    // Accepting stops: a new client is refused once the listener closes.
+    common::eventually("the gRPC listener closes", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(address).await.is_err().then_some(())
+    })
+    .await;
+    gate.armed.store(false, Ordering::SeqCst);
+    gate.release.send(()).unwrap();
+    let answer = under_way.await.unwrap().expect("the call under way at shutdown is answered");
+    assert_eq!(answer.into_inner().model_version, "1");
+    server.stop().await.expect("serve returns Ok after a graceful shutdown");
+}
+
 #[tokio::test]
 async fn grpc_requests_leave_paired_records_as_rest_ones_do() {
     let mut server = TestServer::start(&["outcomes.log_inputs=full"]).await;

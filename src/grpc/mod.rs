@@ -7,17 +7,16 @@
 //!
 //! The code is generated at build time from `proto/open_inference_grpc.proto` (build.rs).
 
+mod connection;
 mod health;
 mod service;
 mod tensors;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::http;
-use futures_util::TryFutureExt;
 use tokio::net::TcpListener;
 use tonic::Code;
 use tonic::transport::server::TcpIncoming;
@@ -67,7 +66,7 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     tls: Option<Arc<Certificates>>,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) {
     let limit = gateway.config().max_request_bytes;
     let handshake_timeout = gateway.config().tls_handshake_timeout();
     let inference =
@@ -82,23 +81,17 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1().expect("the built-in descriptors are valid");
     // grpcurl before 1.9 and many tools still ask v1alpha first.
     let reflection_v1alpha = reflection().build_v1alpha().expect("the built-in descriptors are valid");
-    let server = tonic::transport::Server::builder()
-        // A peer that vanished without closing (a killed pod, a dropped NAT entry) is found and its
-        // connection closed: HTTP/2 pings every minute, answered within 20 s.
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .layer(tower::layer::layer_fn(Codes))
-        .add_service(inference)
+    let routes = tonic::service::Routes::new(inference.clone())
         .add_service(health::server(gateway))
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_service(reflection_v1alpha)
+        .prepare();
+    let services = connection::Services { inference, routes };
     match tls {
         None => {
-            server.serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), shutdown).await
+            connection::serve(TcpIncoming::from(listener).with_nodelay(Some(true)), services, shutdown).await;
         }
-        Some(tls) => {
-            server.serve_with_incoming_shutdown(tls_incoming(listener, tls, handshake_timeout), shutdown).await
-        }
+        Some(tls) => connection::serve(tls_incoming(listener, tls, handshake_timeout), services, shutdown).await,
     }
 }
 
@@ -147,26 +140,6 @@ fn tls_incoming(
 /// RESOURCE_EXHAUSTED), and bytes that are not a protobuf message are INVALID_ARGUMENT (tonic says
 /// INTERNAL, which the caller cannot act on). Both come before any handler, as a trailers-only
 /// response whose status is in the headers.
-#[derive(Clone)]
-struct Codes<S>(S);
-
-impl<S, B, R> tower::Service<http::Request<B>> for Codes<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = futures_util::future::MapOk<S::Future, fn(http::Response<R>) -> http::Response<R>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        self.0.call(request).map_ok(recode)
-    }
-}
-
 fn recode<R>(mut response: http::Response<R>) -> http::Response<R> {
     let Some(status) = tonic::Status::from_header_map(response.headers()) else { return response };
     let code = match status.code() {
