@@ -138,7 +138,10 @@ impl Codec for Grpc<'_> {
         let answer = tensors::respond(version, id, outputs, selection);
         let id = MetadataValue::try_from(answer.id.as_str()).ok();
         let mut response = Response::new(answer);
-        if let Some(id) = id {
+        if let Some(mut id) = id {
+            // Each id is new: HPACK's table would only churn with them (an insert, an eviction and
+            // a search through the ids before it, per call). Sensitive values are sent literally.
+            id.set_sensitive(true);
             response.metadata_mut().insert(REQUEST_ID, id);
         }
         Ok(response)
