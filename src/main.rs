@@ -48,7 +48,12 @@ fn serve(args: &gauntlet::config::ServeArgs) -> anyhow::Result<()> {
 }
 
 fn loadtest(args: &gauntlet::cli::loadtest::LoadtestArgs) -> anyhow::Result<bool> {
-    runtime()?.block_on(gauntlet::cli::loadtest::run_and_report(args))
+    let runtime = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build()?,
+        None => runtime()?,
+    };
+    runtime.block_on(gauntlet::cli::loadtest::run_and_report(args))
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

@@ -997,6 +997,7 @@ async fn the_analysts_policy_promotes_and_every_replica_follows() {
     let replay = |addr| gauntlet::cli::loadtest::LoadtestArgs {
         concurrency: Some(2),
         connections: 2,
+        threads: None,
         requests: Some(500),
         feedback: true,
         feedback_delay: Duration::from_millis(20),
@@ -1062,6 +1063,7 @@ async fn drift_alerts_once_for_the_cluster_from_the_analyst() {
     let replay = |addr| gauntlet::cli::loadtest::LoadtestArgs {
         concurrency: Some(2),
         connections: 2,
+        threads: None,
         requests: Some(572),
         ..common::loadtest_args_at(addr, MODEL, data.clone())
     };

@@ -107,6 +107,7 @@ fn replay(server: &TestServer, data: std::path::PathBuf, requests: u64) -> Loadt
     LoadtestArgs {
         concurrency: Some(4),
         connections: 4,
+        threads: None,
         requests: Some(requests),
         ..common::loadtest_args(server, "breast-cancer", data)
     }

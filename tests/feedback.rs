@@ -18,6 +18,7 @@ fn replay_with_feedback(server: &TestServer, model: &str, rows: u64) -> Loadtest
     LoadtestArgs {
         concurrency: Some(4),
         connections: 4,
+        threads: None,
         requests: Some(rows),
         feedback: true,
         ..common::loadtest_args(server, model, data)

@@ -232,6 +232,7 @@ pub fn loadtest_args_at(addr: SocketAddr, model: &str, data: PathBuf) -> Loadtes
         concurrency: None,
         rate: None,
         connections: 16,
+        threads: None,
         duration: None,
         requests: Some(200),
         batch: 1,

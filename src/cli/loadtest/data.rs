@@ -14,8 +14,8 @@ use crate::repository::holdout::Holdout;
 /// One request body, serialised once, and its rows' truth when the data has it.
 pub(super) struct Body {
     pub(super) bytes: bytes::Bytes,
-    /// The same rows as a gRPC ModelInfer message, encoded once: a send writes these bytes as they
-    /// are (and the request id after them, with `--feedback`).
+    /// The same rows as a gRPC ModelInfer message, encoded and framed once (`framed`): a send
+    /// writes these bytes as they are.
     pub(super) message: bytes::Bytes,
     pub(super) truth: Option<Value>,
 }
@@ -74,10 +74,19 @@ pub(super) fn bodies(
                 let rows = &t[n * batch..(n + 1) * batch];
                 if batch == 1 { json!(rows[0]) } else { json!(rows) }
             });
-            let message = prost::Message::encode_to_vec(&grpc_message(model, version, input, chunk)).into();
+            let message = framed(&prost::Message::encode_to_vec(&grpc_message(model, version, input, chunk)));
             Body { bytes: bytes::Bytes::from(body.to_string()), message, truth }
         })
         .collect())
+}
+
+/// `message` as gRPC frames it on the wire: uncompressed, its length, then its bytes.
+pub(super) fn framed(message: &[u8]) -> bytes::Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
 }
 
 /// The same rows as a ModelInfer request, each element in the input's datatype, little-endian.

@@ -70,6 +70,10 @@ pub struct LoadtestArgs {
     /// requests are spread over (at most one per request in flight).
     #[arg(long, default_value_t = 64)]
     pub connections: usize,
+    /// Threads the generator runs on (default: one per core). `--threads 1` matches `wrk -t1` and
+    /// `h2load -t1`: on a machine the gateway shares, each thread more is a core less for it.
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Stop after this long (e.g. 30s, 2m).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -204,6 +208,7 @@ pub async fn run(args: &LoadtestArgs) -> anyhow::Result<Summary> {
                     args.connections.clamp(1, workers),
                     args.token.as_deref(),
                     args.cacert.as_deref(),
+                    Duration::from_millis(args.timeout_ms),
                 )
                 .await?,
             )
