@@ -13,6 +13,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}" connections="${3:-16}"
+# BENCH_WRK_THREADS: wrk's threads (default 2; issue 35 measured with -t1, which leaves a core to the server).
+threads="${BENCH_WRK_THREADS:-2}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 cd "$root"
 # BENCH_GAUNTLET / BENCH_FLOOR: measure prebuilt binaries instead of building.
@@ -51,10 +53,10 @@ LUA
 } >"$work/post.lua"
 
 run() { # name url
-  wrk -t2 -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$2" | awk -v n="$1" '/^RESULT/ {print n, $2, $3, $4, $5}'
+  wrk -t"$threads" -c"$connections" -d"${seconds}s" -s "$work/post.lua" "$2" | awk -v n="$1" '/^RESULT/ {print n, $2, $3, $4, $5}'
 }
 : >"$work/results"
-wrk -t2 -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$gateway_port/v2/models/breast-cancer/infer" >/dev/null # warm
+wrk -t"$threads" -c"$connections" -d2s -s "$work/post.lua" "http://127.0.0.1:$gateway_port/v2/models/breast-cancer/infer" >/dev/null # warm
 for r in $(seq "$rounds"); do
   run floor "http://127.0.0.1:$floor_port/v2/models/breast-cancer/infer" >>"$work/results"
   run champion "http://127.0.0.1:$gateway_port/v2/models/breast-cancer/infer" >>"$work/results"
@@ -62,14 +64,14 @@ for r in $(seq "$rounds"); do
   run shadowed "http://127.0.0.1:$shadowed_port/v2/models/breast-cancer/infer" >>"$work/results"
 done
 
-python3 - "$work/results" "$rounds" "$seconds" "$connections" <<'PY'
+python3 - "$work/results" "$rounds" "$seconds" "$connections" "$threads" <<'PY'
 import statistics, sys
 rows = [l.split() for l in open(sys.argv[1])]
 by = {}
 for name, rps, p50, p99, errors in rows:
     by.setdefault(name, []).append((float(rps), float(p50), float(p99), int(errors)))
 med = {n: [statistics.median(x[i] for x in v) for i in range(3)] + [sum(x[3] for x in v)] for n, v in by.items()}
-print(f"wrk -t2 -c{sys.argv[4]}, {sys.argv[3]}s x {sys.argv[2]} rounds alternating; medians (latency in ms)")
+print(f"wrk -t{sys.argv[5]} -c{sys.argv[4]}, {sys.argv[3]}s x {sys.argv[2]} rounds alternating; medians (latency in ms)")
 print(f"{'server':<10} {'req/s':>10} {'p50':>8} {'p99':>8} {'errors':>7} {'req/s vs floor':>15}")
 floor = med["floor"][0]
 for name, (rps, p50, p99, errors) in med.items():
