@@ -476,6 +476,45 @@ async fn shedding_is_unavailable_and_a_timeout_is_deadline_exceeded() {
     server.stop().await.unwrap();
 }
 
+/// A connection's calls run on its task: one that waits (here on a held model) holds up none of the
+/// others on the same connection, and calls past the few run there are answered as well.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_waiting_call_holds_up_no_other_call_on_its_connection() {
+    let row = holdout("breast-cancer").rows[..1].to_vec();
+    let (options, mut gate) = gated();
+    let overrides = ["inline_max_us=0", "models.breast-cancer.challengers=[]"];
+    let mut server = TestServer::start_with_options(&overrides, options).await;
+    let grpc = client(&server).await;
+    gate.armed.store(true, Ordering::SeqCst);
+    let held = tokio::spawn({
+        let (mut grpc, request) = (grpc.clone(), raw_request("breast-cancer", &row));
+        async move { grpc.model_infer(request).await }
+    });
+    gate.started.recv().await.unwrap();
+    gate.armed.store(false, Ordering::SeqCst);
+    // Twelve more on the same connection (one channel), while the first is held.
+    let others: Vec<_> = (0..12)
+        .map(|i| {
+            let mut grpc = grpc.clone();
+            let mut request = raw_request("breast-cancer", &row);
+            request.id = format!("other-{i}");
+            tokio::spawn(async move { grpc.model_infer(request).await })
+        })
+        .collect();
+    for (i, other) in others.into_iter().enumerate() {
+        let answer = tokio::time::timeout(Duration::from_secs(30), other)
+            .await
+            .expect("a call on the held call's connection is answered while it is held")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.into_inner().id, format!("other-{i}"));
+    }
+    assert!(!held.is_finished(), "the held call is still held");
+    gate.release.send(()).unwrap();
+    assert!(held.await.unwrap().is_ok(), "the held call is answered once let go");
+    server.stop().await.unwrap();
+}
+
 /// Shutdown, as for REST: a call under way is answered, and `serve` returns Ok once it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_under_way_at_shutdown_is_answered() {
