@@ -188,28 +188,31 @@ impl GrpcClients {
                 out.freeze()
             }
         };
-        let call = async {
-            match &self.calls {
-                Calls::Direct { senders, uri, grpc_timeout, bearer } => {
-                    let sender = &senders[(i % senders.len() as u64) as usize];
-                    direct_call(sender, uri, grpc_timeout, bearer.as_ref(), payload).await
-                }
-                Calls::Tonic(channels) => {
-                    let channel = channels[(i % channels.len() as u64) as usize].clone();
-                    let mut request = self.request(payload.slice(5..));
-                    request.set_timeout(timeout);
-                    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
-                    let answer = match grpc.ready().await {
-                        Ok(()) => {
-                            grpc.unary(request, http::uri::PathAndQuery::from_static(MODEL_INFER), RawCodec).await
-                        }
-                        Err(e) => Err(Status::unavailable(e.to_string())),
-                    };
-                    answer.map(|_| ()).map_err(|status| outcome(status.code()).unwrap_err())
-                }
+        let answer = match &self.calls {
+            Calls::Direct { senders, uri, grpc_timeout, bearer } => {
+                let sender = &senders[(i % senders.len() as u64) as usize];
+                tokio::time::timeout(timeout, direct_call(sender, uri, grpc_timeout, bearer.as_ref(), payload)).await
+            }
+            // Boxed: tonic's call is many times the size of the direct one, and every call's future
+            // would otherwise carry (and move) room for it.
+            Calls::Tonic(channels) => {
+                let channel = channels[(i % channels.len() as u64) as usize].clone();
+                tokio::time::timeout(timeout, Box::pin(self.tonic_call(channel, payload.slice(5..), timeout))).await
             }
         };
-        tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| Err("timeout".to_owned()))
+        answer.unwrap_or_else(|_| Err("timeout".to_owned()))
+    }
+
+    /// A call on tonic's channel (over TLS).
+    async fn tonic_call(&self, channel: Channel, message: Bytes, timeout: Duration) -> Result<(), String> {
+        let mut request = self.request(message);
+        request.set_timeout(timeout);
+        let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(usize::MAX);
+        let answer = match grpc.ready().await {
+            Ok(()) => grpc.unary(request, http::uri::PathAndQuery::from_static(MODEL_INFER), RawCodec).await,
+            Err(e) => Err(Status::unavailable(e.to_string())),
+        };
+        answer.map(|_| ()).map_err(|status| outcome(status.code()).unwrap_err())
     }
 }
 
