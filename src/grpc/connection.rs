@@ -199,12 +199,14 @@ impl<I: Clone + Send + Sync + 'static> hyper::service::Service<Request<Incoming>
     type Future = Pin<Box<dyn Future<Output = Result<Answer, Self::Error>> + Send>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
-        request.extensions_mut().insert(self.info.clone());
         let deadline = deadline(request.headers());
         let answer: Self::Future = if request.uri().path() == MODEL_INFER {
+            // ModelInfer does not ask for the peer (its token check has no loopback rule), so it is
+            // spared the extension map the peer would need.
             let mut inference = self.services.inference.clone();
             Box::pin(async move { Ok(super::recode(inference.call(request).await?)) })
         } else {
+            request.extensions_mut().insert(self.info.clone());
             let mut routes = self.services.routes.clone();
             Box::pin(async move { Ok(super::recode(routes.call(request).await?)) })
         };
