@@ -12,8 +12,9 @@
 # runs the gateway in cluster mode against a PostgreSQL of the script's own (Debian's `postgresql`;
 # initdb and pg_ctl as the `postgres` user when run as root), to show the store stays off the
 # request path. BENCH_PROTOCOL=grpc sends ModelInfer over gRPC instead, with `gauntlet loadtest
-# --protocol grpc` (16 in flight) as the load generator, and counts the threads whose profile holds
-# `model_infer`. BENCH_TOKEN=T configures one token with the `infer` scope (by its SHA-256) and sends
+# --protocol grpc` (16 connections of one call each) as the load generator, and counts the threads
+# whose profile holds `model_infer`; BENCH_PROTOCOL=grpc-h2load sends `seconds` × 2,000 calls with
+# h2load (4 connections × 4 streams, `apt-get install nghttp2-client`). BENCH_TOKEN=T configures one token with the `infer` scope (by its SHA-256) and sends
 # it with every request, so the figure includes the check; BENCH_HEADER='Name: value' sends one more
 # header of another name (what receiving a header costs, without a check). BENCH_CONFIG=file serves
 # another configuration than gauntlet.toml (an `s3://` repository, say). Needs valgrind and wrk (`apt-get install
@@ -72,7 +73,18 @@ grpc_load() { # seconds
     --model breast-cancer --data models/breast-cancer/holdout.csv --concurrency 16 --connections 16 \
     --duration "$1s" --quiet --json ${BENCH_TOKEN:+--token "$BENCH_TOKEN"}
 }
-if [ "${BENCH_PROTOCOL:-http}" = grpc ]; then
+if [ "${BENCH_PROTOCOL:-http}" = grpc-h2load ]; then
+  # h2load's 4 connections of 4 streams each, as benches/grpc.sh compares them with REST.
+  grpc_h2load() { # requests
+    h2load -c 4 -m 4 -t 1 -n "$1" -d "$work/body.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+      "http://127.0.0.1:$((port + 2))/inference.GRPCInferenceService/ModelInfer" | awk '/^status codes:/ {print $3}'
+  }
+  grpc_h2load 5000 >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  n=$((seconds * 2000))
+  ok=$(grpc_h2load "$n")
+  echo "$n $((n - ok))" >"$work/requests"
+elif [ "${BENCH_PROTOCOL:-http}" = grpc ]; then
   grpc_load 5 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
   grpc_load "$seconds" | python3 -c 'import json, sys; s = json.load(sys.stdin); print(s["requests"], s["errors"])' >"$work/requests"

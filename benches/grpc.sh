@@ -37,34 +37,10 @@ for _ in $(seq 600); do
   kill -0 "$pid" 2>/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
   sleep 0.5
 done
-# The request bodies: `batch` holdout rows as REST's JSON and as a gRPC-framed ModelInfer message
-# (written here by hand: the fields are few, and the bench needs no protobuf package).
-python3 - "$work" "$batch" <<'PY'
-import csv, json, struct, sys
-work, batch = sys.argv[1], int(sys.argv[2])
-rows = [[float(v) for v in r[:-1]] for i, r in enumerate(csv.reader(open("models/breast-cancer/holdout.csv"))) if i >= 1]
-rows = (rows * (batch // len(rows) + 1))[:batch]
-flat = [v for row in rows for v in row]
-json.dump({"inputs": [{"name": "input", "shape": [batch, 30], "datatype": "FP32", "data": flat}]}, open(f"{work}/body.json", "w"))
-def varint(n):
-    out = b""
-    while True:
-        b, n = n & 0x7F, n >> 7
-        out += bytes([b | (0x80 if n else 0)])
-        if not n:
-            return out
-def field(number, payload):  # length-delimited
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-tensor = field(1, b"input") + field(2, b"FP32") + field(3, varint(batch) + varint(30))
-message = field(1, b"breast-cancer") + field(5, tensor) + field(7, struct.pack(f"<{len(flat)}f", *flat))
-open(f"{work}/body.bin", "wb").write(b"\0" + struct.pack(">I", len(message)) + message)
-PY
-cat >"$work/post.lua" <<LUA
-wrk.method = "POST"
-local f = io.open("$work/body.json", "r"); wrk.body = f:read("*a"); f:close()
-LUA
+. benches/body.sh
+write_bodies "$work" "$batch"
 rest_wrk() { # seconds: "req/s p50_ms p99_ms"
-  wrk -t1 -c16 -d"$1s" --latency -s "$work/post.lua" "http://127.0.0.1:$port/v2/models/breast-cancer/infer" |
+  wrk -t1 -c16 -d"$1s" --latency -s "$work/body.lua" "http://127.0.0.1:$port/v2/models/breast-cancer/infer" |
     python3 -c '
 import re, sys
 t = sys.stdin.read()
