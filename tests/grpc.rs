@@ -476,14 +476,20 @@ async fn shedding_is_unavailable_and_a_timeout_is_deadline_exceeded() {
     server.stop().await.unwrap();
 }
 
+/// A server whose breast-cancer champion is gated and run on the pool (so a held call holds a pool
+/// thread, not an async worker), without challengers.
+async fn held_champion_server() -> (TestServer, Gate) {
+    let (options, gate) = gated();
+    let overrides = ["inline_max_us=0", "models.breast-cancer.challengers=[]"];
+    (TestServer::start_with_options(&overrides, options).await, gate)
+}
+
 /// A connection's calls run on its task: one that waits (here on a held model) holds up none of the
 /// others on the same connection, and calls past the few run there are answered as well.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_waiting_call_holds_up_no_other_call_on_its_connection() {
+    let (mut server, mut gate) = held_champion_server().await;
     let row = holdout("breast-cancer").rows[..1].to_vec();
-    let (options, mut gate) = gated();
-    let overrides = ["inline_max_us=0", "models.breast-cancer.challengers=[]"];
-    let mut server = TestServer::start_with_options(&overrides, options).await;
     let grpc = client(&server).await;
     gate.armed.store(true, Ordering::SeqCst);
     let held = tokio::spawn({
@@ -518,10 +524,8 @@ async fn a_waiting_call_holds_up_no_other_call_on_its_connection() {
 /// Shutdown, as for REST: a call under way is answered, and `serve` returns Ok once it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_call_under_way_at_shutdown_is_answered() {
+    let (mut server, mut gate) = held_champion_server().await;
     let row = holdout("breast-cancer").rows[..1].to_vec();
-    let (options, mut gate) = gated();
-    let overrides = ["inline_max_us=0", "models.breast-cancer.challengers=[]"];
-    let mut server = TestServer::start_with_options(&overrides, options).await;
     let mut grpc = client(&server).await;
     // The connection is up and has answered once before the call that will be under way.
     assert!(grpc.model_infer(raw_request("breast-cancer", &row)).await.is_ok());
