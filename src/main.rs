@@ -49,8 +49,8 @@ fn serve(args: &gauntlet::config::ServeArgs) -> anyhow::Result<()> {
 
 fn loadtest(args: &gauntlet::cli::loadtest::LoadtestArgs) -> anyhow::Result<bool> {
     let runtime = match args.threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n.max(1)).enable_all().build()?,
+        Some(0 | 1) => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        Some(n) => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build()?,
         None => runtime()?,
     };
     runtime.block_on(gauntlet::cli::loadtest::run_and_report(args))

@@ -35,6 +35,9 @@ use super::service;
 /// Calls under way on one connection that run on its task; more get tasks of their own.
 const INLINE_CALLS: usize = 4;
 
+/// The client's deadline (the protocol's header), named once rather than parsed from a string per call.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 /// The path of the one call nearly all traffic makes.
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
@@ -184,7 +187,7 @@ where
 }
 
 /// One connection's calls: ModelInfer straight to the inference service, the rest through tonic's
-/// routes, each with the connection's peer (as tonic's server gives it: `Request::remote_addr`).
+/// routes with the connection's peer (as tonic's server gives it: `Request::remote_addr`).
 #[derive(Clone)]
 struct Calls<I> {
     services: Services,
@@ -222,7 +225,7 @@ impl<I: Clone + Send + Sync + 'static> hyper::service::Service<Request<Incoming>
 /// The client's deadline, from `grpc-timeout` (the protocol's `1*8DIGIT unit`), as tonic's server
 /// read it; a value that is not one is ignored, as there.
 fn deadline(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let value = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;

@@ -15,7 +15,7 @@ use crate::repository::holdout::Holdout;
 pub(super) struct Body {
     pub(super) bytes: bytes::Bytes,
     /// The same rows as a gRPC ModelInfer message, encoded and framed once (`framed`): a send
-    /// writes these bytes as they are.
+    /// writes these bytes as they are (with the request id appended, with `--feedback`).
     pub(super) message: bytes::Bytes,
     pub(super) truth: Option<Value>,
 }
@@ -81,7 +81,7 @@ pub(super) fn bodies(
 }
 
 /// `message` as gRPC frames it on the wire: uncompressed, its length, then its bytes.
-pub(super) fn framed(message: &[u8]) -> bytes::Bytes {
+fn framed(message: &[u8]) -> bytes::Bytes {
     let mut out = Vec::with_capacity(5 + message.len());
     out.push(0);
     out.extend_from_slice(&(message.len() as u32).to_be_bytes());
