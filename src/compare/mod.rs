@@ -249,6 +249,16 @@ impl Comoments {
 }
 
 impl ModelStats {
+    /// Correct labelled rows per labelled row (a classifier's), once any is labelled.
+    fn accuracy(&self) -> Option<f64> {
+        (self.labelled_rows > 0).then(|| self.correct as f64 / self.labelled_rows as f64)
+    }
+
+    /// Absolute error per labelled row (a regression's), once any is labelled.
+    fn mae(&self) -> Option<f64> {
+        (self.labelled_rows > 0).then(|| self.abs_error / self.labelled_rows as f64)
+    }
+
     fn new(classes: usize) -> Self {
         Self {
             records: 0,

@@ -195,16 +195,36 @@ impl Comparison {
             min_labelled_pairs: self.settings.min_labelled_pairs,
             correction: CORRECTION.into(),
             models: self.models.iter().map(|(v, s)| model_report(v.as_str(), s)).collect(),
-            pairs: adjusted(
-                self.sorted_pairs()
-                    .into_iter()
-                    .map(|((a, b), pair)| self.pair_report(a.as_str(), b.as_str(), pair, classification))
-                    .collect(),
-                &self.settings,
-            ),
+            pairs: self.pair_reports(),
             snapshot: None,
             policy: None,
         }
+    }
+
+    /// The report's pairs alone, adjusted for the family as the report adjusts them.
+    pub fn pair_reports(&self) -> Vec<PairReport> {
+        let classification = matches!(self.task, Task::Classification { .. });
+        adjusted(
+            self.sorted_pairs()
+                .into_iter()
+                .map(|((a, b), pair)| self.pair_report(a.as_str(), b.as_str(), pair, classification))
+                .collect(),
+            &self.settings,
+        )
+    }
+
+    /// Each version's headline metric as its report gives it: `("accuracy", …)` for a classifier,
+    /// `("mae", …)` for a regression, once it has labelled rows. Without the rest of the report:
+    /// the gauges read this every few seconds, and the latency histograms a report walks cost
+    /// about 0.3M instructions a version (issue 33).
+    pub fn headline_metrics(&self) -> impl Iterator<Item = (&str, &'static str, f64)> {
+        self.models.iter().filter_map(|(version, stats)| {
+            let report = |metric, value: Option<f64>| value.map(|v| (version.as_str(), metric, v));
+            match stats.class_counts.is_empty() {
+                false => report("accuracy", stats.accuracy()),
+                true => report("mae", stats.mae()),
+            }
+        })
     }
 
     fn sorted_pairs(&self) -> Vec<&((crate::repository::VersionId, crate::repository::VersionId), PairStats)> {
@@ -430,8 +450,8 @@ fn model_report(version: &str, stats: &ModelStats) -> ModelReport {
             vec![]
         },
         labelled_rows: stats.labelled_rows,
-        accuracy: if classification { per_row(stats.correct as f64, stats.labelled_rows) } else { None },
-        mae: if classification { None } else { per_row(stats.abs_error, stats.labelled_rows) },
+        accuracy: if classification { stats.accuracy() } else { None },
+        mae: if classification { None } else { stats.mae() },
         rmse: if classification { None } else { (rows > 0.0).then(|| (stats.squared_error / rows).sqrt()) },
         log_loss: per_row(stats.log_loss, stats.probability_rows),
         brier: per_row(stats.brier, stats.probability_rows),

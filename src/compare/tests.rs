@@ -73,6 +73,44 @@ fn verdicts_cover_worse_too_little_data_and_no_difference() {
     assert_eq!(same.pairs[0].more_pairs_needed, None);
 }
 
+/// The gauges read `headline_metrics` and `pair_reports` instead of a whole report: the same figures.
+fn assert_gauges_read_the_report(comparison: &Comparison) {
+    let report = comparison.report();
+    let headline: Vec<(String, &str, f64)> =
+        comparison.headline_metrics().map(|(version, metric, value)| (version.to_owned(), metric, value)).collect();
+    let from_report: Vec<(String, &str, f64)> = report
+        .models
+        .iter()
+        .filter_map(|m| match (m.accuracy, m.mae) {
+            (Some(a), _) => Some((m.version.clone(), "accuracy", a)),
+            (None, Some(mae)) => Some((m.version.clone(), "mae", mae)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(headline, from_report);
+    assert_eq!(headline.len(), 2, "{headline:?}");
+    assert_eq!(
+        serde_json::to_value(comparison.pair_reports()).unwrap(),
+        serde_json::to_value(&report.pairs).unwrap()
+    );
+}
+
+#[test]
+fn the_gauges_show_the_reports_figures() {
+    assert_gauges_read_the_report(&classified(150, 10, 30, 10));
+    let mut regression =
+        Comparison::new("r", Task::Regression { prediction_output: "variable".into() }, CompareSettings::default());
+    for i in 0..40 {
+        let obs = observation(i, Prediction::Value(i as f64 + 1.0), Prediction::Value(i as f64 - 0.5));
+        regression.add(&obs);
+        regression.add_truth(&obs, &Truth(vec![i as f64]));
+    }
+    assert_gauges_read_the_report(&regression);
+    // Before any label, no version has a headline metric.
+    let unlabelled = Comparison::new("m", classification(), CompareSettings::default());
+    assert_eq!(unlabelled.headline_metrics().count(), 0);
+}
+
 #[test]
 fn regression_pairs_use_wilcoxon_on_absolute_errors() {
     let task = Task::Regression { prediction_output: "variable".into() };

@@ -299,17 +299,17 @@ impl Work for JoinThread {
         }
         if now.duration_since(self.last_gauges) >= GAUGE_INTERVAL {
             self.last_gauges = now;
-            for index in self.models.values_mut().filter(|m| m.changed) {
+            for (name, index) in self.models.iter_mut().filter(|(_, m)| m.changed) {
                 index.changed = false;
-                publish_gauges(&index.comparison.report());
+                publish_gauges(name, &index.comparison);
             }
         }
         Duration::MAX
     }
 
     fn finish(&mut self) {
-        for index in self.models.values() {
-            publish_gauges(&index.comparison.report());
+        for (name, index) in &self.models {
+            publish_gauges(name, &index.comparison);
         }
         if self.seq != self.saved_seq {
             self.checkpoint(Instant::now());
@@ -374,19 +374,15 @@ impl JoinThread {
     }
 }
 
-/// The report's key figures as gauges (set from the join thread every few seconds).
-fn publish_gauges(report: &Report) {
-    let model = report.model.clone();
-    for m in &report.models {
-        let (metric, value) = match (m.accuracy, m.mae) {
-            (Some(a), _) => ("accuracy", a),
-            (None, Some(mae)) => ("mae", mae),
-            _ => continue,
-        };
-        gauge!(COMPARISON_MODEL, "model" => model.clone(), "version" => m.version.clone(), "metric" => metric)
+/// The report's key figures as gauges (set from the join thread every few seconds), read without
+/// building the whole report.
+fn publish_gauges(model: &str, comparison: &Comparison) {
+    for (version, metric, value) in comparison.headline_metrics() {
+        gauge!(COMPARISON_MODEL, "model" => model.to_owned(), "version" => version.to_owned(), "metric" => metric)
             .set(value);
     }
-    for p in &report.pairs {
+    let model = model.to_owned();
+    for p in &comparison.pair_reports() {
         let labels = [("model", model.clone()), ("champion", p.champion.clone()), ("challenger", p.challenger.clone())];
         gauge!(COMPARISON_LABELLED, &labels).set(p.labelled_pairs as f64);
         gauge!(COMPARISON_SEQUENTIAL_P_VALUE, &labels).set(p.sequential_p_value);
