@@ -14,6 +14,7 @@ pub mod policy;
 pub mod replay;
 mod report;
 pub mod stats;
+mod table;
 
 use std::collections::{BTreeMap, VecDeque};
 
