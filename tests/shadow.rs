@@ -321,6 +321,38 @@ async fn a_full_shadow_queue_sheds_and_counts() {
     assert!(shed >= 24 - records.len(), "{shed} shed, {} records", records.len());
 }
 
+#[tokio::test]
+async fn the_tensors_records_hold_are_bounded_in_bytes_and_given_back() {
+    // A diabetes request holds 44 bytes (10 inputs and one answer, FP32): 100 bytes hold two.
+    let options = faults(vec![("diabetes", "2", Fault::Slow(Duration::from_millis(30)))]);
+    let settings =
+        ["shadow_threads=1", "shadow_queue_bytes=100", "shadow_deadline_ms=5000", "outcomes.flush_interval_ms=10"];
+    let mut server = TestServer::start_with_options(&settings, options).await;
+    let rows = holdout_rows("diabetes");
+    let client = reqwest::Client::new();
+    let url = server.url("/v2/models/diabetes/infer");
+    // One at a time, each waiting for its record: a written record gives its bytes back, so five
+    // pass a bound that holds two.
+    for (i, row) in rows.iter().take(5).enumerate() {
+        let body = with_id(std::slice::from_ref(row), &format!("alone-{i}")).to_string();
+        assert_eq!(client.post(&url).body(body).send().await.unwrap().status(), 200);
+        wait_for_records(&server, i + 1).await;
+    }
+    // At once: the queue (8192 jobs) would take them all; the byte bound does not.
+    let requests = (0..24).map(|i| {
+        let (client, url) = (client.clone(), url.clone());
+        let body = with_id(std::slice::from_ref(&rows[5 + i]), &format!("burst-{i}")).to_string();
+        async move { client.post(url).body(body).send().await.unwrap().status().as_u16() }
+    });
+    let statuses = futures_join_all(requests).await;
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    server.stop().await.unwrap();
+    let records = server.records();
+    let burst = records.len() - 5;
+    assert!((1..24).contains(&burst), "{burst} of the burst's 24 have a record: the byte bound shed none");
+    assert!(records.iter().all(|r| r["results"][1]["status"] == "ok"), "what ran finished");
+}
+
 /// Runs futures concurrently on the current runtime.
 async fn futures_join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
     futures: impl Iterator<Item = F>,

@@ -89,10 +89,7 @@ fn assert_gauges_read_the_report(comparison: &Comparison) {
         .collect();
     assert_eq!(headline, from_report);
     assert_eq!(headline.len(), 2, "{headline:?}");
-    assert_eq!(
-        serde_json::to_value(comparison.pair_reports()).unwrap(),
-        serde_json::to_value(&report.pairs).unwrap()
-    );
+    assert_eq!(serde_json::to_value(comparison.pair_reports()).unwrap(), serde_json::to_value(&report.pairs).unwrap());
 }
 
 #[test]

@@ -46,7 +46,10 @@ pub fn shadow_threads() -> usize {
     1
 }
 pub fn shadow_queue() -> usize {
-    1024
+    8192
+}
+pub fn shadow_queue_bytes() -> u64 {
+    256 << 20
 }
 pub fn shadow_deadline_ms() -> u64 {
     250

@@ -132,9 +132,16 @@ pub struct Config {
     /// Threads that run shadow (challenger) inference, at background OS priority.
     #[serde(default = "defaults::shadow_threads")]
     pub shadow_threads: usize,
-    /// Shadow jobs waiting for those threads; beyond this they are shed (and counted).
+    /// Shadow jobs waiting for those threads; beyond this they are shed (and counted). A job may
+    /// usefully wait up to `shadow_deadline_ms`: 8192 is a quarter of a second at 32k req/s
+    /// with two challengers, long enough for the gaps a background-priority thread gets.
     #[serde(default = "defaults::shadow_queue")]
     pub shadow_queue: usize,
+    /// Bytes of request tensors (inputs and answer) that records waiting for their challengers may
+    /// hold together; a request beyond it is shed (and counted). It bounds the queue's memory
+    /// whatever the models' input size.
+    #[serde(default = "defaults::shadow_queue_bytes")]
+    pub shadow_queue_bytes: u64,
     /// A challenger not finished this long after its request was answered is recorded as `timeout`.
     #[serde(default = "defaults::shadow_deadline_ms")]
     pub shadow_deadline_ms: u64,
@@ -326,6 +333,7 @@ impl Config {
         }
         for (key, value) in [
             ("shadow_queue", self.shadow_queue as u64),
+            ("shadow_queue_bytes", self.shadow_queue_bytes),
             ("outcomes.queue", self.outcomes.queue as u64),
             ("outcomes.rotate_bytes", self.outcomes.rotate_bytes),
         ] {
@@ -515,6 +523,7 @@ impl Config {
         crate::shadow::ShadowSettings {
             threads: self.shadow_threads,
             queue: self.shadow_queue,
+            queue_bytes: usize::try_from(self.shadow_queue_bytes).unwrap_or(usize::MAX),
             deadline: Duration::from_millis(self.shadow_deadline_ms),
             max_wait: self
                 .shadow_max_wait_ms

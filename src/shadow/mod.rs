@@ -23,7 +23,8 @@
 //!   one request at a time, so each result is its own. A batched result's latency is the batch's.
 //! - When no challenger can be queued at all, no record is written (there is nothing to pair); the
 //!   request still counts, as `shed` per challenger and as an incomplete one in coverage.
-//! - Bounded: a job the queue cannot take is `shed`; one that could not start before the deadline
+//! - Bounded: a job the queue cannot take is `shed`, and so is a request whose tensors would take
+//!   the records pending beyond `shadow_queue_bytes`; one that could not start before the deadline
 //!   is skipped and, like one that finished after it, recorded as `timeout`. Each is counted.
 //! - Paced: the threads together use at most `shadow_cpu_budget` cores of CPU time (`Pacer`);
 //!   what that leaves undone is shed or times out, as above.
@@ -65,6 +66,9 @@ pub struct ShadowSettings {
     pub threads: usize,
     /// Jobs waiting at most; beyond it they are shed.
     pub queue: usize,
+    /// Bytes of tensors (inputs and answers) that pending records may hold together; a request
+    /// that would pass it is shed.
+    pub queue_bytes: usize,
     /// After this long a member's result is a timeout.
     pub deadline: Duration,
     /// How long a job may be held for others of its version to be scored with it (less than `deadline`).
@@ -110,7 +114,8 @@ impl Shadow {
         let pool = Worker::start(thread, |_| {
             ShadowThread::new(Pacer::for_this_thread(share), settings.deadline.saturating_sub(settings.max_wait))
         })?;
-        Ok(Self { pool, deadline: settings.deadline, log_inputs, outlets: Arc::new(Outlets { join, coverage }) })
+        let outlets = Outlets { join, coverage, held_bytes: AtomicUsize::new(0), max_held_bytes: settings.queue_bytes };
+        Ok(Self { pool, deadline: settings.deadline, log_inputs, outlets: Arc::new(outlets) })
     }
 
     /// If the queue is full (as it stays while the CPU budget binds), counts the request as shed
@@ -141,6 +146,13 @@ impl Shadow {
         if slots.is_empty() {
             return;
         }
+        // The request's tensors stay alive until its record is written: bounded in bytes too, so
+        // that a queue long enough for a burst of small rows cannot hold as many large ones.
+        let held_bytes = tensor_bytes(&request.inputs) + tensor_bytes(&request.outputs);
+        if !self.outlets.hold(held_bytes) {
+            self.count_all_shed(slots.iter().map(|slot| &slot.version), request.answered.name());
+            return;
+        }
         let members = slots.len();
         let pending = Arc::new(PendingRecord {
             remaining: AtomicUsize::new(members + 1),
@@ -149,6 +161,7 @@ impl Shadow {
             deadline: Instant::now() + self.deadline,
             log_inputs: self.log_inputs,
             outlets: Arc::clone(&self.outlets),
+            held_bytes,
         });
         let mut shed = 0;
         for slot in 0..members {
@@ -176,6 +189,10 @@ impl Shadow {
         let shadow = Arc::clone(self);
         let _ = tokio::task::spawn_blocking(move || shadow.pool.close()).await;
     }
+}
+
+fn tensor_bytes(tensors: &[Tensor]) -> usize {
+    tensors.iter().map(|t| t.data().len() * t.datatype().size_of()).sum()
 }
 
 /// The members that shadow a request: every one but the version that answered it.

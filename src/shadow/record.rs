@@ -52,6 +52,14 @@ pub(super) struct PendingRecord {
     pub(super) deadline: Instant,
     pub(super) log_inputs: LogInputs,
     pub(super) outlets: Arc<Outlets>,
+    /// What it holds of `Outlets::max_held_bytes`, given back when it is dropped.
+    pub(super) held_bytes: usize,
+}
+
+impl Drop for PendingRecord {
+    fn drop(&mut self) {
+        self.outlets.held_bytes.fetch_sub(self.held_bytes, Ordering::Relaxed);
+    }
 }
 
 impl PendingRecord {
@@ -165,9 +173,23 @@ pub(super) struct Outlets {
     pub(super) join: Arc<LabelJoin>,
     /// Built once at start and never changed: read without a lock.
     pub(super) coverage: HashMap<String, ShadowCoverage>,
+    /// The tensor bytes pending records hold (their request's inputs and answer), and the most
+    /// they may (`shadow_queue_bytes`).
+    pub(super) held_bytes: AtomicUsize,
+    pub(super) max_held_bytes: usize,
 }
 
 impl Outlets {
+    /// Takes `bytes` of the bound for a new pending record; `false` (nothing taken) if they do
+    /// not fit.
+    pub(super) fn hold(&self, bytes: usize) -> bool {
+        let before = self.held_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if before.saturating_add(bytes) > self.max_held_bytes {
+            self.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
     pub(super) fn coverage(&self, model: &str, complete: bool) {
         if let Some(coverage) = self.coverage.get(model) {
             coverage.record(complete);
