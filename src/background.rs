@@ -196,6 +196,11 @@ impl<M: Send + 'static> Worker<M> {
         self.shared.queue.is_full()
     }
 
+    /// Messages waiting now.
+    pub fn queued(&self) -> usize {
+        self.shared.queue.len()
+    }
+
     /// Lets the threads handle everything accepted so far, then stops and joins them. Blocking.
     pub fn close(&self) {
         self.shared.closing.0.store(true, Ordering::SeqCst);

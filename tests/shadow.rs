@@ -353,6 +353,36 @@ async fn the_tensors_records_hold_are_bounded_in_bytes_and_given_back() {
     assert!(records.iter().all(|r| r["results"][1]["status"] == "ok"), "what ran finished");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paced_shadow_keeps_a_short_queue() {
+    // One run of diabetes 2 burns 10 ms of CPU: at half a percent of a core the thread then owes
+    // about 2 s of rest, so it is paced while the burst below arrives.
+    let options = faults(vec![("diabetes", "2", Fault::Busy(Duration::from_millis(10)))]);
+    let settings = ["shadow_cpu_budget=0.005", "shadow_deadline_ms=5000", "outcomes.flush_interval_ms=10"];
+    let mut server = TestServer::start_with_options(&settings, options).await;
+    let rows = holdout_rows("diabetes");
+    let client = reqwest::Client::new();
+    let url = server.url("/v2/models/diabetes/infer");
+    let body = with_id(std::slice::from_ref(&rows[0]), "paced-first").to_string();
+    assert_eq!(client.post(&url).body(body).send().await.unwrap().status(), 200);
+    wait_for_records(&server, 1).await;
+    // More jobs than a paced queue keeps (1024), far fewer than the queue holds (8192).
+    let n = 1400;
+    for chunk in (0..n).collect::<Vec<usize>>().chunks(100) {
+        let requests = chunk.iter().map(|&i| {
+            let (client, url) = (client.clone(), url.clone());
+            let body = with_id(std::slice::from_ref(&rows[i % rows.len()]), &format!("paced-{i}")).to_string();
+            async move { client.post(url).body(body).send().await.unwrap().status().as_u16() }
+        });
+        assert!(futures_join_all(requests).await.iter().all(|&s| s == 200));
+    }
+    server.stop().await.unwrap();
+    // Every request taken has its record (scored or timed out at shutdown); the rest were shed.
+    let records = server.records().len() - 1;
+    assert!(records < n, "{records} of {n} queued: a paced queue took them all");
+    assert!(records >= 1024, "{records} of {n} queued: fewer than the paced queue holds");
+}
+
 /// Runs futures concurrently on the current runtime.
 async fn futures_join_all<F: std::future::Future<Output = T> + Send + 'static, T: Send + 'static>(
     futures: impl Iterator<Item = F>,

@@ -27,12 +27,13 @@
 //!   the records pending beyond `shadow_queue_bytes`; one that could not start before the deadline
 //!   is skipped and, like one that finished after it, recorded as `timeout`. Each is counted.
 //! - Paced: the threads together use at most `shadow_cpu_budget` cores of CPU time (`Pacer`);
-//!   what that leaves undone is shed or times out, as above.
+//!   what that leaves undone is shed or times out, as above. While the budget binds, the queue is
+//!   kept to `PACED_QUEUE` jobs, so that those it takes are fresh enough to run in full batches.
 //! - A challenger's error or panic is recorded in its result and reaches no client.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use self::pacer::Pacer;
@@ -51,9 +52,20 @@ mod record;
 mod score;
 mod thread;
 
+/// The jobs a paced shadow keeps queued at most (`shadow_queue` when smaller). While the budget
+/// binds, the threads serve jobs at the budget's rate, oldest first, so a job waits the queue's
+/// length over that rate: a long queue only ages every job to its deadline, and the few that still
+/// run do so in small batches, at a small batch's cost a row. Measured at 10k req/s with the default
+/// budget: 31-34% of records complete with 8192 queued, 68-79% with 1024. When the threads are
+/// not held back by the budget (only by the scheduler, on busy cores), the whole `shadow_queue`
+/// absorbs the gaps.
+pub(crate) const PACED_QUEUE: usize = 1024;
+
 pub struct Shadow {
     /// Background-priority threads polling one bounded, lock-free queue of jobs.
     pool: Worker<Job>,
+    /// Set by the threads while their budget makes them rest: the queue is then `PACED_QUEUE` long.
+    paced: Arc<AtomicBool>,
     deadline: Duration,
     log_inputs: LogInputs,
     outlets: Arc<Outlets>,
@@ -111,11 +123,13 @@ impl Shadow {
             poll: POLL,
             poll_idle: idle_poll_max(settings.deadline),
         };
+        let paced = Arc::new(AtomicBool::new(false));
         let pool = Worker::start(thread, |_| {
-            ShadowThread::new(Pacer::for_this_thread(share), settings.deadline.saturating_sub(settings.max_wait))
+            let reserve = settings.deadline.saturating_sub(settings.max_wait);
+            ShadowThread::new(Pacer::for_this_thread(share), reserve, Arc::clone(&paced))
         })?;
         let outlets = Outlets { join, coverage, held_bytes: AtomicUsize::new(0), max_held_bytes: settings.queue_bytes };
-        Ok(Self { pool, deadline: settings.deadline, log_inputs, outlets: Arc::new(outlets) })
+        Ok(Self { pool, paced, deadline: settings.deadline, log_inputs, outlets: Arc::new(outlets) })
     }
 
     /// If the queue is full (as it stays while the CPU budget binds), counts the request as shed
@@ -123,7 +137,8 @@ impl Shadow {
     /// `ShadowRequest` only to drop it: no allocation, and no touch of the shared `Arc`s' counts.
     /// A queue that fills after this look is handled by `submit`.
     pub fn shed_if_full(&self, deployment: &Deployment, answered: &Arc<ModelVersion>) -> bool {
-        if !self.pool.is_full() {
+        let full = self.pool.is_full() || (self.paced.load(Ordering::Relaxed) && self.pool.queued() >= PACED_QUEUE);
+        if !full {
             return false;
         }
         self.count_all_shed(shadowing(deployment, answered).map(|(version, _)| version), answered.name());

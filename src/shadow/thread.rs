@@ -4,6 +4,7 @@
 //! `shadow_cpu_budget`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::pacer::{Pacer, REST_SLICE};
@@ -44,6 +45,8 @@ pub(super) struct ShadowThread {
     reserve: Duration,
     /// Seen at the first look; lets a rest owed by work done in `tick` end early at shutdown.
     closing: Option<Closing>,
+    /// Whether its last look left it owing a rest (`Shadow::shed_if_full` reads it).
+    paced: Arc<AtomicBool>,
 }
 
 /// One version's held jobs, in the order taken (so oldest first).
@@ -64,8 +67,8 @@ impl Held {
 
 impl ShadowThread {
     /// `reserve`: the time to run that a held job keeps before its deadline.
-    pub(super) fn new(pacer: Pacer, reserve: Duration) -> Self {
-        Self { pacer, held: Vec::new(), reserve, closing: None }
+    pub(super) fn new(pacer: Pacer, reserve: Duration, paced: Arc<AtomicBool>) -> Self {
+        Self { pacer, held: Vec::new(), reserve, closing: None, paced }
     }
 
     /// Adds a job to its version's held ones, and moves their `due` earlier as their rows grow.
@@ -107,6 +110,10 @@ impl ShadowThread {
     /// drained at full speed (the server has stopped answering).
     fn rest_owed(&mut self) {
         let closing = || self.closing.as_ref().is_some_and(Closing::is_closing);
+        let owed = self.pacer.due().is_some();
+        if self.paced.load(Ordering::Relaxed) != owed {
+            self.paced.store(owed, Ordering::Relaxed);
+        }
         while let Some(rest) = self.pacer.due().filter(|_| !closing()) {
             self.pacer.rest(rest.min(REST_SLICE));
         }
