@@ -190,9 +190,13 @@ async fn sigterm_under_load_loses_no_accepted_record() {
     let outcomes = tempfile::tempdir().unwrap();
     // A shadow queue no run can fill: every answered request is then accepted for shadowing, and
     // each accepted one must reach the log by exit (those starved past the deadline as `timeout`).
-    let queue = std::path::Path::new("200000");
-    let (gateway, address) =
-        spawn_serving(&[("GAUNTLET_OUTCOMES__DIR", outcomes.path()), ("GAUNTLET_SHADOW_QUEUE", queue)]);
+    // A whole core of budget: a paced shadow would keep its queue short (`PACED_QUEUE`) and shed.
+    let (queue, budget) = (std::path::Path::new("200000"), std::path::Path::new("2"));
+    let (gateway, address) = spawn_serving(&[
+        ("GAUNTLET_OUTCOMES__DIR", outcomes.path()),
+        ("GAUNTLET_SHADOW_QUEUE", queue),
+        ("GAUNTLET_SHADOW_CPU_BUDGET", budget),
+    ]);
     let body = serde_json::json!({
         "inputs": [{ "name": "input", "shape": [1, 30], "datatype": "FP32", "data": common::reference_rows("breast-cancer", "1")[0] }]
     })
