@@ -43,7 +43,8 @@ struct State {
 /// `line` (a JSON object and its newline) with `"seq": seq` as its last key.
 pub(super) fn stamp(mut line: Vec<u8>, seq: u64) -> Vec<u8> {
     if let Some(end) = line.iter().rposition(|&b| b == b'}') {
-        line.splice(end..end, format!(",\"seq\":{seq}").into_bytes());
+        let mut digits = itoa::Buffer::new();
+        line.splice(end..end, b",\"seq\":".iter().chain(digits.format(seq).as_bytes()).copied());
     }
     line
 }
