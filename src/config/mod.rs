@@ -132,9 +132,9 @@ pub struct Config {
     /// Threads that run shadow (challenger) inference, at background OS priority.
     #[serde(default = "defaults::shadow_threads")]
     pub shadow_threads: usize,
-    /// Shadow jobs waiting for those threads; beyond this they are shed (and counted). A job may
-    /// usefully wait up to `shadow_deadline_ms`: 8192 is a quarter of a second at 32k req/s
-    /// with two challengers, long enough for the gaps a background-priority thread gets.
+    /// Shadow jobs waiting for those threads; beyond this they are shed (and counted). 8192 is an
+    /// eighth of a second at 32k req/s with two challengers: room for the gaps a background-priority
+    /// thread gets on busy cores. While `shadow_cpu_budget` binds, 1024 at most are kept.
     #[serde(default = "defaults::shadow_queue")]
     pub shadow_queue: usize,
     /// Bytes of request tensors (inputs and answer) that records waiting for their challengers may

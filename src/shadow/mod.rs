@@ -59,7 +59,7 @@ mod thread;
 /// budget: 31-34% of records complete with 8192 queued, 68-79% with 1024. When the threads are
 /// not held back by the budget (only by the scheduler, on busy cores), the whole `shadow_queue`
 /// absorbs the gaps.
-pub(crate) const PACED_QUEUE: usize = 1024;
+const PACED_QUEUE: usize = 1024;
 
 pub struct Shadow {
     /// Background-priority threads polling one bounded, lock-free queue of jobs.
