@@ -51,8 +51,11 @@ const SERVE_ON_FREE_PORTS: [&str; 9] = [
 
 fn gauntlet() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gauntlet"));
-    // Outcome logs go to a directory of their own, not the checkout's.
-    let outcomes = std::env::temp_dir().join(format!("gauntlet-cli-test-{}", std::process::id()));
+    // Outcome logs and state go to a directory of each gateway's own, not the checkout's: tests run
+    // side by side, and two gateways writing one state directory race on its checkpoint's rename.
+    static GATEWAYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = GATEWAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = std::env::temp_dir().join(format!("gauntlet-cli-test-{}-{n}", std::process::id()));
     let state = outcomes.join("state");
     command
         .current_dir(common::root())
