@@ -136,7 +136,7 @@ pub(super) fn respond(
             parameters: Default::default(),
             contents: None,
         });
-        let mut bytes = Vec::with_capacity(tensor.data().len() * tensor.datatype().size_of());
+        let mut bytes = Vec::with_capacity(tensor.data().byte_len());
         tensor.data().write_le_bytes(&mut bytes);
         raw.push(Bytes::from(bytes));
     }

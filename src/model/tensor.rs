@@ -88,6 +88,11 @@ impl TensorData {
         self.len() == 0
     }
 
+    /// Its elements' size in bytes, as `write_le_bytes` writes them.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.datatype().size_of()
+    }
+
     /// Every element as f64, for comparisons with tolerances (labels and booleans included).
     pub fn to_f64(&self) -> Vec<f64> {
         match self {

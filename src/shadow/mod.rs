@@ -207,7 +207,7 @@ impl Shadow {
 }
 
 fn tensor_bytes(tensors: &[Tensor]) -> usize {
-    tensors.iter().map(|t| t.data().len() * t.datatype().size_of()).sum()
+    tensors.iter().map(|t| t.data().byte_len()).sum()
 }
 
 /// The members that shadow a request: every one but the version that answered it.

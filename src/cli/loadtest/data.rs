@@ -99,7 +99,7 @@ fn grpc_message(model: &str, version: Option<&str>, input: &InputSpec, rows: &[V
         Some(DataType::Int32) => TensorData::Int32(values.map(|v| v as i32).collect()),
         Some(DataType::Bool) => TensorData::Bool(values.map(|v| v != 0.0).collect()),
     };
-    let mut raw = Vec::with_capacity(data.len() * data.datatype().size_of());
+    let mut raw = Vec::with_capacity(data.byte_len());
     data.write_le_bytes(&mut raw);
     ModelInferRequest {
         model_name: model.to_owned(),

@@ -76,7 +76,7 @@ pub fn encode_response(
         crate::json::write(&mut body, tensor.shape());
         if binary {
             body.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
-            crate::json::write(&mut body, &(tensor.data().len() * tensor.datatype().size_of()));
+            crate::json::write(&mut body, &tensor.data().byte_len());
             body.push(b'}');
             binary_outputs.push(i);
         } else {

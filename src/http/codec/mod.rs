@@ -349,7 +349,7 @@ mod tests {
             let decoded = decode_request(json.as_bytes(), None, &m).unwrap_or_else(|e| panic!("{datatype}: {e}"));
             assert_eq!(decoded.inputs[0].data(), &expected, "{datatype} from JSON");
 
-            let size = expected.len() * expected.datatype().size_of();
+            let size = expected.byte_len();
             let header = format!(
                 r#"{{"inputs":[{{"name":"x","shape":[1,3],"datatype":"{datatype}","parameters":{{"binary_data_size":{size}}}}}]}}"#
             );
