@@ -219,11 +219,9 @@ impl Comparison {
     /// about 0.3M instructions a version (issue 33).
     pub fn headline_metrics(&self) -> impl Iterator<Item = (&str, &'static str, f64)> {
         self.models.iter().filter_map(|(version, stats)| {
-            let report = |metric, value: Option<f64>| value.map(|v| (version.as_str(), metric, v));
-            match stats.class_counts.is_empty() {
-                false => report("accuracy", stats.accuracy()),
-                true => report("mae", stats.mae()),
-            }
+            let (metric, value) =
+                if stats.class_counts.is_empty() { ("mae", stats.mae()) } else { ("accuracy", stats.accuracy()) };
+            value.map(|v| (version.as_str(), metric, v))
         })
     }
 
