@@ -168,7 +168,8 @@ impl PendingRecord {
     }
 }
 
-/// Where finished records go (the outcome log and the live join), and the per-model coverage counts.
+/// Where finished records go (the outcome log and the live join), the per-model coverage counts,
+/// and the bytes pending records hold.
 pub(super) struct Outlets {
     pub(super) join: Arc<LabelJoin>,
     /// Built once at start and never changed: read without a lock.
