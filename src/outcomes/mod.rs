@@ -75,7 +75,13 @@ impl OutcomeRecord<'_> {
         use std::io::Write as _;
 
         use crate::json::{write, write_str};
-        let mut out = Vec::with_capacity(1024);
+        // Room for the whole line at once: its numbers (about 20 bytes each) are most of it,
+        // and growing a line of two challengers' results past 1 KiB cost a copy a record.
+        let numbers: usize = (self.inputs.iter().flat_map(|i| i.tensors))
+            .chain(self.results.iter().flat_map(|r| r.outputs.iter().flat_map(|o| o.tensors)))
+            .map(|t| t.data().len())
+            .sum();
+        let mut out = Vec::with_capacity(1024 + 24 * numbers);
         out.extend_from_slice(b"{\"kind\":");
         write_str(&mut out, self.kind);
         out.extend_from_slice(b",\"request_id\":");
@@ -119,11 +125,12 @@ impl OutcomeRecord<'_> {
             out.push(b'"');
             if let Some(latency) = result.latency_ms {
                 out.extend_from_slice(b",\"latency_ms\":");
-                write(&mut out, &as_milliseconds(latency));
+                // Finite: a duration's milliseconds.
+                out.extend_from_slice(zmij::Buffer::new().format_finite(as_milliseconds(latency)).as_bytes());
             }
             if let Some(batch) = result.batch {
                 out.extend_from_slice(b",\"batch\":");
-                write(&mut out, &batch);
+                out.extend_from_slice(itoa::Buffer::new().format(batch).as_bytes());
             }
             if let Some(outputs) = &result.outputs {
                 out.extend_from_slice(b",\"outputs\":");
@@ -258,22 +265,32 @@ fn write_nested(out: &mut Vec<u8>, shape: &[usize], data: &TensorData, offset: u
     out.push(b']');
 }
 
-/// The values in `range`, comma-separated, each as serde writes it.
+/// The values in `range`, comma-separated, each as serde writes it (a non-finite float as
+/// `null`): the numbers are most of a record's line, so they skip serde's per-value serializer
+/// and go straight to the formatters serde_json uses (zmij, itoa) through one buffer.
 fn write_values(out: &mut Vec<u8>, data: &TensorData, range: std::ops::Range<usize>) {
-    fn each<T: Serialize>(out: &mut Vec<u8>, values: &[T]) {
-        for (i, value) in values.iter().enumerate() {
+    fn each<T: Copy>(out: &mut Vec<u8>, values: &[T], mut write: impl FnMut(&mut Vec<u8>, T)) {
+        for (i, &value) in values.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            crate::json::write(out, value);
+            write(out, value);
         }
     }
+    let mut float = zmij::Buffer::new();
+    let mut int = itoa::Buffer::new();
     match data {
-        TensorData::Fp32(v) => each(out, &v[range]),
-        TensorData::Fp64(v) => each(out, &v[range]),
-        TensorData::Int64(v) => each(out, &v[range]),
-        TensorData::Int32(v) => each(out, &v[range]),
-        TensorData::Bool(v) => each(out, &v[range]),
+        TensorData::Fp32(v) => each(out, &v[range], |out, x| match x.is_finite() {
+            true => out.extend_from_slice(float.format_finite(x).as_bytes()),
+            false => out.extend_from_slice(b"null"),
+        }),
+        TensorData::Fp64(v) => each(out, &v[range], |out, x| match x.is_finite() {
+            true => out.extend_from_slice(float.format_finite(x).as_bytes()),
+            false => out.extend_from_slice(b"null"),
+        }),
+        TensorData::Int64(v) => each(out, &v[range], |out, x| out.extend_from_slice(int.format(x).as_bytes())),
+        TensorData::Int32(v) => each(out, &v[range], |out, x| out.extend_from_slice(int.format(x).as_bytes())),
+        TensorData::Bool(v) => each(out, &v[range], |out, x| out.extend_from_slice(if x { b"true" } else { b"false" })),
     }
 }
 
@@ -321,8 +338,8 @@ fn f32_as_logged(x: f32) -> f64 {
     if !x.is_finite() {
         return f64::from(x);
     }
-    let mut buffer = ryu::Buffer::new();
-    buffer.format_finite(x).parse().unwrap_or(f64::from(x))
+    // zmij: the very digits the line holds (serde_json formats with it).
+    zmij::Buffer::new().format_finite(x).parse().unwrap_or(f64::from(x))
 }
 
 /// sha256 over the tensors' little-endian bytes, in signature order.
