@@ -29,6 +29,10 @@ pub fn predictions(task: &Task, output: impl Fn(&str) -> Option<Vec<f64>>) -> Op
                 .as_deref()
                 .and_then(&output)
                 .filter(|p| !classes.is_empty() && p.len() == labels.len() * classes.len());
+            if let [label] = labels[..] {
+                // One row (the usual request): its probabilities as read, not copied.
+                return Some(vec![Prediction::Class { label: label as i64, probabilities }]);
+            }
             Some(
                 labels
                     .iter()
