@@ -352,6 +352,28 @@ const WORSE_CHAMPION: [&str; 5] = [
     "models.breast-cancer.policy.min_labelled_pairs=100",
 ];
 
+/// The gRPC load generator's own HTTP/2 client sends the token with every call: without it,
+/// off loopback trust, each would be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_load_generator_sends_its_token() {
+    let tokens = tokens_setting();
+    let server = TestServer::start(&[tokens.as_str(), "auth.trust_loopback=false"]).await;
+    let data = common::models_dir().join(MODEL).join("holdout.csv");
+    let summary = run(&LoadtestArgs {
+        protocol: gauntlet::cli::loadtest::Protocol::Grpc,
+        grpc_url: Some(format!("http://{}", server.grpc.unwrap())),
+        concurrency: Some(4),
+        connections: 2,
+        requests: Some(100),
+        token: Some(token_of("infer").to_owned()),
+        max_error_rate: None,
+        ..common::loadtest_args(&server, MODEL, data)
+    })
+    .await
+    .unwrap();
+    assert_eq!((summary.ok, summary.errors), (100, 0), "{:?}", summary.errors_by_kind);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_without_the_labels_scope_change_nothing_and_cannot_promote() {
     let tokens = tokens_setting();

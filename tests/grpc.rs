@@ -638,6 +638,60 @@ async fn a_hot_swap_under_grpc_load_fails_no_request() {
     server.stop().await.unwrap();
 }
 
+/// `loadtest --protocol grpc` on its own HTTP/2 client: a request larger than a frame (sent in
+/// several DATA frames as the server's windows allow: eight in flight on one connection are
+/// twice its first connection window), calls that outlive their timeout counted as timeouts
+/// (their streams reset) with the gateway serving on, and refusals counted by their gRPC status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_grpc_load_generator_counts_what_the_server_answers() {
+    let (options, mut gate) = gated();
+    let overrides = ["inline_max_us=0", "models.breast-cancer.challengers=[]", "max_request_bytes=30000"];
+    let mut server = TestServer::start_with_options(&overrides, options).await;
+    let (addr, grpc) = (server.addr, server.grpc.unwrap());
+    let args = |requests: u64, batch: usize, timeout_ms: u64| gauntlet::cli::loadtest::LoadtestArgs {
+        protocol: gauntlet::cli::loadtest::Protocol::Grpc,
+        grpc_url: Some(format!("http://{grpc}")),
+        concurrency: Some(8),
+        connections: 1,
+        requests: Some(requests),
+        batch,
+        timeout_ms,
+        max_error_rate: None,
+        ..common::loadtest_args_at(addr, "breast-cancer", common::models_dir().join("breast-cancer/holdout.csv"))
+    };
+    let run = gauntlet::cli::loadtest::run;
+    type LoadtestArgs = gauntlet::cli::loadtest::LoadtestArgs;
+    // 140 rows of 30 FP32 values: 16,800 bytes of contents, more than a 16,384-byte frame.
+    let large = run(&args(64, 140, 10_000)).await.unwrap();
+    assert_eq!((large.ok, large.errors), (64, 0), "{:?}", large.errors_by_kind);
+    // The champion held: every call outlives its 300 ms and is counted a timeout.
+    gate.armed.store(true, Ordering::SeqCst);
+    let held = run(&args(16, 1, 300)).await.unwrap();
+    assert_eq!(held.errors_by_kind.get("timeout"), Some(&16), "{:?}", held.errors_by_kind);
+    gate.armed.store(false, Ordering::SeqCst);
+    while gate.started.try_recv().is_ok() {
+        gate.release.send(()).unwrap();
+    }
+    // And the gateway serves on: a new run is whole.
+    let after = run(&args(64, 1, 10_000)).await.unwrap();
+    assert_eq!((after.ok, after.errors), (64, 0), "{:?}", after.errors_by_kind);
+    server.stop().await.unwrap();
+
+    // A gateway that takes at most 16,000 bytes refuses every such request, counted by its status.
+    let mut server = TestServer::start(&["models.breast-cancer.challengers=[]", "max_request_bytes=16000"]).await;
+    let refused = run(&LoadtestArgs {
+        url: format!("http://{}", server.addr),
+        grpc_url: Some(format!("http://{}", server.grpc.unwrap())),
+        ..args(64, 140, 10_000)
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.ok, 0);
+    let kinds: Vec<_> = refused.errors_by_kind.iter().collect();
+    assert!(matches!(kinds[..], [(kind, 64)] if kind.starts_with("grpc ")), "{kinds:?}");
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn fuzzed_model_infer_requests_never_crash_or_fail_inside() {
     use proptest::prelude::*;

@@ -2,15 +2,15 @@
 //!
 //! A call sends the request's bytes as they were encoded and framed before the run, and reads the
 //! answer without decoding it (only its status): the generator measures the server, not prost.
-//! Over plain HTTP/2 the calls go straight to h2's client: tonic's channel handed each call to a
-//! buffer task and the connection to a task of its own, and measured against h2load on the same
-//! gateway it reached 0.62 of h2load's throughput (`benches/grpc.sh`). Over TLS, tonic's channel
-//! (with its TLS) is kept.
+//! Over plain HTTP/2 the calls go over the generator's own minimal client (`h2c`): tonic's
+//! channel handed each call to a buffer task and reached 0.62 of h2load's throughput against the
+//! same gateway, h2's client 0.80 (`benches/grpc.sh`). Over TLS, tonic's channel (with its TLS) is
+//! kept.
 
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use axum::http::{self, HeaderValue, Uri};
+use axum::http::{self, Uri};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -18,6 +18,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::data::InputSpec;
+use super::h2c;
 use crate::grpc::GrpcInferenceServiceClient;
 use crate::grpc::pb::ModelMetadataRequest;
 
@@ -75,14 +76,8 @@ pub(super) struct GrpcClients {
 }
 
 enum Calls {
-    /// Plain HTTP/2: h2's client, and what every call sends: the URI, `grpc-timeout` and the
-    /// `authorization` header.
-    Direct {
-        senders: Vec<h2::client::SendRequest<Bytes>>,
-        uri: Uri,
-        grpc_timeout: HeaderValue,
-        bearer: Option<HeaderValue>,
-    },
+    /// Plain HTTP/2: the generator's own connections.
+    Direct(Vec<h2c::Connection>),
     /// TLS: tonic's channels.
     Tonic(Vec<Channel>),
 }
@@ -122,11 +117,19 @@ impl GrpcClients {
             }
             Calls::Tonic(channels)
         } else {
-            let uri: Uri = format!("{}{MODEL_INFER}", url.trim_end_matches('/')).parse().context("--grpc-url")?;
+            let uri: Uri = url.parse().context("--grpc-url")?;
+            let authority = uri.authority().context("--grpc-url names no host")?;
+            let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
             // The protocol's timeout: at most 8 digits, here in milliseconds.
-            let grpc_timeout = HeaderValue::try_from(format!("{}m", timeout.as_millis().min(99_999_999)))?;
-            let bearer = authorization.as_ref().map(|v| HeaderValue::from_bytes(v.as_encoded_bytes())).transpose()?;
-            Calls::Direct { senders: direct(&uri, connections).await?, uri, grpc_timeout, bearer }
+            let grpc_timeout = format!("{}m", timeout.as_millis().min(99_999_999));
+            let bearer = authorization.as_ref().map(MetadataValue::as_encoded_bytes);
+            let mut direct = Vec::with_capacity(connections);
+            for _ in 0..connections {
+                let connection =
+                    h2c::Connection::connect(&address, authority.as_str(), MODEL_INFER, &grpc_timeout, bearer).await;
+                direct.push(connection?);
+            }
+            Calls::Direct(direct)
         };
         Ok(Self { metadata, calls, authorization })
     }
@@ -189,9 +192,9 @@ impl GrpcClients {
             }
         };
         let answer = match &self.calls {
-            Calls::Direct { senders, uri, grpc_timeout, bearer } => {
-                let sender = &senders[(i % senders.len() as u64) as usize];
-                tokio::time::timeout(timeout, direct_call(sender, uri, grpc_timeout, bearer.as_ref(), payload)).await
+            Calls::Direct(connections) => {
+                let connection = &connections[(i % connections.len() as u64) as usize];
+                tokio::time::timeout(timeout, connection.call(payload)).await
             }
             // Boxed: tonic's call is many times the size of the direct one, and every call's future
             // would otherwise carry (and move) room for it.
@@ -212,77 +215,6 @@ impl GrpcClients {
             Ok(()) => grpc.unary(request, http::uri::PathAndQuery::from_static(MODEL_INFER), RawCodec).await,
             Err(e) => Err(Status::unavailable(e.to_string())),
         };
-        answer.map(|_| ()).map_err(|status| outcome(status.code()).unwrap_err())
+        answer.map(|_| ()).map_err(|status| h2c::outcome(status.code()).unwrap_err())
     }
-}
-
-/// A call on h2's client: the request's headers and its one frame, then the answer's status (in
-/// its headers when it has no body, else in its trailers), its data read and let go of.
-async fn direct_call(
-    sender: &h2::client::SendRequest<Bytes>,
-    uri: &Uri,
-    grpc_timeout: &HeaderValue,
-    bearer: Option<&HeaderValue>,
-    payload: Bytes,
-) -> Result<(), String> {
-    let mut sender = sender.clone().ready().await.map_err(|_| "connect".to_owned())?;
-    let mut request = http::Request::new(());
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = uri.clone();
-    let headers = request.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
-    headers.insert("grpc-timeout", grpc_timeout.clone());
-    if let Some(value) = bearer {
-        headers.insert(http::header::AUTHORIZATION, value.clone());
-    }
-    let read = |_| "read".to_owned();
-    let (answer, mut stream) = sender.send_request(request, false).map_err(read)?;
-    stream.send_data(payload, true).map_err(read)?;
-    let answer = answer.await.map_err(read)?;
-    if answer.status() != http::StatusCode::OK {
-        return Err(answer.status().as_str().to_owned());
-    }
-    if let Some(code) = answer.headers().get("grpc-status") {
-        return outcome(tonic::Code::from_bytes(code.as_bytes()));
-    }
-    let mut body = answer.into_body();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(read)?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-    }
-    let trailers = body.trailers().await.map_err(read)?;
-    match trailers.as_ref().and_then(|t| t.get("grpc-status")) {
-        Some(code) => outcome(tonic::Code::from_bytes(code.as_bytes())),
-        None => Err("grpc no status".to_owned()),
-    }
-}
-
-/// A call's outcome as the report counts it.
-fn outcome(code: tonic::Code) -> Result<(), String> {
-    match code {
-        tonic::Code::Ok => Ok(()),
-        tonic::Code::DeadlineExceeded => Err("timeout".to_owned()),
-        code => Err(format!("grpc {code:?}")),
-    }
-}
-
-/// `connections` HTTP/2 connections to `uri`'s authority, each driven by a task of its own.
-async fn direct(uri: &Uri, connections: usize) -> anyhow::Result<Vec<h2::client::SendRequest<Bytes>>> {
-    let authority = uri.authority().context("--grpc-url names no host")?;
-    let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
-    let mut senders = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let tcp = tokio::net::TcpStream::connect(&address).await.with_context(|| format!("connecting to {address}"))?;
-        tcp.set_nodelay(true)?;
-        let (sender, connection) =
-            h2::client::handshake(tcp).await.with_context(|| format!("HTTP/2 handshake with {address}"))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "a loadtest gRPC connection closed");
-            }
-        });
-        senders.push(sender);
-    }
-    Ok(senders)
 }

@@ -10,6 +10,8 @@
 
 mod data;
 mod grpc;
+mod h2c;
+mod hpack;
 mod labels;
 mod send;
 
