@@ -120,13 +120,15 @@ impl GrpcClients {
             let uri: Uri = url.parse().context("--grpc-url")?;
             let authority = uri.authority().context("--grpc-url names no host")?;
             let address = format!("{}:{}", authority.host(), authority.port_u16().unwrap_or(80));
+            // Under the URL's own path, if it has one (a gateway behind a prefix).
+            let path = format!("{}{MODEL_INFER}", uri.path().trim_end_matches('/'));
             // The protocol's timeout: at most 8 digits, here in milliseconds.
             let grpc_timeout = format!("{}m", timeout.as_millis().min(99_999_999));
             let bearer = authorization.as_ref().map(MetadataValue::as_encoded_bytes);
             let mut direct = Vec::with_capacity(connections);
             for _ in 0..connections {
                 let connection =
-                    h2c::Connection::connect(&address, authority.as_str(), MODEL_INFER, &grpc_timeout, bearer).await;
+                    h2c::Connection::connect(&address, authority.as_str(), &path, &grpc_timeout, bearer).await;
                 direct.push(connection?);
             }
             Calls::Direct(direct)
