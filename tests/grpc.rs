@@ -1,6 +1,6 @@
 //! The Open Inference Protocol over gRPC on a real server: metadata, health and reflection, answers
-//! equal to REST's, the error codes, paired records, a hot swap under gRPC load, and a fuzz pass
-//! over ModelInfer.
+//! equal to REST's, the error codes, paired records, a hot swap under gRPC load, the load
+//! generator's own HTTP/2 client, and a fuzz pass over ModelInfer.
 
 mod common;
 

@@ -260,12 +260,11 @@ impl State {
     }
 
     /// Ends stream `index`: its call gets `outcome` unless it already has one.
-    fn end(&mut self, index: usize, outcome: impl FnOnce() -> Outcome) -> bool {
+    fn end(&mut self, index: usize, outcome: impl FnOnce() -> Outcome) {
         let stream = self.streams.swap_remove(index);
         if let Some(done) = stream.done {
             let _ = done.send(outcome());
         }
-        true
     }
 
     /// Every call in flight fails with `reason`, and no new one starts.
@@ -293,7 +292,10 @@ impl State {
                     self.received = 0;
                 }
                 match self.streams.iter().position(|s| s.id == id) {
-                    Some(i) if flags & END_STREAM != 0 => Ok(self.end(i, || Err("grpc no status".to_owned()))),
+                    Some(i) if flags & END_STREAM != 0 => {
+                        self.end(i, || Err("grpc no status".to_owned()));
+                        Ok(true)
+                    }
                     _ => Ok(false),
                 }
             }
@@ -326,7 +328,10 @@ impl State {
                 ended
             }
             RST_STREAM => match self.streams.iter().position(|s| s.id == id) {
-                Some(i) => Ok(self.end(i, || Err("reset".to_owned()))),
+                Some(i) => {
+                    self.end(i, || Err("reset".to_owned()));
+                    Ok(true)
+                }
                 None => Ok(false),
             },
             SETTINGS if flags & ACK == 0 => {
@@ -368,7 +373,8 @@ impl State {
                 // others still finish.
                 let mut ended = false;
                 while let Some(i) = self.streams.iter().position(|s| s.id > last) {
-                    ended |= self.end(i, || Err("goaway".to_owned()));
+                    self.end(i, || Err("goaway".to_owned()));
+                    ended = true;
                 }
                 self.closed.get_or_insert("goaway");
                 Ok(ended)
@@ -424,7 +430,8 @@ impl State {
             let _ = done.send(outcome);
         }
         if end_stream {
-            return Ok(self.end(i, || Err("grpc no status".to_owned())));
+            self.end(i, || Err("grpc no status".to_owned()));
+            return Ok(true);
         }
         Ok(false)
     }
