@@ -126,13 +126,13 @@ impl Connection {
         write.write_all(&hello).await.with_context(|| format!("HTTP/2 preface to {address}"))?;
 
         let mut headers = vec![0x83, 0x86]; // :method POST, :scheme http (static table 3 and 6)
-        literal(&mut headers, 0x00, 4, b"", path.as_bytes()); // :path
-        literal(&mut headers, 0x00, 1, b"", authority.as_bytes()); // :authority
-        literal(&mut headers, 0x00, 31, b"", b"application/grpc"); // content-type
-        literal(&mut headers, 0x00, 0, b"te", b"trailers");
-        literal(&mut headers, 0x00, 0, b"grpc-timeout", grpc_timeout.as_bytes());
+        hpack::literal(&mut headers, 0x00, 4, b"", path.as_bytes()); // :path
+        hpack::literal(&mut headers, 0x00, 1, b"", authority.as_bytes()); // :authority
+        hpack::literal(&mut headers, 0x00, 31, b"", b"application/grpc"); // content-type
+        hpack::literal(&mut headers, 0x00, 0, b"te", b"trailers");
+        hpack::literal(&mut headers, 0x00, 0, b"grpc-timeout", grpc_timeout.as_bytes());
         if let Some(value) = authorization {
-            literal(&mut headers, 0x10, 23, b"", value); // authorization, never indexed
+            hpack::literal(&mut headers, 0x10, 23, b"", value); // authorization, never indexed
         }
 
         let shared = Arc::new(Shared {
@@ -572,56 +572,9 @@ fn unpad(payload: &[u8], flags: u8) -> Result<&[u8], &'static str> {
     rest.len().checked_sub(pad as usize).map(|end| &rest[..end]).ok_or("protocol")
 }
 
-/// An HPACK integer with an `n`-bit prefix after `first`'s high bits (RFC 7541 §5.1).
-fn integer(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
-    let max = (1usize << n) - 1;
-    if value < max {
-        out.push(first | value as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.push((value % 128) as u8 | 0x80);
-        value /= 128;
-    }
-    out.push(value as u8);
-}
-
-/// A literal header field not added to the table (`first` 0x00: without indexing; 0x10: never
-/// indexed), its name a static-table index or, with index 0, `name`; strings raw, not Huffman
-/// coded (RFC 7541 §6.2).
-fn literal(out: &mut Vec<u8>, first: u8, index: usize, name: &[u8], value: &[u8]) {
-    integer(out, first, 4, index);
-    let strings = [name, value];
-    for string in &strings[usize::from(index != 0)..] {
-        integer(out, 0x00, 7, string.len());
-        out.extend_from_slice(string);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_blocks_decode_as_written() {
-        let mut block = vec![0x83, 0x86];
-        literal(&mut block, 0x00, 4, b"", b"/inference.GRPCInferenceService/ModelInfer");
-        literal(&mut block, 0x00, 0, b"grpc-timeout", b"10000m");
-        let long = vec![b'x'; 300];
-        literal(&mut block, 0x10, 23, b"", &long);
-        let mut decoded = Vec::new();
-        hpack::Decoder::new().decode(&block, |_| true, |n, v| decoded.push((n.to_vec(), v.to_vec()))).unwrap();
-        let expected: Vec<(Vec<u8>, Vec<u8>)> = vec![
-            (b":method".to_vec(), b"POST".to_vec()),
-            (b":scheme".to_vec(), b"http".to_vec()),
-            (b":path".to_vec(), b"/inference.GRPCInferenceService/ModelInfer".to_vec()),
-            (b"grpc-timeout".to_vec(), b"10000m".to_vec()),
-            (b"authorization".to_vec(), long),
-        ];
-        assert_eq!(decoded, expected);
-    }
 
     #[test]
     fn padding_is_checked() {

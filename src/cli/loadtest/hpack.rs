@@ -1,7 +1,8 @@
-//! HPACK decoding (RFC 7541) for the load generator's HTTP/2 client: every representation, the
-//! static and dynamic tables, Huffman-coded strings through httlib-huffman's table decoder. A
-//! field is handed out only when its name is wanted, and a value that is neither wanted nor
-//! indexed is skipped undecoded (the gateway's `x-request-id`, new every answer).
+//! HPACK (RFC 7541) for the load generator's HTTP/2 client: the literals its requests' header
+//! block is made of, and decoding: every representation, the static and dynamic tables,
+//! Huffman-coded strings through httlib-huffman's table decoder. A field is handed out only when
+//! its name is wanted, and a value that is neither wanted nor indexed is skipped undecoded (the
+//! gateway's `x-request-id`, new every answer).
 //!
 //! Written here because the decoders on crates.io cost more than the whole call: loona-hpack builds
 //! a hash map of the Huffman code for every coded string (2.4 s of CPU for 50k calls), httlib-hpack
@@ -163,6 +164,34 @@ fn skip_string(block: &mut &[u8]) -> Result<(), Error> {
     raw_string(block).map(|_| ())
 }
 
+/// An integer with an `n`-bit prefix after `first`'s high bits, encoded (RFC 7541 §5.1).
+fn put_integer(out: &mut Vec<u8>, first: u8, n: u32, mut value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.push(first | value as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// A literal header field not added to the table (`first` 0x00: without indexing; 0x10: never
+/// indexed), its name a static-table index or, with index 0, `name`; strings raw, not Huffman
+/// coded (RFC 7541 §6.2).
+pub(super) fn literal(out: &mut Vec<u8>, first: u8, index: usize, name: &[u8], value: &[u8]) {
+    put_integer(out, first, 4, index);
+    let strings = [name, value];
+    for string in &strings[usize::from(index != 0)..] {
+        put_integer(out, 0x00, 7, string.len());
+        out.extend_from_slice(string);
+    }
+}
+
 /// RFC 7541 Appendix A.
 const STATIC: [(&str, &str); 61] = [
     (":authority", ""),
@@ -282,6 +311,25 @@ mod tests {
         assert_eq!(second[0], (":status".to_owned(), "307".to_owned()));
         assert_eq!(second[3], ("location".to_owned(), "https://www.example.com".to_owned()));
         assert_eq!(decoder.size, 222, "the table's size after C.6.2");
+    }
+
+    #[test]
+    fn header_blocks_decode_as_written() {
+        let mut block = vec![0x83, 0x86];
+        literal(&mut block, 0x00, 4, b"", b"/inference.GRPCInferenceService/ModelInfer");
+        literal(&mut block, 0x00, 0, b"grpc-timeout", b"10000m");
+        let long = vec![b'x'; 300];
+        literal(&mut block, 0x10, 23, b"", &long);
+        let mut decoded = Vec::new();
+        Decoder::new().decode(&block, |_| true, |n, v| decoded.push((n.to_vec(), v.to_vec()))).unwrap();
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b":method".to_vec(), b"POST".to_vec()),
+            (b":scheme".to_vec(), b"http".to_vec()),
+            (b":path".to_vec(), b"/inference.GRPCInferenceService/ModelInfer".to_vec()),
+            (b"grpc-timeout".to_vec(), b"10000m".to_vec()),
+            (b"authorization".to_vec(), long),
+        ];
+        assert_eq!(decoded, expected);
     }
 
     #[test]
