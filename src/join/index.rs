@@ -122,7 +122,7 @@ impl ModelIndex {
         let id = observation.request_id.clone();
         let mut entry = Entry { observation, labelled: false };
         // Labels rarely come first: skip hashing the id when none is held.
-        let joined_late = (!self.held.is_empty()).then(|| self.held.remove(&id)).flatten().map(|(truth, _)| truth);
+        let joined_late = if self.held.is_empty() { None } else { self.held.remove(&id).map(|(truth, _)| truth) };
         if let Some(truth) = &joined_late {
             self.comparison.add_truth(&entry.observation, truth);
             for listener in listeners.iter_mut() {

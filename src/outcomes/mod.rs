@@ -280,13 +280,11 @@ fn write_values(out: &mut Vec<u8>, data: &TensorData, range: std::ops::Range<usi
     let mut float = zmij::Buffer::new();
     let mut int = itoa::Buffer::new();
     match data {
-        TensorData::Fp32(v) => each(out, &v[range], |out, x| match x.is_finite() {
-            true => out.extend_from_slice(float.format_finite(x).as_bytes()),
-            false => out.extend_from_slice(b"null"),
+        TensorData::Fp32(v) => each(out, &v[range], |out, x| {
+            out.extend_from_slice(if x.is_finite() { float.format_finite(x).as_bytes() } else { b"null" })
         }),
-        TensorData::Fp64(v) => each(out, &v[range], |out, x| match x.is_finite() {
-            true => out.extend_from_slice(float.format_finite(x).as_bytes()),
-            false => out.extend_from_slice(b"null"),
+        TensorData::Fp64(v) => each(out, &v[range], |out, x| {
+            out.extend_from_slice(if x.is_finite() { float.format_finite(x).as_bytes() } else { b"null" })
         }),
         TensorData::Int64(v) => each(out, &v[range], |out, x| out.extend_from_slice(int.format(x).as_bytes())),
         TensorData::Int32(v) => each(out, &v[range], |out, x| out.extend_from_slice(int.format(x).as_bytes())),
