@@ -9,13 +9,16 @@
 # request's record is counted (`gauntlet_shadow_records_total`, polled), so no record is left half
 # done. Printed: instructions per request of each, summed over every thread of the process, and
 # their difference per complete record; then, by thread name, where the difference goes.
-# BENCH_GAUNTLET=path measures another build; BENCH_CALLGRIND_KEEP=dir keeps the profiles there
+# BENCH_SET="key=value ..." adds settings to both (e.g. shadow_deadline_ms=1000: the batch a quiet
+# gateway's challenger waits for grows with it). BENCH_GAUNTLET=path measures another build; BENCH_CALLGRIND_KEEP=dir keeps the profiles there
 # (for callgrind_annotate). Needs valgrind. Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 seconds="${1:-20}" rate="${2:-30}"
 gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
+extra=()
+for setting in ${BENCH_SET:-}; do extra+=(--set "$setting"); done
 [ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
 
@@ -43,7 +46,7 @@ measure() { # name challengers
   valgrind --tool=callgrind --separate-threads=yes --dump-instr=no --callgrind-out-file="$out/cg.out" \
     "$gauntlet" serve --config gauntlet.toml --listen "127.0.0.1:$port" --grpc-listen "" --set log_level=warn \
     --set "models.breast-cancer.challengers=$2" --set shadow_cpu_budget=2.0 \
-    --set "outcomes.dir=$out/outcomes" --set "state_dir=$out/state" 2>"$out/gateway.log" &
+    --set "outcomes.dir=$out/outcomes" --set "state_dir=$out/state" "${extra[@]}" 2>"$out/gateway.log" &
   pid=$!
   for _ in $(seq 1200); do
     curl -sf "http://127.0.0.1:$port/v2/health/ready" >/dev/null 2>&1 && break

@@ -19,8 +19,8 @@
 # loop): champion throughput and shadow coverage.
 # Traffic goes to 127.0.0.1 only. BENCH_LOG_INPUTS=none|hash|full (default full) sets what the
 # outcome log keeps of each input. BENCH_RATE=N: open loop at N req/s instead of half the maximum
-# (to compare builds at one rate). BENCH_CPU_BUDGET=cores sets shadow_cpu_budget (default: the
-# gateway's).
+# (to compare builds at one rate). BENCH_CPU_BUDGET=cores sets shadow_cpu_budget, BENCH_DEADLINE_MS=ms
+# shadow_deadline_ms (defaults: the gateway's; figures before issue 33's third pass used 250 ms).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}"
@@ -54,7 +54,7 @@ grpc_listen = ""
 models_dir = "$work/models"
 log_level = "warn"
 state_dir = "$work/state-$name"
-shadow_deadline_ms = 250
+${BENCH_DEADLINE_MS:+shadow_deadline_ms = $BENCH_DEADLINE_MS}
 ${BENCH_CPU_BUDGET:+shadow_cpu_budget = $BENCH_CPU_BUDGET}
 [outcomes]
 dir = "$work/outcomes-$name"

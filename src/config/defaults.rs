@@ -52,7 +52,7 @@ pub fn shadow_queue_bytes() -> u64 {
     256 << 20
 }
 pub fn shadow_deadline_ms() -> u64 {
-    250
+    1000
 }
 pub fn shadow_cpu_budget() -> f64 {
     0.05
