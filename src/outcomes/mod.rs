@@ -72,8 +72,6 @@ impl OutcomeRecord<'_> {
     /// (derived in tests only, as the oracle a test holds it equal to). Written by hand: this runs for every shadowed request, and serde
     /// spent most of its time escaping the constant keys and hashes character by character.
     pub fn to_json_line(&self) -> Vec<u8> {
-        use std::io::Write as _;
-
         use crate::json::{write, write_str};
         // Room for the whole line at once: its numbers (about 20 bytes each) are most of it,
         // and growing a line of two challengers' results past 1 KiB cost a copy a record.
@@ -87,7 +85,8 @@ impl OutcomeRecord<'_> {
         out.extend_from_slice(b",\"request_id\":");
         write_str(&mut out, self.request_id);
         // RFC 3339 needs no escaping: written straight into the line, as `rfc3339` has serde do.
-        let _ = write!(out, ",\"timestamp\":\"{}\"", humantime::format_rfc3339_millis(self.timestamp));
+        out.extend_from_slice(b",\"timestamp\":");
+        crate::json::rfc3339::write_millis(&mut out, self.timestamp);
         out.extend_from_slice(b",\"model\":");
         write_str(&mut out, self.model);
         out.extend_from_slice(b",\"answered_by\":");
