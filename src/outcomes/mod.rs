@@ -9,6 +9,7 @@
 pub mod reader;
 mod writer;
 
+use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -75,10 +76,8 @@ impl OutcomeRecord<'_> {
         use crate::json::{write, write_str};
         // Room for the whole line at once: its numbers (about 20 bytes each) are most of it,
         // and growing a line of two challengers' results past 1 KiB cost a copy a record.
-        let numbers: usize = (self.inputs.iter().flat_map(|i| i.tensors))
-            .chain(self.results.iter().flat_map(|r| r.outputs.iter().flat_map(|o| o.tensors)))
-            .map(|t| t.data().len())
-            .sum();
+        let numbers: usize =
+            self.inputs.iter().chain(self.results.iter().flat_map(|r| &r.outputs)).map(NamedTensors::numbers).sum();
         let mut out = Vec::with_capacity(1024 + 24 * numbers);
         out.extend_from_slice(b"{\"kind\":");
         write_str(&mut out, self.kind);
@@ -205,11 +204,35 @@ pub struct ModelResult<'a> {
 pub struct NamedTensors<'a> {
     specs: &'a [TensorSpec],
     tensors: &'a [Tensor],
+    /// The rows (of the first dimension) of every tensor that are in view: a request's part of
+    /// the outputs of a batch its records share. `None`: all of them.
+    rows: Option<Range<usize>>,
 }
 
 impl<'a> NamedTensors<'a> {
     pub fn new(specs: &'a [TensorSpec], tensors: &'a [Tensor]) -> Self {
-        Self { specs, tensors }
+        Self { specs, tensors, rows: None }
+    }
+
+    /// Only `rows` of each tensor, which must all have at least `rows.end` rows.
+    pub fn rows(specs: &'a [TensorSpec], tensors: &'a [Tensor], rows: Range<usize>) -> Self {
+        Self { specs, tensors, rows: Some(rows) }
+    }
+
+    /// How many numbers are in view.
+    fn numbers(&self) -> usize {
+        self.tensors.iter().map(|tensor| self.part(tensor).2.len()).sum()
+    }
+
+    /// A tensor's rows in view: how many, the rest of its shape, and where its values are.
+    fn part<'t>(&self, tensor: &'t Tensor) -> (Option<usize>, &'t [usize], Range<usize>) {
+        match (&self.rows, tensor.shape().split_first()) {
+            (Some(rows), Some((_, inner))) => {
+                let stride: usize = inner.iter().product();
+                (Some(rows.len()), inner, rows.start * stride..rows.end * stride)
+            }
+            _ => (None, tensor.shape(), 0..tensor.data().len()),
+        }
     }
 
     /// One tensor's values as numbers, row-major, exactly as the log's JSON reads back: an f32 is
@@ -217,12 +240,13 @@ impl<'a> NamedTensors<'a> {
     /// comparison must give the same figures as the offline one over the files.
     pub fn values(&self, name: &str) -> Option<Vec<f64>> {
         let (_, tensor) = self.specs.iter().zip(self.tensors).find(|(spec, _)| spec.name == name)?;
+        let (_, _, range) = self.part(tensor);
         Some(match tensor.data() {
-            TensorData::Fp32(v) => v.iter().map(|&x| f32_as_logged(x)).collect(),
-            TensorData::Fp64(v) => v.clone(),
-            TensorData::Int64(v) => v.iter().map(|&x| x as f64).collect(),
-            TensorData::Int32(v) => v.iter().map(|&x| f64::from(x)).collect(),
-            TensorData::Bool(v) => v.iter().map(|&x| f64::from(u8::from(x))).collect(),
+            TensorData::Fp32(v) => v[range].iter().map(|&x| f32_as_logged(x)).collect(),
+            TensorData::Fp64(v) => v[range].to_vec(),
+            TensorData::Int64(v) => v[range].iter().map(|&x| x as f64).collect(),
+            TensorData::Int32(v) => v[range].iter().map(|&x| f64::from(x)).collect(),
+            TensorData::Bool(v) => v[range].iter().map(|&x| f64::from(u8::from(x))).collect(),
         })
     }
 }
@@ -237,7 +261,10 @@ impl NamedTensors<'_> {
             }
             crate::json::write_str(out, &spec.name);
             out.push(b':');
-            write_nested(out, tensor.shape(), tensor.data(), 0);
+            match self.part(tensor) {
+                (Some(rows), inner, range) => write_rows(out, rows, inner, tensor.data(), range.start),
+                (None, shape, _) => write_nested(out, shape, tensor.data(), 0),
+            }
         }
         out.push(b'}');
     }
@@ -245,9 +272,14 @@ impl NamedTensors<'_> {
 
 /// `Nested`'s JSON by hand: arrays by shape around scalars written as serde writes them.
 fn write_nested(out: &mut Vec<u8>, shape: &[usize], data: &TensorData, offset: usize) {
-    let Some((&len, inner)) = shape.split_first() else {
-        return write_values(out, data, offset..offset + 1);
-    };
+    match shape.split_first() {
+        Some((&len, inner)) => write_rows(out, len, inner, data, offset),
+        None => write_values(out, data, offset..offset + 1),
+    }
+}
+
+/// An array of `len` arrays of shape `inner` (numbers when it is empty), from `offset` on.
+fn write_rows(out: &mut Vec<u8>, len: usize, inner: &[usize], data: &TensorData, offset: usize) {
     out.push(b'[');
     if inner.is_empty() {
         // The innermost arrays hold nearly every value: one match per row, not per value.
@@ -267,7 +299,7 @@ fn write_nested(out: &mut Vec<u8>, shape: &[usize], data: &TensorData, offset: u
 /// The values in `range`, comma-separated, each as serde writes it (a non-finite float as
 /// `null`): the numbers are most of a record's line, so they skip serde's per-value serializer
 /// and go straight to the formatters serde_json uses (zmij, itoa) through one buffer.
-fn write_values(out: &mut Vec<u8>, data: &TensorData, range: std::ops::Range<usize>) {
+fn write_values(out: &mut Vec<u8>, data: &TensorData, range: Range<usize>) {
     fn each<T: Copy>(out: &mut Vec<u8>, values: &[T], mut write: impl FnMut(&mut Vec<u8>, T)) {
         for (i, &value) in values.iter().enumerate() {
             if i > 0 {
@@ -296,7 +328,11 @@ impl Serialize for NamedTensors<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.tensors.len()))?;
         for (spec, tensor) in self.specs.iter().zip(self.tensors) {
-            map.serialize_entry(&spec.name, &Nested { shape: tensor.shape(), data: tensor.data(), offset: 0 })?;
+            let (rows, shape, range) = match self.part(tensor) {
+                (Some(rows), _, range) => (Some(rows), tensor.shape(), range.start),
+                (None, shape, _) => (None, shape, 0),
+            };
+            map.serialize_entry(&spec.name, &Nested { shape, rows, data: tensor.data(), offset: range })?;
         }
         map.end()
     }
@@ -306,6 +342,8 @@ impl Serialize for NamedTensors<'_> {
 /// A row-major buffer seen as nested arrays: `shape [2, 3]` gives `[[a, b, c], [d, e, f]]`.
 struct Nested<'a> {
     shape: &'a [usize],
+    /// In place of the first dimension, when only some rows are in view.
+    rows: Option<usize>,
     data: &'a TensorData,
     offset: usize,
 }
@@ -313,7 +351,7 @@ struct Nested<'a> {
 #[cfg(test)]
 impl Serialize for Nested<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let Some((&len, inner)) = self.shape.split_first() else {
+        let Some((&whole, inner)) = self.shape.split_first() else {
             return match self.data {
                 TensorData::Fp32(v) => serializer.serialize_f32(v[self.offset]),
                 TensorData::Fp64(v) => serializer.serialize_f64(v[self.offset]),
@@ -322,10 +360,11 @@ impl Serialize for Nested<'_> {
                 TensorData::Bool(v) => serializer.serialize_bool(v[self.offset]),
             };
         };
-        let stride: usize = inner.iter().product();
+        let (len, stride) = (self.rows.unwrap_or(whole), inner.iter().product::<usize>());
         let mut seq = serializer.serialize_seq(Some(len))?;
         for i in 0..len {
-            seq.serialize_element(&Nested { shape: inner, data: self.data, offset: self.offset + i * stride })?;
+            let offset = self.offset + i * stride;
+            seq.serialize_element(&Nested { shape: inner, rows: None, data: self.data, offset })?;
         }
         seq.end()
     }
@@ -378,6 +417,14 @@ mod tests {
         let specs = [spec("x", crate::model::DataType::Int64), spec("v", crate::model::DataType::Bool)];
         let named = NamedTensors::new(&specs, &tensors);
         assert_eq!(serde_json::to_string(&named).unwrap(), r#"{"x":[[1,2,3],[4,5,6]],"v":[true,false]}"#);
+        // One request's row of a batch's outputs, by hand and through serde, and its values.
+        let second = NamedTensors::rows(&specs, &tensors, 1..2);
+        let mut line = Vec::new();
+        second.write_json(&mut line);
+        assert_eq!(String::from_utf8(line).unwrap(), r#"{"x":[[4,5,6]],"v":[false]}"#);
+        assert_eq!(serde_json::to_string(&second).unwrap(), r#"{"x":[[4,5,6]],"v":[false]}"#);
+        assert_eq!((second.values("x"), second.values("v")), (Some(vec![4.0, 5.0, 6.0]), Some(vec![0.0])));
+        assert_eq!(second.numbers(), 4);
     }
 
     #[test]

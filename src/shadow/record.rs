@@ -2,6 +2,7 @@
 //! whichever reports last, the paired `OutcomeRecord`, its JSON line and its `Observation`.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -16,14 +17,18 @@ use crate::registry::ModelVersion;
 use crate::registry::{Role, Status};
 
 /// One member's result: outputs, model time and the requests in its batch, or why there are none.
-pub(super) type Scored = Result<(Vec<Tensor>, Duration, usize), (Status, Option<String>)>;
+pub(super) type Scored = Result<(Outputs, Duration, usize), (Status, Option<String>)>;
+
+/// A member's outputs: those of its run, and which of their rows are this request's when the run
+/// was a batch's (its requests share them: cutting them apart cost 10 allocations a record).
+pub(super) type Outputs = (Arc<Vec<Tensor>>, Option<Range<usize>>);
 
 /// A result's outputs borrowed, for the record.
-type ScoredView<'a> = Result<(&'a [Tensor], Duration, usize), (Status, Option<String>)>;
+type ScoredView<'a> = Result<(&'a [Tensor], Option<Range<usize>>, Duration, usize), (Status, Option<String>)>;
 
 fn view(scored: &Scored) -> ScoredView<'_> {
     match scored {
-        Ok((outputs, latency, batch)) => Ok((outputs.as_slice(), *latency, *batch)),
+        Ok(((outputs, rows), latency, batch)) => Ok((outputs.as_slice(), rows.clone(), *latency, *batch)),
         Err((status, error)) => Err((*status, error.clone())),
     }
 }
@@ -116,7 +121,7 @@ impl PendingRecord {
         scored.push((
             answered,
             request.deployment.role_of(answered),
-            Ok((request.outputs.as_slice(), request.latency, 1)),
+            Ok((request.outputs.as_slice(), None, request.latency, 1)),
         ));
         // Champion first, then challengers in configured order: the same order in every record.
         scored.sort_by_key(|(version, _, _)| request.deployment.member_index(version));
@@ -131,11 +136,14 @@ impl PendingRecord {
             .map(|(version, role, scored)| {
                 let manifest = version.manifest();
                 let (status, latency_ms, batch, outputs, error) = match scored {
-                    Ok((outputs, latency, batch)) => (
+                    Ok((outputs, rows, latency, batch)) => (
                         Status::Ok,
                         Some(latency),
                         (batch > 1).then_some(batch),
-                        Some(NamedTensors::new(&manifest.outputs, outputs)),
+                        Some(match rows {
+                            Some(rows) => NamedTensors::rows(&manifest.outputs, outputs, rows),
+                            None => NamedTensors::new(&manifest.outputs, outputs),
+                        }),
                         None,
                     ),
                     Err((status, error)) => (status, None, None, None, error),

@@ -87,22 +87,28 @@ fn plan<J>(
     best
 }
 
-/// One run over the stacked inputs, cut back into each request's outputs; `None` if the inputs do
-/// not stack or the run fails (each is then run alone, so an error is its own request's).
+/// One run over the stacked inputs, whose outputs each request's record views by its rows; `None`
+/// if the inputs do not stack, the run fails or an output is not one row per input row (each is
+/// then run alone, so an error is its own request's).
 fn run_batch(version: &ModelVersion, live: &[(Arc<PendingRecord>, usize)]) -> Option<Vec<Scored>> {
     let inputs_of = |i: usize| live.iter().map(|(p, _)| &p.request.inputs[i]).collect::<Vec<&Tensor>>();
     let count = live[0].0.request.inputs.len();
     let inputs: Vec<Tensor> = (0..count).map(|i| Tensor::concat_rows(&inputs_of(i))).collect::<Option<_>>()?;
-    let rows: Vec<usize> = live.iter().map(|(p, _)| p.request.inputs[0].rows()).collect();
-    version.metrics().shadow_batch(rows.iter().sum());
+    let rows = inputs.first().map_or(live.len(), Tensor::rows);
+    version.metrics().shadow_batch(rows);
     let (outputs, latency) = infer(version, &inputs).ok()?;
-    let mut per_request: Vec<Vec<Tensor>> = (0..live.len()).map(|_| Vec::with_capacity(outputs.len())).collect();
-    for output in &outputs {
-        for (request, piece) in per_request.iter_mut().zip(output.split_rows(&rows)?) {
-            request.push(piece);
-        }
+    if !outputs.iter().all(|output| !output.shape().is_empty() && output.rows() == rows) {
+        return None;
     }
-    Some(per_request.into_iter().map(|outputs| Ok((outputs, latency, live.len()))).collect())
+    let outputs = Arc::new(outputs);
+    let mut start = 0;
+    let per_request = live.iter().map(|(pending, _)| {
+        let end = start + pending.rows();
+        let part = (Arc::clone(&outputs), Some(start..end));
+        start = end;
+        Ok((part, latency, live.len()))
+    });
+    Some(per_request.collect())
 }
 
 /// Runs one member on its request's input alone (on a shadow thread) and reports its result.
@@ -114,7 +120,7 @@ fn score_one(pending: &PendingRecord, slot: usize) {
         let version = &pending.slots[slot].version;
         version.metrics().shadow_batch(pending.rows());
         infer(version, &pending.request.inputs)
-            .and_then(|(outputs, latency)| pending.within_deadline(Ok((outputs, latency, 1))))
+            .and_then(|(outputs, latency)| pending.within_deadline(Ok(((Arc::new(outputs), None), latency, 1))))
     };
     pending.report(slot, scored);
 }
