@@ -8,17 +8,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A spawned gateway that is killed if the test ends early (a failed assertion must not leave it
-/// running, holding the harness).
-struct Gateway(Option<std::process::Child>);
+/// running, holding the harness), and its directory, removed after it.
+struct Gateway {
+    child: Option<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
 
 impl Gateway {
     fn sigterm(&self) {
-        let pid = self.0.as_ref().expect("running").id().to_string();
+        let pid = self.child.as_ref().expect("running").id().to_string();
         assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     }
 
     fn wait(mut self) -> std::process::ExitStatus {
-        self.0.take().expect("running").wait().unwrap()
+        self.child.take().expect("running").wait().unwrap()
     }
 
     fn terminate(self) -> std::process::ExitStatus {
@@ -29,7 +32,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
+        if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -49,20 +52,18 @@ const SERVE_ON_FREE_PORTS: [&str; 9] = [
     "json",
 ];
 
-fn gauntlet() -> Command {
+/// The command, and the directory its outcome log and state go to: the gateway's own, not the
+/// checkout's (tests run side by side, and two gateways writing one state directory race on its
+/// checkpoint's rename), removed when the caller drops it.
+fn gauntlet() -> (Command, tempfile::TempDir) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_gauntlet"));
-    // Outcome logs and state go to a directory of each gateway's own, not the checkout's: tests run
-    // side by side, and two gateways writing one state directory race on its checkpoint's rename.
-    static GATEWAYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = GATEWAYS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let outcomes = std::env::temp_dir().join(format!("gauntlet-cli-test-{}-{n}", std::process::id()));
-    let state = outcomes.join("state");
+    let dir = tempfile::tempdir().unwrap();
     command
         .current_dir(common::root())
         .env_remove("RUST_LOG")
-        .env("GAUNTLET_OUTCOMES__DIR", outcomes)
-        .env("GAUNTLET_STATE_DIR", state);
-    command
+        .env("GAUNTLET_OUTCOMES__DIR", dir.path().join("outcomes"))
+        .env("GAUNTLET_STATE_DIR", dir.path().join("state"));
+    (command, dir)
 }
 
 #[test]
@@ -76,12 +77,9 @@ fn invalid_config_fails_at_start_naming_the_key() {
         (&["--set", "inline_max_micros=3"], &[], "inline_max_micros"),
     ];
     for (args, env, needle) in cases {
-        let output = gauntlet()
-            .args(["serve", "--config", "gauntlet.toml"])
-            .args(args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+        let (mut command, _dir) = gauntlet();
+        let output =
+            command.args(["serve", "--config", "gauntlet.toml"]).args(args).envs(env.iter().copied()).output().unwrap();
         assert_eq!(output.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
@@ -90,10 +88,11 @@ fn invalid_config_fails_at_start_naming_the_key() {
 
 #[test]
 fn serves_then_exits_zero_on_sigterm() {
-    let mut child = gauntlet().args(SERVE_ON_FREE_PORTS).stderr(Stdio::piped()).spawn().unwrap();
+    let (mut command, dir) = gauntlet();
+    let mut child = command.args(SERVE_ON_FREE_PORTS).stderr(Stdio::piped()).spawn().unwrap();
     // The address it bound is in its log.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let gateway = Gateway(Some(child));
+    let gateway = Gateway { child: Some(child), _dir: dir };
     let address = lines
         .by_ref()
         .map_while(Result::ok)
@@ -151,7 +150,8 @@ fn spawn_serving(env: &[(&str, &std::path::Path)]) -> (Gateway, String) {
 
 /// As `spawn_serving`, also keeping its log's lines (JSON) as they come.
 fn spawn_logged(env: &[(&str, &std::path::Path)]) -> (Gateway, String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let mut child = gauntlet()
+    let (mut command, dir) = gauntlet();
+    let mut child = command
         .args(SERVE_ON_FREE_PORTS)
         .envs(env.iter().map(|(k, v)| (*k, *v)))
         .stderr(Stdio::piped())
@@ -173,7 +173,7 @@ fn spawn_logged(env: &[(&str, &std::path::Path)]) -> (Gateway, String, Arc<Mutex
             lines.lock().unwrap().push(entry);
         }
     });
-    let gateway = Gateway(Some(child));
+    let gateway = Gateway { child: Some(child), _dir: dir };
     let address = rx.recv_timeout(Duration::from_secs(60)).expect("the gateway logs its address");
     (gateway, address, log)
 }
