@@ -214,9 +214,9 @@ impl<'a> NamedTensors<'a> {
         Self { specs, tensors, rows: None }
     }
 
-    /// Only `rows` of each tensor, which must all have at least `rows.end` rows.
-    pub fn rows(specs: &'a [TensorSpec], tensors: &'a [Tensor], rows: Range<usize>) -> Self {
-        Self { specs, tensors, rows: Some(rows) }
+    /// Only `rows` of each tensor (all when `None`), which must all have at least `rows.end`.
+    pub fn in_rows(self, rows: Option<Range<usize>>) -> Self {
+        Self { rows, ..self }
     }
 
     /// How many numbers are in view.
@@ -328,11 +328,9 @@ impl Serialize for NamedTensors<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.tensors.len()))?;
         for (spec, tensor) in self.specs.iter().zip(self.tensors) {
-            let (rows, shape, range) = match self.part(tensor) {
-                (Some(rows), _, range) => (Some(rows), tensor.shape(), range.start),
-                (None, shape, _) => (None, shape, 0),
-            };
-            map.serialize_entry(&spec.name, &Nested { shape, rows, data: tensor.data(), offset: range })?;
+            let (rows, _, range) = self.part(tensor);
+            let (shape, data, offset) = (tensor.shape(), tensor.data(), range.start);
+            map.serialize_entry(&spec.name, &Nested { shape, rows, data, offset })?;
         }
         map.end()
     }
@@ -418,7 +416,7 @@ mod tests {
         let named = NamedTensors::new(&specs, &tensors);
         assert_eq!(serde_json::to_string(&named).unwrap(), r#"{"x":[[1,2,3],[4,5,6]],"v":[true,false]}"#);
         // One request's row of a batch's outputs, by hand and through serde, and its values.
-        let second = NamedTensors::rows(&specs, &tensors, 1..2);
+        let second = NamedTensors::new(&specs, &tensors).in_rows(Some(1..2));
         let mut line = Vec::new();
         second.write_json(&mut line);
         assert_eq!(String::from_utf8(line).unwrap(), r#"{"x":[[4,5,6]],"v":[false]}"#);

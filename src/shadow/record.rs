@@ -140,10 +140,7 @@ impl PendingRecord {
                         Status::Ok,
                         Some(latency),
                         (batch > 1).then_some(batch),
-                        Some(match rows {
-                            Some(rows) => NamedTensors::rows(&manifest.outputs, outputs, rows),
-                            None => NamedTensors::new(&manifest.outputs, outputs),
-                        }),
+                        Some(NamedTensors::new(&manifest.outputs, outputs).in_rows(rows)),
                         None,
                     ),
                     Err((status, error)) => (status, None, None, None, error),
