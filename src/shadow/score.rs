@@ -1,6 +1,7 @@
 //! Scoring: the one place a challenger runs. The queued jobs of one version are scored together
-//! (rows stacked into one run, cut back per request), or one at a time; either way through
-//! [`infer`], whose panic guard turns a challenger's error or panic into its result.
+//! (rows stacked into one run whose outputs each request's record views by its rows), or one at a
+//! time; either way through [`infer`], whose panic guard turns a challenger's error or panic into
+//! its result.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
