@@ -53,11 +53,11 @@ challengers = ["2", "3"]
 TOML
 done
 
-threads() { # pid -> "name cpu_ns involuntary minor_faults" per thread
+threads() { # pid -> "name cpu_ns involuntary minor_faults" per thread (stat's fields counted after its "(comm)")
   local t
   for t in /proc/"$1"/task/*; do
     printf '%s %s %s %s\n' "$(tr ' ' _ <"$t/comm")" "$(cut -d' ' -f1 "$t/schedstat")" \
-      "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")" "$(cut -d' ' -f10 "$t/stat")"
+      "$(awk '/^nonvoluntary_ctxt_switches/ {print $2}' "$t/status")" "$(sed 's/.*) //' "$t/stat" | cut -d' ' -f8)"
   done
 }
 complete() {
