@@ -17,16 +17,10 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}"
 cd "$root"
-gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
-[ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 [ -f target/heavy-models/breast-cancer/9/model.onnx ] ||
   "$(scripts/python-env.sh)" models/train.py --heavy target/heavy-models >&2
 
-work="$(mktemp -d)"
-declare -A pid
-cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 source benches/body.sh
 source benches/gateways.sh
 write_body "$work"

@@ -1,7 +1,17 @@
-# Sourced by the benches that run several named gateways at once (shadow.sh, batching.sh). The
-# caller declares the associative arrays `port` and `pid` and sets `$work`; gateway NAME serves
-# `$work/NAME.toml` (which the caller writes, with `state_dir = "$work/state-NAME"` and its outcome
-# log in `$work/outcomes-NAME`) and logs to `$work/NAME.log`.
+# Sourced, from the repository's root, by the benches that run several named gateways at once
+# (shadow.sh, shadow-cost.sh, batching.sh). It sets `gauntlet` (BENCH_GAUNTLET, else the release
+# build, built here), makes the scratch directory `$work` and the associative array `pid` (gateway
+# name to process), and at exit stops every gateway still running and removes `$work`. The caller
+# declares `port` (name to port); gateway NAME serves `$work/NAME.toml` (which the caller writes, with
+# `state_dir = "$work/state-NAME"` and its outcome log in `$work/outcomes-NAME`) and logs to
+# `$work/NAME.log`.
+gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
+[ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet
+work="$(mktemp -d)"
+declare -A pid
+cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
 launch() { # name binary: serves the gateway in the background
   "$2" serve --config "$work/$1.toml" 2>"$work/$1.log" &
   pid[$1]=$!

@@ -20,15 +20,8 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 rounds="${1:-3}" seconds="${2:-10}"
 cd "$root"
-gauntlet="${BENCH_GAUNTLET:-target/release/gauntlet}"
-[ -n "${BENCH_GAUNTLET:-}" ] || cargo build --release --quiet --bin gauntlet
 rate="${BENCH_RATE:-10000}"
-
-work="$(mktemp -d)"
-declare -A pid
 source benches/gateways.sh
-cleanup() { for p in "${pid[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 mkdir -p "$work/models/breast-cancer"
 for v in 1 2 3; do ln -s "$root/models/breast-cancer/$v" "$work/models/breast-cancer/$v"; done
