@@ -78,7 +78,7 @@ impl OutcomeRecord<'_> {
         // and growing a line of two challengers' results past 1 KiB cost a copy a record.
         let numbers: usize =
             self.inputs.iter().chain(self.results.iter().flat_map(|r| &r.outputs)).map(NamedTensors::numbers).sum();
-        let mut out = Vec::with_capacity(1024 + 24 * numbers);
+        let mut out = writer::LINES.take(1024 + 24 * numbers);
         out.extend_from_slice(b"{\"kind\":");
         write_str(&mut out, self.kind);
         out.extend_from_slice(b",\"request_id\":");

@@ -8,13 +8,17 @@
 //! - A disk error is logged and counted, the file is dropped, and the next record opens a new one.
 //!
 //! Files are `outcomes-<UTC time>-<pid>-<seq>.jsonl`, so a glob lists them in time order.
+//!
+//! A written line's buffer goes back to a bounded pool (`LinePool`) for a later record's line.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crossbeam_queue::ArrayQueue;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -107,12 +111,57 @@ struct OpenFile {
 
 static FILE_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
+/// Buffers of lines the writer has written, for the next records' lines. A record's line is
+/// allocated on a shadow thread and was freed on this one, so the allocator kept setting up fresh
+/// pages for new lines, page faults included: about 5% of a shadow record's CPU time at 10k req/s
+/// (`perf`); recycled, records/s at the default budget rose 4.2–7.4% in four paired rounds
+/// (`benches/shadow-cost.sh`, issue 33). Bounded: at most `LinePool::KEPT` buffers of at most
+/// `LinePool::MAX_BYTES` each (8 MiB); any other is freed as before.
+pub(super) static LINES: LazyLock<LinePool> = LazyLock::new(|| LinePool::new(LinePool::KEPT));
+
+pub(super) struct LinePool {
+    buffers: ArrayQueue<Vec<u8>>,
+}
+
+impl LinePool {
+    /// The records of four of a shadow thread's largest looks (256 jobs: 128 records with two
+    /// challengers).
+    const KEPT: usize = 512;
+    /// A line of two challengers' results on 30 inputs is about 1.3 KiB; a much larger one is rare
+    /// enough not to keep.
+    const MAX_BYTES: usize = 16 << 10;
+
+    fn new(kept: usize) -> Self {
+        Self { buffers: ArrayQueue::new(kept) }
+    }
+
+    /// An empty line with room for `capacity` bytes: a recycled buffer when there is one.
+    pub(super) fn take(&self, capacity: usize) -> Vec<u8> {
+        match self.buffers.pop() {
+            Some(mut line) => {
+                line.clear();
+                line.reserve(capacity);
+                line
+            }
+            None => Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Keeps a written line's buffer for `take`, unless it is large or the pool is full.
+    fn recycle(&self, line: Vec<u8>) {
+        if line.capacity() <= Self::MAX_BYTES {
+            let _ = self.buffers.push(line);
+        }
+    }
+}
+
 impl Work for Log {
     type Message = Vec<u8>;
 
     fn handle(&mut self, lines: &mut Vec<Vec<u8>>, _: &Closing) {
         for line in lines.drain(..) {
             self.write_line(&line);
+            LINES.recycle(line);
         }
     }
 
@@ -338,6 +387,26 @@ fn repair_file(path: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_lines_are_reused_and_the_pool_is_bounded() {
+        let pool = LinePool::new(2);
+        let line = b"{\"kind\":\"outcome\"}\n".to_vec();
+        let address = line.as_ptr();
+        pool.recycle(line);
+        let reused = pool.take(8);
+        assert!(reused.is_empty(), "a recycled line comes back empty");
+        assert_eq!(reused.as_ptr(), address, "with the same allocation");
+        let big = pool.take(4 << 10);
+        assert!(big.capacity() >= 4 << 10, "grown to the room asked for");
+
+        pool.recycle(Vec::with_capacity(LinePool::MAX_BYTES + 1));
+        assert!(pool.buffers.is_empty(), "a large buffer is not kept");
+        for _ in 0..3 {
+            pool.recycle(Vec::with_capacity(64));
+        }
+        assert_eq!(pool.buffers.len(), 2, "at most its bound");
+    }
     use crate::outcomes::{ModelResult, OutcomeRecord};
     use crate::registry::{Role, Status};
     use crate::repository::Task;
