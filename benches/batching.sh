@@ -33,20 +33,16 @@ declare -A challengers=([U]='[]' [B]='[]' [TU]='[]' [TB]='[]' [S]='["9"]')
 start() { # name...: a fresh gateway for each, returns when all are ready
   local name
   for name in "$@"; do
-    cat >"$work/$name.toml" <<TOML
-listen = "127.0.0.1:${port[$name]}"
-grpc_listen = ""
-models_dir = "$root/target/heavy-models"
-log_level = "warn"
-state_dir = "$work/state-$name"
-[outcomes]
-dir = "$work/outcomes-$name"
+    {
+      gateway_toml "$name" "$root/target/heavy-models"
+      cat <<TOML
 [models.breast-cancer]
 champion = "${champion[$name]}"
 challengers = ${challengers[$name]}
 [models.breast-cancer.batching]
 max_batch = ${max_batch[$name]}
 TOML
+    } >"$work/$name.toml"
     launch "$name" "$gauntlet"
   done
   wait_ready "$@"

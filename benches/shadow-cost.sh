@@ -30,20 +30,16 @@ configs=(head)
 declare -A port=([head]=19211 [base]=19212)
 declare -A binary=([head]="$gauntlet" [base]="${BENCH_BASELINE:-}")
 for name in "${configs[@]}"; do
-  cat >"$work/$name.toml" <<TOML
-listen = "127.0.0.1:${port[$name]}"
-grpc_listen = ""
-models_dir = "$work/models"
-log_level = "warn"
-state_dir = "$work/state-$name"
-[outcomes]
-dir = "$work/outcomes-$name"
+  {
+    gateway_toml "$name" "$work/models"
+    cat <<TOML
 log_inputs = "${BENCH_LOG_INPUTS:-full}"
 [models.breast-cancer]
 champion = "1"
 versions = ["1", "2", "3"]
 challengers = ["2", "3"]
 TOML
+  } >"$work/$name.toml"
 done
 
 threads() { # pid -> "name cpu_ns involuntary minor_faults" per thread (stat's fields counted after its "(comm)")

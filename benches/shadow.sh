@@ -41,22 +41,17 @@ declare -A binary=([B0]="${BENCH_BASELINE:-}")
 start() { # name...: a fresh gateway for each, returns when all are ready
   local name
   for name in "$@"; do
-    cat >"$work/$name.toml" <<TOML
-listen = "127.0.0.1:${port[$name]}"
-grpc_listen = ""
-models_dir = "$work/models"
-log_level = "warn"
-state_dir = "$work/state-$name"
-${BENCH_DEADLINE_MS:+shadow_deadline_ms = $BENCH_DEADLINE_MS}
-${BENCH_CPU_BUDGET:+shadow_cpu_budget = $BENCH_CPU_BUDGET}
-[outcomes]
-dir = "$work/outcomes-$name"
+    {
+      gateway_toml "$name" "$work/models" ${BENCH_DEADLINE_MS:+"shadow_deadline_ms = $BENCH_DEADLINE_MS"} \
+        ${BENCH_CPU_BUDGET:+"shadow_cpu_budget = $BENCH_CPU_BUDGET"}
+      cat <<TOML
 log_inputs = "${BENCH_LOG_INPUTS:-full}"
 [models.breast-cancer]
 champion = "1"
 versions = ["1", "2", "3", "9"]
 challengers = ${challengers[$name]}
 TOML
+    } >"$work/$name.toml"
     launch "$name" "${binary[$name]:-$gauntlet}"
   done
   wait_ready "$@"
